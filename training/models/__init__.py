@@ -1,0 +1,1 @@
+"""Base-model families, checkpoint reading and offline loading."""
