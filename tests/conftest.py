@@ -14,7 +14,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import make_image_dataset, save_tiny_pipeline  # noqa: E402
+from tiny_models import make_image_dataset, save_tiny_pipeline
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,0 +1,108 @@
+"""The config contract: kohya key names, sections flattened, typos and bad values refused with one clear line."""
+
+from __future__ import annotations
+
+import pytest
+
+from training.config import TrainConfig
+from training.config_io import ConfigError, config_to_toml, load_config
+from training.preflight import preflight
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "run.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def error_of(tmp_path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_kohya_style_sections_are_flattened(tmp_path):
+    cfg, notes = load_config(write(tmp_path, """
+        [model_arguments]
+        pretrained_model_name_or_path = "model.safetensors"
+        v2 = false
+        [dataset_arguments]
+        resolution = "768,512"
+        shuffle_caption = true
+        keep_tokens = 1
+        [training_arguments]
+        xformers = true
+        network_dim = 32
+    """))
+    assert cfg.resolution_wh == (768, 512)
+    assert cfg.network_dim == 32 and cfg.keep_tokens == 1 and cfg.v2 is False
+    assert any("xformers" in n for n in notes)
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path):
+    expected = "run.toml: unknown key 'network_dims' (did you mean 'network_dim'?)"
+    assert error_of(tmp_path, "network_dims = 8") == expected
+
+
+def test_invalid_value_names_key_value_and_range(tmp_path):
+    message = error_of(tmp_path, "[network]\nnetwork_dim = 0")
+    assert "network_dim = 0" in message and "1 to 1024" in message
+
+
+def test_bad_choice_lists_the_choices(tmp_path):
+    message = error_of(tmp_path, 'optimizer_type = "Adam"')
+    assert "optimizer_type = 'Adam'" in message and "AdamW8bit" in message
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ('resolution = "512x512"', "resolution"),
+    ("min_bucket_reso = 1024\nmax_bucket_reso = 512", "min_bucket_reso"),
+    ("network_dim = 8\n[network]\nnetwork_dim = 16", "set twice"),
+    ("conv_dim = 8", "does not support"),
+    ("schema_version = 99", "newer"),
+    ('output_name = "../x"', "output_name"),
+    ("learning_rate = -1", "learning_rate"),
+    ("this is not toml", "not valid TOML"),
+])
+def test_refused_before_anything_loads(tmp_path, text, fragment):
+    assert fragment in error_of(tmp_path, text)
+
+
+def test_saved_toml_round_trips_by_section(tmp_path):
+    cfg = TrainConfig(pretrained_model_name_or_path="m", train_data_dir="d", output_dir="o", network_dim=8,
+                      unet_lr=3e-4, resolution="640,512", min_snr_gamma=5)
+    text = config_to_toml(cfg, preset="sd15-anime")
+    assert "[network]" in text and "network_dim = 8" in text and 'preset = "sd15-anime"' in text
+    assert "text_encoder_lr" not in text  # unset optionals are omitted
+    loaded, _ = load_config(write(tmp_path, text))
+    assert loaded == cfg
+
+
+def test_every_field_documents_why():
+    for name, field in TrainConfig.model_fields.items():
+        assert field.description and len(field.description) > 15, name
+
+
+def test_preflight_names_the_missing_folder(tmp_path):
+    cfg = TrainConfig(pretrained_model_name_or_path=str(tmp_path), train_data_dir=str(tmp_path / "nope"),
+                      output_dir=str(tmp_path / "out"))
+    with pytest.raises(Exception, match="nope"):
+        preflight(cfg)
+
+
+def test_preflight_refuses_a_missing_model_file(tmp_path):
+    cfg = TrainConfig(pretrained_model_name_or_path=str(tmp_path / "m.safetensors"), train_data_dir=str(tmp_path),
+                      output_dir=str(tmp_path / "out"))
+    with pytest.raises(Exception, match=r"m\.safetensors does not exist"):
+        preflight(cfg)
+
+
+def test_options_doc_is_current():
+    from pathlib import Path
+
+    from training.options_doc import options_markdown
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "options.md"
+    assert doc.read_text(encoding="utf-8") == options_markdown(), "python -m training.options_doc > docs/options.md"

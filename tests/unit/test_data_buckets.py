@@ -1,0 +1,120 @@
+"""Aspect-ratio buckets, the bucket batch sampler, and the dataset + DataLoader together."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from training.data.buckets import BucketBatchSampler, assign_bucket, assign_buckets, bucket_table, make_buckets
+from training.data.dataset import TrainDataset, collate
+from training.data.folder import scan_dataset
+from training.errors import UserError
+
+RES = (512, 512)
+
+
+@pytest.fixture(scope="module")
+def buckets():
+    return make_buckets(RES, 256, 1024, 64)
+
+
+def test_buckets_are_step_multiples_within_area(buckets):
+    assert (512, 512) in buckets
+    for w, h in buckets:
+        assert w % 64 == 0 and h % 64 == 0
+        assert 256 <= w <= 1024 and 256 <= h <= 1024
+        assert w * h <= 512 * 512
+    assert all((h, w) in buckets for w, h in buckets)  # portrait and landscape alike
+
+
+def test_small_image_is_never_upscaled(buckets):
+    assert assign_bucket((300, 200), buckets, RES, 64) == (256, 192)
+    assert assign_bucket((100, 40), buckets, RES, 64) == (64, 64)  # at least one step
+    assert assign_bucket((512, 512), buckets, RES, 64) == (512, 512)
+
+
+def test_wide_image_follows_kohyas_arithmetic(buckets):
+    # Aspect 2.0: kohya's candidates are 640x384 (1.67) and 704x320 (2.2); 704x320 is nearer.
+    assert assign_bucket((1024, 512), buckets, RES, 64) == (704, 320)
+    assert assign_bucket((3000, 4000), buckets, RES, 64) == (448, 576)
+
+
+def test_image_above_area_that_would_need_upscaling_on_one_side(buckets):
+    # 530x500 is larger than 512x512 in area, but nearest bucket 512x512 would stretch its height.
+    w, h = assign_bucket((530, 500), buckets, RES, 64)
+    assert w <= 530 and h <= 500 and w % 64 == 0 and h % 64 == 0 and w * h <= 512 * 512
+
+
+def test_without_bucketing_everything_goes_to_resolution():
+    assert assign_buckets([(300, 200), (2000, 900)], resolution=512, enable_bucket=False) == [(512, 512)] * 2
+    assert assign_buckets([(300, 200)], resolution=(768, 512), enable_bucket=False) == [(768, 512)]
+
+
+def test_bad_settings_are_user_errors():
+    with pytest.raises(UserError, match="bucket_reso_steps"):
+        make_buckets(RES, 256, 1024, 60)
+    with pytest.raises(UserError, match="min_bucket_reso"):
+        make_buckets(RES, 1024, 256, 64)
+
+
+def test_bucket_table_lists_each_bucket():
+    table = bucket_table({(512, 512): 10, (704, 320): 3})
+    assert "512x512" in table and "704x320" in table and "2.20" in table and "13" in table.splitlines()[-1]
+
+
+def _sampler_buckets():
+    return [(64, 64)] * 7 + [(128, 64)] * 3 + [(64, 128)] * 1
+
+
+def test_sampler_one_bucket_per_batch_and_exact_len():
+    per_index = _sampler_buckets()
+    s = BucketBatchSampler(per_index, batch_size=2, seed=3)
+    assert len(s) == math.ceil(7 / 2) + math.ceil(3 / 2) + 1 == 7
+    for epoch in range(4):
+        s.set_epoch(epoch)
+        batches = list(s)
+        assert len(batches) == len(s)
+        assert sorted(i for b in batches for i in b) == list(range(11))  # nothing dropped, nothing twice
+        assert all(len({per_index[i] for i in b}) == 1 for b in batches)
+
+
+def test_sampler_is_deterministic_per_seed_and_epoch():
+    a, b = BucketBatchSampler(_sampler_buckets(), 2, seed=3), BucketBatchSampler(_sampler_buckets(), 2, seed=3)
+    a.set_epoch(1)
+    b.set_epoch(1)
+    assert list(a) == list(b)
+    assert a.batches(0) != a.batches(1)
+    assert BucketBatchSampler(_sampler_buckets(), 2, seed=4).batches(1) != a.batches(1)
+
+
+def test_sampler_resume_skips_first_batches():
+    s = BucketBatchSampler(_sampler_buckets(), 2, seed=0)
+    full = s.batches(2)
+    s.set_epoch(2, start_batch=3)
+    assert list(s) == full[3:]
+    assert len(s) == len(full)
+    s.set_epoch(3)
+    assert list(s) == s.batches(3)
+
+
+def test_dataset_with_loader_gives_bucket_shaped_batches(tmp_path):
+    for i, size in enumerate([(128, 128), (128, 128), (300, 100), (64, 64)]):
+        d = tmp_path / "2_shapes"
+        d.mkdir(exist_ok=True)
+        Image.new("RGB", size, (i * 40, 0, 0)).save(d / f"{i}.png")
+    ds = TrainDataset(scan_dataset(tmp_path), resolution=128, min_reso=64, max_reso=256, flip_aug=True, seed=1)
+    assert len(ds) == 8
+    assert ds.bucket_counts() == {(128, 128): 2, (192, 64): 1, (64, 64): 1}
+    sampler = BucketBatchSampler(ds.buckets, batch_size=3, seed=1)
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate)
+    batches = list(loader)
+    assert len(batches) == len(sampler) == 4
+    for batch in batches:
+        n, _, h, w = batch["pixel_values"].shape
+        assert batch["target_size"].tolist() == [[h, w]] * n
+        assert len(batch["caption"]) == len(batch["path"]) == n and batch["latents"] is None
+        assert batch["original_size"].shape == (n, 2) and batch["crop_top_left"].dtype == torch.long

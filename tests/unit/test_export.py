@@ -1,0 +1,219 @@
+"""peft -> kohya export: names, dtypes, scale, atomic save, hash, and that diffusers applies every module."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import struct
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import build_tiny_pipeline
+
+from training.errors import UserError
+from training.export import build_metadata, kohya_state_dict, save_lora
+from training.models.families import FAMILIES
+from training.network import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora
+
+# (family, rank, alpha, extra UNet targets): alpha != rank throughout; sd1 also gets 1x1 (proj_in) and 3x3 (conv1)
+# conv targets so the 4-D LoRA layout is exercised.
+CASES = [("sd1", 4, 2.0, ()), ("sd1", 8, 16.0, ("proj_in", "conv1")), ("sd2", 4, 2.0, ()), ("sd2", 8, 16.0, ())]
+CASE_IDS = [f"{f}-r{r}-a{int(a)}{'-conv' if x else ''}" for f, r, a, x in CASES]
+
+
+def lora_pipeline(family: str, rank: int, alpha: float, extra: tuple[str, ...] = (), seed: int = 0):
+    """Tiny pipeline with adapters on UNet and TE, lora_B randomised so every module has a real delta."""
+    pipe = build_tiny_pipeline(family)
+    add_lora(pipe.unet, UNET_TARGETS + list(extra), rank, alpha)
+    add_lora(pipe.text_encoder, TEXT_ENCODER_TARGETS, rank, alpha)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for model in (pipe.unet, pipe.text_encoder):
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return pipe
+
+
+def export_file(pipe, family: str, path: Path, **meta_overrides) -> tuple[Path, dict[str, torch.Tensor], str]:
+    fam = FAMILIES[family]
+    sd = kohya_state_dict(pipe.unet, [pipe.text_encoder], fam)
+    config = {"network_dim": 4, "network_alpha": 2.0, "resolution": 512, "output_name": "tiny", "clip_skip": None,
+              "learning_rate": 1e-4, "train_batch_size": 2, "gradient_accumulation_steps": 2}
+    training = {"training_started_at": 1700000000.0, "tag_frequency": {"2_red": {"red": 3}},
+                "dataset_dirs": {"2_red": {"n_repeats": 2, "img_count": 3}}}
+    meta = {**build_metadata(config, fam, training, state_dict=sd), **meta_overrides}
+    digest = save_lora(path, sd, meta)
+    return path, sd, digest
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def captured_logs():
+    """diffusers/peft log lines and Python warnings, whatever the verbosity the test session set."""
+    from diffusers.utils import logging as dlog
+
+    handler, old = _Collect(), dlog.get_verbosity()
+    dlog.set_verbosity_info()
+    loggers = [logging.getLogger(n) for n in ("diffusers", "peft")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield handler.lines
+        handler.lines.extend(str(w.message) for w in caught)
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+        dlog.set_verbosity(old)
+
+
+def _weights(pipe) -> dict[str, torch.Tensor]:
+    return {**{f"unet.{k}": v.clone() for k, v in pipe.unet.state_dict().items()},
+            **{f"te.{k}": v.clone() for k, v in pipe.text_encoder.state_dict().items()}}
+
+
+def _expected_delta(sd: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    down, up = sd[f"{name}.lora_down.weight"].float(), sd[f"{name}.lora_up.weight"].float()
+    scale = float(sd[f"{name}.alpha"]) / down.shape[0]
+    if down.ndim == 4:  # conv LoRA: down conv followed by the 1x1 up conv
+        return scale * (up[:, :, 0, 0] @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:])
+    return scale * (up @ down)
+
+
+def _module_weight_key(name: str, table: dict) -> str:
+    component, path = table[name]
+    return f"{'unet' if component == 'unet' else 'te'}.{path}.weight"
+
+
+def _generate(pipe) -> torch.Tensor:
+    out = pipe("a red circle", num_inference_steps=2, height=64, width=64, output_type="latent",
+               generator=torch.Generator().manual_seed(0), guidance_scale=1.0)
+    return out.images
+
+
+@pytest.mark.parametrize(("family", "rank", "alpha", "extra"), CASES, ids=CASE_IDS)
+def test_diffusers_applies_every_module_at_the_right_scale(tmp_path, family, rank, alpha, extra):
+    from training.kohya_names import module_lookup
+
+    peft_pipe = lora_pipeline(family, rank, alpha, extra)
+    path, sd, _ = export_file(peft_pipe, family, tmp_path / "lora.safetensors")
+    fresh = build_tiny_pipeline(family)  # same seed -> same base weights as peft_pipe
+    table = module_lookup(fresh.unet, [fresh.text_encoder], FAMILIES[family])
+    before = _weights(fresh)
+    with captured_logs() as lines:
+        fresh.load_lora_weights(str(path))
+        fresh.fuse_lora(lora_scale=1.0)
+        fresh.unload_lora_weights()  # keeps the fused weights, restores the plain module names
+    assert not [ln for ln in lines if "No LoRA keys" in ln or "unexpected" in ln.lower()], lines
+    after = _weights(fresh)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    names = {k.partition(".")[0] for k in sd}
+    assert changed == {_module_weight_key(n, table) for n in names}
+    for name in names:
+        key = _module_weight_key(name, table)
+        delta, want = after[key] - before[key], _expected_delta(sd, name)
+        assert torch.linalg.norm(delta - want) <= 2e-3 * torch.linalg.norm(want), name
+
+    assert not torch.allclose(_generate(peft_pipe), _generate(build_tiny_pipeline(family)), atol=1e-3)
+    torch.testing.assert_close(_generate(fresh), _generate(peft_pipe), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize(("family", "rank", "alpha", "extra"), CASES, ids=CASE_IDS)
+def test_key_names_dtypes_and_alpha(family, rank, alpha, extra):
+    pipe = lora_pipeline(family, rank, alpha, extra)
+    sd = kohya_state_dict(pipe.unet, [pipe.text_encoder], FAMILIES[family])
+    names = {k.partition(".")[0] for k in sd}
+    assert len(sd) == 3 * len(names)
+    te = [n for n in names if n.startswith("lora_te_")]
+    unet = [n for n in names if n.startswith("lora_unet_")]
+    assert len(te) == 3 * 4 and len(te) + len(unet) == len(names)
+    assert all("_text_model_encoder_layers_" in n for n in te)
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q" in unet
+    assert "lora_unet_up_blocks_1_attentions_2_transformer_blocks_0_attn2_to_out_0" in unet
+    assert not [n for n in unet if "input_blocks" in n or "output_blocks" in n or "middle_block" in n]
+    for key, t in sd.items():
+        assert t.dtype == torch.float16 and t.is_contiguous(), key
+        if key.endswith(".alpha"):
+            assert t.ndim == 0 and float(t) == alpha
+    if "proj_in" in extra and family == "sd1":  # SD1 proj_in is a 1x1 conv: 4-D LoRA
+        down = sd["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"]
+        assert down.shape == (rank, 32, 1, 1)
+        assert sd["lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight"].shape == (rank, 32, 3, 3)
+
+
+def test_alpha_is_scaling_times_rank_for_rslora():
+    from peft import LoraConfig, inject_adapter_in_model
+
+    pipe = build_tiny_pipeline("sd1")
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, use_rslora=True, target_modules=UNET_TARGETS), pipe.unet)
+    sd = kohya_state_dict(pipe.unet, [], FAMILIES["sd1"])
+    assert {float(t) for k, t in sd.items() if k.endswith(".alpha")} == {8.0}  # 4/sqrt(4) * 4
+
+
+def test_hash_is_sha256_of_data_region_and_write_is_atomic(tmp_path):
+    path, _, digest = export_file(lora_pipeline("sd1", 4, 2.0), "sd1", tmp_path / "out" / "lora.safetensors")
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert digest == hashlib.sha256(raw[8 + n:]).hexdigest()
+    assert json.loads(raw[8:8 + n])["__metadata__"]["sshs_model_hash"] == digest
+    assert os.listdir(path.parent) == ["lora.safetensors"]
+
+
+def test_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
+    sd = {"lora_te_x.alpha": torch.tensor(1.0, dtype=torch.float16)}
+
+    def boom(*_a, **_k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        save_lora(tmp_path / "lora.safetensors", sd, {})
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_tensor_is_refused(tmp_path, bad):
+    pipe = lora_pipeline("sd1", 4, 2.0)
+    sd = kohya_state_dict(pipe.unet, [pipe.text_encoder], FAMILIES["sd1"])
+    key = next(k for k in sd if k.endswith("lora_up.weight"))
+    sd[key] = sd[key].clone()
+    sd[key][0, 0] = bad
+    with pytest.raises(UserError, match="NaN/Inf"):
+        save_lora(tmp_path / "lora.safetensors", sd, {})
+    assert not any(tmp_path.iterdir())
+
+
+def test_metadata_strings_and_family_keys():
+    config = {"network_dim": 8, "network_alpha": 4, "resolution": "768,512", "clip_skip": 2, "optimizer_type":
+              "AdamW8bit", "train_batch_size": 3, "gradient_accumulation_steps": 2, "flip_aug": False,
+              "network_args": {"conv_dim": 8}, "pretrained_model_name_or_path": "/models/v2-1_768.safetensors"}
+    training = {"bucket_info": {"buckets": {}, "mean_img_ar_error": 0.0}, "steps": 10, "training_finished_at": 1.7e9}
+    meta = build_metadata(config, FAMILIES["sd2-v"], training)
+    assert all(isinstance(v, str) for v in meta.values())
+    assert meta["ss_v2"] == "True" and meta["ss_base_model_version"] == "sd_v2_v"
+    assert meta["ss_network_module"] == "networks.lora" and meta["ss_network_dim"] == "8"
+    assert meta["ss_optimizer"] == "AdamW8bit" and meta["ss_total_batch_size"] == "6"
+    assert meta["ss_flip_aug"] == "False" and meta["ss_resolution"] == "(768, 512)"
+    assert meta["ss_sd_model_name"] == "v2-1_768.safetensors" and meta["ss_steps"] == "10"
+    assert json.loads(meta["ss_network_args"]) == {"conv_dim": "8"}
+    assert json.loads(meta["ss_bucket_info"])["buckets"] == {}
+    assert meta["modelspec.architecture"] == "stable-diffusion-v2-768-v/lora"
+    assert meta["modelspec.prediction_type"] == "v" and meta["modelspec.resolution"] == "768x512"
+    assert meta["modelspec.encoder_layer"] == "2" and meta["modelspec.sai_model_spec"] == "1.0.1"
+    assert meta["modelspec.implementation"] == "diffusers"
+    assert json.loads(meta["loraforge_config"])["optimizer_type"] == "AdamW8bit"

@@ -1,0 +1,206 @@
+"""Export verifier: a good file passes; each defect of §10 items 1-14 is reported as a specific problem."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from test_export import export_file, lora_pipeline
+from tiny_models import build_tiny_pipeline
+
+from training.export import build_metadata, save_lora
+from training.kohya_names import diffusers_to_sgm, module_lookup
+from training.lora_import import read_kohya
+from training.models.families import FAMILIES
+from training.verify import verify_lora
+
+ROOT = Path(__file__).resolve().parents[2]
+TO_Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+TE_Q = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+SD15_UNET = {  # public SD1.5 UNet config, used when assets/models/sd1/unet/config.json is absent
+    "block_out_channels": [320, 640, 1280, 1280], "cross_attention_dim": 768, "layers_per_block": 2,
+    "attention_head_dim": 8, "sample_size": 64, "use_linear_projection": False,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+}
+
+
+@pytest.fixture(scope="module", params=["sd1", "sd2"])
+def exported(request, tmp_path_factory):
+    """(family, pipeline with adapters, path of a good export, its metadata)."""
+    family = request.param
+    pipe = lora_pipeline(family, 4, 2.0)
+    path, _, _ = export_file(pipe, family, tmp_path_factory.mktemp(family) / "good.safetensors")
+    return family, pipe, path, read_kohya(path)[1]
+
+
+def _verify(family: str, pipe, path: Path):
+    return verify_lora(path, FAMILIES[family], pipe.unet, [pipe.text_encoder])
+
+
+def _write_variant(tmp_path: Path, good: Path, edit, meta_edit=None) -> Path:
+    """Copy of ``good`` with tensors edited by ``edit(sd)`` and metadata by ``meta_edit(meta)``, no hash."""
+    sd, meta = read_kohya(good)
+    edit(sd)
+    meta.pop("sshs_model_hash")
+    if meta_edit:
+        meta_edit(meta)
+    out = tmp_path / "bad.safetensors"
+    save_file(sd, str(out), metadata=meta)
+    return out
+
+
+def test_good_file_passes_against_peft_and_bare_model(exported):
+    family, pipe, path, _ = exported
+    report = _verify(family, pipe, path)
+    assert report.ok, report.problems
+    assert report.summary() == f"{report.total} of {report.total} modules matched" and report.total == 60
+    bare = build_tiny_pipeline(family)
+    assert _verify(family, bare, path).ok
+
+
+def _rename(old: str, new: str):
+    def edit(sd):
+        for part in ("lora_down.weight", "lora_up.weight", "alpha"):
+            sd[f"{new}.{part}"] = sd.pop(f"{old}.{part}")
+    return edit
+
+
+def _rename_key(old: str, new: str):
+    def edit(sd):
+        sd[new] = sd.pop(old)
+    return edit
+
+
+def _set(key: str, value):
+    def edit(sd):
+        sd[key] = value(sd[key]) if callable(value) else value
+    return edit
+
+
+def _drop(key: str):
+    return lambda sd: sd.pop(key)
+
+
+DEFECTS = {
+    "renamed": (_rename(TO_Q, TO_Q.replace("to_q", "to_qq")), "matches no module"),
+    "no_text_model": (_rename(TE_Q, TE_Q.replace("text_model_", "")), "lacks text_model_"),
+    "sgm_name": (_rename(TO_Q, "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q"), "diffusers naming"),
+    "missing_alpha": (_drop(f"{TO_Q}.alpha"), "lacks alpha"),
+    "wrong_shape": (_set(f"{TO_Q}.lora_down.weight", lambda t: t[:, :-1].contiguous()), "do not fit"),
+    "lora_A_key": (_rename_key(f"{TO_Q}.lora_down.weight", f"{TO_Q}.lora_A.weight"), "not a kohya LoRA key"),
+    "fp32_tensor": (_set(f"{TO_Q}.lora_up.weight", lambda t: t.float()), "policy is F16"),
+    "zero_alpha": (_set(f"{TO_Q}.alpha", torch.tensor(0.0, dtype=torch.float16)), "alpha must be"),
+    "nan": (_set(f"{TO_Q}.lora_up.weight", lambda t: t.clone().fill_(float("nan"))), "NaN/Inf"),
+    "te1_prefix": (_rename(TE_Q, TE_Q.replace("lora_te_", "lora_te1_")), "prefix 'lora_te1'"),
+}
+
+
+@pytest.mark.parametrize("defect", sorted(DEFECTS))
+def test_defective_file_is_reported(exported, tmp_path, defect):
+    family, pipe, good, _ = exported
+    edit, message = DEFECTS[defect]
+    report = _verify(family, pipe, _write_variant(tmp_path, good, edit))
+    assert not report.ok
+    assert any(message in p for p in report.problems), report.problems
+    assert report.matched < report.total or defect in ("fp32_tensor", "te1_prefix", "lora_A_key")
+
+
+META_DEFECTS = {
+    "tag_frequency_not_json": ({"ss_tag_frequency": "{not json"}, "'ss_tag_frequency' is not valid JSON"),
+    "dataset_dirs_list": ({"ss_dataset_dirs": "[]"}, "must be a JSON dict"),
+    "started_at": ({"ss_training_started_at": "yesterday"}, "not a number"),
+    "wrong_v2": ({"ss_v2": "maybe"}, "'ss_v2'"),
+    "wrong_version": ({"ss_base_model_version": "sdxl_base_v1-0"}, "'ss_base_model_version'"),
+    "network_module": ({"ss_network_module": "lycoris.kohya"}, "'ss_network_module'"),
+    "network_dim": ({"ss_network_dim": "128"}, "'ss_network_dim'"),
+    "architecture": ({"modelspec.architecture": "stable-diffusion-xl-v1-base/lora"}, "modelspec.architecture"),
+    "hash": ({"sshs_model_hash": "0" * 64}, "does not match"),
+}
+
+
+@pytest.mark.parametrize("defect", sorted(META_DEFECTS))
+def test_bad_metadata_is_reported(exported, tmp_path, defect):
+    family, pipe, good, _ = exported
+    changes, message = META_DEFECTS[defect]
+    path = _write_variant(tmp_path, good, lambda sd: None, lambda meta: meta.update(changes))
+    report = _verify(family, pipe, path)
+    assert any(message in p for p in report.problems), report.problems
+    assert report.matched == report.total  # module checks are unaffected
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2"])
+def test_openclip_attention_needs_all_four_projections(tmp_path, family):
+    """Only OpenCLIP encoders (SD2) need q/k/v/out together; a partial CLIP-L (SD1) layer is fine."""
+    pipe = lora_pipeline(family, 4, 2.0)
+    path, _, _ = export_file(pipe, family, tmp_path / "good.safetensors")
+    k_proj = "lora_te_text_model_encoder_layers_1_self_attn_k_proj"
+
+    def drop(sd):
+        for part in ("lora_down.weight", "lora_up.weight", "alpha"):
+            sd.pop(f"{k_proj}.{part}")
+
+    report = _verify(family, pipe, _write_variant(tmp_path, path, drop))
+    flagged = any("layer 1" in p and "q/k/v/out_proj" in p for p in report.problems)
+    assert flagged == (family == "sd2"), report.problems
+
+
+def test_truncated_file_and_wrong_extension(exported, tmp_path):
+    family, pipe, good, _ = exported
+    bad = tmp_path / "lora.ckpt"
+    bad.write_bytes(good.read_bytes()[:20])
+    problems = _verify(family, pipe, bad).problems
+    assert any("extension" in p for p in problems) and any("header" in p for p in problems)
+
+
+def _sd15_models():
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg_file = ROOT / "assets" / "models" / "sd1" / "unet" / "config.json"
+    cfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else SD15_UNET
+    te_cfg = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12)
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(cfg), CLIPTextModel(te_cfg)
+
+
+def test_full_size_sd15_names_resolve_in_both_conventions():
+    unet, te = _sd15_models()
+    table = module_lookup(unet, [te], FAMILIES["sd1"])
+    targets = [p for p, _ in unet.named_modules() if p.rsplit(".", 2)[-2:] in (["attn1", "to_q"], ["attn2", "to_q"])
+               or p.endswith((".to_k", ".to_v", ".to_out.0"))]
+    assert len(targets) == 128
+    diffusers_names = ["lora_unet_" + p.replace(".", "_") for p in targets]
+    sgm_names = ["lora_unet_" + diffusers_to_sgm(p, 2, {0: False, 1: True, 2: True, 3: True}).replace(".", "_")
+                 for p in targets]
+    assert all(table[d] == table[s] == ("unet", p) for d, s, p in zip(diffusers_names, sgm_names, targets, strict=True))
+    for name in ("lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q",
+                 "lora_unet_middle_block_1_transformer_blocks_0_attn2_to_out_0",
+                 "lora_unet_output_blocks_11_1_transformer_blocks_0_attn2_to_k",
+                 "lora_unet_output_blocks_2_1_conv", "lora_unet_input_blocks_3_0_op",
+                 "lora_unet_input_blocks_1_0_in_layers_2", "lora_unet_output_blocks_3_0_skip_connection",
+                 "lora_unet_down_blocks_1_attentions_0_proj_in", "lora_te_text_model_encoder_layers_11_mlp_fc2",
+                 "lora_te_encoder_layers_0_self_attn_q_proj", "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"):
+        assert name in table, name
+    assert table["lora_unet_output_blocks_2_1_conv"] == ("unet", "up_blocks.0.upsamplers.0.conv")
+
+
+def test_verify_full_size_file_on_meta_models(tmp_path):
+    """A rank-1 LoRA over every attention projection of SD1.5 checks out against meta-device models."""
+    unet, te = _sd15_models()
+    sd = {}
+    for comp, model in (("lora_unet", unet), ("lora_te_text_model", te)):
+        for path, mod in model.named_modules():
+            if path.endswith(("to_q", "to_k", "to_v", "to_out.0", "q_proj", "k_proj", "v_proj", "out_proj")):
+                name = f"{comp}_{path.replace('.', '_')}"
+                sd[f"{name}.lora_down.weight"] = torch.full((1, mod.in_features), 0.01, dtype=torch.float16)
+                sd[f"{name}.lora_up.weight"] = torch.full((mod.out_features, 1), 0.01, dtype=torch.float16)
+                sd[f"{name}.alpha"] = torch.tensor(1.0, dtype=torch.float16)
+    meta = build_metadata({"network_dim": 1, "network_alpha": 1}, FAMILIES["sd1"], {})
+    save_lora(tmp_path / "full.safetensors", sd, meta)
+    report = verify_lora(tmp_path / "full.safetensors", FAMILIES["sd1"], unet, [te])
+    assert report.ok, report.problems[:5]
+    assert report.summary() == "176 of 176 modules matched"  # 128 UNet + 48 TE

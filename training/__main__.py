@@ -1,0 +1,103 @@
+"""Command line: ``python -m training --config run.toml``.
+
+Exit status: 0 done or stopped on request; 1 training failed (reason in events.jsonl and on stderr);
+2 bad input (unknown key, invalid value, missing file or folder), reported in one line before any model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training", description="Train a Stable Diffusion LoRA.")
+    parser.add_argument("--config", type=Path, help="TOML file with the training options (kohya key names)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one option, e.g. --set max_train_steps=200 (TOML value syntax)")
+    parser.add_argument("--env-report", action="store_true", help="print Python, torch and GPU versions and exit")
+    return parser.parse_args(argv)
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    import tomllib
+
+    from training.config_io import ConfigError
+
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            overrides[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            overrides[key.strip()] = value  # a bare string such as a path
+    return overrides
+
+
+def env_report() -> str:
+    import platform
+
+    lines = [f"python {platform.python_version()} ({platform.system()})"]
+    try:
+        import torch
+
+        lines.append(f"torch {torch.__version__}")
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            lines.append(f"cuda {torch.version.cuda}: {props.name}, {props.total_memory / 2**30:.1f} GiB, "
+                         f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}")
+        else:
+            lines.append("no CUDA GPU: training runs on the CPU (slow; fine for a pipeline check)")
+    except ImportError:
+        lines.append("torch is not installed: install the torch build for your GPU first (see README.md)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.env_report:
+        print(env_report())
+        return 0
+    if not args.config:
+        print("error: --config run.toml is required (see README.md)", file=sys.stderr)
+        return 2
+
+    from training.config_io import load_config
+    from training.errors import UserError
+    from training.preflight import preflight
+
+    try:
+        cfg, notes = load_config(args.config, parse_overrides(args.set))
+        preflight(cfg)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+    from training.loop import TrainingFailed, run
+
+    try:
+        outcome = run(cfg)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except TrainingFailed as err:
+        print(f"training failed: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        return 130
+    except Exception as err:  # the traceback is in events.jsonl
+        print(f"training failed: {type(err).__name__}: {err} (traceback in {cfg.output_dir}/events.jsonl)",
+              file=sys.stderr)
+        return 1
+    print(f"{outcome}: {Path(cfg.output_dir) / (cfg.output_name + '.safetensors') if outcome == 'done' else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Saving what a run produces: LoRA files (exported, then self-checked) and full training state for resume.
+
+File names follow kohya: ``<name>-000003.safetensors`` per epoch, ``<name>-step00000500.safetensors`` per step,
+``<name>.safetensors`` at the end; a state folder sits beside the LoRA it belongs to (``<name>-000003-state``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from training.config_io import write_atomic
+from training.export import build_metadata, kohya_state_dict, save_lora
+from training.verify import verify_lora
+
+if TYPE_CHECKING:
+    from training.prepare import Trainer
+
+STATE_FILE = "train_state.json"
+SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
+
+
+@dataclass
+class TrainState:
+    """Counters and curves that must survive a stop/resume exactly."""
+
+    global_step: int = 0
+    epoch: int = 0                 # epochs fully completed
+    batch_in_epoch: int = 0        # batches consumed in the current epoch
+    started_at: float = field(default_factory=time.time)
+    ema: dict[str, Any] = field(default_factory=dict)
+    val_history: list[list[float]] = field(default_factory=list)  # [step, loss]
+    last_checkpoint: str | None = None
+
+
+def lora_name(output_name: str, epoch: int | None = None, step: int | None = None) -> str:
+    if epoch is not None:
+        return f"{output_name}-{epoch:06d}"
+    if step is not None:
+        return f"{output_name}-step{step:08d}"
+    return output_name
+
+
+def training_facts(tr: Trainer, state: TrainState) -> dict[str, Any]:
+    """What the metadata needs besides the config: dataset, progress and times."""
+    return {
+        "num_train_images": tr.scan.num_train_images,
+        "num_batches_per_epoch": tr.plan.batches_per_epoch,
+        "num_epochs": tr.plan.total_epochs,
+        "epoch": state.epoch,
+        "steps": state.global_step,
+        "max_train_steps": tr.plan.total_steps,
+        "tag_frequency": tr.scan.tag_frequency(),
+        "dataset_dirs": tr.scan.dataset_dirs(),
+        "bucket_info": {"buckets": {str(i): {"resolution": list(b), "count": n}
+                                    for i, (b, n) in enumerate(sorted(tr.bucket_counts.items()))}},
+        "training_started_at": state.started_at,
+        "training_finished_at": time.time(),
+        "mixed_precision": tr.accelerator.mixed_precision,
+        "total_batch_size": tr.cfg.train_batch_size * tr.accelerator.num_processes
+        * tr.cfg.gradient_accumulation_steps,
+    }
+
+
+def save_lora_file(tr: Trainer, state: TrainState, name: str) -> tuple[Path, str]:
+    """Export the current LoRA in kohya format, then check it module by module against the base model."""
+    path = tr.run_dir / f"{name}.safetensors"
+    unet = tr.accelerator.unwrap_model(tr.unet)
+    encoders = [tr.accelerator.unwrap_model(tr.text_encoder)] if tr.cfg.trains_text_encoder else []
+    tensors = kohya_state_dict(unet, encoders, tr.base.family, SAVE_DTYPES[tr.cfg.save_precision])
+    config = tr.cfg.model_dump(mode="json")
+    metadata = build_metadata(config, tr.base.family, training_facts(tr, state))
+    save_lora(path, tensors, metadata)
+    report = verify_lora(path, tr.base.family, unet, [tr.accelerator.unwrap_model(tr.text_encoder)])
+    return path, report.summary()
+
+
+def register_lora_only_state(accelerator) -> None:
+    """Make accelerate's save_state/load_state store only the LoRA weights of each model, not the frozen base
+    (a few MB instead of gigabytes per save)."""
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    def save_hook(models, weights, output_dir):
+        for i, model in enumerate(models):
+            lora = get_peft_model_state_dict(accelerator.unwrap_model(model))
+            save_file({k: v.contiguous() for k, v in lora.items()}, str(Path(output_dir) / f"lora_{i}.safetensors"))
+        weights.clear()
+
+    def load_hook(models, input_dir):
+        for i, model in enumerate(list(models)):
+            lora = load_file(str(Path(input_dir) / f"lora_{i}.safetensors"))
+            result = set_peft_model_state_dict(accelerator.unwrap_model(model), lora)
+            if result.unexpected_keys:
+                raise RuntimeError(f"state {input_dir} does not match this network: {result.unexpected_keys[:3]}")
+        models.clear()
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def save_state(tr: Trainer, state: TrainState, name: str) -> Path:
+    """accelerate's state (LoRA, optimizer, scheduler, RNGs) plus our counters, written to a temporary folder and
+    renamed, so an interrupted save never replaces a good state with a broken one."""
+    final = tr.run_dir / f"{name}-state"
+    tmp = tr.run_dir / f".{name}-state.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tr.accelerator.save_state(str(tmp))
+    if tr.accelerator.is_main_process:
+        torch.save(tr.generator.get_state(), tmp / "noise_generator.pt")
+        write_atomic(tmp / STATE_FILE, json.dumps(asdict(state), indent=1))
+        old = final.with_name(final.name + ".old")
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    tr.accelerator.wait_for_everyone()
+    return final
+
+
+def load_state(tr: Trainer, state_dir: Path) -> TrainState:
+    tr.accelerator.load_state(str(state_dir))
+    tr.generator.set_state(torch.load(state_dir / "noise_generator.pt", weights_only=True))
+    data = json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
+    return TrainState(**data)

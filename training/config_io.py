@@ -1,0 +1,173 @@
+"""TOML in and out for TrainConfig: flatten kohya-style sections, migrate, reject typos, save by section.
+
+Torch-free (the UI uses it). Every problem becomes one ConfigError line that names the file, the key, the value and
+what is allowed, e.g. ``run.toml: unknown key 'network_dims' (did you mean 'network_dim'?)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from pydantic import ValidationError
+
+from training.config import SCHEMA_VERSION, SECTIONS, TrainConfig, field_section
+from training.errors import UserError
+
+# kohya options that mean nothing here: accepted so kohya users' files work, mentioned once, ignored.
+IGNORED_KOHYA_KEYS = {
+    "xformers": "attention always uses PyTorch SDPA",
+    "sdpa": "attention always uses PyTorch SDPA",
+    "mem_eff_attn": "attention always uses PyTorch SDPA",
+    "bucket_no_upscale": "buckets never upscale images",
+    "persistent_data_loader_workers": "loader workers are managed automatically",
+    "network_module": "the network is always LoRA (networks.lora)",
+    "save_model_as": "LoRAs are always saved as .safetensors",
+    "lowram": "not needed",
+    "max_token_length": "captions use the standard 75-token window",
+    "log_with": "events.jsonl is always written; TensorBoard when installed",
+    "pretrained_model_name_or_path_hash": "not needed",
+}
+
+# kohya options for features this trainer does not have (yet): refused, so nobody trains without what they asked.
+UNSUPPORTED_KOHYA_KEYS = (
+    "reg_data_dir", "color_aug", "random_crop", "face_crop_aug_range", "network_args", "conv_dim", "conv_alpha",
+    "full_fp16", "full_bf16", "fp8_base", "multires_noise_iterations", "multires_noise_discount",
+    "adaptive_noise_scale", "zero_terminal_snr", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss",
+    "dataset_config", "in_json", "optimizer_args", "lr_scheduler_power", "prior_loss_weight", "huber_c",
+    "loss_type", "ip_noise_gamma", "debiased_estimation_loss", "masked_loss", "vae", "sdxl",
+)
+
+
+class ConfigError(UserError):
+    """A config file or value the user must fix."""
+
+
+def flatten_sections(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """One level of [section] tables is for grouping only, as in kohya's config files."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        items = value.items() if isinstance(value, dict) else [(key, value)]
+        for k, v in items:
+            if isinstance(v, dict):
+                raise ConfigError(f"{source}: [{key}.{k}] is nested too deep; sections hold plain keys only")
+            if k in flat:
+                raise ConfigError(f"{source}: key '{k}' is set twice")
+            flat[k] = v
+    return flat
+
+
+def migrate(flat: dict[str, Any], source: str) -> dict[str, Any]:
+    """Bring an older schema up to date; a file without schema_version (a kohya file) counts as current."""
+    version = flat.pop("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ConfigError(f"{source}: schema_version {version!r} is newer than this trainer knows "
+                          f"({SCHEMA_VERSION}); update the trainer")
+    flat.pop("preset", None)  # informational: which preset the values came from
+    return flat
+
+
+def reject_unknown(flat: dict[str, Any], source: str) -> list[str]:
+    """Drop ignored kohya keys (returning notes about them); refuse unknown or unsupported ones."""
+    notes = []
+    for key in list(flat):
+        if key in TrainConfig.model_fields:
+            continue
+        if key in IGNORED_KOHYA_KEYS:
+            notes.append(f"{source}: '{key}' ignored: {IGNORED_KOHYA_KEYS[key]}")
+            del flat[key]
+        elif key in UNSUPPORTED_KOHYA_KEYS:
+            raise ConfigError(f"{source}: '{key}' is a kohya option this trainer does not support yet; remove it")
+        else:
+            close = difflib.get_close_matches(key, TrainConfig.model_fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{source}: unknown key '{key}'{hint}")
+    return notes
+
+
+def allowed_values(name: str) -> str:
+    """Human description of what a field accepts, from its type and limits."""
+    info = TrainConfig.model_fields[name]
+    choices = getattr(info.annotation, "__args__", None)
+    if choices and all(isinstance(c, str) for c in choices):
+        return "one of " + ", ".join(choices)
+    lo = hi = None
+    for m in info.metadata:
+        lo = getattr(m, "ge", None) if getattr(m, "ge", None) is not None else lo
+        lo = getattr(m, "gt", None) if getattr(m, "gt", None) is not None else lo
+        hi = getattr(m, "le", None) if getattr(m, "le", None) is not None else hi
+        hi = getattr(m, "lt", None) if getattr(m, "lt", None) is not None else hi
+    if lo is not None and hi is not None:
+        return f"allowed {lo} to {hi}"
+    if lo is not None:
+        return f"allowed from {lo}"
+    return ""
+
+
+def validation_message(err: ValidationError, flat: dict[str, Any], source: str) -> str:
+    first = err.errors()[0]
+    key = str(first["loc"][0]) if first["loc"] else ""
+    msg = "not a known choice" if first["type"] == "literal_error" else first["msg"].removeprefix("Value error, ")
+    if not key:
+        return f"{source}: {msg}"
+    allowed = allowed_values(key) if key in TrainConfig.model_fields else ""
+    value = flat.get(key, first.get("input"))
+    return f"{source}: {key} = {value!r} is invalid: {msg}" + (f" ({allowed})" if allowed else "")
+
+
+def config_from_dict(flat: dict[str, Any], source: str = "config") -> tuple[TrainConfig, list[str]]:
+    """Validate a flat (or sectioned) dict; returns the config and notes about ignored keys."""
+    flat = migrate(flatten_sections(dict(flat), source), source)
+    notes = reject_unknown(flat, source)
+    try:
+        return TrainConfig.model_validate(flat), notes
+    except ValidationError as err:
+        raise ConfigError(validation_message(err, flat, source)) from None
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> tuple[TrainConfig, list[str]]:
+    """Read a TOML file (kohya's or ours) into a validated TrainConfig."""
+    source = path.name
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{source}: not valid TOML: {err}") from None
+    flat = flatten_sections(data, source)
+    flat.update(overrides or {})
+    return config_from_dict(flat, source)
+
+
+def config_to_toml(cfg: TrainConfig, preset: str | None = None) -> str:
+    """The resolved config grouped by section; unset optionals are left out (TOML has no null)."""
+    top: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+    if preset:
+        top["preset"] = preset
+    sections: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for name, value in cfg.model_dump().items():
+        if value is not None:
+            sections[field_section(name)][name] = value
+    return tomli_w.dumps(top | {s: v for s, v in sections.items() if v})
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text so a crash never leaves a half-written file: temp file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_config(cfg: TrainConfig, path: Path, preset: str | None = None) -> None:
+    write_atomic(path, config_to_toml(cfg, preset))

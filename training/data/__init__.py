@@ -1,0 +1,11 @@
+"""Training data: kohya folder scan, image loading, captions, aspect-ratio buckets, the dataset and latent caching.
+
+Modules (import them directly; this package imports nothing heavy on purpose):
+
+- ``folder``: ``scan_dataset`` reads ``<repeats>_<concept>`` folders into ``DatasetScan``.
+- ``images``: ``load_image`` (EXIF, alpha onto white), ``fit_to_bucket``, ``to_tensor``.
+- ``captions``: ``process_caption`` (kohya's shuffle / keep_tokens / caption dropout).
+- ``buckets``: ``make_buckets``, ``assign_bucket``, ``bucket_table``, ``BucketBatchSampler``.
+- ``dataset``: ``TrainDataset`` and ``collate``.
+- ``latents``: ``LatentCache`` (memory + optional on-disk safetensors cache keyed by file bytes, bucket, flip, VAE).
+"""

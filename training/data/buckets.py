@@ -1,0 +1,159 @@
+"""Aspect-ratio bucketing as kohya does it, with ``bucket_no_upscale`` always on, and a bucket-pure batch sampler.
+
+Sizes and buckets are ``(width, height)`` throughout, like PIL and kohya.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+from training.errors import UserError
+
+Bucket = tuple[int, int]
+
+
+def make_buckets(resolution: tuple[int, int], min_reso: int, max_reso: int, step: int) -> list[Bucket]:
+    """kohya's ``make_bucket_resolutions``: the largest buckets (multiples of ``step``) within the resolution's area.
+
+    For every width ``min_reso..max_reso`` in ``step``s, the tallest height with ``w * h <= area`` (capped at
+    ``max_reso``, dropped below ``min_reso``), the transposed bucket, and the largest square. Smaller buckets of a
+    similar shape are left out on purpose: the nearest-aspect rule would pick them over a slightly-off larger one and
+    train at a needlessly low resolution. Sorted by (w, h).
+    """
+    _check_settings(min_reso, max_reso, step)
+    area = resolution[0] * resolution[1]
+    square = int(math.sqrt(area) // step) * step
+    buckets = {(square, square)}
+    for width in range(min_reso, max_reso + 1, step):
+        height = min(max_reso, int((area // width) // step) * step)
+        if height >= min_reso:
+            buckets.add((width, height))
+            buckets.add((height, width))
+    return sorted(buckets)
+
+
+def _check_settings(min_reso: int, max_reso: int, step: int) -> None:
+    if step <= 0 or step % 8:
+        raise UserError(f"bucket_reso_steps must be a positive multiple of 8 (64 is usual), got {step}")
+    if min_reso > max_reso:
+        raise UserError(f"min_bucket_reso ({min_reso}) must not be larger than max_bucket_reso ({max_reso})")
+
+
+def assign_bucket(size: tuple[int, int], buckets: Sequence[Bucket], resolution: tuple[int, int], step: int) -> Bucket:
+    """Choose the bucket whose aspect ratio is nearest the image's, never upscaling.
+
+    If the image does not cover the chosen bucket in both directions (fitting would upscale it), the bucket is
+    computed from the image instead, as kohya's ``bucket_no_upscale`` does: the image's size floored to multiples of
+    ``step`` (at least one ``step``), shrunk first if that would exceed the resolution's area.
+    """
+    w, h = size
+    aspect = w / h
+    # Ties (rare) go to the larger bucket: more pixels for the same crop.
+    bucket = min(buckets, key=lambda b: (abs(b[0] / b[1] - aspect), -b[0] * b[1]))
+    if w >= bucket[0] and h >= bucket[1]:
+        return bucket
+    return _bucket_from_image(size, resolution[0] * resolution[1], step)
+
+
+def _bucket_from_image(size: tuple[int, int], max_area: int, step: int) -> Bucket:
+    """The image's own size floored to ``step`` (kohya's ``bucket_no_upscale``); if that exceeds ``max_area``, first
+    shrink to the area the way kohya's ``select_bucket`` does."""
+    w, h = size
+    floored = (max(step, w - w % step), max(step, h - h % step))
+    if floored[0] * floored[1] <= max_area:
+        return floored
+    aspect = w / h
+    rw = math.sqrt(max_area * aspect)
+    bw, bh = _round_to_step(rw, step), _round_to_step(max_area / rw, step)
+    # Round the width or the height to steps, whichever keeps the aspect ratio closer (kohya's rule).
+    err_w = abs(bw / max(step, _round_to_step(bw / aspect, step)) - aspect)
+    err_h = abs(max(step, _round_to_step(bh * aspect, step)) / max(step, bh) - aspect)
+    w, h = (bw, int(bw / aspect + 0.5)) if err_w < err_h else (int(bh * aspect + 0.5), bh)
+    return max(step, w - w % step), max(step, h - h % step)
+
+
+def _round_to_step(x: float, step: int) -> int:
+    x = int(x + 0.5)
+    return x - x % step
+
+
+def assign_buckets(
+    sizes: Sequence[tuple[int, int]],
+    *,
+    resolution: int | tuple[int, int],
+    enable_bucket: bool = True,
+    min_reso: int = 256,
+    max_reso: int = 1024,
+    step: int = 64,
+) -> list[Bucket]:
+    """One bucket per image size. Without bucketing every image goes to ``resolution`` (center crop, upscaling
+    allowed, as kohya does), so all batches share one shape."""
+    res = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    if not enable_bucket:
+        return [res] * len(sizes)
+    buckets = make_buckets(res, min_reso, max_reso, step)
+    return [assign_bucket(s, buckets, res, step) for s in sizes]
+
+
+def bucket_table(assignments: dict[Bucket, int]) -> str:
+    """A small table to print at start: one row per bucket (WxH, aspect, images), widest aspect last."""
+    rows = sorted(assignments.items(), key=lambda kv: (kv[0][0] / kv[0][1], kv[0]))
+    lines = [f"{'bucket':>11}  {'aspect':>6}  {'images':>6}"]
+    lines += [f"{f'{w}x{h}':>11}  {w / h:>6.2f}  {n:>6}" for (w, h), n in rows]
+    lines.append(f"{'total':>11}  {'':>6}  {sum(assignments.values()):>6}")
+    return "\n".join(lines)
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of dataset indices where every batch comes from one bucket, so tensors in a batch share a shape.
+
+    ``buckets[i]`` is the bucket of dataset index ``i`` (the index list already includes repeats). Each epoch,
+    indices are shuffled within each bucket and then the batch order is shuffled, both from
+    ``torch.Generator().manual_seed(seed + epoch)``: the same seed and epoch always give the same batches, which is
+    what exact resume relies on. A bucket's last partial batch is kept, so ``len()`` is
+    ``sum(ceil(n_bucket / batch_size))``, the same every epoch.
+    """
+
+    def __init__(self, buckets: Sequence[Bucket], batch_size: int, seed: int, shuffle: bool = True) -> None:
+        if batch_size < 1:
+            raise UserError(f"train_batch_size must be at least 1, got {batch_size}")
+        groups: dict[Bucket, list[int]] = defaultdict(list)
+        for index, bucket in enumerate(buckets):
+            groups[tuple(bucket)].append(index)
+        self.groups = dict(sorted(groups.items()))  # fixed order, independent of dataset order quirks
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch's shuffle; ``start_batch`` skips that many batches (for resuming mid-epoch) without
+        loading their images. The skip holds until the next ``set_epoch``; ``len()`` still counts the full epoch."""
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch {start_batch} outside 0..{len(self)}")
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """All batches of ``epoch`` in order (deterministic)."""
+        gen = torch.Generator().manual_seed(self.seed + epoch)
+        batches: list[list[int]] = []
+        for indices in self.groups.values():
+            if self.shuffle:
+                indices = [indices[i] for i in torch.randperm(len(indices), generator=gen).tolist()]
+            batches += [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self.batches(self.epoch)[self.start_batch :]
+
+    def __len__(self) -> int:
+        return sum(math.ceil(len(g) / self.batch_size) for g in self.groups.values())

@@ -1,0 +1,125 @@
+"""The run folder's event stream and control flags: the only runtime contract between a run and its watchers.
+
+The trainer appends one JSON object per line to ``events.jsonl``; the UI (or anyone) tails it with EventReader.
+Control goes the other way through empty flag files in ``control/`` (stop, sample, save), which also work on Windows
+where a UI cannot send Ctrl+C to a child. Torch-free: the UI imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+EVENT_VERSION = 1
+EVENTS_FILE = "events.jsonl"
+CONTROL_DIR = "control"
+CONTROL_FLAGS = ("stop", "sample", "save")
+TERMINAL_EVENTS = ("done", "stopped", "error")
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/Inf: write them as strings so a NaN loss is still reported, not a broken line."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+class EventWriter:
+    """Appends event lines; each line is flushed at once so a watcher sees it and a crash loses nothing."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+        self.path = run_dir / EVENTS_FILE
+        self.enabled = enabled  # False on non-main processes of a multi-GPU run
+        if enabled:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+
+    def emit(self, event: str, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        record = {"v": EVENT_VERSION, "t": round(time.time(), 3), "event": event, **_clean(fields)}
+        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self.enabled and not self._file.closed:
+            self._file.close()
+
+
+@dataclass
+class EventReader:
+    """Tails events.jsonl from a byte offset. A partial last line is normal (the writer is mid-line): it is kept
+    for the next poll. Malformed complete lines are counted and skipped; unknown events are returned as they are."""
+
+    path: Path
+    offset: int = 0
+    malformed: int = 0
+    _tail: bytes = field(default=b"", repr=False)
+
+    def poll(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(chunk)
+        data = self._tail + chunk
+        *lines, self._tail = data.split(b"\n")
+        events = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                self.malformed += 1
+                continue
+            if isinstance(record, dict) and "event" in record:
+                events.append(record)
+            else:
+                self.malformed += 1
+        return events
+
+
+def read_events(run_dir: Path) -> list[dict[str, Any]]:
+    """All complete events of a run."""
+    return EventReader(run_dir / EVENTS_FILE).poll()
+
+
+class Control:
+    """Flag files in <run>/control/. The trainer checks them between steps (a few stat calls)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir / CONTROL_DIR
+
+    def request(self, flag: str) -> None:
+        if flag not in CONTROL_FLAGS:
+            raise ValueError(f"unknown control flag {flag!r}")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / flag).touch()
+
+    def is_set(self, flag: str) -> bool:
+        return (self.dir / flag).exists()
+
+    def take(self, flag: str) -> bool:
+        """True once per request: the flag is removed when seen (stop stays until the run ends)."""
+        path = self.dir / flag
+        if not path.exists():
+            return False
+        if flag != "stop":
+            path.unlink(missing_ok=True)
+        return True
+
+    def clear(self) -> None:
+        for flag in CONTROL_FLAGS:
+            (self.dir / flag).unlink(missing_ok=True)
+

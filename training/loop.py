@@ -1,0 +1,359 @@
+"""The training loop. One code path for the CLI, the UI's background runs and multi-GPU:
+
+    python -m training --config run.toml
+    accelerate launch --num_processes 2 -m training --config run.toml
+
+The step keeps everything on the device: losses are collected on the GPU and read back every READBACK_EVERY steps
+(one host synchronisation for many steps), so the GPU never waits for Python to print a number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from training.checkpoints import TrainState, load_state, lora_name, save_lora_file, save_state
+from training.config import TrainConfig
+from training.errors import UserError
+from training.events import Control, EventWriter
+from training.loss import per_sample_loss, random_timesteps, sample_noise
+from training.metrics import LossEMA, Throughput
+from training.models.text import encode_prompts
+from training.prepare import Trainer, prepare
+from training.sample import generate_samples, load_prompts
+from training.validation import validation_loss
+
+READBACK_EVERY = 10  # steps between host read-backs of the loss (NaN checks, events, progress bar)
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, step: int, paths: list[str]) -> None:
+        super().__init__(step, paths)
+        self.step, self.paths = step, paths
+
+
+def conditioning(tr: Trainer, captions: list[str]) -> torch.Tensor:
+    if tr.text_cache is not None:
+        return torch.stack([tr.text_cache[c] for c in captions])
+    return encode_prompts(tr.text_encoder, tr.base.tokenizer, captions, tr.cfg.clip_skip)
+
+
+def batch_latents(tr: Trainer, batch: dict) -> torch.Tensor:
+    if batch.get("latents") is not None:
+        return batch["latents"].to(tr.accelerator.device, non_blocking=True)
+    pixels = batch["pixel_values"].to(tr.accelerator.device, torch.float32, non_blocking=True)
+    with torch.no_grad():
+        return tr.base.vae.encode(pixels).latent_dist.sample() * tr.base.vae.config.scaling_factor
+
+
+def train_step(tr: Trainer, batch: dict) -> torch.Tensor:
+    """One forward/backward (and an optimizer step when accumulation completes). Returns the loss on the device."""
+    cfg, acc = tr.cfg, tr.accelerator
+    with acc.accumulate(tr.unet, tr.text_encoder):
+        latents = batch_latents(tr, batch).to(tr.weight_dtype)
+        cond = conditioning(tr, batch["caption"]).to(tr.weight_dtype)
+        noise = sample_noise(latents, tr.generator, cfg.noise_offset)
+        timesteps = random_timesteps(latents.shape[0], tr.base.noise_scheduler, tr.generator, latents.device)
+        with acc.autocast():
+            loss = per_sample_loss(tr.unet, tr.base.noise_scheduler, latents, cond, noise, timesteps,
+                                   cfg.min_snr_gamma).mean()
+        acc.backward(loss)
+        if acc.sync_gradients and cfg.max_grad_norm > 0:
+            acc.clip_grad_norm_(tr.params, cfg.max_grad_norm)
+        tr.optimizer.step()
+        tr.lr_scheduler.step()
+        tr.optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+class Loop:
+    """Runs the epochs and everything periodic around the step: read-backs, validation, samples, saves, stop."""
+
+    def __init__(self, tr: Trainer, events: EventWriter, control: Control, state: TrainState) -> None:
+        self.tr, self.events, self.control, self.state = tr, events, control, state
+        self.ema = LossEMA(**state.ema) if state.ema else LossEMA()
+        self.speed = Throughput()
+        self.pending: list[tuple[int, int, torch.Tensor, list[str]]] = []  # (step, epoch, loss, paths)
+        self.snapshot = [p.detach().clone() for p in tr.params]  # last LoRA weights known to be finite
+        self.snapshot_step = state.global_step
+        self.images = 0
+        self.t0 = time.time()
+        self.prompts = load_prompts(tr.cfg.sample_prompts, tr.cfg.resolution_wh)
+        self.val_every = self._validation_interval()
+        self.stop_requested = False
+        self.bar = None
+
+    def _validation_interval(self) -> int:
+        every = self.tr.cfg.validation_every_n_steps
+        if self.tr.validation is None or every == 0:
+            return 0
+        return every or max(1, self.tr.plan.total_steps // 20)
+
+    # --- host read-back: the only place losses leave the GPU
+    def readback(self) -> None:
+        if not self.pending:
+            return
+        values = torch.stack([p[2] for p in self.pending]).float().cpu().tolist()
+        now = time.time()
+        for (step, epoch, _, paths), loss in zip(self.pending, values, strict=True):
+            if not math.isfinite(loss):
+                self.pending.clear()
+                raise NonFiniteLoss(step, paths)
+            self.emit_step(step, epoch, loss, now)
+        self.pending.clear()
+        for snap, p in zip(self.snapshot, self.tr.params, strict=True):
+            snap.copy_(p.detach())
+        self.snapshot_step = self.state.global_step
+
+    def emit_step(self, step: int, epoch: int, loss: float, now: float) -> None:
+        tr = self.tr
+        smoothed = self.ema.update(loss)
+        self.speed.record(now, step, self.images)
+        remaining = tr.plan.total_steps - step
+        lrs = dict(zip(("unet", "text_encoder"), tr.lr_scheduler.get_last_lr(), strict=False))
+        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+        self.events.emit("step", step=step, epoch=epoch + 1, loss=round(loss, 6), smoothed=round(smoothed, 6),
+                         lr=lrs, images_per_s=round(self.speed.images_per_second(), 3),
+                         elapsed=round(now - self.t0, 1), eta=round(self.speed.eta(remaining), 1),
+                         peak_mem_gb=None if peak is None else round(peak, 3))
+        tr.accelerator.log({"loss": loss, "loss/smoothed": smoothed, **{f"lr/{k}": v for k, v in lrs.items()}},
+                           step=step)
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix(loss=f"{smoothed:.4f}")
+
+    # --- periodic work
+    def after_step(self, epoch: int) -> None:
+        step, cfg = self.state.global_step, self.tr.cfg
+        if len(self.pending) >= READBACK_EVERY:
+            self.readback()
+        if self.val_every and step % self.val_every == 0:
+            self.validate()
+        if cfg.sample_every_n_steps and step % cfg.sample_every_n_steps == 0:
+            self.sample(epoch=None)
+        if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0 and step < self.tr.plan.total_steps:
+            self.save(lora_name(cfg.output_name, step=step), with_state=cfg.save_state)
+        if self.control.take("sample"):
+            self.sample(epoch=None)
+        if self.control.take("save"):
+            self.save(lora_name(cfg.output_name, step=step), with_state=True)
+        if self.control.is_set("stop"):
+            self.stop_requested = True
+
+    def after_epoch(self, epoch_done: int) -> None:
+        cfg = self.tr.cfg
+        last = self.state.global_step >= self.tr.plan.total_steps
+        if cfg.save_every_n_epochs and epoch_done % cfg.save_every_n_epochs == 0 and not last:
+            self.save(lora_name(cfg.output_name, epoch=epoch_done), with_state=cfg.save_state)
+        if cfg.sample_every_n_epochs and epoch_done % cfg.sample_every_n_epochs == 0:
+            self.sample(epoch=epoch_done)
+
+    def validate(self) -> None:
+        tr = self.tr
+        self.readback()
+        if tr.validation is None:
+            return
+        loss = validation_loss(tr.validation, tr.unet, tr.text_encoder, tr.base, tr.cfg.clip_skip, tr.text_cache,
+                               tr.weight_dtype)
+        self.state.val_history.append([self.state.global_step, loss])
+        self.events.emit("val", step=self.state.global_step, loss=round(loss, 6), kind=tr.validation.kind)
+        tr.accelerator.log({"loss/validation": loss}, step=self.state.global_step)
+
+    def sample(self, epoch: int | None) -> None:
+        tr = self.tr
+        if not self.prompts or not tr.accelerator.is_main_process:
+            return
+        self.readback()
+        self.events.emit("status", phase="sampling", msg=f"making {len(self.prompts)} sample image(s)")
+        device = tr.accelerator.device
+        tr.base.vae.to(device)
+        tr.text_encoder.to(device)
+        paths = generate_samples(tr.base, tr.accelerator.unwrap_model(tr.unet),
+                                 tr.accelerator.unwrap_model(tr.text_encoder), self.prompts, tr.cfg.sample_sampler,
+                                 tr.cfg.clip_skip, tr.run_dir / "sample", tr.cfg.output_name,
+                                 self.state.global_step, epoch, device, tr.weight_dtype)
+        if tr.latent_cache is not None:
+            tr.base.vae.to("cpu")
+        if tr.text_cache is not None:
+            tr.text_encoder.to("cpu")
+        self.events.emit("sample", step=self.state.global_step, epoch=epoch, paths=[str(p) for p in paths])
+        self.events.emit("status", phase="training", msg="training")
+
+    def save(self, name: str, with_state: bool) -> Path | None:
+        tr = self.tr
+        self.readback()
+        self.events.emit("status", phase="saving", msg=f"saving {name}")
+        path = None
+        if tr.accelerator.is_main_process:
+            path, check = save_lora_file(tr, self.state, name)
+            self.state.last_checkpoint = str(path)
+            self.events.emit("checkpoint", step=self.state.global_step, epoch=self.state.epoch, path=str(path),
+                             check=check)
+        if with_state:
+            self.state.ema = vars(self.ema).copy()
+            state_dir = save_state(tr, self.state, name)
+            self.events.emit("state_saved", step=self.state.global_step, path=str(state_dir))
+        self.events.emit("status", phase="training", msg="training")
+        return path
+
+    def restore_snapshot(self) -> None:
+        for snap, p in zip(self.snapshot, self.tr.params, strict=True):
+            p.data.copy_(snap)
+
+    # --- the epochs
+    def run(self) -> str:
+        """Returns "done" or "stopped"."""
+        tr, state = self.tr, self.state
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=tr.plan.total_steps, initial=state.global_step, disable=None if
+                        tr.accelerator.is_main_process else True, desc="training", unit="step")
+        if state.global_step == 0 and self.val_every:
+            self.validate()
+        self.events.emit("status", phase="training", msg="training")
+        tr.unet.train()
+        while state.global_step < tr.plan.total_steps and not self.stop_requested:
+            epoch = state.epoch
+            # Resuming mid-epoch: the sampler skips the batches already trained (their images are never loaded).
+            tr.sampler.set_epoch(epoch, start_batch=state.batch_in_epoch * tr.accelerator.num_processes)
+            tr.dataset.set_epoch(epoch)
+            for batch in tr.dataloader:
+                loss = train_step(tr, batch)
+                state.batch_in_epoch += 1
+                self.images += len(batch["caption"]) * tr.accelerator.num_processes
+                if not tr.accelerator.sync_gradients:
+                    continue
+                state.global_step += 1
+                self.pending.append((state.global_step, epoch, loss, batch["path"]))
+                self.after_step(epoch)
+                if state.global_step >= tr.plan.total_steps or self.stop_requested:
+                    break
+            else:
+                state.epoch, state.batch_in_epoch = epoch + 1, 0
+                self.readback()
+                self.after_epoch(state.epoch)
+                continue
+            if state.batch_in_epoch >= len(tr.dataloader):
+                state.epoch, state.batch_in_epoch = epoch + 1, 0
+                self.after_epoch(state.epoch)
+        self.readback()
+        self.bar.close()
+        return "stopped" if self.stop_requested and state.global_step < tr.plan.total_steps else "done"
+
+
+def check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
+    """Never overwrite an earlier run's results: a folder with events.jsonl is reused only to resume it."""
+    if (run_dir / "events.jsonl").exists():
+        resuming_here = cfg.resume and Path(cfg.resume).resolve().parent == run_dir.resolve()
+        if not resuming_here:
+            raise UserError(f"output_dir {run_dir} already holds a run; choose a new output_dir "
+                            f"or set resume to one of its -state folders")
+
+
+def run(cfg: TrainConfig, run_dir: Path | None = None) -> str:
+    """Train according to cfg. Returns "done" or "stopped"; raises UserError for bad input."""
+    run_dir = Path(run_dir or cfg.output_dir)
+    check_run_dir(cfg, run_dir)
+    events = EventWriter(run_dir)
+    control = Control(run_dir)
+    control.clear()
+    stop_signals = install_signal_handlers(control)
+    try:
+        return _run(cfg, run_dir, events, control)
+    except UserError as err:
+        events.emit("error", msg=str(err), traceback=None)
+        raise
+    except TrainingFailed:
+        raise
+    except Exception as err:
+        events.emit("error", msg=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        raise
+    finally:
+        restore_signal_handlers(stop_signals)
+        events.close()
+
+
+def _run(cfg: TrainConfig, run_dir: Path, events: EventWriter, control: Control) -> str:
+    import os
+
+    from training.config_io import save_config
+
+    events.emit("status", phase="loading", msg="preparing")
+    tr = prepare(cfg, run_dir, events)
+    if tr.accelerator.is_main_process:
+        save_config(cfg, run_dir / "job.toml")
+    state = load_state(tr, Path(cfg.resume)) if cfg.resume else TrainState()
+    events.emit("start", run_id=run_dir.name, pid=os.getpid(), family=tr.base.family.name,
+                total_steps=tr.plan.total_steps, total_epochs=tr.plan.total_epochs,
+                steps_per_epoch=tr.plan.steps_per_epoch, resumed_from=cfg.resume,
+                start_step=state.global_step, config=cfg.model_dump(mode="json"),
+                dataset={"images": len(tr.scan.items), "train_images_x_repeats": tr.scan.num_train_images,
+                         "concepts": [vars(c) | {"path": str(c.path)} for c in tr.scan.concepts],
+                         "buckets": {f"{w}x{h}": n for (w, h), n in sorted(tr.bucket_counts.items())},
+                         "validation": tr.validation.kind if tr.validation else "off"})
+    tr.accelerator.init_trackers("lora")
+    loop = Loop(tr, events, control, state)
+    try:
+        outcome = loop.run()
+    except NonFiniteLoss as nan:
+        return fail_non_finite(loop, nan)
+    if outcome == "stopped":
+        name = lora_name(cfg.output_name, step=state.global_step)
+        path = loop.save(name, with_state=True)
+        events.emit("stopped", step=state.global_step, last_checkpoint=str(path) if path else None,
+                    state=str(run_dir / f"{name}-state"))
+    else:
+        if loop.val_every and (not state.val_history or state.val_history[-1][0] != state.global_step):
+            loop.validate()
+        path = loop.save(cfg.output_name, with_state=cfg.save_state)
+        events.emit("done", path=str(path) if path else None, step=state.global_step)
+    tr.accelerator.end_training()
+    return outcome
+
+
+def fail_non_finite(loop: Loop, nan: NonFiniteLoss) -> str:
+    """Stop on the first NaN/Inf loss; keep the last weights known to be finite as a LoRA file."""
+    loop.restore_snapshot()
+    loop.state.global_step = loop.snapshot_step
+    saved = None
+    if loop.snapshot_step > 0:
+        saved = loop.save(lora_name(loop.tr.cfg.output_name, step=loop.snapshot_step), with_state=False)
+    files = ", ".join(Path(p).name for p in nan.paths[:4])
+    msg = (f"loss became NaN/Inf at step {nan.step} (batch: {files}). Likely causes: learning rate or "
+           f"network_alpha too high, fp16 overflow (use mixed_precision = 'bf16'), or a broken image. "
+           f"Kept the last good LoRA from step {loop.snapshot_step}.")
+    loop.events.emit("error", msg=msg, code="non_finite_loss", step=nan.step, last_checkpoint=str(saved) if saved
+                     else loop.state.last_checkpoint, traceback=None)
+    raise TrainingFailed(msg)
+
+
+class TrainingFailed(Exception):
+    """The run failed in a way already reported in the event stream (exit status 1)."""
+
+
+def install_signal_handlers(control: Control):
+    """Ctrl+C / SIGTERM finish the current step, save, and exit as "stopped". A second Ctrl+C aborts."""
+    previous = {}
+
+    def handler(signum, frame):
+        if control.is_set("stop"):
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        control.request("stop")
+        print("\nstopping after this step (saving LoRA and state); press Ctrl+C again to abort", flush=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread (e.g. called from a test thread)
+            previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def restore_signal_handlers(previous) -> None:
+    for sig, old in previous.items():
+        signal.signal(sig, old)

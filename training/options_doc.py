@@ -1,0 +1,31 @@
+"""Generate docs/options.md from TrainConfig, so the documentation can never drift from the defaults.
+
+    python -m training.options_doc > docs/options.md
+"""
+
+from __future__ import annotations
+
+from training.config import SECTIONS, TrainConfig, field_section
+from training.config_io import allowed_values
+
+
+def options_markdown() -> str:
+    lines = ["# Training options", "",
+             "Generated from `training/config.py` by `python -m training.options_doc > docs/options.md`; "
+             "a test fails when this file is stale.", "",
+             "Names follow kohya-ss/sd-scripts where kohya has the option. In a TOML file the `[section]` headers "
+             "are for grouping only (kohya's own section names work too).", ""]
+    for section in SECTIONS:
+        names = [n for n in TrainConfig.model_fields if field_section(n) == section]
+        lines += [f"## [{section}]", "", "| key | default | allowed | why |", "|---|---|---|---|"]
+        for name in names:
+            field = TrainConfig.model_fields[name]
+            default = "unset" if field.default is None else f"`{field.default!r}`".replace("|", "\\|")
+            allowed = allowed_values(name).replace("|", "\\|")
+            lines.append(f"| `{name}` | {default} | {allowed} | {field.description} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(options_markdown(), end="")

@@ -1,0 +1,41 @@
+"""Checks that need the file system but not torch: run before anything heavy loads (the UI uses them too)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from training.config import TrainConfig
+from training.errors import UserError
+
+MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
+
+
+def looks_like_path(value: str) -> bool:
+    """Hub ids look like 'org/name'; anything with a model suffix, a drive, ~ or more separators is a path."""
+    if value.lower().endswith(MODEL_SUFFIXES) or value.startswith(("~", ".", "/", "\\")) or ":" in value:
+        return True
+    return value.count("/") != 1 or Path(value).exists()
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """Refuse a config that cannot run, with one line naming the setting and what to do."""
+    if not cfg.pretrained_model_name_or_path:
+        raise UserError("pretrained_model_name_or_path is not set: give a base model file or diffusers folder")
+    model = Path(cfg.pretrained_model_name_or_path).expanduser()
+    if looks_like_path(cfg.pretrained_model_name_or_path) and not model.exists():
+        raise UserError(f"pretrained_model_name_or_path: {model} does not exist")
+    if not cfg.train_data_dir:
+        raise UserError("train_data_dir is not set: give the folder that holds your training images")
+    data = Path(cfg.train_data_dir).expanduser()
+    if not data.is_dir():
+        raise UserError(f"train_data_dir: folder {data} does not exist")
+    if not cfg.output_dir:
+        raise UserError("output_dir is not set: give the folder where the LoRA and run files go")
+    for key in ("resume", "network_weights"):
+        value = getattr(cfg, key)
+        if value and not Path(value).expanduser().exists():
+            raise UserError(f"{key}: {value} does not exist")
+    if cfg.resume and not (Path(cfg.resume) / "train_state.json").is_file():
+        raise UserError(f"resume: {cfg.resume} is not a saved state folder (no train_state.json in it)")
+    if (cfg.sample_every_n_steps or cfg.sample_every_n_epochs) and not cfg.sample_prompts:
+        raise UserError("sample_every_n_steps/epochs is set but sample_prompts is empty: add prompts or unset it")

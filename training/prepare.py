@@ -1,0 +1,231 @@
+"""Everything before the first step: accelerator, base model, dataset and buckets, LoRA, caches, optimizer.
+
+``prepare()`` returns a Trainer holding what the loop needs; it reports progress through the event stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+
+from training.checkpoints import register_lora_only_state
+from training.config import TrainConfig
+from training.data.buckets import BucketBatchSampler, assign_buckets, bucket_table
+from training.data.dataset import TrainDataset, collate
+from training.data.folder import DatasetScan, ImageItem, scan_dataset
+from training.data.latents import LatentCache
+from training.events import EventWriter
+from training.models.loading import BaseModel, load_base_model
+from training.models.text import encode_prompts
+from training.network import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora
+from training.optim import make_optimizer, make_scheduler
+from training.validation import ValidationSet, build_validation_set
+
+
+@dataclass
+class Plan:
+    """How long the run is; derived once so the loop, events and metadata agree."""
+
+    batches_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    total_epochs: int
+
+
+@dataclass
+class Trainer:
+    cfg: TrainConfig
+    run_dir: Path
+    accelerator: Accelerator
+    base: BaseModel
+    unet: torch.nn.Module
+    text_encoder: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    optimizer: Any
+    lr_scheduler: Any
+    dataloader: Any
+    sampler: BucketBatchSampler
+    dataset: TrainDataset
+    scan: DatasetScan
+    latent_cache: LatentCache | None
+    text_cache: dict[str, torch.Tensor] | None
+    validation: ValidationSet | None
+    plan: Plan
+    weight_dtype: torch.dtype
+    generator: torch.Generator
+    bucket_counts: dict[tuple[int, int], int]
+
+
+def make_accelerator(cfg: TrainConfig, run_dir: Path, events: EventWriter) -> Accelerator:
+    precision = cfg.mixed_precision
+    if precision != "no" and not torch.cuda.is_available():
+        events.emit("warning", code="no_gpu", msg=f"no CUDA GPU: training in float32 on the CPU instead of "
+                                                  f"{precision} (very slow; fine for a pipeline check)")
+        precision = "no"
+    elif precision == "bf16" and not torch.cuda.is_bf16_supported():
+        events.emit("warning", code="no_bf16", msg="this GPU has no bf16: using fp16 mixed precision")
+        precision = "fp16"
+    log_with = []
+    try:
+        import tensorboard  # noqa: F401
+
+        log_with.append("tensorboard")
+    except ImportError:
+        pass
+    logging_dir = Path(cfg.logging_dir) if cfg.logging_dir else run_dir / "logs"
+    return Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        log_with=log_with or None,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(logging_dir)),
+    )
+
+
+def dtype_for(precision: str) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+
+
+def split_validation(cfg: TrainConfig, items: list[ImageItem]) -> tuple[list[ImageItem], list[ImageItem], str]:
+    """Hold out images for the validation loss, or fall back to a fixed training subset on tiny datasets."""
+    if cfg.validation_every_n_steps == 0:
+        return items, [], "off"
+    held = round(len(items) * cfg.validation_split)
+    if held >= 1 and len(items) - held >= 1:
+        rng = random.Random(cfg.seed)
+        chosen = set(rng.sample(range(len(items)), held))
+        train = [it for i, it in enumerate(items) if i not in chosen]
+        return train, [items[i] for i in sorted(chosen)], "held-out"
+    return items, items[:4], "train-subset"
+
+
+def plan_run(cfg: TrainConfig, batches_per_epoch: int, num_processes: int) -> Plan:
+    per_process = math.ceil(batches_per_epoch / num_processes)
+    steps_per_epoch = max(1, math.ceil(per_process / cfg.gradient_accumulation_steps))
+    total = cfg.max_train_epochs * steps_per_epoch if cfg.max_train_epochs else cfg.max_train_steps
+    return Plan(batches_per_epoch, steps_per_epoch, total, math.ceil(total / steps_per_epoch))
+
+
+def buckets_for(cfg: TrainConfig, items: list[ImageItem]) -> list[tuple[int, int]]:
+    return assign_buckets([it.size for it in items], resolution=cfg.resolution_wh, enable_bucket=cfg.enable_bucket,
+                          min_reso=cfg.min_bucket_reso, max_reso=cfg.max_bucket_reso, step=cfg.bucket_reso_steps)
+
+
+def make_dataset(cfg: TrainConfig, scan: DatasetScan) -> TrainDataset:
+    return TrainDataset(scan, resolution=cfg.resolution_wh, enable_bucket=cfg.enable_bucket,
+                        min_reso=cfg.min_bucket_reso, max_reso=cfg.max_bucket_reso, step=cfg.bucket_reso_steps,
+                        shuffle_caption=cfg.shuffle_caption, keep_tokens=cfg.keep_tokens,
+                        caption_dropout_rate=cfg.caption_dropout_rate, flip_aug=cfg.flip_aug, seed=cfg.seed)
+
+
+def add_networks(cfg: TrainConfig, base: BaseModel) -> list[dict[str, Any]]:
+    """Inject LoRA and return optimizer groups, one per trained part with its own learning rate."""
+    groups = [{"params": add_lora(base.unet, UNET_TARGETS, cfg.network_dim, cfg.network_alpha,
+                                  cfg.network_dropout), "lr": cfg.effective_unet_lr, "name": "unet"}]
+    base.text_encoder.requires_grad_(False)
+    if cfg.trains_text_encoder:
+        groups.append({"params": add_lora(base.text_encoder, TEXT_ENCODER_TARGETS, cfg.network_dim,
+                                          cfg.network_alpha, cfg.network_dropout),
+                       "lr": cfg.effective_text_encoder_lr, "name": "text_encoder"})
+    if cfg.network_weights:
+        from training.lora_import import load_kohya_into_peft
+
+        encoders = [base.text_encoder] if cfg.trains_text_encoder else []
+        load_kohya_into_peft(Path(cfg.network_weights), base.unet, encoders, base.family)
+    return groups
+
+
+def cache_text(cfg: TrainConfig, base: BaseModel, captions: set[str], device) -> dict[str, torch.Tensor] | None:
+    """Text embeddings computed once, when the text encoder is frozen and the captions never change."""
+    if cfg.trains_text_encoder or cfg.shuffle_caption:
+        return None
+    texts = sorted(captions | {""})  # "" for caption dropout
+    cache = {}
+    with torch.no_grad():
+        for i in range(0, len(texts), 32):
+            chunk = texts[i : i + 32]
+            emb = encode_prompts(base.text_encoder, base.tokenizer, chunk, cfg.clip_skip)
+            cache.update(zip(chunk, emb, strict=True))
+    return cache
+
+
+def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter) -> Trainer:
+    accelerator = make_accelerator(cfg, run_dir, events)
+    events.enabled = accelerator.is_main_process
+    set_seed(cfg.seed)  # LoRA initialisation, dropout: the same seed gives the same run
+    device = accelerator.device
+    weight_dtype = dtype_for(accelerator.mixed_precision)
+
+    events.emit("status", phase="loading", msg="scanning the dataset")
+    scan = scan_dataset(Path(cfg.train_data_dir), cfg.caption_extension)
+    for path, reason in scan.skipped:
+        events.emit("warning", code="image_skipped", msg=f"skipped {path}: {reason}")
+    for msg in scan.warnings:
+        events.emit("warning", code="dataset", msg=msg)
+    train_items, val_items, val_kind = split_validation(cfg, scan.items)
+    dataset = make_dataset(cfg, dataclasses.replace(scan, items=train_items))
+    sampler = BucketBatchSampler(dataset.buckets, cfg.train_batch_size, cfg.seed)
+    counts = dataset.bucket_counts()
+    events.emit("status", phase="loading", msg="buckets:\n" + bucket_table(counts))
+
+    events.emit("status", phase="loading", msg=f"loading base model {cfg.pretrained_model_name_or_path}")
+    base = load_base_model(cfg.pretrained_model_name_or_path, cfg.v2, cfg.v_parameterization)
+    groups = add_networks(cfg, base)
+    base.vae.requires_grad_(False)
+    base.vae.to(device, dtype=torch.float32)  # fp32 VAE: fp16 VAEs overflow into NaN latents
+    base.text_encoder.to(device, dtype=weight_dtype if not cfg.trains_text_encoder else torch.float32)
+    base.unet.to(device)
+
+    latent_cache = None
+    if cfg.cache_latents:
+        events.emit("status", phase="caching_latents", msg=f"encoding {len(train_items)} images with the VAE")
+        cache_dir = run_dir.parent / ".latent_cache" if cfg.cache_latents_to_disk else None
+        latent_cache = LatentCache(base.vae, cache_dir, device, torch.float32)
+        val_jobs = [(it.path, b, False) for it, b in zip(val_items, buckets_for(cfg, val_items), strict=True)]
+        latent_cache.encode_all(dataset.latent_jobs() + val_jobs, batch_size=1)
+        dataset.attach_latents(latent_cache)
+    text_cache = cache_text(cfg, base, {it.caption for it in train_items + val_items}, device)
+    validation = build_validation_set(cfg, base, val_items, val_kind, latent_cache, device) if val_items else None
+
+    # After caching, frozen parts that are no longer needed every step leave the GPU (sampling brings them back).
+    if latent_cache is not None:
+        base.vae.to("cpu")
+    if text_cache is not None:
+        base.text_encoder.to("cpu")
+
+    if cfg.gradient_checkpointing:
+        base.unet.enable_gradient_checkpointing()
+        if cfg.trains_text_encoder:
+            base.text_encoder.gradient_checkpointing_enable()
+    # Frozen weights in the compute dtype, trainable LoRA weights in float32 (stable optimizer updates).
+    base.unet.to(dtype=weight_dtype)
+    for group in groups:
+        for p in group["params"]:
+            p.data = p.data.float()
+    params = [p for g in groups for p in g["params"]]
+    optimizer = make_optimizer(cfg, [{"params": g["params"], "lr": g["lr"]} for g in groups])
+
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate,
+        num_workers=0 if latent_cache is not None else cfg.max_data_loader_n_workers,
+        pin_memory=device.type == "cuda")
+    plan = plan_run(cfg, len(sampler), accelerator.num_processes)
+    lr_scheduler = make_scheduler(cfg, optimizer, plan.total_steps)
+    register_lora_only_state(accelerator)
+    unet = torch.compile(base.unet) if cfg.torch_compile else base.unet
+    if cfg.trains_text_encoder:
+        unet, text_encoder, optimizer, loader, lr_scheduler = accelerator.prepare(
+            unet, base.text_encoder, optimizer, loader, lr_scheduler)
+    else:
+        unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+        text_encoder = base.text_encoder
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    return Trainer(cfg, run_dir, accelerator, base, unet, text_encoder, params, optimizer, lr_scheduler, loader,
+                   sampler, dataset, scan, latent_cache, text_cache, validation, plan, weight_dtype, generator, counts)
