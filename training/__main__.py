@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg, notes = load_config(args.config, parse_overrides(args.set))
-        preflight(cfg)
+        scan = preflight(cfg)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.loop import TrainingFailed, run
 
     try:
-        outcome = run(cfg)
+        outcome = run(cfg, scan=scan)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import torch
 
 from training.checkpoints import TrainState, load_state, lora_name, save_lora_file, save_state
 from training.config import TrainConfig
+from training.data.folder import DatasetScan
 from training.errors import UserError
 from training.events import Control, EventWriter
 from training.loss import per_sample_loss, random_timesteps, sample_noise
@@ -70,6 +71,10 @@ def train_step(tr: Trainer, batch: dict) -> torch.Tensor:
         tr.lr_scheduler.step()
         tr.optimizer.zero_grad(set_to_none=True)
     return loss.detach()
+
+
+def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    return hash((seed, epoch, batch, rank)) % 2**63  # int tuples hash the same in every process and run
 
 
 class Loop:
@@ -218,12 +223,17 @@ class Loop:
             self.validate()
         self.events.emit("status", phase="training", msg="training")
         tr.unet.train()
+        if tr.cfg.trains_text_encoder:
+            tr.text_encoder.train()  # from_pretrained leaves models in eval mode: LoRA dropout would be off
         while state.global_step < tr.plan.total_steps and not self.stop_requested:
             epoch = state.epoch
             # Resuming mid-epoch: the sampler skips the batches already trained (their images are never loaded).
-            tr.sampler.set_epoch(epoch, start_batch=state.batch_in_epoch * tr.accelerator.num_processes)
-            tr.dataset.set_epoch(epoch)
+            tr.sampler.begin_epoch(epoch, start_batch=state.batch_in_epoch * tr.accelerator.num_processes)
+            tr.dataloader.set_epoch(epoch)  # accelerate passes its own pass counter on to the dataset otherwise
             for batch in tr.dataloader:
+                # Global RNG (LoRA dropout) seeded from the position in the run, so a resumed run draws the same masks
+                # whatever else touched the RNG in between.
+                torch.manual_seed(batch_seed(tr.cfg.seed, epoch, state.batch_in_epoch, tr.accelerator.process_index))
                 loss = train_step(tr, batch)
                 state.batch_in_epoch += 1
                 self.images += len(batch["caption"]) * tr.accelerator.num_processes
@@ -256,8 +266,10 @@ def check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
                             f"or set resume to one of its -state folders")
 
 
-def run(cfg: TrainConfig, run_dir: Path | None = None) -> str:
-    """Train according to cfg. Returns "done" or "stopped"; raises UserError for bad input."""
+def run(cfg: TrainConfig, run_dir: Path | None = None, scan: DatasetScan | None = None) -> str:
+    """Train according to cfg. Returns "done" or "stopped"; raises UserError for bad input.
+
+    ``scan`` is the dataset scan from preflight, when the caller already made one."""
     run_dir = Path(run_dir or cfg.output_dir)
     check_run_dir(cfg, run_dir)
     events = EventWriter(run_dir)
@@ -265,7 +277,7 @@ def run(cfg: TrainConfig, run_dir: Path | None = None) -> str:
     control.clear()
     stop_signals = install_signal_handlers(control)
     try:
-        return _run(cfg, run_dir, events, control)
+        return _run(cfg, run_dir, events, control, scan)
     except UserError as err:
         events.emit("error", msg=str(err), traceback=None)
         raise
@@ -279,13 +291,13 @@ def run(cfg: TrainConfig, run_dir: Path | None = None) -> str:
         events.close()
 
 
-def _run(cfg: TrainConfig, run_dir: Path, events: EventWriter, control: Control) -> str:
+def _run(cfg: TrainConfig, run_dir: Path, events: EventWriter, control: Control, scan: DatasetScan | None) -> str:
     import os
 
     from training.config_io import save_config
 
     events.emit("status", phase="loading", msg="preparing")
-    tr = prepare(cfg, run_dir, events)
+    tr = prepare(cfg, run_dir, events, scan)
     if tr.accelerator.is_main_process:
         save_config(cfg, run_dir / "job.toml")
     state = load_state(tr, Path(cfg.resume)) if cfg.resume else TrainState()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from training.config import TrainConfig
+from training.data.folder import DatasetScan, scan_dataset
 from training.errors import UserError
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
@@ -17,8 +18,9 @@ def looks_like_path(value: str) -> bool:
     return value.count("/") != 1 or Path(value).exists()
 
 
-def preflight(cfg: TrainConfig) -> None:
-    """Refuse a config that cannot run, with one line naming the setting and what to do."""
+def preflight(cfg: TrainConfig) -> DatasetScan:
+    """Refuse a config that cannot run, with one line naming the setting and what to do. Returns the dataset scan
+    (done here, before torch loads, so an empty or missing dataset is reported in a second, not after a minute)."""
     if not cfg.pretrained_model_name_or_path:
         raise UserError("pretrained_model_name_or_path is not set: give a base model file or diffusers folder")
     model = Path(cfg.pretrained_model_name_or_path).expanduser()
@@ -39,3 +41,4 @@ def preflight(cfg: TrainConfig) -> None:
         raise UserError(f"resume: {cfg.resume} is not a saved state folder (no train_state.json in it)")
     if (cfg.sample_every_n_steps or cfg.sample_every_n_epochs) and not cfg.sample_prompts:
         raise UserError("sample_every_n_steps/epochs is set but sample_prompts is empty: add prompts or unset it")
+    return scan_dataset(data, cfg.caption_extension)

@@ -156,7 +156,7 @@ def cache_text(cfg: TrainConfig, base: BaseModel, captions: set[str], device) ->
     return cache
 
 
-def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter) -> Trainer:
+def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter, scan: DatasetScan | None = None) -> Trainer:
     accelerator = make_accelerator(cfg, run_dir, events)
     events.enabled = accelerator.is_main_process
     set_seed(cfg.seed)  # LoRA initialisation, dropout: the same seed gives the same run
@@ -164,7 +164,7 @@ def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter) -> Trainer:
     weight_dtype = dtype_for(accelerator.mixed_precision)
 
     events.emit("status", phase="loading", msg="scanning the dataset")
-    scan = scan_dataset(Path(cfg.train_data_dir), cfg.caption_extension)
+    scan = scan or scan_dataset(Path(cfg.train_data_dir), cfg.caption_extension)
     for path, reason in scan.skipped:
         events.emit("warning", code="image_skipped", msg=f"skipped {path}: {reason}")
     for msg in scan.warnings:
@@ -190,7 +190,7 @@ def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter) -> Trainer:
         latent_cache = LatentCache(base.vae, cache_dir, device, torch.float32)
         val_jobs = [(it.path, b, False) for it, b in zip(val_items, buckets_for(cfg, val_items), strict=True)]
         latent_cache.encode_all(dataset.latent_jobs() + val_jobs, batch_size=1)
-        dataset.attach_latents(latent_cache)
+        dataset.attach_latents(latent_cache, device)
     text_cache = cache_text(cfg, base, {it.caption for it in train_items + val_items}, device)
     validation = build_validation_set(cfg, base, val_items, val_kind, latent_cache, device) if val_items else None
 
@@ -215,7 +215,7 @@ def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter) -> Trainer:
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate,
         num_workers=0 if latent_cache is not None else cfg.max_data_loader_n_workers,
-        pin_memory=device.type == "cuda")
+        pin_memory=device.type == "cuda" and latent_cache is None)
     plan = plan_run(cfg, len(sampler), accelerator.num_processes)
     lr_scheduler = make_scheduler(cfg, optimizer, plan.total_steps)
     register_lora_only_state(accelerator)

@@ -62,8 +62,9 @@ def build_validation_set(cfg: TrainConfig, base: BaseModel, items: list[ImageIte
 def validation_loss(val: ValidationSet, unet, text_encoder, base: BaseModel, clip_skip: int,
                     text_cache: dict[str, torch.Tensor] | None, dtype: torch.dtype) -> float:
     """Mean unweighted loss over images x fixed timesteps. LoRA dropout is off during evaluation."""
-    was_training = unet.training
-    unet.eval()
+    modes = [(m, m.training) for m in (unet, text_encoder)]
+    for model, _ in modes:
+        model.eval()
     total = torch.zeros((), device=val.timesteps.device)
     for latents, caption, noise in zip(val.latents, val.captions, val.noise, strict=True):
         if text_cache is not None and caption in text_cache:
@@ -75,5 +76,6 @@ def validation_loss(val: ValidationSet, unet, text_encoder, base: BaseModel, cli
             loss = per_sample_loss(unet, base.noise_scheduler, latents.to(dtype), cond, noise.to(dtype),
                                    val.timesteps)
         total += loss.mean()
-    unet.train(was_training)
+    for model, mode in modes:
+        model.train(mode)
     return float(total / len(val.latents))

@@ -75,7 +75,7 @@ def test_sampler_one_bucket_per_batch_and_exact_len():
     s = BucketBatchSampler(per_index, batch_size=2, seed=3)
     assert len(s) == math.ceil(7 / 2) + math.ceil(3 / 2) + 1 == 7
     for epoch in range(4):
-        s.set_epoch(epoch)
+        s.begin_epoch(epoch)
         batches = list(s)
         assert len(batches) == len(s)
         assert sorted(i for b in batches for i in b) == list(range(11))  # nothing dropped, nothing twice
@@ -84,8 +84,8 @@ def test_sampler_one_bucket_per_batch_and_exact_len():
 
 def test_sampler_is_deterministic_per_seed_and_epoch():
     a, b = BucketBatchSampler(_sampler_buckets(), 2, seed=3), BucketBatchSampler(_sampler_buckets(), 2, seed=3)
-    a.set_epoch(1)
-    b.set_epoch(1)
+    a.begin_epoch(1)
+    b.begin_epoch(1)
     assert list(a) == list(b)
     assert a.batches(0) != a.batches(1)
     assert BucketBatchSampler(_sampler_buckets(), 2, seed=4).batches(1) != a.batches(1)
@@ -94,10 +94,10 @@ def test_sampler_is_deterministic_per_seed_and_epoch():
 def test_sampler_resume_skips_first_batches():
     s = BucketBatchSampler(_sampler_buckets(), 2, seed=0)
     full = s.batches(2)
-    s.set_epoch(2, start_batch=3)
+    s.begin_epoch(2, start_batch=3)
     assert list(s) == full[3:]
     assert len(s) == len(full)
-    s.set_epoch(3)
+    s.begin_epoch(3)
     assert list(s) == s.batches(3)
 
 

@@ -132,9 +132,12 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.epoch = 0
         self.start_batch = 0
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+    def begin_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch's shuffle; ``start_batch`` skips that many batches (for resuming mid-epoch) without
-        loading their images. The skip holds until the next ``set_epoch``; ``len()`` still counts the full epoch."""
+        loading their images. The skip holds until the next ``begin_epoch``; ``len()`` still counts the full epoch.
+
+        Deliberately not named ``set_epoch``: accelerate's prepared DataLoader calls ``set_epoch(<its own pass
+        counter>)`` on a batch sampler at every ``iter()``, which would reset the epoch and skip after a resume."""
         if not 0 <= start_batch <= len(self):
             raise ValueError(f"start_batch {start_batch} outside 0..{len(self)}")
         self.epoch = epoch

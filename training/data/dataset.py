@@ -77,7 +77,7 @@ class TrainDataset(Dataset):
         flips = (False, True) if self.flip_aug else (False,)
         return [(it.path, b, f) for it, b in zip(self.items, self.item_buckets, strict=True) for f in flips]
 
-    def attach_latents(self, cache: LatentCache) -> None:
+    def attach_latents(self, cache: LatentCache, device: torch.device | str = "cpu") -> None:
         """Serve latents from ``cache`` instead of pixels; run ``cache.encode_all(self.latent_jobs())`` first.
 
         The tensors are copied into the dataset so that it never holds the VAE (cheap to send to DataLoader workers).
@@ -89,7 +89,8 @@ class TrainDataset(Dataset):
                 latent = cache.get(item.path, bucket, flip)
                 if latent is None:
                     raise RuntimeError(f"no cached latent for {item.path} ({bucket}, flip={flip}): run encode_all")
-                table[(item_idx, flip)] = latent
+                # On the training device: a per-step copy from pageable host memory would make the GPU wait.
+                table[(item_idx, flip)] = latent.to(device)
         self._latents = table
 
     def __getitem__(self, index: int) -> dict[str, Any]:
