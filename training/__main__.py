@@ -7,13 +7,16 @@ Exit status: 0 done or stopped on request; 1 training failed (reason in events.j
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training", description="Train a Stable Diffusion LoRA.")
-    parser.add_argument("--config", type=Path, help="TOML file with the training options (kohya key names)")
+    parser.add_argument("--config", type=Path, action="append", default=[],
+                        help="TOML file with the training options (kohya key names); repeat to layer files, "
+                             "e.g. --config presets/sd15-anime.toml --config my-run.toml (later files win)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one option, e.g. --set max_train_steps=200 (TOML value syntax)")
     parser.add_argument("--env-report", action="store_true", help="print Python, torch and GPU versions and exit")
@@ -56,13 +59,29 @@ def env_report() -> str:
     return "\n".join(lines)
 
 
+def quiet_libraries() -> None:
+    """Library chatter (loading bars, fp32-cast notices, optional-kernel probes) would bury our own messages."""
+    import logging
+
+    for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):  # import-time notices
+        os.environ.setdefault(var, "error")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.env_report:
         print(env_report())
         return 0
     if not args.config:
-        print("error: --config run.toml is required (see README.md)", file=sys.stderr)
+        print("error: --config run.toml is required (see README.md or python -m training --help)", file=sys.stderr)
         return 2
 
     from training.config_io import load_config
@@ -78,10 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
 
+    quiet_libraries()
     from training.loop import TrainingFailed, run
 
     try:
-        outcome = run(cfg, scan=scan)
+        run(cfg, scan=scan)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -95,8 +115,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"training failed: {type(err).__name__}: {err} (traceback in {cfg.output_dir}/events.jsonl)",
               file=sys.stderr)
         return 1
-    print(f"{outcome}: {Path(cfg.output_dir) / (cfg.output_name + '.safetensors') if outcome == 'done' else ''}")
+    if os.environ.get("RANK", "0") == "0":  # once, not once per GPU
+        print(summary(Path(cfg.output_dir)))
     return 0
+
+
+def summary(run_dir: Path) -> str:
+    """One or two lines on how the run ended, from its event stream."""
+    from training.events import read_events
+
+    events = read_events(run_dir)
+    last = events[-1]
+    check = next((e["check"] for e in reversed(events) if e["event"] == "checkpoint"), "")
+    if last["event"] == "stopped":
+        return (f"stopped at step {last['step']}: {last['last_checkpoint']} ({check})\n"
+                f"resume with: --set resume='{last['state']}'")
+    return f"done: {last['path']} ({check})"
 
 
 if __name__ == "__main__":

@@ -63,6 +63,9 @@ def training_facts(tr: Trainer, state: TrainState) -> dict[str, Any]:
         "training_started_at": state.started_at,
         "training_finished_at": time.time(),
         "mixed_precision": tr.accelerator.mixed_precision,
+        "session_id": int(state.started_at * 1000) % 2**32,  # one id for every file of a run, as kohya does
+        "unet_lr": tr.cfg.effective_unet_lr,
+        "text_encoder_lr": tr.cfg.effective_text_encoder_lr if tr.cfg.trains_text_encoder else 0.0,
         "total_batch_size": tr.cfg.train_batch_size * tr.accelerator.num_processes
         * tr.cfg.gradient_accumulation_steps,
     }
@@ -75,7 +78,7 @@ def save_lora_file(tr: Trainer, state: TrainState, name: str) -> tuple[Path, str
     encoders = [tr.accelerator.unwrap_model(tr.text_encoder)] if tr.cfg.trains_text_encoder else []
     tensors = kohya_state_dict(unet, encoders, tr.base.family, SAVE_DTYPES[tr.cfg.save_precision])
     config = tr.cfg.model_dump(mode="json")
-    metadata = build_metadata(config, tr.base.family, training_facts(tr, state))
+    metadata = build_metadata(config, tr.base.family, training_facts(tr, state), state_dict=tensors)
     save_lora(path, tensors, metadata)
     report = verify_lora(path, tr.base.family, unet, [tr.accelerator.unwrap_model(tr.text_encoder)])
     return path, report.summary()
@@ -110,8 +113,11 @@ def save_state(tr: Trainer, state: TrainState, name: str) -> Path:
     renamed, so an interrupted save never replaces a good state with a broken one."""
     final = tr.run_dir / f"{name}-state"
     tmp = tr.run_dir / f".{name}-state.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tr.accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # left over from a crash during an earlier save
+    tr.accelerator.wait_for_everyone()
     tr.accelerator.save_state(str(tmp))
+    tr.accelerator.wait_for_everyone()  # every rank has written its RNG state before the folder moves
     if tr.accelerator.is_main_process:
         torch.save(tr.generator.get_state(), tmp / "noise_generator.pt")
         write_atomic(tmp / STATE_FILE, json.dumps(asdict(state), indent=1))

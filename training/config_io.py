@@ -130,18 +130,28 @@ def config_from_dict(flat: dict[str, Any], source: str = "config") -> tuple[Trai
         raise ConfigError(validation_message(err, flat, source)) from None
 
 
-def load_config(path: Path, overrides: dict[str, Any] | None = None) -> tuple[TrainConfig, list[str]]:
-    """Read a TOML file (kohya's or ours) into a validated TrainConfig."""
-    source = path.name
+def read_toml(path: Path) -> dict[str, Any]:
+    """One TOML file as a flat dict. A ``[preset]`` table (name, description, loss band: for the UI) is set aside."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{source}: not valid TOML: {err}") from None
-    flat = flatten_sections(data, source)
+        raise ConfigError(f"{path.name}: not valid TOML: {err}") from None
+    if isinstance(data.get("preset"), dict):
+        del data["preset"]
+    return flatten_sections(data, path.name)
+
+
+def load_config(path: Path | list[Path], overrides: dict[str, Any] | None = None) -> tuple[TrainConfig, list[str]]:
+    """Read TOML files (kohya's or ours; later files override earlier ones, e.g. a preset then a run) and
+    ``overrides`` into one validated TrainConfig."""
+    paths = path if isinstance(path, list) else [path]
+    flat: dict[str, Any] = {}
+    for p in paths:
+        flat.update(read_toml(p))
     flat.update(overrides or {})
-    return config_from_dict(flat, source)
+    return config_from_dict(flat, "+".join(p.name for p in paths))
 
 
 def config_to_toml(cfg: TrainConfig, preset: str | None = None) -> str:

@@ -171,10 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("demo-run"), help="folder for the demo files")
     args = parser.parse_args(argv)
+    from training.__main__ import main as train_main
+    from training.__main__ import quiet_libraries
+
+    quiet_libraries()
     config = build_demo(args.out)
     print(f"demo config: {config} (tiny random-weight model: a pipeline check, not a useful LoRA)")
-    from training.__main__ import main as train_main
-
     return train_main(["--config", str(config)])
 
 

@@ -104,7 +104,10 @@ class Loop:
     def readback(self) -> None:
         if not self.pending:
             return
-        values = torch.stack([p[2] for p in self.pending]).float().cpu().tolist()
+        losses = torch.stack([p[2] for p in self.pending]).float()
+        if self.tr.accelerator.num_processes > 1:
+            losses = self.tr.accelerator.reduce(losses, "mean")  # every rank sees the same values and NaN verdict
+        values = losses.cpu().tolist()
         now = time.time()
         for (step, epoch, _, paths), loss in zip(self.pending, values, strict=True):
             if not math.isfinite(loss):
@@ -136,7 +139,9 @@ class Loop:
     # --- periodic work
     def after_step(self, epoch: int) -> None:
         step, cfg = self.state.global_step, self.tr.cfg
-        if len(self.pending) >= READBACK_EVERY:
+        single = self.tr.accelerator.num_processes == 1
+        at_readback = len(self.pending) >= READBACK_EVERY
+        if at_readback:
             self.readback()
         if self.val_every and step % self.val_every == 0:
             self.validate()
@@ -144,12 +149,26 @@ class Loop:
             self.sample(epoch=None)
         if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0 and step < self.tr.plan.total_steps:
             self.save(lora_name(cfg.output_name, step=step), with_state=cfg.save_state)
-        if self.control.take("sample"):
-            self.sample(epoch=None)
-        if self.control.take("save"):
-            self.save(lora_name(cfg.output_name, step=step), with_state=True)
-        if self.control.is_set("stop"):
-            self.stop_requested = True
+        # Flags are a few stat calls: every step on one GPU; with several, only where the ranks sync anyway.
+        if single or at_readback:
+            stop, sample, save = self.requested_flags()
+            if sample:
+                self.sample(epoch=None)
+            if save:
+                self.save(lora_name(cfg.output_name, step=step), with_state=True)
+            self.stop_requested = self.stop_requested or stop
+
+    def requested_flags(self) -> list[bool]:
+        """Stop/sample/save requests as the main process sees them, shared so every rank acts on the same step."""
+        acc = self.tr.accelerator
+        flags = [False, False, False]
+        if acc.is_main_process:
+            flags = [self.control.is_set("stop"), self.control.take("sample"), self.control.take("save")]
+        if acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            flags = broadcast_object_list(flags)
+        return flags
 
     def after_epoch(self, epoch_done: int) -> None:
         cfg = self.tr.cfg
@@ -270,11 +289,16 @@ def run(cfg: TrainConfig, run_dir: Path | None = None, scan: DatasetScan | None 
     """Train according to cfg. Returns "done" or "stopped"; raises UserError for bad input.
 
     ``scan`` is the dataset scan from preflight, when the caller already made one."""
+    from accelerate import PartialState
+
+    dist = PartialState()  # one process per GPU under `accelerate launch`; sets up the process group early
     run_dir = Path(run_dir or cfg.output_dir)
-    check_run_dir(cfg, run_dir)
-    events = EventWriter(run_dir)
+    check_run_dir(cfg, run_dir)  # every rank checks before any rank writes
+    dist.wait_for_everyone()
+    events = EventWriter(run_dir, enabled=dist.is_main_process)
     control = Control(run_dir)
-    control.clear()
+    if dist.is_main_process:
+        control.clear()
     stop_signals = install_signal_handlers(control)
     try:
         return _run(cfg, run_dir, events, control, scan)

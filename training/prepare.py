@@ -158,7 +158,6 @@ def cache_text(cfg: TrainConfig, base: BaseModel, captions: set[str], device) ->
 
 def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter, scan: DatasetScan | None = None) -> Trainer:
     accelerator = make_accelerator(cfg, run_dir, events)
-    events.enabled = accelerator.is_main_process
     set_seed(cfg.seed)  # LoRA initialisation, dropout: the same seed gives the same run
     device = accelerator.device
     weight_dtype = dtype_for(accelerator.mixed_precision)

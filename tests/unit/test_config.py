@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from training.config import TrainConfig
@@ -106,3 +108,13 @@ def test_options_doc_is_current():
 
     doc = Path(__file__).resolve().parents[2] / "docs" / "options.md"
     assert doc.read_text(encoding="utf-8") == options_markdown(), "python -m training.options_doc > docs/options.md"
+
+
+def test_presets_layer_under_a_run_file(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    for preset in sorted((root / "presets").glob("*.toml")):
+        cfg, _ = load_config([preset, root / "assets" / "example-run.toml"], {"network_dim": 24})
+        assert cfg.output_name == "mychar" and cfg.network_dim == 24
+        assert cfg.unet_lr is not None and cfg.max_train_epochs == 10
+    anime, _ = load_config([root / "presets" / "sd15-anime.toml"])
+    assert anime.clip_skip == 2 and anime.shuffle_caption and anime.keep_tokens == 1
