@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}", file=sys.stderr)
 
     quiet_libraries()
-    from training.loop import TrainingFailed, run
+    from training.runner import TrainingFailed, run
 
     try:
         run(cfg, scan=scan)

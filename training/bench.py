@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     args = parser.parse_args(argv)
 
+    from training.__main__ import quiet_libraries
+
+    quiet_libraries()
     from training.loop import train_step
 
     tr = make_trainer(args)

@@ -13,7 +13,7 @@ from tiny_models import make_image_dataset
 import training.loop as loop_module
 from training.config import TrainConfig
 from training.events import read_events
-from training.loop import TrainingFailed, run
+from training.runner import TrainingFailed, run
 
 
 def config(model: Path, data: Path, out: Path, **extra) -> TrainConfig:

@@ -39,3 +39,14 @@ def test_control_flags(tmp_path):
     assert control.take("stop") and control.is_set("stop")    # stop stays until the run ends
     control.clear()
     assert not control.is_set("stop")
+
+
+def test_contract_modules_do_not_import_torch():
+    """The UI process imports the config and event contract; it must stay free of torch/diffusers (seconds, GBs)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, training.config, training.config_io, training.events, training.preflight; "
+             "print(sorted({'torch', 'diffusers', 'peft', 'transformers'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

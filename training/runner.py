@@ -1,0 +1,138 @@
+"""A training run as a process sees it: the run folder, events, signals and how the run ends.
+
+``run(cfg)`` is what ``python -m training`` (and the UI's background process) calls; the epochs and the step itself
+live in ``training.loop``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import traceback
+from pathlib import Path
+
+from training.checkpoints import TrainState, load_state, lora_name
+from training.config import TrainConfig
+from training.data.folder import DatasetScan
+from training.errors import UserError
+from training.events import Control, EventWriter
+from training.loop import Loop, NonFiniteLoss
+from training.prepare import prepare
+
+
+class TrainingFailed(Exception):
+    """The run failed in a way already reported in the event stream (exit status 1)."""
+
+
+def check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
+    """Never overwrite an earlier run's results: a folder with events.jsonl is reused only to resume it."""
+    if (run_dir / "events.jsonl").exists():
+        resuming_here = cfg.resume and Path(cfg.resume).resolve().parent == run_dir.resolve()
+        if not resuming_here:
+            raise UserError(f"output_dir {run_dir} already holds a run; choose a new output_dir "
+                            f"or set resume to one of its -state folders")
+
+
+def run(cfg: TrainConfig, run_dir: Path | None = None, scan: DatasetScan | None = None) -> str:
+    """Train according to cfg. Returns "done" or "stopped"; raises UserError for bad input.
+
+    ``scan`` is the dataset scan from preflight, when the caller already made one."""
+    from accelerate import PartialState
+
+    dist = PartialState()  # one process per GPU under `accelerate launch`; sets up the process group early
+    run_dir = Path(run_dir or cfg.output_dir)
+    check_run_dir(cfg, run_dir)  # every rank checks before any rank writes
+    dist.wait_for_everyone()
+    events = EventWriter(run_dir, enabled=dist.is_main_process)
+    control = Control(run_dir)
+    if dist.is_main_process:
+        control.clear()
+    stop_signals = install_signal_handlers(control)
+    try:
+        return _run(cfg, run_dir, events, control, scan)
+    except UserError as err:
+        events.emit("error", msg=str(err), traceback=None)
+        raise
+    except TrainingFailed:
+        raise
+    except Exception as err:
+        events.emit("error", msg=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        raise
+    finally:
+        restore_signal_handlers(stop_signals)
+        events.close()
+
+
+def _run(cfg: TrainConfig, run_dir: Path, events: EventWriter, control: Control, scan: DatasetScan | None) -> str:
+    from training.config_io import save_config
+
+    events.emit("status", phase="loading", msg="preparing")
+    tr = prepare(cfg, run_dir, events, scan)
+    if tr.accelerator.is_main_process:
+        save_config(cfg, run_dir / "job.toml")
+    state = load_state(tr, Path(cfg.resume)) if cfg.resume else TrainState()
+    events.emit("start", run_id=run_dir.name, pid=os.getpid(), family=tr.base.family.name,
+                total_steps=tr.plan.total_steps, total_epochs=tr.plan.total_epochs,
+                steps_per_epoch=tr.plan.steps_per_epoch, resumed_from=cfg.resume,
+                start_step=state.global_step, config=cfg.model_dump(mode="json"),
+                dataset={"images": len(tr.scan.items), "train_images_x_repeats": tr.scan.num_train_images,
+                         "concepts": [vars(c) | {"path": str(c.path)} for c in tr.scan.concepts],
+                         "buckets": {f"{w}x{h}": n for (w, h), n in sorted(tr.bucket_counts.items())},
+                         "validation": tr.validation.kind if tr.validation else "off"})
+    tr.accelerator.init_trackers("lora")
+    loop = Loop(tr, events, control, state)
+    try:
+        outcome = loop.run()
+    except NonFiniteLoss as nan:
+        return fail_non_finite(loop, nan)
+    if outcome == "stopped":
+        name = lora_name(cfg.output_name, step=state.global_step)
+        path = loop.save(name, with_state=True)
+        events.emit("stopped", step=state.global_step, last_checkpoint=str(path) if path else None,
+                    state=str(run_dir / f"{name}-state"))
+    else:
+        if loop.val_every and (not state.val_history or state.val_history[-1][0] != state.global_step):
+            loop.validate()
+        path = loop.save(cfg.output_name, with_state=cfg.save_state)
+        events.emit("done", path=str(path) if path else None, step=state.global_step)
+    tr.accelerator.end_training()
+    return outcome
+
+
+def fail_non_finite(loop: Loop, nan: NonFiniteLoss) -> str:
+    """Stop on the first NaN/Inf loss; keep the last weights known to be finite as a LoRA file."""
+    loop.restore_snapshot()
+    loop.state.global_step = loop.snapshot_step
+    saved = None
+    if loop.snapshot_step > 0:
+        saved = loop.save(lora_name(loop.tr.cfg.output_name, step=loop.snapshot_step), with_state=False)
+    files = ", ".join(Path(p).name for p in nan.paths[:4])
+    msg = (f"loss became NaN/Inf at step {nan.step} (batch: {files}). Likely causes: learning rate or "
+           f"network_alpha too high, fp16 overflow (use mixed_precision = 'bf16'), or a broken image. "
+           f"Kept the last good LoRA from step {loop.snapshot_step}.")
+    loop.events.emit("error", msg=msg, code="non_finite_loss", step=nan.step, last_checkpoint=str(saved) if saved
+                     else loop.state.last_checkpoint, traceback=None)
+    raise TrainingFailed(msg)
+
+
+def install_signal_handlers(control: Control):
+    """Ctrl+C / SIGTERM finish the current step, save, and exit as "stopped". A second Ctrl+C aborts."""
+    previous = {}
+
+    def handler(signum, frame):
+        if control.is_set("stop"):
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        control.request("stop")
+        print("\nstopping after this step (saving LoRA and state); press Ctrl+C again to abort", flush=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread (e.g. called from a test thread)
+            previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def restore_signal_handlers(previous) -> None:
+    for sig, old in previous.items():
+        signal.signal(sig, old)
