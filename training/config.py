@@ -64,7 +64,7 @@ class TrainConfig(BaseModel):
     cache_latents: bool = opt(
         True, "dataset", "Encode images with the VAE once instead of every step: faster, less memory.")
     cache_latents_to_disk: bool = opt(
-        False, "dataset", "Also keep cached latents on disk so the next run on the same images starts faster.")
+        False, "dataset", "Also keep cached latents on disk (.latent_cache beside the run folder) for later runs.")
     validation_split: float = opt(
         0.0, "dataset", "Share of images held out for the validation loss; 0 uses a fixed training subset.",
         ge=0, le=0.5)

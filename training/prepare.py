@@ -176,6 +176,9 @@ def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter, scan: DatasetS
 
     events.emit("status", phase="loading", msg=f"loading base model {cfg.pretrained_model_name_or_path}")
     base = load_base_model(cfg.pretrained_model_name_or_path, cfg.v2, cfg.v_parameterization)
+    if base.family.v2 and cfg.clip_skip > 1:
+        events.emit("warning", code="clip_skip_sd2", msg=f"clip_skip = {cfg.clip_skip} on an SD2 model: SD2 was "
+                                                          "trained on the last layer; use 1 unless the model says so")
     groups = add_networks(cfg, base)
     base.vae.requires_grad_(False)
     base.vae.to(device, dtype=torch.float32)  # fp32 VAE: fp16 VAEs overflow into NaN latents

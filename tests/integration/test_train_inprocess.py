@@ -63,13 +63,19 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_lora(tmp_path, tiny_sd1, 
 
 
 def test_v_prediction_with_min_snr_trains_on_sd2(tmp_path, tiny_sd2v, dataset_dir):
+    """SD2 768-v style model with most options on at once: min-SNR (v form), noise offset, text encoder training,
+    caption shuffle/dropout, flips, gradient checkpointing, a held-out validation image and per-epoch saves."""
     out = tmp_path / "run"
     cfg = config(tiny_sd2v, dataset_dir, out, min_snr_gamma=5.0, noise_offset=0.05, network_train_unet_only=False,
-                 text_encoder_lr=1e-4, shuffle_caption=True, keep_tokens=1, caption_dropout_rate=0.2, flip_aug=True)
+                 text_encoder_lr=1e-4, shuffle_caption=True, keep_tokens=1, caption_dropout_rate=0.2, flip_aug=True,
+                 gradient_checkpointing=True, validation_split=0.34, save_every_n_epochs=1)
     assert run(cfg) == "done"
     events = read_events(out)
     start = next(e for e in events if e["event"] == "start")
     assert start["family"] == "sd2-v"  # v-prediction read from the model folder's scheduler
+    assert start["dataset"]["validation"] == "held-out" and start["steps_per_epoch"] == 4  # 2 images x 2 repeats
+    assert [e["path"].rsplit("/", 1)[-1] for e in events if e["event"] == "checkpoint"] == [
+        "lora-000001.safetensors", "lora-000002.safetensors", "lora.safetensors"]
     steps = [e for e in events if e["event"] == "step"]
     assert all(math.isfinite(e["loss"]) for e in steps)
     assert set(steps[-1]["lr"]) == {"unet", "text_encoder"} and steps[-1]["lr"]["text_encoder"] == 1e-4
