@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from lora_checks import apply_with_diffusers
 from safetensors.torch import load_file
 
 from training.events import Control, read_events
@@ -75,6 +76,13 @@ def test_cli_trains_and_exports_a_checked_lora(tmp_path, tiny_sd1, dataset_dir):
 
     lora = load_file(str(out / "lora.safetensors"))
     assert any(k.startswith("lora_te_text_model_encoder_layers_") for k in lora)
+    # The trained file loads in diffusers with every module applied at alpha/r scale.
+    from diffusers import StableDiffusionPipeline
+
+    changed, expected, worst, lines = apply_with_diffusers(StableDiffusionPipeline.from_pretrained(tiny_sd1),
+                                                           out / "lora.safetensors", "sd1")
+    assert changed == expected and len(expected) == len(lora) // 3 and worst <= 2e-3
+    assert not [ln for ln in lines if "No LoRA keys" in ln or "unexpected" in ln.lower()]
     assert (out / "job.toml").is_file() and (out / "lora-step00000006-state" / "train_state.json").is_file()
 
     # A repeated command never overwrites the earlier run.

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from test_export import CASE_IDS, CASES, export_file, lora_pipeline
+from lora_checks import CASE_IDS, CASES, export_file, lora_pipeline
 from tiny_models import build_tiny_pipeline
 
 from training.errors import UserError

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from lora_checks import export_file, lora_pipeline
 from safetensors.torch import save_file
-from test_export import export_file, lora_pipeline
 from tiny_models import build_tiny_pipeline
 
 from training.export import build_metadata, save_lora
