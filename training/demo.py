@@ -126,6 +126,8 @@ min_bucket_reso = 64
 max_bucket_reso = 128
 cache_latents = true
 
+validation_every_n_steps = 10
+
 [network]
 network_dim = 4
 network_alpha = 4

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,33 @@ def _clean(value: Any) -> Any:
     return value
 
 
-class EventWriter:
-    """Appends event lines; each line is flushed at once so a watcher sees it and a crash loses nothing."""
+def console_line(record: dict[str, Any]) -> str | None:
+    """What a person at a terminal should read for an event (steps are the progress bar's job)."""
+    event = record["event"]
+    if event == "status":
+        return None if record.get("phase") == "training" else record.get("msg")
+    if event == "warning":
+        return f"warning: {record.get('msg')}"
+    if event == "val":
+        return f"step {record['step']}: validation loss {record['loss']} ({record.get('kind')})"
+    if event == "checkpoint":
+        return f"saved {record['path']} ({record.get('check')})"
+    if event == "sample":
+        return f"samples: {', '.join(record.get('paths', []))}"
+    if event == "error":
+        return f"error: {record.get('msg')}"
+    return None
 
-    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+
+class EventWriter:
+    """Appends event lines; each line is flushed at once so a watcher sees it and a crash loses nothing.
+
+    ``echo`` (e.g. print) also shows the human-readable ones on the console."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, echo: Callable[[str], None] | None = None) -> None:
         self.path = run_dir / EVENTS_FILE
         self.enabled = enabled  # False on non-main processes of a multi-GPU run
+        self.echo = echo
         if enabled:
             run_dir.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
@@ -48,6 +70,9 @@ class EventWriter:
         record = {"v": EVENT_VERSION, "t": round(time.time(), 3), "event": event, **_clean(fields)}
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._file.flush()
+        line = console_line(record) if self.echo else None
+        if line:
+            self.echo(line)
 
     def close(self) -> None:
         if self.enabled and not self._file.closed:

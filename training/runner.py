@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import traceback
 from pathlib import Path
 
@@ -23,6 +24,12 @@ from training.prepare import prepare
 
 class TrainingFailed(Exception):
     """The run failed in a way already reported in the event stream (exit status 1)."""
+
+
+def console(line: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=sys.stderr)  # above the progress bar instead of through it
 
 
 def check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
@@ -44,7 +51,7 @@ def run(cfg: TrainConfig, run_dir: Path | None = None, scan: DatasetScan | None 
     run_dir = Path(run_dir or cfg.output_dir)
     check_run_dir(cfg, run_dir)  # every rank checks before any rank writes
     dist.wait_for_everyone()
-    events = EventWriter(run_dir, enabled=dist.is_main_process)
+    events = EventWriter(run_dir, enabled=dist.is_main_process, echo=console)
     control = Control(run_dir)
     if dist.is_main_process:
         control.clear()

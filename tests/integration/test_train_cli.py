@@ -84,6 +84,13 @@ def test_cli_trains_and_exports_a_checked_lora(tmp_path, tiny_sd1, dataset_dir):
     assert changed == expected and len(expected) == len(lora) // 3 and worst <= 2e-3
     assert not [ln for ln in lines if "No LoRA keys" in ln or "unexpected" in ln.lower()]
     assert (out / "job.toml").is_file() and (out / "lora-step00000006-state" / "train_state.json").is_file()
+    assert "buckets:" in result.stderr and "64x64" in result.stderr  # the bucket table is shown at start
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        assert list((out / "logs").rglob("events.out.tfevents*"))
 
     # A repeated command never overwrites the earlier run.
     again = cli("--config", str(config))
