@@ -61,7 +61,7 @@ def make_trainer(args: argparse.Namespace):
                            generator=torch.Generator(accelerator.device).manual_seed(0))
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=50)
@@ -72,11 +72,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--optimizer", default="AdamW")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    from training.__main__ import quiet_libraries
 
-    quiet_libraries()
+def measure(args: argparse.Namespace) -> dict:
+    """Train args.steps steps after args.warmup and return the figures."""
     from training.loop import train_step
 
     tr = make_trainer(args)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     sync()
     seconds = time.perf_counter() - start
     assert torch.isfinite(torch.stack(losses)).all(), "non-finite loss in benchmark"
-    result = {
+    return {
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
         "model": "SD1.5 UNet (random weights)", "resolution": args.resolution, "batch": args.batch,
         "precision": tr.accelerator.mixed_precision, "rank": args.rank, "compile": args.compile,
@@ -105,7 +105,13 @@ def main(argv: list[str] | None = None) -> None:
         "images_per_s": round(args.steps * args.batch / seconds, 2), "s_per_step": round(seconds / args.steps, 4),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
     }
-    print(json.dumps(result))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from training.__main__ import quiet_libraries
+
+    quiet_libraries()
+    print(json.dumps(measure(parse_args(argv))))
 
 
 if __name__ == "__main__":

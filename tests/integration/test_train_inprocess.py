@@ -94,3 +94,12 @@ def test_network_weights_continue_from_an_earlier_lora(tmp_path, tiny_sd1, datas
                network_weights=str(first / "lora.safetensors")))
     # The second run starts exactly where the first ended: same validation loss before its first step.
     assert val_losses(second)[0] == pytest.approx(val_losses(first)[-1], rel=1e-5)
+
+
+def test_without_latent_cache_images_load_in_worker_processes(tmp_path, tiny_sd1, dataset_dir):
+    out = tmp_path / "run"
+    cfg = config(tiny_sd1, dataset_dir, out, cache_latents=False, max_data_loader_n_workers=2, flip_aug=True,
+                 max_train_steps=6, train_batch_size=2)
+    assert run(cfg) == "done"
+    steps = [e for e in read_events(out) if e["event"] == "step"]
+    assert len(steps) == 6 and all(math.isfinite(e["loss"]) for e in steps)
