@@ -42,3 +42,19 @@ def preflight(cfg: TrainConfig) -> DatasetScan:
     if (cfg.sample_every_n_steps or cfg.sample_every_n_epochs) and not cfg.sample_prompts:
         raise UserError("sample_every_n_steps/epochs is set but sample_prompts is empty: add prompts or unset it")
     return scan_dataset(data, cfg.caption_extension)
+
+
+def advice(cfg: TrainConfig) -> list[tuple[str, str]]:
+    """Settings that are valid but usually a mistake: (code, message) pairs shown as warnings, never refused."""
+    notes = []
+    if cfg.optimizer_type == "Prodigy" and cfg.effective_unet_lr < 0.1:
+        notes.append(("prodigy_lr", f"Prodigy sets its own step size and expects learning rates near 1.0; with "
+                                    f"{cfg.effective_unet_lr:g} it will barely train"))
+    if cfg.network_alpha > cfg.network_dim:
+        notes.append(("alpha_above_rank", f"network_alpha {cfg.network_alpha:g} > network_dim {cfg.network_dim}: "
+                                          "the LoRA is scaled above 1, which with usual learning rates often "
+                                          "ends in NaN; alpha = rank/2 is the common choice"))
+    if cfg.network_train_unet_only and cfg.text_encoder_lr:
+        notes.append(("text_encoder_lr_unused", "text_encoder_lr is set but network_train_unet_only is on: "
+                                                "the text encoder is not trained"))
+    return notes

@@ -27,6 +27,7 @@ from training.models.loading import BaseModel, load_base_model
 from training.models.text import encode_prompts
 from training.network import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora
 from training.optim import make_optimizer, make_scheduler
+from training.preflight import advice
 from training.validation import ValidationSet, build_validation_set
 
 
@@ -162,6 +163,8 @@ def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter, scan: DatasetS
     device = accelerator.device
     weight_dtype = dtype_for(accelerator.mixed_precision)
 
+    for code, msg in advice(cfg):
+        events.emit("warning", code=code, msg=msg)
     events.emit("status", phase="loading", msg="scanning the dataset")
     scan = scan or scan_dataset(Path(cfg.train_data_dir), cfg.caption_extension)
     for path, reason in scan.skipped:

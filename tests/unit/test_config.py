@@ -118,3 +118,12 @@ def test_presets_layer_under_a_run_file(tmp_path):
         assert cfg.unet_lr is not None and cfg.max_train_epochs == 10
     anime, _ = load_config([root / "presets" / "sd15-anime.toml"])
     assert anime.clip_skip == 2 and anime.shuffle_caption and anime.keep_tokens == 1
+
+
+def test_advice_flags_likely_mistakes_without_refusing():
+    from training.preflight import advice
+
+    assert advice(TrainConfig()) == []
+    codes = [c for c, _ in advice(TrainConfig(optimizer_type="Prodigy", network_dim=8, network_alpha=16,
+                                              network_train_unet_only=True, text_encoder_lr=1e-5))]
+    assert codes == ["prodigy_lr", "alpha_above_rank", "text_encoder_lr_unused"]
