@@ -52,10 +52,10 @@ def train_step(tr: Trainer, batch: dict) -> torch.Tensor:
     cfg, acc = tr.cfg, tr.accelerator
     with acc.accumulate(tr.unet, tr.text_encoder):
         latents = batch_latents(tr, batch).to(tr.weight_dtype)
-        cond = conditioning(tr, batch["caption"]).to(tr.weight_dtype)
         noise = sample_noise(latents, tr.generator, cfg.noise_offset)
         timesteps = random_timesteps(latents.shape[0], tr.base.noise_scheduler, tr.generator, latents.device)
         with acc.autocast():
+            cond = conditioning(tr, batch["caption"]).to(tr.weight_dtype)
             loss = per_sample_loss(tr.unet, tr.base.noise_scheduler, latents, cond, noise, timesteps,
                                    cfg.min_snr_gamma).mean()
         acc.backward(loss)

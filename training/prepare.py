@@ -157,14 +157,18 @@ def cache_text(cfg: TrainConfig, base: BaseModel, captions: set[str], device) ->
     return cache
 
 
-def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter, scan: DatasetScan | None = None) -> Trainer:
-    accelerator = make_accelerator(cfg, run_dir, events)
-    set_seed(cfg.seed)  # LoRA initialisation, dropout: the same seed gives the same run
-    device = accelerator.device
-    weight_dtype = dtype_for(accelerator.mixed_precision)
+@dataclass
+class Data:
+    scan: DatasetScan
+    train_items: list[ImageItem]
+    val_items: list[ImageItem]
+    val_kind: str
+    dataset: TrainDataset
+    sampler: BucketBatchSampler
+    bucket_counts: dict[tuple[int, int], int]
 
-    for code, msg in advice(cfg):
-        events.emit("warning", code=code, msg=msg)
+
+def load_data(cfg: TrainConfig, events: EventWriter, scan: DatasetScan | None) -> Data:
     events.emit("status", phase="loading", msg="scanning the dataset")
     scan = scan or scan_dataset(Path(cfg.train_data_dir), cfg.caption_extension)
     for path, reason in scan.skipped:
@@ -176,52 +180,72 @@ def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter, scan: DatasetS
     sampler = BucketBatchSampler(dataset.buckets, cfg.train_batch_size, cfg.seed)
     counts = dataset.bucket_counts()
     events.emit("status", phase="loading", msg="buckets:\n" + bucket_table(counts))
+    return Data(scan, train_items, val_items, val_kind, dataset, sampler, counts)
 
+
+def load_model(cfg: TrainConfig, events: EventWriter, device, weight_dtype) -> tuple[BaseModel, list[dict]]:
+    """Base model on the device in the compute dtype (cast before moving: an fp32 copy would double peak memory),
+    LoRA injected, trainable LoRA weights in float32 for stable optimizer updates."""
     events.emit("status", phase="loading", msg=f"loading base model {cfg.pretrained_model_name_or_path}")
     base = load_base_model(cfg.pretrained_model_name_or_path, cfg.v2, cfg.v_parameterization)
     if base.family.v2 and cfg.clip_skip > 1:
         events.emit("warning", code="clip_skip_sd2", msg=f"clip_skip = {cfg.clip_skip} on an SD2 model: SD2 was "
                                                           "trained on the last layer; use 1 unless the model says so")
-    groups = add_networks(cfg, base)
     base.vae.requires_grad_(False)
     base.vae.to(device, dtype=torch.float32)  # fp32 VAE: fp16 VAEs overflow into NaN latents
-    base.text_encoder.to(device, dtype=weight_dtype if not cfg.trains_text_encoder else torch.float32)
-    base.unet.to(device)
-
-    latent_cache = None
-    if cfg.cache_latents:
-        events.emit("status", phase="caching_latents", msg=f"encoding {len(train_items)} images with the VAE")
-        cache_dir = run_dir.parent / ".latent_cache" if cfg.cache_latents_to_disk else None
-        latent_cache = LatentCache(base.vae, cache_dir, device, torch.float32)
-        val_jobs = [(it.path, b, False) for it, b in zip(val_items, buckets_for(cfg, val_items), strict=True)]
-        latent_cache.encode_all(dataset.latent_jobs() + val_jobs, batch_size=1)
-        dataset.attach_latents(latent_cache, device)
-    text_cache = cache_text(cfg, base, {it.caption for it in train_items + val_items}, device)
-    validation = build_validation_set(cfg, base, val_items, val_kind, latent_cache, device) if val_items else None
-
-    # After caching, frozen parts that are no longer needed every step leave the GPU (sampling brings them back).
-    if latent_cache is not None:
-        base.vae.to("cpu")
-    if text_cache is not None:
-        base.text_encoder.to("cpu")
-
+    base.unet.to(device, dtype=weight_dtype)
+    base.text_encoder.to(device, dtype=weight_dtype)
+    groups = add_networks(cfg, base)
+    for group in groups:
+        for p in group["params"]:
+            p.data = p.data.float()
     if cfg.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
         if cfg.trains_text_encoder:
             base.text_encoder.gradient_checkpointing_enable()
-    # Frozen weights in the compute dtype, trainable LoRA weights in float32 (stable optimizer updates).
-    base.unet.to(dtype=weight_dtype)
-    for group in groups:
-        for p in group["params"]:
-            p.data = p.data.float()
+    return base, groups
+
+
+def build_caches(cfg: TrainConfig, base: BaseModel, data: Data, run_dir: Path, device, events: EventWriter):
+    """Latents and text embeddings computed once; frozen parts no longer needed every step then leave the GPU
+    (sampling brings them back)."""
+    latent_cache = None
+    if cfg.cache_latents:
+        events.emit("status", phase="caching_latents", msg=f"encoding {len(data.train_items)} images with the VAE")
+        cache_dir = run_dir.parent / ".latent_cache" if cfg.cache_latents_to_disk else None
+        latent_cache = LatentCache(base.vae, cache_dir, device, torch.float32)
+        val_buckets = buckets_for(cfg, data.val_items)
+        val_jobs = [(it.path, b, False) for it, b in zip(data.val_items, val_buckets, strict=True)]
+        latent_cache.encode_all(data.dataset.latent_jobs() + val_jobs, batch_size=1)
+        data.dataset.attach_latents(latent_cache, device)
+    text_cache = cache_text(cfg, base, {it.caption for it in data.train_items + data.val_items}, device)
+    validation = None
+    if data.val_items:
+        validation = build_validation_set(cfg, base, data.val_items, data.val_kind, latent_cache, device)
+    if latent_cache is not None:
+        base.vae.to("cpu")
+    if text_cache is not None:
+        base.text_encoder.to("cpu")
+    return latent_cache, text_cache, validation
+
+
+def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter, scan: DatasetScan | None = None) -> Trainer:
+    accelerator = make_accelerator(cfg, run_dir, events)
+    set_seed(cfg.seed)  # LoRA initialisation, dropout: the same seed gives the same run
+    device, weight_dtype = accelerator.device, dtype_for(accelerator.mixed_precision)
+    for code, msg in advice(cfg):
+        events.emit("warning", code=code, msg=msg)
+    data = load_data(cfg, events, scan)
+    base, groups = load_model(cfg, events, device, weight_dtype)
+    latent_cache, text_cache, validation = build_caches(cfg, base, data, run_dir, device, events)
+
     params = [p for g in groups for p in g["params"]]
     optimizer = make_optimizer(cfg, [{"params": g["params"], "lr": g["lr"]} for g in groups])
-
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate,
+        data.dataset, batch_sampler=data.sampler, collate_fn=collate,
         num_workers=0 if latent_cache is not None else cfg.max_data_loader_n_workers,
         pin_memory=device.type == "cuda" and latent_cache is None)
-    plan = plan_run(cfg, len(sampler), accelerator.num_processes)
+    plan = plan_run(cfg, len(data.sampler), accelerator.num_processes)
     lr_scheduler = make_scheduler(cfg, optimizer, plan.total_steps)
     register_lora_only_state(accelerator)
     unet = torch.compile(base.unet) if cfg.torch_compile else base.unet
@@ -233,4 +257,5 @@ def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter, scan: DatasetS
         text_encoder = base.text_encoder
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     return Trainer(cfg, run_dir, accelerator, base, unet, text_encoder, params, optimizer, lr_scheduler, loader,
-                   sampler, dataset, scan, latent_cache, text_cache, validation, plan, weight_dtype, generator, counts)
+                   data.sampler, data.dataset, data.scan, latent_cache, text_cache, validation, plan, weight_dtype,
+                   generator, data.bucket_counts)
