@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from training.config_io import write_atomic
+from training.errors import UserError
 from training.export import build_metadata, kohya_state_dict, save_lora
 from training.verify import verify_lora
 
@@ -37,6 +38,7 @@ class TrainState:
     ema: dict[str, Any] = field(default_factory=dict)
     val_history: list[list[float]] = field(default_factory=list)  # [step, loss]
     last_checkpoint: str | None = None
+    batches_per_epoch: int = 0     # to notice a dataset that changed between stop and resume
 
 
 def lora_name(output_name: str, epoch: int | None = None, step: int | None = None) -> str:
@@ -118,6 +120,7 @@ def save_state(tr: Trainer, state: TrainState, name: str) -> Path:
     tr.accelerator.wait_for_everyone()
     tr.accelerator.save_state(str(tmp))
     tr.accelerator.wait_for_everyone()  # every rank has written its RNG state before the folder moves
+    state.batches_per_epoch = tr.plan.batches_per_epoch
     if tr.accelerator.is_main_process:
         torch.save(tr.generator.get_state(), tmp / "noise_generator.pt")
         write_atomic(tmp / STATE_FILE, json.dumps(asdict(state), indent=1))
@@ -131,7 +134,16 @@ def save_state(tr: Trainer, state: TrainState, name: str) -> Path:
 
 
 def load_state(tr: Trainer, state_dir: Path) -> TrainState:
-    tr.accelerator.load_state(str(state_dir))
+    """Restore a saved state; a state that cannot fit this run is a UserError naming what changed."""
+    state = TrainState(**json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8")))
+    if state.batches_per_epoch and state.batches_per_epoch != tr.plan.batches_per_epoch:
+        raise UserError(f"resume: {state_dir.name} was saved with {state.batches_per_epoch} batches per epoch, "
+                        f"this run has {tr.plan.batches_per_epoch}: the dataset, repeats or batch size changed. "
+                        f"Restore them, or start a new run with network_weights = its LoRA file")
+    try:
+        tr.accelerator.load_state(str(state_dir))
+    except (RuntimeError, FileNotFoundError) as err:
+        raise UserError(f"resume: {state_dir.name} does not match this run's network or optimizer "
+                        f"({str(err).splitlines()[0][:200]}); resume with the settings it was saved with") from None
     tr.generator.set_state(torch.load(state_dir / "noise_generator.pt", weights_only=True))
-    data = json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
-    return TrainState(**data)
+    return state

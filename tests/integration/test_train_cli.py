@@ -113,6 +113,9 @@ def test_stop_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_sd1, datas
     assert last["event"] == "stopped" and 5 <= last["step"] < 24
     assert Path(last["last_checkpoint"]).is_file() and Path(last["state"]).is_dir()
 
+    mismatched = cli("--config", str(config), "--set", f"resume='{last['state']}'", "--set", "network_dim=8")
+    assert mismatched.returncode == 2 and "does not match this run's network" in mismatched.stderr
+
     resumed = cli("--config", str(config), "--set", f"resume='{last['state']}'")
     assert resumed.returncode == 0, resumed.stderr
     events = read_events(stopped)
