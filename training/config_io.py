@@ -137,7 +137,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path.name}: not valid TOML: {err}") from None
+        hint = " (Windows paths: write C:/path or 'C:\\path' in single quotes)" if "escape" in str(err) else ""
+        raise ConfigError(f"{path.name}: not valid TOML: {err}{hint}") from None
     if isinstance(data.get("preset"), dict):
         del data["preset"]
     return flatten_sections(data, path.name)

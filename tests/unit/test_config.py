@@ -127,3 +127,8 @@ def test_advice_flags_likely_mistakes_without_refusing():
     codes = [c for c, _ in advice(TrainConfig(optimizer_type="Prodigy", network_dim=8, network_alpha=16,
                                               network_train_unet_only=True, text_encoder_lr=1e-5))]
     assert codes == ["prodigy_lr", "alpha_above_rank", "text_encoder_lr_unused"]
+
+
+def test_windows_backslash_path_gets_a_hint(tmp_path):
+    message = error_of(tmp_path, 'train_data_dir = "C:\\datasets\\mychar"')
+    assert "single quotes" in message
