@@ -22,6 +22,7 @@ from training.data.buckets import BucketBatchSampler, assign_buckets, bucket_tab
 from training.data.dataset import TrainDataset, collate
 from training.data.folder import DatasetScan, ImageItem, scan_dataset
 from training.data.latents import LatentCache
+from training.errors import UserError
 from training.events import EventWriter
 from training.models.loading import BaseModel, load_base_model
 from training.models.text import encode_prompts
@@ -136,11 +137,27 @@ def add_networks(cfg: TrainConfig, base: BaseModel) -> list[dict[str, Any]]:
                                           cfg.network_alpha, cfg.network_dropout),
                        "lr": cfg.effective_text_encoder_lr, "name": "text_encoder"})
     if cfg.network_weights:
-        from training.lora_import import load_kohya_into_peft
-
-        encoders = [base.text_encoder] if cfg.trains_text_encoder else []
-        load_kohya_into_peft(Path(cfg.network_weights), base.unet, encoders, base.family)
+        continue_from(cfg, base)
     return groups
+
+
+def continue_from(cfg: TrainConfig, base: BaseModel) -> None:
+    """Start the new LoRA from an existing kohya file (same rank, same parts)."""
+    from safetensors import safe_open
+
+    from training.lora_import import load_kohya_into_peft
+
+    path = Path(cfg.network_weights or "")
+    with safe_open(str(path), "pt") as f:
+        has_te = any(k.startswith(base.family.te_prefixes) for k in f.keys())  # noqa: SIM118 - safe_open API
+    if has_te and not cfg.trains_text_encoder:
+        raise UserError(f"network_weights {path.name} trains the text encoder too, but this run does not: "
+                        f"set network_train_unet_only = false (and a text_encoder_lr above 0)")
+    encoders = [base.text_encoder] if cfg.trains_text_encoder else []
+    try:
+        load_kohya_into_peft(path, base.unet, encoders, base.family)
+    except UserError as err:
+        raise UserError(f"network_weights {path.name}: {err} (network_dim is {cfg.network_dim})") from None
 
 
 def cache_text(cfg: TrainConfig, base: BaseModel, captions: set[str], device) -> dict[str, torch.Tensor] | None:
@@ -216,7 +233,7 @@ def build_caches(cfg: TrainConfig, base: BaseModel, data: Data, run_dir: Path, d
         latent_cache = LatentCache(base.vae, cache_dir, device, torch.float32)
         val_buckets = buckets_for(cfg, data.val_items)
         val_jobs = [(it.path, b, False) for it, b in zip(data.val_items, val_buckets, strict=True)]
-        latent_cache.encode_all(data.dataset.latent_jobs() + val_jobs, batch_size=1)
+        latent_cache.encode_all(data.dataset.latent_jobs() + val_jobs, batch_size=4)
         data.dataset.attach_latents(latent_cache, device)
     text_cache = cache_text(cfg, base, {it.caption for it in data.train_items + data.val_items}, device)
     validation = None

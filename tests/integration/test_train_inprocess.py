@@ -12,6 +12,7 @@ from tiny_models import make_image_dataset
 
 import training.loop as loop_module
 from training.config import TrainConfig
+from training.errors import UserError
 from training.events import read_events
 from training.runner import TrainingFailed, run
 
@@ -94,6 +95,10 @@ def test_network_weights_continue_from_an_earlier_lora(tmp_path, tiny_sd1, datas
                network_weights=str(first / "lora.safetensors")))
     # The second run starts exactly where the first ended: same validation loss before its first step.
     assert val_losses(second)[0] == pytest.approx(val_losses(first)[-1], rel=1e-5)
+
+    with pytest.raises(UserError, match="rank mismatch.*network_dim is 4"):
+        run(config(tiny_sd1, dataset_dir, tmp_path / "third", network_dim=4,
+                   network_weights=str(first / "lora.safetensors")))
 
 
 def test_without_latent_cache_images_load_in_worker_processes(tmp_path, tiny_sd1, dataset_dir):
