@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -54,6 +54,3 @@ class Throughput:
     def eta(self, remaining_steps: int) -> float:
         return self.seconds_per_step() * remaining_steps
 
-
-def ema_state(ema: LossEMA) -> dict:
-    return asdict(ema)
