@@ -100,20 +100,20 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     from training.runner import TrainingFailed, run
 
+    # Errors during the run were already shown on the console as they went into events.jsonl.
     try:
         run(cfg, scan=scan)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if not err.reported:
+            print(f"error: {err}", file=sys.stderr)
         return 2
-    except TrainingFailed as err:
-        print(f"training failed: {err}", file=sys.stderr)
+    except TrainingFailed:
         return 1
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
         return 130
-    except Exception as err:  # the traceback is in events.jsonl
-        print(f"training failed: {type(err).__name__}: {err} (traceback in {cfg.output_dir}/events.jsonl)",
-              file=sys.stderr)
+    except Exception:
+        print(f"the full traceback is in {Path(cfg.output_dir) / 'events.jsonl'}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") == "0":  # once, not once per GPU
         print(summary(Path(cfg.output_dir)))

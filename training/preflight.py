@@ -37,6 +37,8 @@ def preflight(cfg: TrainConfig) -> DatasetScan:
         value = getattr(cfg, key)
         if value and not Path(value).expanduser().exists():
             raise UserError(f"{key}: {value} does not exist")
+    if cfg.network_weights and not cfg.network_weights.lower().endswith(".safetensors"):
+        raise UserError(f"network_weights: {cfg.network_weights} is not a .safetensors LoRA file")
     if cfg.resume and not (Path(cfg.resume) / "train_state.json").is_file():
         raise UserError(f"resume: {cfg.resume} is not a saved state folder (no train_state.json in it)")
     if (cfg.sample_every_n_steps or cfg.sample_every_n_epochs) and not cfg.sample_prompts:

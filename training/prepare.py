@@ -148,8 +148,11 @@ def continue_from(cfg: TrainConfig, base: BaseModel) -> None:
     from training.lora_import import load_kohya_into_peft
 
     path = Path(cfg.network_weights or "")
-    with safe_open(str(path), "pt") as f:
-        has_te = any(k.startswith(base.family.te_prefixes) for k in f.keys())  # noqa: SIM118 - safe_open API
+    try:
+        with safe_open(str(path), "pt") as f:
+            has_te = any(k.startswith(base.family.te_prefixes) for k in f.keys())  # noqa: SIM118 - safe_open API
+    except Exception as err:  # safetensors raises its own error types for a damaged or foreign file
+        raise UserError(f"network_weights {path}: not a readable LoRA .safetensors file ({err})") from None
     if has_te and not cfg.trains_text_encoder:
         raise UserError(f"network_weights {path.name} trains the text encoder too, but this run does not: "
                         f"set network_train_unet_only = false (and a text_encoder_lr above 0)")

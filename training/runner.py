@@ -33,8 +33,10 @@ def console(line: str) -> None:
 
 
 def check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
-    """Never overwrite an earlier run's results: a folder with events.jsonl is reused only to resume it."""
-    if (run_dir / "events.jsonl").exists():
+    """Never overwrite an earlier run's results: a folder holding a run's LoRA files or states is reused only to
+    resume that run. A folder whose run failed before saving anything can be used again (its log is appended to)."""
+    has_results = any(run_dir.glob("*.safetensors")) or any(run_dir.glob("*-state"))
+    if (run_dir / "events.jsonl").exists() and has_results:
         resuming_here = cfg.resume and Path(cfg.resume).resolve().parent == run_dir.resolve()
         if not resuming_here:
             raise UserError(f"output_dir {run_dir} already holds a run; choose a new output_dir "
@@ -60,6 +62,7 @@ def run(cfg: TrainConfig, run_dir: Path | None = None, scan: DatasetScan | None 
         return _run(cfg, run_dir, events, control, scan)
     except UserError as err:
         events.emit("error", msg=str(err), traceback=None)
+        err.reported = events.echo is not None and events.enabled  # shown on the console already
         raise
     except TrainingFailed:
         raise

@@ -167,3 +167,17 @@ def test_corrupt_image_is_skipped_and_named(tmp_path, tiny_sd1, dataset_dir):
     assert result.returncode == 0, result.stderr
     warnings = [e["msg"] for e in read_events(out) if e["event"] == "warning"]
     assert any("broken.png" in w for w in warnings)
+
+
+def test_a_run_that_failed_before_saving_can_be_retried_in_the_same_folder(tmp_path, tiny_sd1, dataset_dir):
+    out = tmp_path / "run"
+    not_a_lora = tmp_path / "broken.safetensors"
+    not_a_lora.write_bytes(b"garbage")  # passes the file checks, fails when the trainer reads it
+    bad = cli("--config", str(write_config(tmp_path / "r.toml", tiny_sd1, dataset_dir, out, max_train_steps=2)),
+              "--set", f"network_weights='{not_a_lora}'")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.count("not a readable LoRA") == 1
+    assert read_events(out)[-1]["event"] == "error"
+    good = cli("--config", str(tmp_path / "r.toml"))
+    assert good.returncode == 0, good.stderr
+    assert read_events(out)[-1]["event"] == "done"

@@ -96,7 +96,7 @@ def test_network_weights_continue_from_an_earlier_lora(tmp_path, tiny_sd1, datas
     # The second run starts exactly where the first ended: same validation loss before its first step.
     assert val_losses(second)[0] == pytest.approx(val_losses(first)[-1], rel=1e-5)
 
-    with pytest.raises(UserError, match="rank mismatch.*network_dim is 4"):
+    with pytest.raises(UserError, match=r"rank mismatch.*network_dim is 4"):
         run(config(tiny_sd1, dataset_dir, tmp_path / "third", network_dim=4,
                    network_weights=str(first / "lora.safetensors")))
 
