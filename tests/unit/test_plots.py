@@ -1,0 +1,107 @@
+"""The loss chart: expected artists, robust to NaN and spikes, renders headless to PNG."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+from matplotlib.figure import Figure
+
+from app.plots import downsample, loss_figure, smooth_series
+
+
+def steps(n: int, spike_at: int | None = None) -> list[dict]:
+    out = []
+    for s in range(1, n + 1):
+        loss = 0.1 + 0.1 * math.exp(-s / 200) + 0.01 * math.sin(s)
+        if s == spike_at:
+            loss = 50.0
+        out.append({"event": "step", "step": s, "loss": loss, "smoothed": 0.1 + 0.1 * math.exp(-s / 200)})
+    return out
+
+
+VALS = [{"event": "val", "step": s, "loss": v, "kind": "held-out"} for s, v in
+        [(100, 0.15), (200, 0.12), (300, 0.11), (400, 0.115), (500, 0.125)]]
+
+
+def artist(fig: Figure, gid: str):
+    ax = fig.axes[0]
+    found = [a for a in (*ax.lines, *ax.patches) if a.get_gid() == gid]
+    return found[0] if found else None
+
+
+def png_bytes(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def test_figure_has_raw_smoothed_validation_and_band():
+    fig = loss_figure(steps(500), VALS, (0.08, 0.14))
+    assert isinstance(fig, Figure)
+    assert artist(fig, "raw") is not None and artist(fig, "smoothed") is not None
+    assert artist(fig, "val") is not None
+    band = artist(fig, "band")
+    assert band is not None and "rule of thumb" in band.get_label()
+    best = artist(fig, "val_min")
+    assert list(best.get_xdata()) == [300] and list(best.get_ydata()) == [0.11]
+    assert fig.axes[0].get_xlabel() == "step"
+
+
+def test_no_band_no_band_patch():
+    fig = loss_figure(steps(100), [], None)
+    assert artist(fig, "band") is None and artist(fig, "val_min") is None
+
+
+def test_a_spike_does_not_flatten_the_plot():
+    lo, hi = loss_figure(steps(500, spike_at=250), [], None).axes[0].get_ylim()
+    assert hi < 1.0 and lo > 0.0
+
+
+def test_y_limits_keep_validation_and_band_in_view():
+    lo, hi = loss_figure(steps(500), VALS, (0.05, 0.3)).axes[0].get_ylim()
+    assert lo <= 0.05 and hi >= 0.3
+
+
+def test_non_finite_values_do_not_crash():
+    data = steps(200)
+    data[10]["loss"], data[11]["loss"], data[12]["smoothed"] = "nan", "inf", float("nan")
+    vals = [*VALS, {"event": "val", "step": 600, "loss": "nan", "kind": "held-out"}]
+    for log_scale in (False, True):
+        fig = loss_figure(data, vals, (0.08, 0.14), log_scale=log_scale)
+        assert all(math.isfinite(v) for v in fig.axes[0].get_ylim())
+        raw = artist(fig, "raw")
+        assert all(math.isfinite(y) for y in raw.get_ydata()) and len(raw.get_ydata()) == 198
+        assert png_bytes(fig)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_empty_and_log_and_zero_phase_figures_render():
+    assert png_bytes(loss_figure([], [], None))[:4] == b"\x89PNG"
+    fig = loss_figure(steps(300), VALS, (0.08, 0.14), log_scale=True, zero_phase=True)
+    assert fig.axes[0].get_yscale() == "log" and "zero-phase" in artist(fig, "smoothed").get_label()
+    assert len(png_bytes(fig)) > 1000
+
+
+def test_long_runs_are_downsampled_for_the_browser():
+    fig = loss_figure(steps(20_000), [], None, max_points=2000)
+    xs = list(artist(fig, "raw").get_xdata())
+    assert len(xs) <= 2000 and xs[0] == 1 and xs[-1] == 20_000
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 2000, 2001, 9999])
+def test_downsample_keeps_first_and_last_and_caps_length(n):
+    points = list(range(n))
+    out = downsample(points, 2000)
+    assert len(out) <= 2000 and out == sorted(out)
+    if n:
+        assert out[0] == 0 and out[-1] == n - 1
+    assert out == downsample(points, 2000)  # deterministic: the chart does not shimmer between polls
+    if n <= 2000:
+        assert out == points
+
+
+def test_smooth_series_has_no_lag_on_a_ramp():
+    ramp = [float(i) for i in range(200)]
+    smoothed = smooth_series(ramp, beta=0.9)
+    assert len(smoothed) == 200 and abs(smoothed[100] - 100) < 1  # a causal EMA would trail by ~9
