@@ -19,6 +19,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "e.g. --config presets/sd15-anime.toml --config my-run.toml (later files win)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one option, e.g. --set max_train_steps=200 (TOML value syntax)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the config, then replay a synthetic run into output_dir without loading torch "
+                             "or a model (for UI tests; pace: LORAFORGE_DRY_RUN_STEP_SECONDS, default 0.02 s/step)")
     parser.add_argument("--env-report", action="store_true", help="print Python, torch and GPU versions and exit")
     return parser.parse_args(argv)
 
@@ -90,12 +93,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg, notes = load_config(args.config, parse_overrides(args.set))
-        scan = preflight(cfg)
+        scan = None if args.dry_run else preflight(cfg)  # a dry run needs neither the model nor the dataset
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
+    if args.dry_run:
+        from training.dry_run import main as dry_run_main
+
+        return dry_run_main(cfg)
 
     quiet_libraries()
     from training.runner import TrainingFailed, run

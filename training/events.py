@@ -7,8 +7,10 @@ where a UI cannot send Ctrl+C to a child. Torch-free: the UI imports this module
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -148,3 +150,26 @@ class Control:
         for flag in CONTROL_FLAGS:
             (self.dir / flag).unlink(missing_ok=True)
 
+
+
+def install_signal_handlers(control: Control) -> dict[int, Any]:
+    """Ctrl+C / SIGTERM ask for a stop through the same flag as the UI's Stop button: the run finishes the step,
+    saves the LoRA and state and ends as "stopped". A second Ctrl+C aborts at once."""
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        if control.is_set("stop"):
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        control.request("stop")
+        print("\nstopping after this step (saving LoRA and state); press Ctrl+C again to abort", flush=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread (e.g. called from a test thread)
+            previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def restore_signal_handlers(previous: dict[int, Any]) -> None:
+    for sig, old in previous.items():
+        signal.signal(sig, old)

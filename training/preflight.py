@@ -46,6 +46,17 @@ def preflight(cfg: TrainConfig) -> DatasetScan:
     return scan_dataset(data, cfg.caption_extension)
 
 
+def check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
+    """Never overwrite an earlier run's results: a folder holding a run's LoRA files or states is reused only to
+    resume that run. A folder whose run failed before saving anything can be used again (its log is appended to)."""
+    has_results = any(run_dir.glob("*.safetensors")) or any(run_dir.glob("*-state"))
+    if (run_dir / "events.jsonl").exists() and has_results:
+        resuming_here = cfg.resume and Path(cfg.resume).resolve().parent == run_dir.resolve()
+        if not resuming_here:
+            raise UserError(f"output_dir {run_dir} already holds a run; choose a new output_dir "
+                            f"or set resume to one of its -state folders")
+
+
 def advice(cfg: TrainConfig) -> list[tuple[str, str]]:
     """Settings that are valid but usually a mistake: (code, message) pairs shown as warnings, never refused."""
     notes = []

@@ -6,9 +6,7 @@ live in ``training.loop``.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
 import traceback
 from pathlib import Path
@@ -17,8 +15,9 @@ from training.checkpoints import TrainState, load_state, lora_name
 from training.config import TrainConfig
 from training.data.folder import DatasetScan
 from training.errors import UserError
-from training.events import Control, EventWriter
+from training.events import Control, EventWriter, install_signal_handlers, restore_signal_handlers
 from training.loop import Loop, NonFiniteLoss
+from training.preflight import check_run_dir
 from training.prepare import prepare
 
 
@@ -30,17 +29,6 @@ def console(line: str) -> None:
     from tqdm.auto import tqdm
 
     tqdm.write(line, file=sys.stderr)  # above the progress bar instead of through it
-
-
-def check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
-    """Never overwrite an earlier run's results: a folder holding a run's LoRA files or states is reused only to
-    resume that run. A folder whose run failed before saving anything can be used again (its log is appended to)."""
-    has_results = any(run_dir.glob("*.safetensors")) or any(run_dir.glob("*-state"))
-    if (run_dir / "events.jsonl").exists() and has_results:
-        resuming_here = cfg.resume and Path(cfg.resume).resolve().parent == run_dir.resolve()
-        if not resuming_here:
-            raise UserError(f"output_dir {run_dir} already holds a run; choose a new output_dir "
-                            f"or set resume to one of its -state folders")
 
 
 def run(cfg: TrainConfig, run_dir: Path | None = None, scan: DatasetScan | None = None) -> str:
@@ -124,25 +112,3 @@ def fail_non_finite(loop: Loop, nan: NonFiniteLoss) -> str:
     loop.events.emit("error", msg=msg, code="non_finite_loss", step=nan.step, last_checkpoint=str(saved) if saved
                      else loop.state.last_checkpoint, traceback=None)
     raise TrainingFailed(msg)
-
-
-def install_signal_handlers(control: Control):
-    """Ctrl+C / SIGTERM finish the current step, save, and exit as "stopped". A second Ctrl+C aborts."""
-    previous = {}
-
-    def handler(signum, frame):
-        if control.is_set("stop"):
-            signal.signal(signum, signal.SIG_DFL)
-            raise KeyboardInterrupt
-        control.request("stop")
-        print("\nstopping after this step (saving LoRA and state); press Ctrl+C again to abort", flush=True)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError):  # not the main thread (e.g. called from a test thread)
-            previous[sig] = signal.signal(sig, handler)
-    return previous
-
-
-def restore_signal_handlers(previous) -> None:
-    for sig, old in previous.items():
-        signal.signal(sig, old)

@@ -1,0 +1,318 @@
+"""Run folders as the UI sees them: where they are, what their events say, and whether their process still lives.
+
+Everything here is derived from files (``events.jsonl``, ``trainer.log``, the supervisor's ``queued``/``cancelled``
+markers and ``trainer.pid``) plus a portable "is this pid alive" check, so a restarted UI reaches the same verdict
+as the one that started the run. No gradio, no torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from training.events import EVENTS_FILE, read_events
+
+RUNS_DIR = "runs"
+JOB_FILE = "job.toml"
+LOG_FILE = "trainer.log"
+PID_FILE = "trainer.pid"  # written by the supervisor at spawn: liveness before the trainer's start event
+QUEUED = "queued"  # marker: job.toml waits for the active run to end; holds the time it was queued (FIFO order)
+CANCELLED = "cancelled"  # marker: a queued job that was removed before it started
+TERMINATED = "terminated"  # marker: the supervisor ended the process group after a stop's grace; holds the reason
+UNEXPECTED_END = "the trainer process ended unexpectedly"
+TERMINAL_STATUS = {"done": "done", "stopped": "stopped", "error": "failed"}
+ACTIVE_STATUSES = ("starting", "running")
+KILL_AFTER_S = 5.0  # after SIGTERM to a run's process group, how long before SIGKILL
+
+
+@dataclass
+class RunState:
+    """What a run's events add up to. ``apply`` folds one event in; unknown events and fields are ignored."""
+
+    started: bool = False
+    pid: int | None = None
+    start_t: float | None = None
+    phase: str = ""
+    msg: str = ""
+    step: int = 0
+    total_steps: int | None = None
+    epoch: int = 0
+    total_epochs: int | None = None
+    eta: float | None = None
+    images_per_s: float | None = None
+    loss: Any = None  # float, or "nan"/"inf" as written by EventWriter
+    smoothed: Any = None
+    val_loss: Any = None
+    last_checkpoint: str | None = None
+    sample_paths: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    terminal: str | None = None  # "done" | "stopped" | "error"
+    final_path: str | None = None
+    state_path: str | None = None
+    error: str | None = None
+
+    def copy(self) -> RunState:
+        """A snapshot that later events do not change."""
+        return replace(self, sample_paths=list(self.sample_paths), warnings=list(self.warnings))
+
+    def apply(self, event: dict[str, Any]) -> None:
+        handler = getattr(self, f"_on_{event.get('event')}", None)
+        if handler is not None:
+            handler(event)
+
+    def _on_start(self, e: dict[str, Any]) -> None:
+        # A resume writes a new start into the same folder: the earlier ending no longer counts.
+        self.started, self.pid, self.start_t = True, e.get("pid"), e.get("t")
+        self.total_steps, self.total_epochs = e.get("total_steps"), e.get("total_epochs")
+        self.step = e.get("start_step") or 0
+        self.terminal = self.error = self.final_path = None
+
+    def _on_status(self, e: dict[str, Any]) -> None:
+        self.phase, self.msg = e.get("phase", ""), e.get("msg", "")
+
+    def _on_step(self, e: dict[str, Any]) -> None:
+        self.step, self.epoch = e.get("step", self.step), e.get("epoch", self.epoch)
+        self.loss, self.smoothed = e.get("loss"), e.get("smoothed")
+        self.eta, self.images_per_s = e.get("eta"), e.get("images_per_s")
+
+    def _on_val(self, e: dict[str, Any]) -> None:
+        self.val_loss = e.get("loss")
+
+    def _on_sample(self, e: dict[str, Any]) -> None:
+        self.sample_paths.extend(e.get("paths") or [])
+
+    def _on_checkpoint(self, e: dict[str, Any]) -> None:
+        self.last_checkpoint = e.get("path")
+
+    def _on_warning(self, e: dict[str, Any]) -> None:
+        self.warnings.append(str(e.get("msg")))
+
+    def _on_done(self, e: dict[str, Any]) -> None:
+        self.terminal, self.final_path = "done", e.get("path")
+        self.step = e.get("step", self.step)
+
+    def _on_stopped(self, e: dict[str, Any]) -> None:
+        self.terminal, self.state_path = "stopped", e.get("state")
+        self.step = e.get("step", self.step)
+        self.last_checkpoint = e.get("last_checkpoint") or self.last_checkpoint
+
+    def _on_error(self, e: dict[str, Any]) -> None:
+        self.terminal, self.error = "error", e.get("msg")
+        self.last_checkpoint = e.get("last_checkpoint") or self.last_checkpoint
+
+
+@dataclass
+class RunSummary:
+    """One line of the runs list: enough to show, re-attach to, or open a finished run."""
+
+    run_dir: Path
+    output_name: str
+    run_id: str
+    status: str
+    step: int
+    total_steps: int | None
+    smoothed: Any
+    last_checkpoint: str | None
+    final_path: str | None
+    error: str | None
+
+    @property
+    def running(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+
+def summarize(run_dir: Path, state: RunState, status: str, error: str | None) -> RunSummary:
+    return RunSummary(run_dir, run_dir.parent.name, run_dir.name, status, state.step, state.total_steps,
+                      state.smoothed, state.last_checkpoint, state.final_path, error)
+
+
+def replay(run_dir: Path) -> RunState:
+    """A run's state from all its events so far."""
+    state = RunState()
+    for event in read_events(run_dir):
+        state.apply(event)
+    return state
+
+
+def start_state(run_dir: Path) -> RunState:
+    """Only the last start event applied: enough for its pid."""
+    state = RunState()
+    starts = [e for e in read_events(run_dir) if e.get("event") == "start"]
+    if starts:
+        state.apply(starts[-1])
+    return state
+
+
+def run_dirs(data_dir: Path) -> list[Path]:
+    """Run folders under data_dir/runs/<output_name>/<YYYYmmdd-HHMMSS>/, newest first (the names sort by time)."""
+    root = data_dir / RUNS_DIR
+    found = [p for p in root.glob("*/*") if p.is_dir() and ((p / JOB_FILE).exists() or (p / EVENTS_FILE).exists())]
+    return sorted(found, key=lambda p: (p.name, p.parent.name), reverse=True)
+
+
+def queued_runs(data_dir: Path) -> list[Path]:
+    """Queued run folders in the order they were queued (the time in the marker; folder name breaks ties)."""
+
+    def queued_at(marker: Path) -> float:
+        try:
+            return float(marker.read_text(encoding="utf-8").strip())
+        except (OSError, ValueError):
+            return marker.stat().st_mtime if marker.exists() else 0.0
+
+    markers = list((data_dir / RUNS_DIR).glob(f"*/*/{QUEUED}"))
+    return [m.parent for m in sorted(markers, key=lambda m: (queued_at(m), str(m)))]
+
+
+def settled_status(run_dir: Path, state: RunState) -> str | None:
+    """The status files alone decide (cancelled, queued, or a terminal event); None while it depends on liveness."""
+    if (run_dir / CANCELLED).exists():
+        return "cancelled"
+    if (run_dir / QUEUED).exists():
+        return "queued"
+    return TERMINAL_STATUS.get(state.terminal or "")
+
+
+def pid_reference(run_dir: Path, state: RunState) -> tuple[int, float | None] | None:
+    """The pid to watch and a time its process must have existed by (to notice a pid reused after a reboot):
+    the start event's pid, else the pid the supervisor recorded at spawn."""
+    if state.pid:
+        return int(state.pid), state.start_t
+    path = run_dir / PID_FILE
+    with contextlib.suppress(OSError, ValueError):
+        return int(path.read_text(encoding="utf-8").strip()), path.stat().st_mtime
+    return None
+
+
+def pid_alive(pid: int, existed_by: float | None = None) -> bool:
+    """Whether pid is a live process that existed by ``existed_by`` (Unix time). Portable: psutil when installed
+    (it comes with accelerate); else POSIX kill(pid, 0), or OpenProcess on Windows, where os.kill(pid, 0) would send
+    CTRL_C_EVENT instead of probing."""
+    try:
+        import psutil
+    except ImportError:
+        return _windows_pid_alive(pid) if os.name == "nt" else _posix_pid_alive(pid)
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False  # exited; only its parent has not collected it yet
+        return existed_by is None or proc.create_time() <= existed_by + 2.0
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True  # someone else's process: it exists
+
+
+def _posix_pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    with contextlib.suppress(OSError):  # Linux: a zombie has exited, it just has not been reaped
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def _windows_pid_alive(pid: int) -> bool:
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
+    kernel32.OpenProcess.restype = wintypes.HANDLE
+    kernel32.GetExitCodeProcess.argtypes = (wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD))
+    kernel32.GetExitCodeProcess.restype = wintypes.BOOL
+    kernel32.CloseHandle.argtypes = (wintypes.HANDLE,)
+    process_query_limited_information, still_active, error_access_denied = 0x1000, 259, 5
+    handle = kernel32.OpenProcess(process_query_limited_information, False, pid)
+    if not handle:
+        return ctypes.get_last_error() == error_access_denied  # exists but is not ours to open
+    try:
+        code = wintypes.DWORD()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return False
+        return code.value == still_active
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+def log_tail(run_dir: Path, lines: int = 15, max_bytes: int = 16384) -> str:
+    """The last lines of trainer.log: why a process died when it could not write an error event itself."""
+    path = run_dir / LOG_FILE
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - max_bytes))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def failure_message(run_dir: Path, exit_code: int | None = None) -> str:
+    """Why a process ended without a terminal event: the supervisor's own reason when it ended it, else the log."""
+    with contextlib.suppress(OSError):
+        return (run_dir / TERMINATED).read_text(encoding="utf-8")
+    code = f" (exit status {exit_code})" if exit_code is not None else ""
+    tail = log_tail(run_dir)
+    return f"{UNEXPECTED_END}{code}" + (f"; last lines of {LOG_FILE}:\n{tail}" if tail else "")
+
+
+def describe(status: str, state: RunState, error: str | None, position: int | None) -> str:
+    """One status line for the UI."""
+    if status == "queued":
+        return f"queued (position {position})" if position else "queued"
+    if status == "starting":
+        return f"starting: {state.msg}" if state.msg else "starting"
+    if status == "running":
+        parts = [f"step {state.step}/{state.total_steps}", f"epoch {state.epoch}/{state.total_epochs}"]
+        if isinstance(state.smoothed, float):
+            parts.append(f"loss {state.smoothed:.4f}")
+        if state.eta is not None:
+            parts.append(f"ETA {int(state.eta) // 60}m {int(state.eta) % 60:02d}s")
+        return " · ".join(parts) if state.phase == "training" else f"{state.msg} ({parts[0]})"
+    if status == "done":
+        return f"done: {state.final_path}"
+    if status == "stopped":
+        return f"stopped at step {state.step}: {state.last_checkpoint}"
+    if status == "failed":
+        return f"failed: {error}"
+    return status
+
+
+def terminate_group(pid: int, alive: Callable[[], bool], kill_after_s: float = KILL_AFTER_S) -> None:
+    """SIGTERM the process group led by pid (the trainer takes it as a stop), then SIGKILL it if it lingers.
+    Windows: CTRL_BREAK_EVENT to the group, then ``taskkill /T /F`` for the process tree."""
+    if os.name == "nt":
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.CTRL_BREAK_EVENT)
+        _wait(alive, kill_after_s)
+        subprocess.run(["taskkill", "/PID", str(pid), "/T", "/F"], capture_output=True, check=False)
+        return
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    if pgid == os.getpgrp():  # never signal our own group (a run that was not started in its own session)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    _wait(alive, kill_after_s)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _wait(alive: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)

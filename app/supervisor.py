@@ -1,0 +1,323 @@
+"""JobSupervisor: starts training runs as background processes, queues them, stops them and watches them.
+
+The run folder is the only contract (docs/architecture.md §3.3-3.5): the supervisor writes ``job.toml``, touches
+``control/`` flags and reads ``events.jsonl``; it never talks to the trainer any other way. Each run gets its own
+process group (session on POSIX), so Stop can end ``accelerate launch`` workers too, and the UI's own Ctrl+C does not
+reach the trainer. Because every verdict comes from files plus a pid check, a new supervisor on the same data dir
+(the UI restarted, the browser closed) re-attaches to a running run and reports the finished ones.
+No gradio, no torch: the UI process stays light and the supervisor is unit-tested with real dry-run processes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import training
+from app.runs import (
+    ACTIVE_STATUSES,
+    CANCELLED,
+    JOB_FILE,
+    LOG_FILE,
+    PID_FILE,
+    QUEUED,
+    RUNS_DIR,
+    TERMINATED,
+    RunState,
+    RunSummary,
+    describe,
+    failure_message,
+    pid_alive,
+    pid_reference,
+    queued_runs,
+    replay,
+    run_dirs,
+    settled_status,
+    start_state,
+    summarize,
+    terminate_group,
+)
+from training.config import TrainConfig
+from training.config_io import save_config, write_atomic
+from training.events import EVENTS_FILE, Control, EventReader
+
+
+@dataclass
+class RunHandle:
+    """What start() did: the run folder, and whether the job started ("starting") or waits ("queued", position
+    1 = next)."""
+
+    run_dir: Path
+    status: str
+    position: int | None = None
+    pid: int | None = None
+
+
+@dataclass
+class RunSnapshot:
+    """One poll: the events new since the previous poll of this run, plus the run's state so far."""
+
+    run_dir: Path
+    status: str
+    events: list[dict[str, Any]]
+    changed: bool
+    state: RunState
+    error: str | None = None
+    queue_position: int | None = None
+
+    @property
+    def running(self) -> bool:
+        """The trainer process is alive (starting or training)."""
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def active(self) -> bool:
+        """Worth polling again: running, or queued to start."""
+        return self.running or self.status == "queued"
+
+    step = property(lambda self: self.state.step)
+    total_steps = property(lambda self: self.state.total_steps)
+    epoch = property(lambda self: self.state.epoch)
+    eta = property(lambda self: self.state.eta)
+    images_per_s = property(lambda self: self.state.images_per_s)
+    loss = property(lambda self: self.state.loss)
+    smoothed = property(lambda self: self.state.smoothed)
+    last_checkpoint = property(lambda self: self.state.last_checkpoint)
+    final_path = property(lambda self: self.state.final_path)
+    sample_paths = property(lambda self: self.state.sample_paths)
+
+    @property
+    def status_text(self) -> str:
+        return describe(self.status, self.state, self.error, self.queue_position)
+
+
+@dataclass
+class _Tracked:
+    """Per-run bookkeeping: the event reader's byte offset lives here, so each poll returns only new lines."""
+
+    run_dir: Path
+    reader: EventReader
+    state: RunState = field(default_factory=RunState)
+    popen: subprocess.Popen | None = None
+    last_status: str | None = None
+
+
+class JobSupervisor:
+    """Runs one training job at a time under ``data_dir/runs/<output_name>/<YYYYmmdd-HHMMSS>/``; later jobs queue.
+
+    Creating a supervisor scans data_dir (discover) and re-attaches to a run that is still going."""
+
+    def __init__(self, data_dir: Path, python: str = sys.executable, dry_run: bool = False) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.python = python
+        self.dry_run = dry_run
+        self._tracked: dict[Path, _Tracked] = {}
+        self._active: Path | None = None
+        self._lock = threading.RLock()  # Gradio runs handlers (tick, Start, Stop) on several threads
+        self.discover()
+
+    # --- starting
+    def new_run_dir(self, output_name: str) -> Path:
+        """A fresh, claimed run folder; a second start in the same second gets a -2, -3, ... suffix."""
+        base = self.data_dir / RUNS_DIR / output_name
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for n in itertools.count(1):
+            run_dir = base / (stamp if n == 1 else f"{stamp}-{n}")
+            try:
+                run_dir.mkdir(parents=True)
+                return run_dir
+            except FileExistsError:
+                continue
+        raise AssertionError("unreachable")
+
+    def start(self, cfg: TrainConfig) -> RunHandle:
+        """Write the job into a new run folder and start it, or queue it while another run is active."""
+        with self._lock:
+            run_dir = self.new_run_dir(cfg.output_name)
+            save_config(cfg.model_copy(update={"output_dir": str(run_dir)}), run_dir / JOB_FILE)
+            write_atomic(run_dir / QUEUED, repr(time.time()))  # every job queues; an idle supervisor starts it now
+            self._advance_queue()
+            queue = queued_runs(self.data_dir)
+            if run_dir in queue:
+                return RunHandle(run_dir, "queued", position=queue.index(run_dir) + 1)
+            popen = self._track(run_dir).popen
+            return RunHandle(run_dir, "starting", pid=popen.pid if popen else None)
+
+    def _advance_queue(self) -> None:
+        """Start the oldest queued job when no run is active."""
+        if self._active is not None and self._alive(self._track(self._active)):
+            return
+        self._active = None
+        queue = queued_runs(self.data_dir)
+        if queue:
+            self._launch(queue[0])
+
+    def _launch(self, run_dir: Path) -> None:
+        (run_dir / QUEUED).unlink(missing_ok=True)  # first, so a spawn failure cannot retry forever
+        cmd = [self.python, "-m", "training", "--config", str(run_dir / JOB_FILE)]
+        cmd += ["--dry-run"] if self.dry_run else []
+        with open(run_dir / LOG_FILE, "ab") as log:
+            log.write(f"$ {shlex.join(cmd)}\n".encode())
+            log.flush()
+            try:
+                popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         env=child_env(), **new_group_kwargs())
+            except OSError as err:  # the run then reads as failed, with this line as the reason
+                log.write(f"could not start the trainer: {err}\n".encode())
+                return
+        write_atomic(run_dir / PID_FILE, str(popen.pid))
+        self._track(run_dir).popen = popen
+        self._active = run_dir
+
+    # --- control
+    def stop(self, run_dir: Path, grace_s: float = 60) -> str:
+        """Ask the run to stop (it saves the LoRA and its state, then exits); after grace_s, end its process group.
+        A queued job is cancelled instead. Returns "cancelled", "stopping" or "not running"."""
+        with self._lock:
+            run_dir = Path(run_dir).resolve()
+            if (run_dir / QUEUED).exists():
+                (run_dir / QUEUED).unlink(missing_ok=True)
+                (run_dir / CANCELLED).touch()
+                return "cancelled"
+            tracked = self._track(run_dir)
+            if not self._alive(tracked):
+                return "not running"
+            Control(run_dir).request("stop")
+        threading.Thread(target=self._enforce_stop, args=(tracked, grace_s), daemon=True,
+                         name=f"stop {run_dir.name}").start()
+        return "stopping"
+
+    def _enforce_stop(self, tracked: _Tracked, grace_s: float) -> None:
+        """Keep the stop flag set (the trainer clears control/ as it starts) and end the group after the grace."""
+        deadline = time.monotonic() + grace_s
+        control = Control(tracked.run_dir)
+        while self._alive(tracked):
+            if time.monotonic() >= deadline:
+                self._terminate(tracked, grace_s)
+                return
+            if not control.is_set("stop"):
+                control.request("stop")
+            time.sleep(0.2)
+
+    def _terminate(self, tracked: _Tracked, grace_s: float) -> None:
+        pid = tracked.popen.pid if tracked.popen else (self._pid_reference(tracked.run_dir, tracked.state) or [None])[0]
+        if pid is None:
+            return
+        write_atomic(tracked.run_dir / TERMINATED, f"stopped by force: the trainer had not finished its stop after "
+                                                   f"{grace_s:g} s, so its processes were ended (no final save)")
+        terminate_group(pid, lambda: self._alive(tracked))
+
+    def request(self, run_dir: Path, flag: str) -> bool:
+        """Ask a running run for samples now ("sample") or a LoRA save now ("save"). False when not running."""
+        if flag not in ("sample", "save"):
+            raise ValueError(f"request takes 'sample' or 'save', not {flag!r} (use stop() to stop)")
+        with self._lock:
+            run_dir = Path(run_dir).resolve()
+            if not self._alive(self._track(run_dir)):
+                return False
+            Control(run_dir).request(flag)
+            return True
+
+    # --- watching
+    def poll(self, run_dir: Path | None = None) -> RunSnapshot:
+        """New events of a run since its last poll, and its state. Starts the next queued job when the active run
+        has ended. Without run_dir: the active run, else the newest run."""
+        with self._lock:
+            self._advance_queue()
+            run_dir = Path(run_dir).resolve() if run_dir else self._active or self._newest()
+            if run_dir is None:
+                return RunSnapshot(self.data_dir, "idle", [], False, RunState())
+            tracked = self._track(run_dir)
+            events, status, error = self._refresh(tracked)
+            changed = bool(events) or status != tracked.last_status
+            tracked.last_status = status
+            queue = queued_runs(self.data_dir) if status == "queued" else []
+            position = queue.index(run_dir) + 1 if run_dir in queue else None
+            return RunSnapshot(run_dir, status, events, changed, tracked.state.copy(), error, position)
+
+    def _refresh(self, tracked: _Tracked) -> tuple[list[dict[str, Any]], str, str | None]:
+        alive = self._alive(tracked)  # before reading: a process found dead has written all it ever will
+        events = self._read(tracked)
+        return (events, *self._verdict(tracked.run_dir, tracked.state, tracked.popen, alive))
+
+    def _verdict(self, run_dir: Path, state: RunState, popen: subprocess.Popen | None,
+                 alive: bool) -> tuple[str, str | None]:
+        """Status and error message; a process gone without a terminal event has failed."""
+        status = settled_status(run_dir, state)
+        if status is None:
+            status = ("running" if state.started else "starting") if alive else "failed"
+        if status != "failed":
+            return status, None
+        if state.terminal == "error":
+            return status, state.error
+        return status, failure_message(run_dir, popen.returncode if popen else None)
+
+    def _read(self, tracked: _Tracked) -> list[dict[str, Any]]:
+        events = tracked.reader.poll()
+        for event in events:
+            tracked.state.apply(event)
+        return events
+
+    def discover(self) -> list[RunSummary]:
+        """Every run folder under data_dir, newest first, with its status; re-attaches to a run still going."""
+        with self._lock:
+            summaries = []
+            for run_dir in run_dirs(self.data_dir):
+                popen = self._tracked[run_dir].popen if run_dir in self._tracked else None
+                alive = self._is_alive(run_dir, RunState(), popen)
+                state = replay(run_dir)
+                status, error = self._verdict(run_dir, state, popen, alive)
+                if status in ACTIVE_STATUSES and self._active is None:
+                    self._active = run_dir  # re-attach: the next poll() returns its events from the beginning
+                summaries.append(summarize(run_dir, state, status, error))
+            return summaries
+
+    # --- helpers
+    def _track(self, run_dir: Path) -> _Tracked:
+        if run_dir not in self._tracked:
+            self._tracked[run_dir] = _Tracked(run_dir, EventReader(run_dir / EVENTS_FILE))
+        return self._tracked[run_dir]
+
+    def _alive(self, tracked: _Tracked) -> bool:
+        return self._is_alive(tracked.run_dir, tracked.state, tracked.popen)
+
+    def _is_alive(self, run_dir: Path, state: RunState, popen: subprocess.Popen | None) -> bool:
+        """Our own child: its Popen. A run from before a UI restart: the pid of its start event, else the pid
+        recorded at spawn. The start event is looked up without consuming what the next poll() must return."""
+        if popen is not None:
+            return popen.poll() is None
+        ref = self._pid_reference(run_dir, state)
+        return ref is not None and pid_alive(*ref)
+
+    @staticmethod
+    def _pid_reference(run_dir: Path, state: RunState) -> tuple[int, float | None] | None:
+        return pid_reference(run_dir, state if state.started else start_state(run_dir))
+
+    def _newest(self) -> Path | None:
+        found = run_dirs(self.data_dir)
+        return found[0].resolve() if found else None
+
+
+def child_env() -> dict[str, str]:
+    """Unbuffered output, so trainer.log is current; the project root on the path, so ``-m training`` resolves
+    even when the package is not installed."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    root = str(Path(training.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def new_group_kwargs() -> dict[str, Any]:
+    """Popen arguments for a child in its own process group: Stop can end the whole group, and the UI's Ctrl+C
+    does not reach it."""
+    if os.name == "nt":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True}

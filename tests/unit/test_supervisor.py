@@ -1,0 +1,231 @@
+"""JobSupervisor with real child processes (the torch-free dry-run trainer): start, watch, queue, stop, crash and
+re-attach after a UI restart, all through the run folder as the UI will use it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from app.runs import UNEXPECTED_END, pid_alive, terminate_group
+from app.supervisor import JobSupervisor, RunSnapshot
+from training.config import TrainConfig
+from training.dry_run import STEP_SECONDS_ENV
+
+posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX process groups and signals")
+
+
+@pytest.fixture(autouse=True)
+def quick_steps(monkeypatch):
+    monkeypatch.setenv(STEP_SECONDS_ENV, "0.01")
+
+
+@pytest.fixture
+def make_supervisor(tmp_path):
+    """Supervisors on one data dir; any child still alive at the end is killed with its group."""
+    made: list[JobSupervisor] = []
+
+    def make() -> JobSupervisor:
+        sup = JobSupervisor(tmp_path / "data", dry_run=True)
+        made.append(sup)
+        return sup
+
+    yield make
+    for sup in made:
+        for tracked in sup._tracked.values():
+            if tracked.popen and tracked.popen.poll() is None:
+                tracked.popen.kill()
+                tracked.popen.wait()
+
+
+def job(steps: int, name: str = "demo", **options) -> TrainConfig:
+    return TrainConfig(output_name=name, max_train_steps=steps, validation_every_n_steps=0, **options)
+
+
+def poll_until(sup: JobSupervisor, run_dir: Path, done: Callable[[RunSnapshot], bool], timeout: float = 8,
+               events: list | None = None) -> RunSnapshot:
+    """Poll like the UI's timer, collecting the new events of every poll into ``events``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        snap = sup.poll(run_dir)
+        if events is not None:
+            events.extend(snap.events)
+        if done(snap):
+            return snap
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out; last status {snap.status}: {snap.status_text}")
+        time.sleep(0.05)
+
+
+def group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_start_runs_to_done_and_poll_returns_only_new_events(make_supervisor, monkeypatch):
+    monkeypatch.setenv(STEP_SECONDS_ENV, "0.03")  # slow enough to see it running between polls
+    sup = make_supervisor()
+    handle = sup.start(job(40, sample_prompts="a cat", sample_every_n_steps=20))
+    assert handle.status == "starting" and handle.pid
+    assert handle.run_dir.parent == sup.data_dir / "runs" / "demo" and (handle.run_dir / "job.toml").is_file()
+    events: list[dict] = []
+    first = poll_until(sup, handle.run_dir, lambda s: s.status == "running" and s.step > 0, events=events)
+    assert first.running and first.total_steps == 40
+    later = poll_until(sup, handle.run_dir, lambda s: s.step > first.step, events=events)
+    assert later.step > first.step
+    final = poll_until(sup, handle.run_dir, lambda s: s.status == "done", events=events)
+    assert not final.running and final.step == 40 and final.error is None
+    assert final.final_path == str(handle.run_dir / "demo.safetensors") and Path(final.final_path).is_file()
+    assert len(final.sample_paths) == 2 and all(Path(p).is_file() for p in final.sample_paths)
+    steps = [e["step"] for e in events if e["event"] == "step"]
+    assert steps == list(range(1, 41))  # every step exactly once across all polls
+    assert [e["event"] for e in events].count("start") == 1
+    again = sup.poll(handle.run_dir)
+    assert again.events == [] and not again.changed and again.status == "done"
+    assert "done" in again.status_text
+    assert "trainer.log" in {p.name for p in handle.run_dir.iterdir()}
+
+
+@posix_only
+def test_stop_finishes_as_stopped_and_the_process_group_is_gone(make_supervisor):
+    sup = make_supervisor()
+    handle = sup.start(job(5000, sample_prompts="a cat"))
+    poll_until(sup, handle.run_dir, lambda s: s.status == "running" and s.step > 2)
+    assert sup.request(handle.run_dir, "sample")
+    poll_until(sup, handle.run_dir, lambda s: len(s.sample_paths) == 1)
+    assert sup.stop(handle.run_dir, grace_s=20) == "stopping"
+    snap = poll_until(sup, handle.run_dir, lambda s: s.status == "stopped")
+    assert not snap.running and Path(snap.last_checkpoint).is_file()
+    deadline = time.monotonic() + 5
+    while not group_gone(handle.pid) and time.monotonic() < deadline:
+        sup.poll(handle.run_dir)  # reaps the child
+        time.sleep(0.05)
+    assert group_gone(handle.pid)
+    assert sup.stop(handle.run_dir) == "not running" and not sup.request(handle.run_dir, "save")
+
+
+def test_second_start_queues_and_starts_when_the_first_ends(make_supervisor):
+    sup = make_supervisor()
+    first = sup.start(job(30, name="first"))
+    second = sup.start(job(5, name="second"))
+    third = sup.start(job(5, name="third"))
+    assert (second.status, second.position) == ("queued", 1) and (third.status, third.position) == ("queued", 2)
+    assert (second.run_dir / "job.toml").is_file() and (second.run_dir / "queued").is_file()
+    assert sup.poll(second.run_dir).status == "queued" and sup.poll(second.run_dir).queue_position == 1
+    assert sup.stop(third.run_dir) == "cancelled"
+    assert not (third.run_dir / "queued").exists() and sup.poll(third.run_dir).status == "cancelled"
+    poll_until(sup, first.run_dir, lambda s: s.status == "done")
+    assert poll_until(sup, second.run_dir, lambda s: s.status != "queued").status in ("starting", "running", "done")
+    assert poll_until(sup, second.run_dir, lambda s: s.status == "done").step == 5
+    time.sleep(0.3)
+    assert sup.poll(third.run_dir).status == "cancelled" and not (third.run_dir / "events.jsonl").exists()
+
+
+@posix_only
+def test_a_killed_trainer_is_failed_with_the_log_tail(make_supervisor):
+    sup = make_supervisor()
+    handle = sup.start(job(5000))
+    poll_until(sup, handle.run_dir, lambda s: s.status == "running")
+    os.killpg(handle.pid, signal.SIGKILL)
+    snap = poll_until(sup, handle.run_dir, lambda s: s.status == "failed")
+    assert not snap.running
+    assert snap.error.startswith(UNEXPECTED_END) and "trainer.log" in snap.error
+    assert "-m training --config" in snap.error and "--dry-run" in snap.error  # from the log's tail
+    assert "failed" in snap.status_text
+
+
+def test_a_new_supervisor_reattaches_to_a_running_run_and_lists_finished_ones(make_supervisor):
+    old = make_supervisor()
+    finished = old.start(job(3, name="early"))
+    poll_until(old, finished.run_dir, lambda s: s.status == "done")
+    running = old.start(job(5000, name="long"))
+    poll_until(old, running.run_dir, lambda s: s.status == "running")
+
+    new = make_supervisor()  # the UI restarted: nothing in memory, only the data dir
+    summaries = new.discover()
+    assert summaries[0].run_dir == running.run_dir  # newest first
+    runs = {r.run_dir: r for r in summaries}
+    assert runs[running.run_dir].status == "running" and runs[running.run_dir].running
+    assert runs[finished.run_dir].status == "done" and runs[finished.run_dir].final_path
+    snap = new.poll()  # no run given: the re-attached active one, with its events from the beginning
+    assert snap.run_dir == running.run_dir and snap.status == "running"
+    assert snap.events[0]["event"] == "status" and any(e["event"] == "start" for e in snap.events)
+    queued = new.start(job(2, name="after"))
+    assert queued.status == "queued"  # the re-attached run counts as active
+    assert new.stop(running.run_dir, grace_s=20) == "stopping"
+    assert poll_until(new, running.run_dir, lambda s: s.status == "stopped").step > 0
+    old.poll(running.run_dir)  # the old supervisor reaps its child; the new one saw it end by pid
+    assert poll_until(new, queued.run_dir, lambda s: s.status == "done").step == 2
+
+
+def test_a_run_that_cannot_even_validate_fails_with_its_error_line(make_supervisor, tmp_path):
+    sup = make_supervisor()
+    handle = sup.start(job(3, sample_every_n_steps=1))  # no sample_prompts: the trainer exits 2
+    snap = poll_until(sup, handle.run_dir, lambda s: s.status == "failed")
+    assert "exit status 2" in snap.error and "sample_prompts is empty" in snap.error
+
+
+@posix_only
+def test_terminate_group_kills_a_child_that_ignores_sigterm_and_its_grandchildren():
+    code = ("import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); print(g.pid, flush=True); "
+            "time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stdout=subprocess.PIPE, text=True)
+    try:
+        grandchild = int(proc.stdout.readline())
+        started = time.monotonic()
+        terminate_group(proc.pid, lambda: proc.poll() is None, kill_after_s=0.5)
+        assert proc.wait(timeout=5) == -signal.SIGKILL and time.monotonic() - started < 5
+        deadline = time.monotonic() + 5
+        while pid_alive(grandchild) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_alive(grandchild)  # same group: killed with its parent
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@posix_only
+def test_stop_right_after_start_survives_the_trainer_clearing_control(make_supervisor):
+    sup = make_supervisor()
+    handle = sup.start(job(5000))
+    assert sup.poll(handle.run_dir).status == "starting"  # the trainer clears control/ once it is up
+    assert sup.stop(handle.run_dir, grace_s=20) == "stopping"
+    assert poll_until(sup, handle.run_dir, lambda s: s.status == "stopped").step < 5000
+
+
+@posix_only
+def test_after_the_grace_the_group_is_terminated(make_supervisor, monkeypatch):
+    monkeypatch.setenv(STEP_SECONDS_ENV, "30")  # a step that outlasts the grace: the stop flag is never seen
+    sup = make_supervisor()
+    handle = sup.start(job(5))
+    poll_until(sup, handle.run_dir, lambda s: s.status == "running")
+    assert sup.stop(handle.run_dir, grace_s=0.3) == "stopping"
+    snap = poll_until(sup, handle.run_dir, lambda s: s.status == "failed")
+    assert snap.error.startswith("stopped by force") and snap.step == 0
+    assert group_gone(handle.pid)
+
+
+def test_pid_alive_knows_live_dead_and_reused_pids():
+    assert pid_alive(os.getpid())
+    assert not pid_alive(os.getpid(), existed_by=time.time() - 3600) or not _has_psutil()  # started after that
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert not pid_alive(proc.pid)
+
+
+def _has_psutil() -> bool:
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        return False
+    return True

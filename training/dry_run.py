@@ -1,0 +1,283 @@
+"""``python -m training --config job.toml --dry-run``: a run without a model, for UI tests and demos.
+
+It validates the config like a real run (minus the checks that need the base model or the dataset on disk), then
+replays a realistic event stream into the run folder: status and start events, steps with a decaying noisy loss,
+validation points, small real sample PNGs, placeholder LoRA files named like the real ones, the control flags and
+Ctrl+C / SIGTERM, ending in ``done`` or ``stopped``. Torch-free on purpose: UI tests start it in well under a second.
+The pace is ``LORAFORGE_DRY_RUN_STEP_SECONDS`` seconds per step (default 0.02).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import struct
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.config import TrainConfig
+from training.config_io import save_config, write_atomic
+from training.errors import UserError
+from training.events import Control, EventWriter, install_signal_handlers
+from training.metrics import LossEMA, Throughput
+from training.preflight import check_run_dir
+from training.sample import load_prompts, sample_file_name
+
+STEP_SECONDS_ENV = "LORAFORGE_DRY_RUN_STEP_SECONDS"
+DEFAULT_STEP_SECONDS = 0.02
+SYNTHETIC_IMAGES = 20  # the pretend dataset: a few steps per epoch at any batch size
+SAMPLE_SIZE = 64  # pixels: real PNGs for the gallery, small enough to write in a millisecond
+
+
+@dataclass
+class Plan:
+    steps_per_epoch: int
+    total_steps: int
+    total_epochs: int
+
+
+def make_plan(cfg: TrainConfig) -> Plan:
+    """Steps and epochs as training.prepare computes them, for a synthetic dataset of SYNTHETIC_IMAGES images."""
+    batches = math.ceil(SYNTHETIC_IMAGES / cfg.train_batch_size)
+    per_epoch = max(1, math.ceil(batches / cfg.gradient_accumulation_steps))
+    total = cfg.max_train_epochs * per_epoch if cfg.max_train_epochs else cfg.max_train_steps
+    return Plan(per_epoch, total, math.ceil(total / per_epoch))
+
+
+def step_seconds() -> float:
+    try:
+        return max(0.0, float(os.environ.get(STEP_SECONDS_ENV, DEFAULT_STEP_SECONDS)))
+    except ValueError:
+        return DEFAULT_STEP_SECONDS
+
+
+def check_config(cfg: TrainConfig) -> int:
+    """The parts of preflight that need neither the base model nor the dataset; returns the step to resume at."""
+    if not cfg.output_dir:
+        raise UserError("output_dir is not set: give the folder where the LoRA and run files go")
+    if (cfg.sample_every_n_steps or cfg.sample_every_n_epochs) and not cfg.sample_prompts:
+        raise UserError("sample_every_n_steps/epochs is set but sample_prompts is empty: add prompts or unset it")
+    check_run_dir(cfg, Path(cfg.output_dir))
+    if not cfg.resume:
+        return 0
+    state_file = Path(cfg.resume) / "train_state.json"
+    if not state_file.is_file():
+        raise UserError(f"resume: {cfg.resume} is not a saved state folder (no train_state.json in it)")
+    return int(json.loads(state_file.read_text(encoding="utf-8")).get("global_step", 0))
+
+
+def write_placeholder_lora(path: Path, metadata: dict[str, str]) -> None:
+    """A valid safetensors file without tensors: u64 header length, then a JSON header padded to 8 bytes."""
+    header = json.dumps({"__metadata__": metadata}, separators=(",", ":")).encode("utf-8")
+    header += b" " * (-len(header) % 8)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(struct.pack("<Q", len(header)) + header)
+    os.replace(tmp, path)
+
+
+def write_sample_png(path: Path, step: int, index: int) -> None:
+    """A small gradient whose colour shifts with the step, so the gallery visibly changes during a run."""
+    from PIL import Image
+
+    ramp = Image.linear_gradient("L").resize((SAMPLE_SIZE, SAMPLE_SIZE))
+    flat = Image.new("L", ramp.size, (step * 37 + index * 90) % 256)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    Image.merge("RGB", (ramp, ramp.rotate(90), flat)).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def synthetic_loss(rng: random.Random, step: int, total: int) -> float:
+    """A loss curve shaped like a LoRA run's: a fast early drop onto a noisy plateau."""
+    base = 0.09 + 0.06 * math.exp(-step / max(1.0, total / 4))
+    return max(0.005, base + rng.gauss(0.0, 0.025))
+
+
+def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    progress = min(1.0, step / max(1, total))
+    shapes = {"linear": 1 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress)),
+              "polynomial": (1 - progress) ** 2}
+    return cfg.effective_unet_lr * shapes.get(cfg.lr_scheduler, 1.0)
+
+
+class DryRun:
+    """The synthetic counterpart of training.loop.Loop: same events, same files, same reactions to control/."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, events: EventWriter, control: Control, start_step: int):
+        self.cfg, self.run_dir, self.events, self.control = cfg, run_dir, events, control
+        self.plan = make_plan(cfg)
+        self.step = start_step
+        self.pace = step_seconds()
+        self.rng = random.Random(cfg.seed + start_step)
+        self.ema, self.speed = LossEMA(), Throughput()
+        self.prompts = load_prompts(cfg.sample_prompts, cfg.resolution_wh)
+        every = cfg.validation_every_n_steps
+        self.val_every = 0 if every == 0 else every or max(1, self.plan.total_steps // 20)
+        self.images_per_step = cfg.train_batch_size * cfg.gradient_accumulation_steps
+        self.last_checkpoint: str | None = None
+        self.t0 = time.time()
+
+    def announce(self) -> None:
+        cfg, plan = self.cfg, self.plan
+        self.events.emit("status", phase="loading", msg="preparing (dry run: no model or dataset is loaded)")
+        save_config(cfg, self.run_dir / "job.toml")
+        self.events.emit("start", run_id=self.run_dir.name, pid=os.getpid(), family="sd2" if cfg.v2 else "sd1",
+                         total_steps=plan.total_steps, total_epochs=plan.total_epochs,
+                         steps_per_epoch=plan.steps_per_epoch, resumed_from=cfg.resume, start_step=self.step,
+                         config=cfg.model_dump(mode="json"), dry_run=True,
+                         dataset={"images": SYNTHETIC_IMAGES, "train_images_x_repeats": SYNTHETIC_IMAGES,
+                                  "concepts": [], "buckets": {cfg.resolution.replace(",", "x"): SYNTHETIC_IMAGES},
+                                  "validation": "train-subset" if self.val_every else "off"})
+
+    def run(self) -> str:
+        """Returns "done" or "stopped", after writing the matching terminal event."""
+        self.announce()
+        if self.step == 0 and self.val_every:
+            self.validate()
+        self.events.emit("status", phase="training", msg="training")
+        stop = False
+        while self.step < self.plan.total_steps and not stop:
+            time.sleep(self.pace)
+            self.step += 1
+            self.emit_step()
+            stop = self.after_step()
+        if stop and self.step < self.plan.total_steps:
+            return self.finish_stopped()
+        if self.val_every and self.step % self.val_every:
+            self.validate()
+        path = self.save(self.cfg.output_name, with_state=self.cfg.save_state)
+        self.events.emit("done", path=str(path), step=self.step)
+        return "done"
+
+    def emit_step(self) -> None:
+        loss = synthetic_loss(self.rng, self.step, self.plan.total_steps)
+        now = time.time()
+        self.speed.record(now, self.step, self.step * self.images_per_step)
+        lrs = {"unet": lr_at(self.cfg, self.step, self.plan.total_steps)}
+        if self.cfg.trains_text_encoder:
+            lrs["text_encoder"] = lrs["unet"] * self.cfg.effective_text_encoder_lr / self.cfg.effective_unet_lr
+        self.events.emit("step", step=self.step, epoch=self.epoch, loss=round(loss, 6),
+                         smoothed=round(self.ema.update(loss), 6), lr=lrs,
+                         images_per_s=round(self.speed.images_per_second(), 3), elapsed=round(now - self.t0, 1),
+                         eta=round(self.speed.eta(self.plan.total_steps - self.step), 1), peak_mem_gb=None)
+
+    @property
+    def epoch(self) -> int:
+        """1-based epoch of the current step, as in the real step events."""
+        return (max(self.step, 1) - 1) // self.plan.steps_per_epoch + 1
+
+    def after_step(self) -> bool:
+        """Periodic work in the real loop's order; returns True when a stop was requested."""
+        cfg, step = self.cfg, self.step
+        if self.val_every and step % self.val_every == 0:
+            self.validate()
+        if cfg.sample_every_n_steps and step % cfg.sample_every_n_steps == 0:
+            self.sample(epoch=None)
+        if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0 and step < self.plan.total_steps:
+            self.save(f"{cfg.output_name}-step{step:08d}", with_state=cfg.save_state)
+        if self.control.take("sample"):
+            self.sample(epoch=None)
+        if self.control.take("save"):
+            self.save(f"{cfg.output_name}-step{step:08d}", with_state=True)
+        if step % self.plan.steps_per_epoch == 0:
+            self.after_epoch(step // self.plan.steps_per_epoch)
+        return self.control.is_set("stop")
+
+    def after_epoch(self, epoch_done: int) -> None:
+        cfg = self.cfg
+        if cfg.save_every_n_epochs and epoch_done % cfg.save_every_n_epochs == 0 and self.step < self.plan.total_steps:
+            self.save(f"{cfg.output_name}-{epoch_done:06d}", with_state=cfg.save_state)
+        if cfg.sample_every_n_epochs and epoch_done % cfg.sample_every_n_epochs == 0:
+            self.sample(epoch=epoch_done)
+
+    def validate(self) -> None:
+        loss = 0.1 + 0.05 * math.exp(-self.step / max(1.0, self.plan.total_steps / 4)) + self.rng.gauss(0, 0.003)
+        self.events.emit("val", step=self.step, loss=round(loss, 6), kind="train-subset")
+
+    def sample(self, epoch: int | None) -> None:
+        prompts = self.prompts or [None]
+        self.events.emit("status", phase="sampling", msg=f"making {len(prompts)} sample image(s)")
+        paths = []
+        for i, prompt in enumerate(prompts):
+            seed = prompt.seed if prompt else self.cfg.seed
+            path = self.run_dir / "sample" / sample_file_name(self.cfg.output_name, self.step, epoch, i, seed)
+            write_sample_png(path, self.step, i)
+            paths.append(str(path))
+        self.events.emit("sample", step=self.step, epoch=epoch, paths=paths)
+        self.events.emit("status", phase="training", msg="training")
+
+    def save(self, name: str, with_state: bool) -> Path:
+        self.events.emit("status", phase="saving", msg=f"saving {name}")
+        path = self.run_dir / f"{name}.safetensors"
+        write_placeholder_lora(path, {"ss_output_name": self.cfg.output_name, "ss_steps": str(self.step),
+                                      "ss_network_dim": str(self.cfg.network_dim), "loraforge_dry_run": "true"})
+        self.last_checkpoint = str(path)
+        self.events.emit("checkpoint", step=self.step, epoch=self.epoch, path=str(path),
+                         check="dry run: placeholder file without tensors")
+        if with_state:
+            self.save_state(name)
+        self.events.emit("status", phase="training", msg="training")
+        return path
+
+    def save_state(self, name: str) -> Path:
+        state_dir = self.run_dir / f"{name}-state"
+        state_dir.mkdir(parents=True, exist_ok=True)
+        state = {"global_step": self.step, "epoch": self.step // self.plan.steps_per_epoch, "dry_run": True,
+                 "last_checkpoint": self.last_checkpoint}
+        write_atomic(state_dir / "train_state.json", json.dumps(state, indent=1))
+        self.events.emit("state_saved", step=self.step, path=str(state_dir))
+        return state_dir
+
+    def finish_stopped(self) -> str:
+        name = f"{self.cfg.output_name}-step{self.step:08d}"
+        path = self.save(name, with_state=True)
+        state = self.run_dir / f"{name}-state"
+        self.events.emit("stopped", step=self.step, last_checkpoint=str(path), state=str(state))
+        return "stopped"
+
+
+def dry_run(cfg: TrainConfig) -> str:
+    """Validate, then replay a run into cfg.output_dir. Returns "done" or "stopped"; raises UserError for bad input."""
+    start_step = check_config(cfg)
+    run_dir = Path(cfg.output_dir)
+    events = EventWriter(run_dir, echo=lambda line: print(line, file=sys.stderr, flush=True))
+    control = Control(run_dir)
+    control.clear()
+    previous = install_signal_handlers(control)
+    try:
+        return DryRun(cfg, run_dir, events, control, start_step).run()
+    except UserError as err:
+        events.emit("error", msg=str(err), traceback=None)
+        err.reported = True  # echoed to the console with the event
+        raise
+    except Exception as err:
+        events.emit("error", msg=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        raise
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        events.close()
+
+
+def main(cfg: TrainConfig) -> int:
+    """The CLI's --dry-run branch, with the real CLI's exit codes: 0 done/stopped, 1 failed, 2 bad input, 130."""
+    try:
+        outcome = dry_run(cfg)
+    except UserError as err:
+        if not err.reported:
+            print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        print(f"error: {type(err).__name__}: {err} (traceback in events.jsonl)", file=sys.stderr)
+        return 1
+    print(f"dry run {outcome}: {cfg.output_dir}")
+    return 0
