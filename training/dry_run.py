@@ -13,7 +13,6 @@ import json
 import math
 import os
 import random
-import signal
 import struct
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 from training.config import TrainConfig
 from training.config_io import save_config, write_atomic
 from training.errors import UserError
-from training.events import Control, EventWriter, install_signal_handlers
+from training.events import Control, EventWriter, install_signal_handlers, restore_signal_handlers
 from training.metrics import LossEMA, Throughput
 from training.preflight import check_run_dir
 from training.sample import load_prompts, sample_file_name
@@ -260,8 +259,7 @@ def dry_run(cfg: TrainConfig) -> str:
         events.emit("error", msg=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         raise
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        restore_signal_handlers(previous)
         events.close()
 
 
