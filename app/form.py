@@ -1,0 +1,184 @@
+"""The config form: one Gradio component per TrainConfig field, built from the model itself.
+
+A registry (not hand-written components) keeps the form, Save/Load TOML and Start in the same order and the same
+names as the CLI: label = the TOML key, tooltip = the field's description, limits = its pydantic limits. Handlers
+get and return plain ``{field name: UI value}`` dicts; the conversions to and from TrainConfig live here only.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from training.config import SECTIONS, TrainConfig, field_section
+from training.config_io import ConfigError, allowed_values, config_from_dict, read_toml
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+AUTO = "auto"  # tri-state booleans (v2, v_parameterization): unset means "detect from the checkpoint"
+TRISTATE = {AUTO: None, "true": True, "false": False}
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """How one TrainConfig field shows in the form. kind: text | number | checkbox | choice | tristate."""
+
+    name: str
+    section: str
+    kind: str
+    optional: bool
+    integer: bool = False
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    info: str = ""
+
+
+def _unwrap(annotation: Any) -> tuple[Any, bool]:
+    """(inner type, optional) for ``X | None``."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0], len(args) < len(typing.get_args(annotation))
+    return annotation, False
+
+
+def _limits(metadata: list[Any]) -> tuple[float | None, float | None]:
+    lo = hi = None
+    for m in metadata:
+        for attr in ("ge", "gt"):
+            lo = getattr(m, attr, None) if getattr(m, attr, None) is not None else lo
+        for attr in ("le", "lt"):
+            hi = getattr(m, attr, None) if getattr(m, attr, None) is not None else hi
+    return lo, hi
+
+
+def field_specs() -> list[FieldSpec]:
+    """Every TrainConfig field, in declaration order."""
+    specs = []
+    for name, info in TrainConfig.model_fields.items():
+        inner, optional = _unwrap(info.annotation)
+        allowed = allowed_values(name)
+        tip = f"{info.description} ({allowed})" if allowed and not allowed.startswith("one of") else info.description
+        common = {"name": name, "section": field_section(name), "optional": optional, "info": tip or ""}
+        if typing.get_origin(inner) is Literal:
+            specs.append(FieldSpec(kind="choice", choices=typing.get_args(inner), **common))
+        elif inner is bool:
+            specs.append(FieldSpec(kind="tristate" if optional else "checkbox", **common))
+        elif inner in (int, float):
+            lo, hi = _limits(info.metadata)
+            specs.append(FieldSpec(kind="number", integer=inner is int, minimum=lo, maximum=hi, **common))
+        else:
+            specs.append(FieldSpec(kind="text", **common))
+    return specs
+
+
+def specs_by_section() -> dict[str, list[FieldSpec]]:
+    grouped: dict[str, list[FieldSpec]] = {s: [] for s in SECTIONS}
+    for spec in field_specs():
+        grouped.setdefault(spec.section, []).append(spec)
+    return grouped
+
+
+def make_component(spec: FieldSpec, value: Any) -> Any:
+    """The Gradio component for one field, unrendered (the layout places it). Imported late: tests of the pure
+    conversions need no Gradio."""
+    import gradio as gr
+
+    common = {"label": spec.name, "info": spec.info, "value": value, "elem_id": f"cfg-{spec.name}", "render": False}
+    if spec.kind == "choice":
+        return gr.Dropdown(choices=list(spec.choices), **common)
+    if spec.kind == "tristate":
+        return gr.Dropdown(choices=list(TRISTATE), **common)
+    if spec.kind == "checkbox":
+        return gr.Checkbox(**common)
+    if spec.kind == "number":
+        # Limits go in the tooltip, not gr.Number(minimum=...): Gradio's own range error does not name the field,
+        # while the config check answers "network_dim = 0 is invalid ... (allowed 1 to 1024)".
+        return gr.Number(precision=0 if spec.integer else None, **common)
+    return gr.Textbox(max_lines=1, **common)
+
+
+def _to_config_value(spec: FieldSpec, value: Any) -> Any:
+    if spec.kind == "tristate":
+        return TRISTATE.get(str(value), value)
+    if spec.kind == "text" and isinstance(value, str):
+        value = value.strip()
+        return None if spec.optional and not value else value
+    if spec.kind == "number":
+        if value is None or value == "":
+            return None
+        if spec.integer and isinstance(value, float) and value.is_integer():
+            return int(value)
+    return value
+
+
+def _to_ui_value(spec: FieldSpec, value: Any) -> Any:
+    if spec.kind == "tristate":
+        return next(k for k, v in TRISTATE.items() if v == value)
+    if spec.kind == "text" and value is None:
+        return ""
+    return value
+
+
+def values_to_config(values: dict[str, Any]) -> tuple[TrainConfig | None, str | None]:
+    """Form values -> (config, None), or (None, one-line message naming the key). Never raises for bad input."""
+    specs = {s.name: s for s in field_specs()}
+    flat = {k: _to_config_value(specs[k], v) if k in specs else v for k, v in values.items()}
+    try:
+        cfg, _notes = config_from_dict(flat, "form")
+    except ConfigError as err:
+        return None, str(err)
+    return cfg, None
+
+
+def config_to_values(cfg: TrainConfig) -> dict[str, Any]:
+    """TrainConfig -> form values for every field."""
+    return {s.name: _to_ui_value(s, getattr(cfg, s.name)) for s in field_specs()}
+
+
+def default_values() -> dict[str, Any]:
+    return config_to_values(TrainConfig())
+
+
+@dataclass
+class Preset:
+    """A presets/*.toml file: its [preset] table (for people) and its settings (for the form)."""
+
+    key: str
+    name: str
+    description: str
+    family: str
+    loss_band: tuple[float, float] | None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def values(self) -> dict[str, Any]:
+        """The form values: defaults with the preset's settings on top."""
+        cfg, _notes = config_from_dict(self.settings, f"{self.key}.toml")
+        return config_to_values(cfg)
+
+
+def load_preset(path: Path) -> Preset:
+    """Raises ConfigError (one line) for a broken file."""
+    from app.guidance import parse_band
+
+    try:
+        meta = tomllib.loads(path.read_text(encoding="utf-8-sig")).get("preset") or {}
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path.name}: not valid TOML: {err}") from None
+    return Preset(key=path.stem, name=str(meta.get("name", path.stem)), description=str(meta.get("description", "")),
+                  family=str(meta.get("family", "")), loss_band=parse_band(meta.get("loss_band")),
+                  settings=read_toml(path))
+
+
+def list_presets(folder: Path = PRESETS_DIR) -> list[Preset]:
+    """Every readable preset, by file name; a broken one is left out rather than breaking the page."""
+    found = []
+    for path in sorted(folder.glob("*.toml")):
+        try:
+            found.append(load_preset(path))
+        except ConfigError:
+            continue
+    return found

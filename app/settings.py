@@ -1,0 +1,44 @@
+"""Settings of one UI process: where its data lives and how it listens. Built by launch.py from the command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.runs import RUNS_DIR
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class Settings:
+    """data_dir holds runs/ and saved configs; it is also the only extra folder Gradio may serve files from."""
+
+    data_dir: Path = Path("~/LoraForge")
+    host: str = "127.0.0.1"
+    port: int = 7860
+    auth: tuple[str, str] | None = None
+    open_browser: bool = True
+    dry_run: bool = False  # runs use the trainer's --dry-run (tests, demos): no model, no dataset
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).expanduser().resolve()
+        (self.data_dir / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+
+    @property
+    def configs_dir(self) -> Path:
+        return self.data_dir / "configs"
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    """'user:pass' -> (user, pass); the password may itself contain ':'. Raises ValueError with one line."""
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("--auth takes user:password, both non-empty")
+    return user, password

@@ -1,0 +1,90 @@
+"""What the tabs share: settings, the one JobSupervisor of this process, the form components and run history."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.form import FieldSpec
+from app.settings import Settings
+from app.supervisor import JobSupervisor, RunSnapshot
+
+
+@dataclass
+class RunRecord:
+    """All step/val events of one run seen so far. ``version`` grows with each change, so every browser tab can
+    tell whether to redraw, although the supervisor hands each new event out only once."""
+
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    vals: list[dict[str, Any]] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+    band: tuple[float, float] | None = None
+    version: int = 0
+
+
+class RunHistory:
+    """Server-side, shared by all sessions: polls from several tabs must not split a run's events between them."""
+
+    def __init__(self) -> None:
+        self._records: dict[Path, RunRecord] = {}
+        self._lock = threading.Lock()
+
+    def feed(self, snap: RunSnapshot) -> RunRecord:
+        with self._lock:
+            record = self._records.setdefault(snap.run_dir, RunRecord())
+            for event in snap.events:
+                kind = event.get("event")
+                if kind == "step":
+                    record.steps.append(event)
+                elif kind == "val":
+                    record.vals.append(event)
+                elif kind == "error":
+                    record.error = event
+                elif kind == "start" and not record.steps:
+                    record.error = None
+            if snap.changed:
+                record.version += 1
+            return record
+
+    def set_band(self, run_dir: Path, band: tuple[float, float] | None) -> None:
+        with self._lock:
+            self._records.setdefault(run_dir, RunRecord()).band = band
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    supervisor: JobSupervisor
+    specs: list[FieldSpec]
+    components: dict[str, Any]  # field name -> unrendered Gradio component (rendered by the tabs)
+    band: Any = None  # gr.State with the selected preset's loss band
+    history: RunHistory = field(default_factory=RunHistory)
+
+    @property
+    def form_inputs(self) -> list[Any]:
+        """Form components in field order (outputs of preset/load handlers)."""
+        return [self.components[s.name] for s in self.specs]
+
+    def form_kwargs(self, **extra: Any) -> dict[str, Any]:
+        """``inputs_kwargs`` for a form_handler: every field by name, plus extra components."""
+        return {**{s.name: self.components[s.name] for s in self.specs}, **extra}
+
+
+def form_handler(fn: Callable[[dict[str, Any]], Any], names: list[str]) -> Callable[..., Any]:
+    """Wrap ``fn(values: dict)`` as a Gradio handler whose API parameters are the field names, each optional.
+
+    Gradio names API parameters after the handler's signature; a ``**values`` handler would get param_0..N and no
+    defaults, so the client could not call ``predict(max_train_steps=5, api_name="/start_run")``."""
+
+    def handler(**values):  # type: ignore[no-untyped-def]
+        return fn(values)
+
+    params = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in names]
+    handler.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    handler.__name__ = handler.__qualname__ = fn.__name__
+    handler.__doc__ = fn.__doc__
+    return handler

@@ -1,0 +1,111 @@
+"""Model & preset: pick a preset to fill the form, edit the settings by section, save or load a TOML file."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from app.form import config_to_values, list_presets, values_to_config
+from app.tabs.context import AppContext, form_handler
+from training.config_io import ConfigError, load_config, save_config
+
+OPEN_SECTIONS = ("model", "dataset")  # what most people change; the rest stays folded
+TRAIN_TAB_FIELDS = ("output_name",)  # shown on the Train tab, next to Start
+
+
+def config_path(ctx: AppContext, text: str) -> tuple[Path | None, str | None]:
+    """A .toml path under the data dir (relative paths are taken from its configs/ folder), or an error line.
+    Confined to the data dir because the UI may be served to another computer."""
+    if not text or not text.strip():
+        return None, "Give a file name, e.g. my-run.toml"
+    path = Path(text.strip()).expanduser()
+    path = (path if path.is_absolute() else ctx.settings.configs_dir / path).resolve()
+    if not path.is_relative_to(ctx.settings.data_dir):
+        return None, f"{path} is outside the data folder {ctx.settings.data_dir}; save configs under it"
+    if path.suffix != ".toml":
+        return None, f"{path.name}: config files end in .toml"
+    return path, None
+
+
+def cli_command(path: Path) -> str:
+    return f"```\npython -m training --config {shlex.quote(str(path))}\n```"
+
+
+def build_model_tab(ctx: AppContext) -> None:
+    presets = {p.key: p for p in list_presets()}
+    with gr.Row():
+        preset = gr.Dropdown(choices=[(p.name, p.key) for p in presets.values()], value=None, label="Preset",
+                             info="Fills the form with a starting point; you can change any value after.",
+                             elem_id="preset", scale=1)
+        preset_info = gr.Markdown("Pick a preset, or fill the settings yourself.", elem_id="preset-info")
+    for section, names in _sections(ctx).items():
+        with gr.Accordion(section.capitalize(), open=section in OPEN_SECTIONS, elem_id=f"section-{section}"):
+            for name in names:
+                ctx.components[name].render()
+    with gr.Row():
+        path_box = gr.Textbox(value=str(ctx.settings.configs_dir / "my-run.toml"), label="Config file",
+                              info=f"A .toml file under {ctx.settings.data_dir}", elem_id="config-path", scale=3)
+        save_btn = gr.Button("Save TOML", elem_id="save-toml", scale=0)
+        load_btn = gr.Button("Load TOML", elem_id="load-toml", scale=0)
+    message = gr.Markdown(elem_id="config-message")
+
+    applied = gr.State(None)  # the preset this page last applied
+
+    def pick_preset(key: str | None, last: str | None) -> tuple[Any, ...]:
+        # A repeated event for the same choice (the dropdown re-fires on blur) must not undo edits made since.
+        if not key or key not in presets or key == last:
+            return (*(gr.skip() for _ in ctx.specs), gr.skip(), gr.skip(), gr.skip())
+        p = presets[key]
+        try:
+            values = p.values()
+        except ConfigError as err:
+            return (*(gr.skip() for _ in ctx.specs), f"**Preset not usable:** {err}", None, None)
+        band = f" Usual loss band: {p.loss_band[0]:g}–{p.loss_band[1]:g}." if p.loss_band else ""
+        info = f"**{p.name}** ({p.family}): {p.description}{band}"
+        return (*(values[s.name] for s in ctx.specs), info, p.loss_band, key)
+
+    def save_toml(values: dict[str, Any]) -> str:
+        """Save the settings as a TOML file under the data folder."""
+        path, error = config_path(ctx, values.pop("config_file", None) or "")
+        if error:
+            return f"**Not saved:** {error}"
+        cfg, error = values_to_config(values)
+        if cfg is None:
+            return f"**Not saved:** {error}"
+        try:
+            save_config(cfg, path)
+        except OSError as err:
+            return f"**Not saved:** {path}: {err.strerror or err}"
+        return f"Saved {path}. The same run from a terminal:\n{cli_command(path)}"
+
+    def load_toml(path_text: str) -> tuple[Any, ...]:
+        path, error = config_path(ctx, path_text)
+        cfg = None
+        if path is not None:
+            try:
+                cfg, _notes = load_config(path)
+            except ConfigError as err:
+                error = str(err)
+        if cfg is None:
+            return (*(gr.skip() for _ in ctx.specs), f"**Not loaded:** {error}")
+        values = config_to_values(cfg)
+        return (*(values[s.name] for s in ctx.specs), f"Loaded {path}.\n{cli_command(path)}")
+
+    form = ctx.form_inputs
+    preset.input(pick_preset, inputs=[preset, applied], outputs=[*form, preset_info, ctx.band, applied],
+                 api_visibility="private")
+    save_inputs = ctx.form_kwargs(config_file=path_box)
+    save_btn.click(form_handler(save_toml, list(save_inputs)), inputs_kwargs=save_inputs, outputs=message,
+                   api_name="save_toml")
+    load_btn.click(load_toml, inputs=path_box, outputs=[*form, message], api_name="load_toml")
+
+
+def _sections(ctx: AppContext) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for spec in ctx.specs:
+        if spec.name not in TRAIN_TAB_FIELDS:
+            grouped.setdefault(spec.section, []).append(spec.name)
+    return grouped

@@ -1,0 +1,20 @@
+"""The UI process stays torch-free (architecture §1): importing the app must not pull the training stack."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_app_import_does_not_pull_torch():
+    probe = "import sys, app.main; print(sorted({'torch', 'diffusers', 'peft'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_launch_refuses_network_host_without_auth():
+    out = subprocess.run([sys.executable, "launch.py", "--host", "0.0.0.0", "--no-browser"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "--auth" in out.stderr

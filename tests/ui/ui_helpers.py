@@ -1,0 +1,62 @@
+"""Helpers for the UI tests: serve the real app in-process, stop its runs, wait for a condition."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
+# Known noise with gradio 6.31 + pandas 3 (architecture §5.6); everything else still shows.
+NOISE_FILTERS = [
+    "ignore::pandas.errors.Pandas4Warning",
+    "ignore:unclosed event loop:ResourceWarning",
+]
+STEP_SECONDS = "0.05"  # dry-run pace: a 40-step run takes about 2 s
+
+
+@dataclass
+class UiApp:
+    url: str
+    settings: object
+    supervisor: object
+
+
+def serve(data_dir: Path, dry_run: bool) -> tuple[UiApp, object]:
+    from app.main import build_app, launch_options
+    from app.settings import Settings
+    from app.supervisor import JobSupervisor
+
+    settings = Settings(data_dir=data_dir, open_browser=False, dry_run=dry_run)
+    supervisor = JobSupervisor(settings.data_dir, dry_run=dry_run)
+    demo = build_app(settings, supervisor)
+    demo.queue(default_concurrency_limit=1)
+    options = launch_options(settings) | {"server_port": None, "prevent_thread_lock": True, "quiet": True}
+    _, url, _ = demo.launch(**options)
+    return UiApp(url, settings, supervisor), demo
+
+
+def stop_all(supervisor) -> None:
+    """Leave no trainer children behind: cancel queued jobs, stop running ones."""
+    for _ in range(3):
+        for summary in supervisor.discover():
+            if summary.status in ("queued", "starting", "running"):
+                supervisor.stop(summary.run_dir, grace_s=5)
+        time.sleep(0.2)
+    deadline = time.monotonic() + 15
+    while any(s.running for s in supervisor.discover()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def wait_for(predicate, timeout: float = 30.0, every: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"not reached within {timeout} s")
