@@ -261,8 +261,12 @@ def failure_message(run_dir: Path, exit_code: int | None = None) -> str:
     """Why a process ended without a terminal event: the supervisor's own reason when it ended it, else the log."""
     with contextlib.suppress(OSError):
         return (run_dir / TERMINATED).read_text(encoding="utf-8")
-    code = f" (exit status {exit_code})" if exit_code is not None else ""
     tail = log_tail(run_dir)
+    if exit_code == 2:  # the trainer refused its input before writing events: its one-line reason is the message
+        reason = next((ln for ln in reversed(tail.splitlines()) if ln.startswith("error: ")), "")
+        if reason:
+            return reason.removeprefix("error: ")
+    code = f" (exit status {exit_code})" if exit_code is not None else ""
     return f"{UNEXPECTED_END}{code}" + (f"; last lines of {LOG_FILE}:\n{tail}" if tail else "")
 
 

@@ -229,3 +229,12 @@ def _has_psutil() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_a_refused_input_shows_the_trainers_one_line_reason(tmp_path):
+    from app.runs import LOG_FILE, failure_message
+
+    (tmp_path / LOG_FILE).write_text("$ python -m training --config job.toml\n"
+                                     "error: train_data_dir: folder /x/data does not exist\n", encoding="utf-8")
+    assert failure_message(tmp_path, 2) == "train_data_dir: folder /x/data does not exist"
+    assert failure_message(tmp_path, 1).startswith("the trainer process ended unexpectedly (exit status 1)")
