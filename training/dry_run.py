@@ -16,14 +16,13 @@ import random
 import struct
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 from training.config import TrainConfig
 from training.config_io import save_config, write_atomic
 from training.errors import UserError
-from training.events import Control, EventWriter, install_signal_handlers, restore_signal_handlers
+from training.events import Control, EventWriter, reporting
 from training.metrics import LossEMA, Throughput
 from training.preflight import check_run_dir
 from training.sample import load_prompts, sample_file_name
@@ -248,19 +247,8 @@ def dry_run(cfg: TrainConfig) -> str:
     events = EventWriter(run_dir, echo=lambda line: print(line, file=sys.stderr, flush=True))
     control = Control(run_dir)
     control.clear()
-    previous = install_signal_handlers(control)
-    try:
+    with reporting(events, control):
         return DryRun(cfg, run_dir, events, control, start_step).run()
-    except UserError as err:
-        events.emit("error", msg=str(err), traceback=None)
-        err.reported = True  # echoed to the console with the event
-        raise
-    except Exception as err:
-        events.emit("error", msg=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
-        raise
-    finally:
-        restore_signal_handlers(previous)
-        events.close()
 
 
 def main(cfg: TrainConfig) -> int:

@@ -12,10 +12,13 @@ import json
 import math
 import signal
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from training.errors import UserError
 
 EVENT_VERSION = 1
 EVENTS_FILE = "events.jsonl"
@@ -173,3 +176,23 @@ def install_signal_handlers(control: Control) -> dict[int, Any]:
 def restore_signal_handlers(previous: dict[int, Any]) -> None:
     for sig, old in previous.items():
         signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def reporting(events: EventWriter, control: Control) -> Iterator[None]:
+    """The frame of a run: signals ask for a stop, an exception becomes the run's one error event (a UserError
+    without traceback; anything already reported, e.g. a NaN stop, is left alone), the stream is closed."""
+    previous = install_signal_handlers(control)
+    try:
+        yield
+    except Exception as err:
+        if not getattr(err, "reported", False):
+            if isinstance(err, UserError):
+                events.emit("error", msg=str(err), traceback=None)
+                err.reported = events.echo is not None and events.enabled  # shown on the console already
+            else:
+                events.emit("error", msg=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        raise
+    finally:
+        restore_signal_handlers(previous)
+        events.close()

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from pathlib import Path
 
 from training.checkpoints import TrainState, load_state, lora_name
 from training.config import TrainConfig
 from training.data.folder import DatasetScan
-from training.errors import UserError
-from training.events import Control, EventWriter, install_signal_handlers, restore_signal_handlers
+from training.events import Control, EventWriter, reporting
 from training.loop import Loop, NonFiniteLoss
 from training.preflight import check_run_dir
 from training.prepare import prepare
@@ -23,6 +21,8 @@ from training.prepare import prepare
 
 class TrainingFailed(Exception):
     """The run failed in a way already reported in the event stream (exit status 1)."""
+
+    reported = True
 
 
 def console(line: str) -> None:
@@ -45,21 +45,8 @@ def run(cfg: TrainConfig, run_dir: Path | None = None, scan: DatasetScan | None 
     control = Control(run_dir)
     if dist.is_main_process:
         control.clear()
-    stop_signals = install_signal_handlers(control)
-    try:
+    with reporting(events, control):
         return _run(cfg, run_dir, events, control, scan)
-    except UserError as err:
-        events.emit("error", msg=str(err), traceback=None)
-        err.reported = events.echo is not None and events.enabled  # shown on the console already
-        raise
-    except TrainingFailed:
-        raise
-    except Exception as err:
-        events.emit("error", msg=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
-        raise
-    finally:
-        restore_signal_handlers(stop_signals)
-        events.close()
 
 
 def _run(cfg: TrainConfig, run_dir: Path, events: EventWriter, control: Control, scan: DatasetScan | None) -> str:
