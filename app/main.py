@@ -15,7 +15,8 @@ from app.settings import Settings
 from app.supervisor import JobSupervisor
 from app.tabs.context import AppContext
 from app.tabs.model import build_model_tab
-from app.tabs.placeholders import build_dataset_tab, build_results_tab
+from app.tabs.results import build_results_tab
+from app.tabs.dataset import build_dataset_tab
 from app.tabs.train import build_train_tab
 
 TITLE = "LoraForge"
@@ -32,13 +33,13 @@ def build_app(settings: Settings, supervisor: JobSupervisor | None = None) -> gr
         gr.Markdown(f"## {TITLE}" + (" · dry run: runs replay synthetic events" if settings.dry_run else ""))
         with gr.Tabs():
             with gr.Tab("Dataset", id="dataset"):
-                build_dataset_tab()
+                build_dataset_tab(ctx)
             with gr.Tab("Model & preset", id="model"):
                 build_model_tab(ctx)
             with gr.Tab("Train", id="train"):
                 attach = build_train_tab(ctx)
             with gr.Tab("Results", id="results"):
-                build_results_tab()
+                build_results_tab(ctx)
         demo.load(attach.fn, outputs=attach.outputs, api_visibility="private")
     return demo
 
