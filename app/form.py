@@ -18,6 +18,10 @@ from training.config import SECTIONS, TrainConfig, field_section
 from training.config_io import ConfigError, allowed_values, config_from_dict, read_toml
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+# What the user brings, not what a preset chooses: picking a preset never overwrites these.
+USER_FIELDS = frozenset({"pretrained_model_name_or_path", "v2", "v_parameterization", "train_data_dir",
+                         "caption_extension", "network_weights", "sample_prompts", "output_dir", "output_name",
+                         "resume", "logging_dir"})
 AUTO = "auto"  # tri-state booleans (v2, v_parameterization): unset means "detect from the checkpoint"
 TRISTATE = {AUTO: None, "true": True, "false": False}
 
@@ -155,9 +159,14 @@ class Preset:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def values(self) -> dict[str, Any]:
-        """The form values: defaults with the preset's settings on top."""
+        """The form values: defaults with the preset's settings on top (USER_FIELDS included: callers skip them)."""
         cfg, _notes = config_from_dict(self.settings, f"{self.key}.toml")
         return config_to_values(cfg)
+
+    def record(self) -> dict[str, Any]:
+        """What a run keeps of its preset (preset.json): enough to draw the band and check the model family."""
+        return {"key": self.key, "name": self.name, "family": self.family,
+                "loss_band": list(self.loss_band) if self.loss_band else None}
 
 
 def load_preset(path: Path) -> Preset:

@@ -14,9 +14,9 @@ from app.form import default_values, field_specs, make_component
 from app.settings import Settings
 from app.supervisor import JobSupervisor
 from app.tabs.context import AppContext
+from app.tabs.dataset import build_dataset_tab
 from app.tabs.model import build_model_tab
 from app.tabs.results import build_results_tab
-from app.tabs.dataset import build_dataset_tab
 from app.tabs.train import build_train_tab
 
 TITLE = "LoraForge"
@@ -29,7 +29,7 @@ def build_app(settings: Settings, supervisor: JobSupervisor | None = None) -> gr
     defaults = default_values()
     with gr.Blocks(title=TITLE) as demo:
         ctx = AppContext(settings, supervisor, specs, {s.name: make_component(s, defaults[s.name]) for s in specs},
-                         band=gr.State(None))
+                         preset=gr.State(None))
         gr.Markdown(f"## {TITLE}" + (" · dry run: runs replay synthetic events" if settings.dry_run else ""))
         with gr.Tabs():
             with gr.Tab("Dataset", id="dataset"):

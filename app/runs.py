@@ -8,6 +8,7 @@ as the one that started the run. No gradio, no torch.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ LOG_FILE = "trainer.log"
 PID_FILE = "trainer.pid"  # written by the supervisor at spawn: liveness before the trainer's start event
 QUEUED = "queued"  # marker: job.toml waits for the active run to end; holds the time it was queued (FIFO order)
 CANCELLED = "cancelled"  # marker: a queued job that was removed before it started
+PRESET_FILE = "preset.json"  # the preset the run was started from (name, family, loss band): for the chart
 TERMINATED = "terminated"  # marker: the supervisor ended the process group after a stop's grace; holds the reason
 UNEXPECTED_END = "the trainer process ended unexpectedly"
 TERMINAL_STATUS = {"done": "done", "stopped": "stopped", "error": "failed"}
@@ -243,6 +245,15 @@ def _windows_pid_alive(pid: int) -> bool:
         return code.value == still_active
     finally:
         kernel32.CloseHandle(handle)
+
+
+def read_preset(run_dir: Path) -> dict[str, Any] | None:
+    """The preset record the UI wrote at start, or None (a CLI run, or started without a preset)."""
+    try:
+        data = json.loads((run_dir / PRESET_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def log_tail(run_dir: Path, lines: int = 15, max_bytes: int = 16384) -> str:

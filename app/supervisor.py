@@ -11,6 +11,7 @@ No gradio, no torch: the UI process stays light and the supervisor is unit-teste
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shlex
 import subprocess
@@ -28,6 +29,7 @@ from app.runs import (
     JOB_FILE,
     LOG_FILE,
     PID_FILE,
+    PRESET_FILE,
     QUEUED,
     RUNS_DIR,
     TERMINATED,
@@ -138,11 +140,14 @@ class JobSupervisor:
                 continue
         raise AssertionError("unreachable")
 
-    def start(self, cfg: TrainConfig) -> RunHandle:
-        """Write the job into a new run folder and start it, or queue it while another run is active."""
+    def start(self, cfg: TrainConfig, preset: dict[str, Any] | None = None) -> RunHandle:
+        """Write the job into a new run folder and start it, or queue it while another run is active.
+        ``preset`` (name, family, loss_band) is kept beside the job, so a re-attached UI still draws the band."""
         with self._lock:
             run_dir = self.new_run_dir(cfg.output_name)
             save_config(cfg.model_copy(update={"output_dir": str(run_dir)}), run_dir / JOB_FILE)
+            if preset:
+                write_atomic(run_dir / PRESET_FILE, json.dumps(preset))
             write_atomic(run_dir / QUEUED, repr(time.time()))  # every job queues; an idle supervisor starts it now
             self._advance_queue()
             queue = queued_runs(self.data_dir)

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from app.form import FieldSpec
+from app.guidance import parse_band
+from app.runs import read_preset
 from app.settings import Settings
 from app.supervisor import JobSupervisor, RunSnapshot
 
@@ -35,7 +37,9 @@ class RunHistory:
 
     def feed(self, snap: RunSnapshot) -> RunRecord:
         with self._lock:
-            record = self._records.setdefault(snap.run_dir, RunRecord())
+            if snap.run_dir not in self._records:
+                self._records[snap.run_dir] = RunRecord(band=preset_band(read_preset(snap.run_dir)))
+            record = self._records[snap.run_dir]
             for event in snap.events:
                 kind = event.get("event")
                 if kind == "step":
@@ -50,10 +54,6 @@ class RunHistory:
                 record.version += 1
             return record
 
-    def set_band(self, run_dir: Path, band: tuple[float, float] | None) -> None:
-        with self._lock:
-            self._records.setdefault(run_dir, RunRecord()).band = band
-
 
 @dataclass
 class AppContext:
@@ -61,7 +61,7 @@ class AppContext:
     supervisor: JobSupervisor
     specs: list[FieldSpec]
     components: dict[str, Any]  # field name -> unrendered Gradio component (rendered by the tabs)
-    band: Any = None  # gr.State with the selected preset's loss band
+    preset: Any = None  # gr.State: the preset this page last applied, as preset_record() made it (or None)
     history: RunHistory = field(default_factory=RunHistory)
 
     @property
@@ -72,6 +72,10 @@ class AppContext:
     def form_kwargs(self, **extra: Any) -> dict[str, Any]:
         """``inputs_kwargs`` for a form_handler: every field by name, plus extra components."""
         return {**{s.name: self.components[s.name] for s in self.specs}, **extra}
+
+
+def preset_band(preset: dict[str, Any] | None) -> tuple[float, float] | None:
+    return parse_band(preset.get("loss_band")) if preset else None
 
 
 def form_handler(fn: Callable[[dict[str, Any]], Any], names: list[str]) -> Callable[..., Any]:

@@ -8,7 +8,8 @@ from typing import Any
 
 import gradio as gr
 
-from app.form import config_to_values, list_presets, values_to_config
+from app.form import USER_FIELDS, config_to_values, list_presets, values_to_config
+from app.model_check import FAMILY_NAMES, detect_model_family, family_problem
 from app.tabs.context import AppContext, form_handler
 from training.config_io import ConfigError, load_config, save_config
 
@@ -41,10 +42,13 @@ def build_model_tab(ctx: AppContext) -> None:
                              info="Fills the form with a starting point; you can change any value after.",
                              elem_id="preset", scale=1)
         preset_info = gr.Markdown("Pick a preset, or fill the settings yourself.", elem_id="preset-info")
+    family_info = gr.Markdown(elem_id="model-family", render=False)
     for section, names in _sections(ctx).items():
         with gr.Accordion(section.capitalize(), open=section in OPEN_SECTIONS, elem_id=f"section-{section}"):
             for name in names:
                 ctx.components[name].render()
+                if name == "pretrained_model_name_or_path":
+                    family_info.render()
     with gr.Row():
         path_box = gr.Textbox(value=str(ctx.settings.configs_dir / "my-run.toml"), label="Config file",
                               info=f"A .toml file under {ctx.settings.data_dir}", elem_id="config-path", scale=3)
@@ -54,7 +58,7 @@ def build_model_tab(ctx: AppContext) -> None:
 
     applied = gr.State(None)  # the preset this page last applied
 
-    def pick_preset(key: str | None, last: str | None) -> tuple[Any, ...]:
+    def pick_preset(key: str | None, last: str | None, model: str) -> tuple[Any, ...]:
         # A repeated event for the same choice (the dropdown re-fires on blur) must not undo edits made since.
         if not key or key not in presets or key == last:
             return (*(gr.skip() for _ in ctx.specs), gr.skip(), gr.skip(), gr.skip())
@@ -64,8 +68,15 @@ def build_model_tab(ctx: AppContext) -> None:
         except ConfigError as err:
             return (*(gr.skip() for _ in ctx.specs), f"**Preset not usable:** {err}", None, None)
         band = f" Usual loss band: {p.loss_band[0]:g}–{p.loss_band[1]:g}." if p.loss_band else ""
-        info = f"**{p.name}** ({p.family}): {p.description}{band}"
-        return (*(values[s.name] for s in ctx.specs), info, p.loss_band, key)
+        info = f"**{p.name}** ({FAMILY_NAMES.get(p.family, p.family)}): {p.description}{band}"
+        mismatch = family_problem(model, p.record())
+        if mismatch:
+            info += f"\n\n**Does not fit the base model:** {mismatch}."
+        fill = (gr.skip() if s.name in USER_FIELDS else values[s.name] for s in ctx.specs)
+        return (*fill, info, p.record(), key)
+
+    def show_family(model: str) -> str:
+        return detect_model_family(model)[1]
 
     def save_toml(values: dict[str, Any]) -> str:
         """Save the settings as a TOML file under the data folder."""
@@ -95,8 +106,10 @@ def build_model_tab(ctx: AppContext) -> None:
         return (*(values[s.name] for s in ctx.specs), f"Loaded {path}.\n{cli_command(path)}")
 
     form = ctx.form_inputs
-    preset.input(pick_preset, inputs=[preset, applied], outputs=[*form, preset_info, ctx.band, applied],
+    model_box = ctx.components["pretrained_model_name_or_path"]
+    preset.input(pick_preset, inputs=[preset, applied, model_box], outputs=[*form, preset_info, ctx.preset, applied],
                  api_visibility="private")
+    model_box.change(show_family, inputs=model_box, outputs=family_info, api_name="model_family")
     save_inputs = ctx.form_kwargs(config_file=path_box)
     save_btn.click(form_handler(save_toml, list(save_inputs)), inputs_kwargs=save_inputs, outputs=message,
                    api_name="save_toml")

@@ -14,6 +14,7 @@ import gradio as gr
 
 from app.form import values_to_config
 from app.guidance import diagnose
+from app.model_check import family_problem
 from app.plots import loss_figure
 from app.runs import RUNS_DIR, log_tail, replay
 from app.supervisor import RunSnapshot
@@ -40,19 +41,19 @@ def check_paths(ctx: AppContext, cfg: TrainConfig) -> str | None:
     return None
 
 
-def start_job(ctx: AppContext, values: dict[str, Any], band: Any = None) -> str:
+def start_job(ctx: AppContext, values: dict[str, Any], preset: dict[str, Any] | None = None) -> str:
     """Validate the form and start (or queue) the run. Returns the status line to show."""
     cfg, error = values_to_config(values)
     if cfg is None:
         return f"**Not started:** {error}"
-    error = check_paths(ctx, cfg)
+    error = check_paths(ctx, cfg) or (None if ctx.settings.dry_run else
+                                      family_problem(cfg.pretrained_model_name_or_path or "", preset))
     if error:
         return f"**Not started:** {error}"
     try:
-        handle = ctx.supervisor.start(cfg)
+        handle = ctx.supervisor.start(cfg, preset)
     except (OSError, UserError) as err:
         return f"**Not started:** {err}"
-    ctx.history.set_band(handle.run_dir, tuple(band) if band else None)
     if handle.status == "queued":
         return f"**queued** (position {handle.position}): starts when the current run ends · `{handle.run_dir}`"
     return f"**started** · `{handle.run_dir}`"
@@ -114,8 +115,8 @@ def build_train_tab(ctx: AppContext) -> Attach:
 
     def start_run(values: dict[str, Any]) -> tuple[str, Any]:
         """Start a training run with these settings (unset ones: the form's values), or queue it."""
-        band = values.pop("band", None)
-        text = start_job(ctx, values, band)
+        preset = values.pop("preset", None)
+        text = start_job(ctx, values, preset)
         return text, gr.Timer(active=not text.startswith("**Not"))
 
     def stop_run() -> str:
@@ -138,7 +139,7 @@ def build_train_tab(ctx: AppContext) -> Attach:
         return view(ctx, seen_mark)
 
     outputs = [status, progress, chart, guidance, samples, log, timer, seen]
-    form = ctx.form_kwargs(band=ctx.band)
+    form = ctx.form_kwargs(preset=ctx.preset)
     names = list(form)
     start.click(form_handler(start_run, names), inputs_kwargs=form, outputs=[message, timer], api_name="start_run")
     stop.click(stop_run, outputs=message, api_name="stop_run")

@@ -11,10 +11,10 @@ v-prediction cannot be seen in the weights (SD2-512 and SD2-768-v have identical
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from training.errors import UserError
 
@@ -27,7 +27,7 @@ CLIP_SD1 = "cond_stage_model.transformer."
 CONTEXT_DIM_FAMILY = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 
 
-def detect_family(source: Path | str | Mapping[str, torch.Tensor] | KeyShapes) -> str:
+def detect_family(source: Path | str | Mapping[str, Any] | KeyShapes) -> str:
     """Return ``"sd1"``, ``"sd2"`` or ``"sdxl"`` for a checkpoint file, a diffusers folder or a key->tensor/shape map.
 
     Raises ``UserError`` when nothing identifies the family.
@@ -47,20 +47,37 @@ def detect_family(source: Path | str | Mapping[str, torch.Tensor] | KeyShapes) -
 
 
 def read_key_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Key -> shape. Header only for ``.safetensors``; a pickle has no header, so it is read (safely) in full."""
+    """Key -> shape. Header only for ``.safetensors`` (no torch needed: the UI detects families too); a pickle has no
+    header, so it is read (safely) in full."""
     if not path.is_file():
         raise UserError(f"{path}: checkpoint file not found")
     if path.suffix.lower() != ".safetensors":
         from training.models.checkpoint import read_checkpoint
 
         return _shapes(read_checkpoint(path))
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
-    except Exception as e:
+        header = read_safetensors_header(path)
+    except (OSError, ValueError) as e:
         raise UserError(f"{path}: not a readable .safetensors file ({str(e).splitlines()[0][:200]})") from e
+    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+
+
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a .safetensors file: 8-byte little-endian length, then JSON. Raises ValueError."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError("file too short for a safetensors header")
+        (n,) = struct.unpack("<Q", head)
+        if n > 100_000_000:
+            raise ValueError(f"header length {n} is implausible")
+        raw = f.read(n)
+    if len(raw) < n:
+        raise ValueError("file ends inside its header")
+    header = json.loads(raw)
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    return header
 
 
 def family_from_shapes(shapes: KeyShapes) -> str | None:
@@ -118,4 +135,4 @@ def _read_json(path: Path) -> dict:
 
 
 def _shapes(state: Mapping) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v) for k, v in state.items()}
+    return {k: tuple(v.shape) if hasattr(v, "shape") else tuple(v) for k, v in state.items()}
