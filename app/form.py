@@ -18,8 +18,9 @@ from training.config import SECTIONS, TrainConfig, field_section
 from training.config_io import ConfigError, allowed_values, config_from_dict, read_toml
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
-# What the user brings, not what a preset chooses: picking a preset never overwrites these.
-USER_FIELDS = frozenset({"pretrained_model_name_or_path", "v2", "v_parameterization", "train_data_dir",
+# What the user brings, not what a preset chooses: picking a preset never overwrites these. (v_parameterization is
+# not here: a 768-v preset sets it, because the weights do not reveal it.)
+USER_FIELDS = frozenset({"pretrained_model_name_or_path", "v2", "train_data_dir",
                          "caption_extension", "network_weights", "sample_prompts", "output_dir", "output_name",
                          "resume", "logging_dir"})
 AUTO = "auto"  # tri-state booleans (v2, v_parameterization): unset means "detect from the checkpoint"
