@@ -1,0 +1,434 @@
+"""Results of finished runs, as the Results tab shows them: saves, LoRA headers, WebUI copies, before/after grids.
+
+Torch-free (architecture §1): a LoRA's rank, alpha and metadata come from its safetensors header, read by hand
+(8-byte little-endian length + JSON) plus the few bytes of each 0-dim alpha tensor. The grid is made by a child
+process (``python -m training.compare``), one GPU job at a time: never while a training run is active.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.runs import JOB_FILE, RUNS_DIR
+from app.supervisor import JobSupervisor, child_env, new_group_kwargs
+from training.config_io import write_atomic
+from training.errors import UserError
+from training.events import read_events
+
+SETTINGS_FILE = "ui-settings.json"
+WEBUI_FOLDER_KEY = "webui_lora_folder"
+COMPARE_DIR = "compare"  # <run>/compare/: grids and their log
+COMPARE_LOG = "compare.log"
+COMPARE_TIMEOUT_S = 1800  # a CPU-only machine renders SD1.5 slowly; a GPU takes seconds
+MAX_HEADER = 100 * 1024 * 1024
+ALPHA_FORMATS = {"F16": "<e", "F32": "<f", "F64": "<d"}
+CHECK_RE = re.compile(r"(\d+) of (\d+) modules matched")
+_compare_lock = threading.Lock()  # one grid at a time, whatever the number of browser tabs
+
+
+@dataclass
+class SaveInfo:
+    """One saved LoRA of a run."""
+
+    path: Path
+    step: int | None
+    epoch: int | None
+    size: int
+    check: str | None  # the self-check line of its checkpoint event ("28 of 28 modules matched")
+    final: bool
+
+    @property
+    def kind(self) -> str:
+        if self.final:
+            return "final"
+        m = re.search(r"-(\d{6})$", self.path.stem)
+        return f"epoch {int(m.group(1))}" if m else f"step {self.step}" if self.step is not None else "save"
+
+
+@dataclass
+class LoraReport:
+    """What a LoRA file says about itself (header only), plus the self-check made when it was saved."""
+
+    path: Path
+    size: int
+    check: str | None
+    keys: int = 0
+    parts: Counter = field(default_factory=Counter)  # lora_down.weight / lora_up.weight / alpha / other
+    unet_modules: int = 0
+    te_modules: int = 0
+    ranks: Counter = field(default_factory=Counter)
+    alphas: Counter = field(default_factory=Counter)
+    dtypes: Counter = field(default_factory=Counter)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def modules(self) -> int:
+        return self.unet_modules + self.te_modules
+
+
+# --- runs and their saves -----------------------------------------------------------------------------------------
+
+def run_value(data_dir: Path, run_dir: Path) -> str:
+    """The picker's value for a run: ``<output_name>/<stamp>``, relative to data_dir/runs."""
+    return run_dir.resolve().relative_to((data_dir / RUNS_DIR).resolve()).as_posix()
+
+
+def resolve_run(data_dir: Path, value: str | None) -> Path:
+    """A picker value back to its run folder; refuses anything outside data_dir/runs (the API takes any string)."""
+    if not value:
+        raise UserError("pick a run first")
+    root = (data_dir / RUNS_DIR).resolve()
+    run_dir = (root / value).resolve()
+    if not run_dir.is_relative_to(root) or len(run_dir.relative_to(root).parts) != 2 or not run_dir.is_dir():
+        raise UserError(f"{value}: no such run under {root}")
+    return run_dir
+
+
+def resolve_save(run_dir: Path, name: str | None) -> Path:
+    """A save's file name back to its path inside the run folder."""
+    if not name:
+        raise UserError("pick a saved LoRA first")
+    path = run_dir / name
+    if Path(name).name != name or path.suffix != ".safetensors" or not path.is_file():
+        raise UserError(f"{name}: no such LoRA file in {run_dir}")
+    return path
+
+
+def run_choices(supervisor: JobSupervisor) -> list[tuple[str, str]]:
+    """(label, value) per run, newest first: ``name · stamp · status · n saves``."""
+    choices = []
+    for s in supervisor.discover():
+        count = sum(1 for _ in s.run_dir.glob("*.safetensors"))
+        label = f"{s.output_name} · {s.run_id} · {s.status} · {count} save{'' if count == 1 else 's'}"
+        choices.append((label, run_value(supervisor.data_dir, s.run_dir)))
+    return choices
+
+
+def run_saves(run_dir: Path) -> list[SaveInfo]:
+    """Every .safetensors save of a run, oldest first, with step, epoch and self-check from its checkpoint event.
+
+    Event paths are matched by file name, so a run folder that was moved still lists its saves; a file without an
+    event (copied in by hand) is listed too, without a check."""
+    events = read_events(run_dir)
+    done = {Path(e["path"]).name for e in events if e.get("event") == "done" and e.get("path")}
+    by_name = {Path(e["path"]).name: e for e in events if e.get("event") == "checkpoint" and e.get("path")}
+    saves = []
+    for path in run_dir.glob("*.safetensors"):
+        event = by_name.get(path.name, {})
+        try:
+            size = path.stat().st_size
+        except OSError:
+            continue  # deleted meanwhile
+        saves.append(SaveInfo(path, event.get("step"), event.get("epoch"), size, event.get("check"),
+                              path.name in done or path.stem == _output_name(run_dir)))
+    return sorted(saves, key=lambda s: (s.final, s.step if s.step is not None else -1, s.path.name))
+
+
+def _output_name(run_dir: Path) -> str:
+    """The run's output_name: its folder's parent is named after it (supervisor layout)."""
+    return run_dir.parent.name
+
+
+def saves_table(saves: list[SaveInfo]) -> list[list[Any]]:
+    return [[s.path.name, s.kind, s.step, s.epoch, human_size(s.size), s.check or "—"] for s in reversed(saves)]
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB"):
+        if n < 1024 or unit == "MB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+# --- the header report --------------------------------------------------------------------------------------------
+
+def read_header(path: Path) -> tuple[dict[str, Any], int]:
+    """A safetensors header (JSON) and where the tensor data starts; a UserError names a file that is not one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise UserError(f"{path.name}: too short to be a .safetensors file")
+            (n,) = struct.unpack("<Q", head)
+            if n >= MAX_HEADER or 8 + n > path.stat().st_size:
+                raise UserError(f"{path.name}: not a .safetensors file (header length {n} is invalid)")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path.name}: cannot read the safetensors header ({err})") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{path.name}: the safetensors header is not a JSON object")
+    return header, 8 + n
+
+
+def _alpha_value(f: Any, start: int, info: dict[str, Any]) -> float | None:
+    """A 0-dim alpha tensor's value, from its few bytes (F16/F32/F64/BF16)."""
+    begin, end = info.get("data_offsets", (0, 0))
+    f.seek(start + begin)
+    raw = f.read(end - begin)
+    dtype = info.get("dtype")
+    if dtype == "BF16" and len(raw) == 2:
+        return struct.unpack("<f", b"\x00\x00" + raw)[0]
+    fmt = ALPHA_FORMATS.get(dtype or "")
+    return struct.unpack(fmt, raw)[0] if fmt and len(raw) == struct.calcsize(fmt) else None
+
+
+def lora_report(path: Path, check: str | None = None) -> LoraReport:
+    """Modules, ranks, alphas, dtypes and metadata of a kohya LoRA file, read without loading its weights."""
+    header, start = read_header(path)
+    report = LoraReport(path, path.stat().st_size, check, metadata=dict(header.pop("__metadata__", None) or {}))
+    with open(path, "rb") as f:
+        for key, info in header.items():
+            name, _, part = key.partition(".")
+            report.keys += 1
+            report.parts[part if part in ("lora_down.weight", "lora_up.weight", "alpha") else "other"] += 1
+            report.dtypes[info.get("dtype")] += 1
+            if part == "lora_down.weight":
+                report.ranks[int(info["shape"][0])] += 1
+                if name.startswith("lora_unet_"):
+                    report.unet_modules += 1
+                else:
+                    report.te_modules += 1
+            elif part == "alpha":
+                alpha = _alpha_value(f, start, info)
+                if alpha is not None:
+                    report.alphas[round(alpha, 4)] += 1
+    return report
+
+
+def format_report(r: LoraReport, save: SaveInfo | None = None) -> str:
+    """The report as Markdown: the self-check line first, then a table of what loaders look at."""
+    m = r.metadata
+    title = f"**{r.path.name}** · {human_size(r.size)}"
+    if save is not None:
+        title += f" · {save.kind}" + (f" (step {save.step}, epoch {save.epoch})" if save.step is not None else "")
+    lines = [title, "", check_line(r.check), ""]
+    if not r.keys:
+        lines += ["This file holds no tensors" + (" (a dry-run placeholder)." if m.get("loraforge_dry_run") else "."),
+                  ""]
+    rows = [
+        ("Modules", f"{r.modules} (UNet {r.unet_modules}, text encoder {r.te_modules})"),
+        ("Rank", _counted(r.ranks) or m.get("ss_network_dim", "—")),
+        ("Alpha", _alpha_text(r) or m.get("ss_network_alpha", "—")),
+        ("Base model version", m.get("ss_base_model_version", "—") + (f" (v2: {m['ss_v2']})" if "ss_v2" in m else "")),
+        ("Architecture", m.get("modelspec.architecture", "—")),
+        ("Resolution", m.get("modelspec.resolution") or m.get("ss_resolution", "—")),
+        ("Prediction", m.get("modelspec.prediction_type", "—")),
+        ("Base model", m.get("ss_sd_model_name", "—")),
+        ("Trained", f"{m['ss_steps']} steps, epoch {m.get('ss_epoch', '?')}" if "ss_steps" in m else "—"),
+        ("Keys", f"{r.keys} tensors: " + ", ".join(f"{n} {p}" for p, n in sorted(r.parts.items())) +
+         (f" · dtype {_counted(r.dtypes)}" if r.dtypes else "")),
+    ]
+    lines += ["| Property | Value |", "|---|---|", *(f"| {k} | {_cell(v)} |" for k, v in rows)]
+    shown = {"ss_network_dim", "ss_network_alpha", "ss_base_model_version", "ss_v2", "modelspec.architecture",
+             "modelspec.resolution", "ss_resolution", "modelspec.prediction_type", "ss_sd_model_name", "ss_steps",
+             "ss_epoch"}
+    other = sorted(k for k in m if k not in shown)
+    if other:
+        lines += ["", f"<details><summary>Other metadata ({len(other)} keys)</summary>", "", "| key | value |",
+                  "|---|---|", *(f"| {k} | {_cell(_short(m[k]))} |" for k in other), "", "</details>"]
+    return "\n".join(lines)
+
+
+def check_line(check: str | None) -> str:
+    """The export self-check as recorded at save time, with a warning when modules did not match."""
+    if not check:
+        return "Self-check: no record (this file has no checkpoint event in the run's log)."
+    m = CHECK_RE.search(check)
+    if m and m.group(1) != m.group(2):
+        return f"**Self-check: {check}** — WebUIs skip the modules that did not match; see the run's log."
+    return f"Self-check: {check}" + (" ✓" if m else "")
+
+
+def _counted(counter: Counter) -> str:
+    """'4' for one value, '4 (60 modules), 8 (2 modules)' for several."""
+    if len(counter) == 1:
+        return f"{next(iter(counter)):g}" if isinstance(next(iter(counter)), float) else str(next(iter(counter)))
+    return ", ".join(f"{v:g} ({n} modules)" if isinstance(v, float) else f"{v} ({n})" for v, n in
+                     counter.most_common())
+
+
+def _alpha_text(r: LoraReport) -> str:
+    if not r.alphas:
+        return ""
+    text = _counted(r.alphas)
+    if len(r.alphas) == 1 and len(r.ranks) == 1:
+        text += f" (scale alpha/rank = {next(iter(r.alphas)) / next(iter(r.ranks)):g})"
+    return text
+
+
+def _short(value: str, limit: int = 160) -> str:
+    value = str(value)
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}… ({len(value)} characters)"
+
+
+def _cell(value: Any) -> str:
+    """Markdown table cell: no pipes or newlines from metadata may break the table."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+# --- copy to a WebUI folder ---------------------------------------------------------------------------------------
+
+def copy_lora(src: Path, folder_text: str | None, overwrite: bool = False) -> Path:
+    """Copy a LoRA into a WebUI's models/Lora folder: a temp file in that folder, then a rename, so the WebUI never
+    lists a half-copied file. The folder must exist; an existing file is replaced only when asked."""
+    if not folder_text or not folder_text.strip():
+        raise UserError("give the WebUI's Lora folder, e.g. /path/to/stable-diffusion-webui/models/Lora")
+    folder = Path(folder_text.strip()).expanduser()
+    if not folder.is_absolute():
+        raise UserError(f"{folder}: give the full path of the WebUI's Lora folder")
+    if not folder.is_dir():
+        raise UserError(f"{folder}: folder not found; create it or fix the path (the WebUI's models/Lora)")
+    dest = folder / src.name
+    if dest.exists() and dest.resolve() == src.resolve():
+        raise UserError(f"{dest} is the file itself")
+    if dest.exists() and not overwrite:
+        raise UserError(f"{dest} already exists; tick 'Overwrite' to replace it")
+    fd, tmp = tempfile.mkstemp(prefix=f".{src.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def load_ui_settings(data_dir: Path) -> dict[str, Any]:
+    """data_dir/ui-settings.json; a missing or damaged file reads as no settings (they are conveniences)."""
+    try:
+        data = json.loads((data_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_ui_setting(data_dir: Path, key: str, value: Any) -> None:
+    """Update one key, keeping the others (other tabs may keep settings there too)."""
+    settings = load_ui_settings(data_dir) | {key: value}
+    write_atomic(data_dir / SETTINGS_FILE, json.dumps(settings, indent=1, sort_keys=True))
+
+
+# --- the before/after grid ----------------------------------------------------------------------------------------
+
+@dataclass
+class CompareRequest:
+    run_dir: Path
+    lora: Path
+    prompt: str
+    seed: int
+    steps: int
+    strengths: str
+
+
+def check_compare(req: CompareRequest, supervisor: JobSupervisor) -> None:
+    """What is known before a process starts: the inputs, the file, and that the GPU is free."""
+    from training.compare import MAX_STEPS, parse_strengths
+
+    if not (req.prompt or "").strip():
+        raise UserError("the prompt is empty: give the prompt to render")
+    if req.seed is None or not 0 <= int(req.seed) < 2**63:
+        raise UserError("seed: use a whole number from 0")
+    if req.steps is None or not 1 <= int(req.steps) <= MAX_STEPS:
+        raise UserError(f"steps: use 1 to {MAX_STEPS}")
+    parse_strengths(req.strengths)
+    if not (req.run_dir / JOB_FILE).is_file():
+        raise UserError(f"{req.run_dir}: the run has no {JOB_FILE}, so its base model is unknown")
+    report = lora_report(req.lora)
+    if not report.keys:
+        raise UserError(f"{req.lora.name} holds no weights" + (" (a dry-run placeholder)" if
+                                                              report.metadata.get("loraforge_dry_run") else ""))
+    busy = [s for s in supervisor.discover() if s.running or s.status == "queued"]
+    if busy:
+        raise UserError(f"a training run is active ({busy[0].output_name}/{busy[0].run_id}, {busy[0].status}); "
+                        "the GPU does one job at a time, so compare once it has finished")
+
+
+def compare_active() -> bool:
+    """A grid is being made in this UI process (the Train tab can refuse to start a run meanwhile)."""
+    return _compare_lock.locked()
+
+
+def compare_command(req: CompareRequest, out: Path, python: str = sys.executable) -> list[str]:
+    """The child's command line; free text goes in ``--flag=value`` form, so a prompt such as "-sketch" or the
+    strengths "-1,0,1" are never taken for options."""
+    return [python, "-m", "training.compare", "--config", str(req.run_dir / JOB_FILE), "--lora", str(req.lora),
+            f"--prompt={req.prompt.strip()}", "--seed", str(int(req.seed)), "--steps", str(int(req.steps)),
+            f"--strengths={req.strengths}", f"--out={out}"]
+
+
+def run_compare(req: CompareRequest, supervisor: JobSupervisor, python: str = sys.executable,
+                timeout: float = COMPARE_TIMEOUT_S) -> Path:
+    """Make the grid in a child process; returns the PNG under <run>/compare/. The child's output goes to
+    <run>/compare/compare.log; a failure becomes a UserError with its one-line reason."""
+    check_compare(req, supervisor)
+    if not _compare_lock.acquire(blocking=False):
+        raise UserError("another comparison is being made; wait for it to finish")
+    try:
+        folder = req.run_dir / COMPARE_DIR
+        folder.mkdir(exist_ok=True)
+        out = folder / f"{req.lora.stem}_seed{int(req.seed)}_{time.strftime('%Y%m%d-%H%M%S')}.png"
+        code = _run_logged(compare_command(req, out, python), folder / COMPARE_LOG, timeout)
+    finally:
+        _compare_lock.release()
+    if code == 0 and out.is_file():
+        return out
+    raise UserError(compare_failure(folder / COMPARE_LOG, code))
+
+
+def _run_logged(cmd: list[str], log_path: Path, timeout: float) -> int | None:
+    """Run cmd with its output appended to log_path; None when it ran out of time (and was ended)."""
+    import shlex
+
+    with open(log_path, "ab") as log:
+        log.write(f"\n$ {shlex.join(cmd)}\n".encode())
+        log.flush()
+        try:
+            return subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                  env=child_env(), timeout=timeout, check=False, **new_group_kwargs()).returncode
+        except subprocess.TimeoutExpired:
+            log.write(f"error: no grid after {timeout:g} s; the process was ended\n".encode())
+            return None
+
+
+def compare_failure(log_path: Path, code: int | None) -> str:
+    """The child's own 'error: ...' line when it wrote one, else where to look."""
+    try:
+        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]
+    except OSError:
+        tail = []
+    reason = next((ln.removeprefix("error: ") for ln in reversed(tail) if ln.startswith("error: ")), None)
+    if reason:
+        return reason
+    return f"the comparison process ended with exit status {code}; see {log_path}"
+
+
+def default_prompt(run_dir: Path) -> str:
+    """The run's first sample prompt (without its --options), a sensible thing to compare on."""
+    from training.config_io import load_config
+    from training.sample import load_prompts
+
+    try:
+        cfg, _ = load_config(run_dir / JOB_FILE)
+        prompts = load_prompts(cfg.sample_prompts, cfg.resolution_wh)
+    except (UserError, OSError):
+        return ""
+    return prompts[0].prompt if prompts else ""

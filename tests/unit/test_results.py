@@ -1,0 +1,278 @@
+"""app/results.py on real run folders: saves from events, LoRA headers read without torch, copies, settings."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.results import (
+    SETTINGS_FILE,
+    WEBUI_FOLDER_KEY,
+    CompareRequest,
+    check_compare,
+    compare_command,
+    copy_lora,
+    default_prompt,
+    format_report,
+    load_ui_settings,
+    lora_report,
+    resolve_run,
+    resolve_save,
+    run_choices,
+    run_compare,
+    run_saves,
+    save_ui_setting,
+)
+from app.supervisor import JobSupervisor
+from training.config import TrainConfig
+from training.config_io import save_config
+from training.dry_run import write_placeholder_lora
+from training.errors import UserError
+from training.events import EventWriter
+from training.export import build_metadata, save_lora
+from training.models.families import FAMILIES
+
+UNET = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_{}"
+TE = "lora_te_text_model_encoder_layers_0_self_attn_{}_proj"
+
+
+def lora_tensors(rank: int = 4, alpha: float = 2.0, dtype=torch.float16, te: bool = True) -> dict[str, torch.Tensor]:
+    """Kohya-named tensors for 4 UNet modules (+ 3 text-encoder ones), shaped like a 32-wide tiny model."""
+    names = [UNET.format(p) for p in ("q", "k", "v", "out_0")] + ([TE.format(p) for p in "qkv"] if te else [])
+    out = {}
+    for name in names:
+        out[f"{name}.lora_down.weight"] = torch.randn(rank, 32).to(dtype)
+        out[f"{name}.lora_up.weight"] = torch.randn(32, rank).to(dtype)
+        out[f"{name}.alpha"] = torch.tensor(alpha, dtype=dtype)
+    return out
+
+
+def write_lora(path: Path, tensors: dict[str, torch.Tensor] | None = None, **config) -> Path:
+    tensors = tensors if tensors is not None else lora_tensors()
+    cfg = {"network_dim": 4, "network_alpha": 2.0, "resolution": "64", "output_name": "mylora", "clip_skip": 2,
+           "pretrained_model_name_or_path": "/models/base.safetensors"} | config
+    meta = build_metadata(cfg, FAMILIES["sd1"], {"steps": 20, "epoch": 2, "tag_frequency": {"a": {"b": 1}}},
+                          state_dict=tensors)
+    save_lora(path, tensors, meta)
+    return path
+
+
+def make_run(data_dir: Path, name: str = "mylora", stamp: str = "20240101-120000") -> Path:
+    """A finished run as the trainer leaves it: job.toml, events, an epoch save, a final save, a state folder."""
+    run_dir = data_dir / "runs" / name / stamp
+    run_dir.mkdir(parents=True)
+    save_config(TrainConfig(output_name=name, output_dir=str(run_dir), pretrained_model_name_or_path="/m.safetensors",
+                            sample_prompts="red, circle --d 5;blue square"), run_dir / "job.toml")
+    events = EventWriter(run_dir)
+    events.emit("start", run_id=stamp, pid=1, total_steps=20, total_epochs=2)
+    epoch = write_lora(run_dir / f"{name}-000001.safetensors")
+    events.emit("checkpoint", step=10, epoch=1, path=str(epoch), check="7 of 7 modules matched")
+    (run_dir / f"{name}-000001-state").mkdir()
+    final = write_lora(run_dir / f"{name}.safetensors")
+    events.emit("checkpoint", step=20, epoch=2, path=str(final), check="6 of 7 modules matched")
+    events.emit("done", path=str(final), step=20)
+    events.close()
+    return run_dir
+
+
+def test_saves_come_with_step_epoch_check_and_final_flag(tmp_path):
+    run_dir = make_run(tmp_path)
+    write_lora(run_dir / "handmade.safetensors")  # copied in by hand: listed, without a check
+    (run_dir / ".mylora.safetensors.123.tmp").write_bytes(b"partial")  # an interrupted save is not listed
+
+    saves = run_saves(run_dir)
+    assert [s.path.name for s in saves] == ["handmade.safetensors", "mylora-000001.safetensors", "mylora.safetensors"]
+    hand, epoch, final = saves
+    assert (hand.check, hand.step, hand.final) == (None, None, False)
+    assert (epoch.step, epoch.epoch, epoch.kind, epoch.final) == (10, 1, "epoch 1", False)
+    assert epoch.check == "7 of 7 modules matched" and epoch.size == epoch.path.stat().st_size
+    assert (final.step, final.kind, final.final, final.check) == (20, "final", True, "6 of 7 modules matched")
+
+
+def test_saves_are_found_after_the_run_folder_moved(tmp_path):
+    run_dir = make_run(tmp_path / "old")
+    moved = tmp_path / "new" / "runs" / "mylora" / run_dir.name
+    moved.parent.mkdir(parents=True)
+    run_dir.rename(moved)
+    assert [s.check for s in run_saves(moved)] == ["7 of 7 modules matched", "6 of 7 modules matched"]
+
+
+def test_report_reads_rank_alpha_and_metadata_from_the_header(tmp_path):
+    run_dir = make_run(tmp_path)
+    epoch = run_saves(run_dir)[0]
+    report = lora_report(epoch.path, epoch.check)
+    assert (report.unet_modules, report.te_modules, report.modules) == (4, 3, 7)
+    assert report.ranks == {4: 7} and report.alphas == {2.0: 7} and report.dtypes == {"F16": 21}
+    assert report.parts == {"lora_down.weight": 7, "lora_up.weight": 7, "alpha": 7} and report.keys == 21
+    assert report.metadata["ss_base_model_version"] == "sd_v1"
+    assert report.metadata["modelspec.architecture"] == "stable-diffusion-v1/lora"
+
+    text = format_report(report, epoch)
+    for expected in ("mylora-000001.safetensors", "epoch 1 (step 10, epoch 1)", "Self-check: 7 of 7 modules matched ✓",
+                     "| Modules | 7 (UNet 4, text encoder 3) |", "| Rank | 4 |",
+                     "| Alpha | 2 (scale alpha/rank = 0.5) |", "| Base model version | sd_v1 (v2: False) |",
+                     "| Architecture | stable-diffusion-v1/lora |", "| Resolution | 64x64 |",
+                     "| Base model | base.safetensors |", "| Trained | 20 steps, epoch 2 |",
+                     "21 tensors: 7 alpha, 7 lora_down.weight, 7 lora_up.weight · dtype F16", "| ss_clip_skip | 2 |"):
+        assert expected in text, expected
+    assert "loraforge_config" in text and "characters)" in text  # long values are shortened
+
+
+def test_a_partial_self_check_is_flagged(tmp_path):
+    final = run_saves(make_run(tmp_path))[-1]
+    text = format_report(lora_report(final.path, final.check), final)
+    assert "**Self-check: 6 of 7 modules matched**" in text and "skip" in text
+
+
+@pytest.mark.parametrize(("dtype", "alpha"), [(torch.float16, 1.5), (torch.bfloat16, 1.5), (torch.float32, 0.3)])
+def test_alpha_is_read_from_its_bytes_in_every_dtype(tmp_path, dtype, alpha):
+    path = write_lora(tmp_path / "a.safetensors", lora_tensors(rank=8, alpha=alpha, dtype=dtype))
+    report = lora_report(path)
+    assert report.alphas == {round(float(torch.tensor(alpha, dtype=dtype)), 4): 7} and report.ranks == {8: 7}
+
+
+def test_mixed_ranks_are_counted(tmp_path):
+    tensors = lora_tensors(rank=4, te=False) | {k: v for k, v in lora_tensors(rank=8).items() if "lora_te" in k}
+    text = format_report(lora_report(write_lora(tmp_path / "mixed.safetensors", tensors)))
+    assert "| Rank | 4 (4), 8 (3) |" in text
+
+
+NOT_SAFETENSORS = [b"", b"short", b"\xff" * 8 + b"{}", (16).to_bytes(8, "little") + b"not json!!!!!!!!"]
+
+
+@pytest.mark.parametrize("content", NOT_SAFETENSORS, ids=["empty", "short", "huge-length", "not-json"])
+def test_a_file_that_is_not_safetensors_gives_one_line(tmp_path, content):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        lora_report(path)
+    assert "broken.safetensors" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_dry_run_placeholder_is_reported_as_such(tmp_path):
+    path = tmp_path / "dry.safetensors"
+    write_placeholder_lora(path, {"ss_output_name": "dry", "loraforge_dry_run": "true"})
+    report = lora_report(path)
+    assert report.keys == 0 and "dry-run placeholder" in format_report(report)
+
+
+def test_resolve_run_and_save_stay_inside_the_data_folder(tmp_path):
+    data = tmp_path / "data"
+    run_dir = make_run(data)
+    assert resolve_run(data, "mylora/20240101-120000") == run_dir.resolve()
+    assert resolve_save(run_dir, "mylora.safetensors") == run_dir / "mylora.safetensors"
+    (tmp_path / "secret").mkdir()
+    for bad in ("", "mylora", "../../secret", str(tmp_path / "secret"), "mylora/20240101-120000/sample"):
+        with pytest.raises(UserError):
+            resolve_run(data, bad)
+    for bad in ("", "../mylora.safetensors", "job.toml", "missing.safetensors"):
+        with pytest.raises(UserError):
+            resolve_save(run_dir, bad)
+
+
+def test_run_choices_label_status_and_save_count(tmp_path):
+    make_run(tmp_path, stamp="20240101-120000")
+    newer = make_run(tmp_path, "other", "20240202-120000")
+    choices = run_choices(JobSupervisor(tmp_path))
+    assert [v for _, v in choices] == ["other/20240202-120000", "mylora/20240101-120000"]
+    assert choices[0][0] == "other · 20240202-120000 · done · 2 saves"
+    assert default_prompt(newer) == "red, circle"
+
+
+def test_copy_is_exact_refuses_overwrite_unless_asked(tmp_path):
+    src = run_saves(make_run(tmp_path / "data"))[-1].path
+    webui = tmp_path / "webui" / "models" / "Lora"
+    webui.mkdir(parents=True)
+    dest = copy_lora(src, str(webui))
+    assert dest == webui / src.name and dest.read_bytes() == src.read_bytes()
+
+    dest.write_bytes(b"older version")
+    with pytest.raises(UserError, match=r"already exists.*Overwrite"):
+        copy_lora(src, str(webui))
+    assert dest.read_bytes() == b"older version"
+    copy_lora(src, f"  {webui}  ", overwrite=True)
+    assert dest.read_bytes() == src.read_bytes()
+    assert sorted(p.name for p in webui.iterdir()) == [src.name]  # no temp file left behind
+
+
+@pytest.mark.parametrize("folder", ["", "relative/Lora", "{tmp}/missing"])
+def test_copy_needs_an_existing_absolute_folder(tmp_path, folder):
+    src = run_saves(make_run(tmp_path / "data"))[-1].path
+    with pytest.raises(UserError) as err:
+        copy_lora(src, folder.format(tmp=tmp_path))
+    assert "\n" not in str(err.value) and "Lora" in str(err.value)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_ui_settings_round_trip_keeps_other_keys_and_survives_damage(tmp_path):
+    assert load_ui_settings(tmp_path) == {}
+    (tmp_path / SETTINGS_FILE).write_text("{not json", encoding="utf-8")
+    assert load_ui_settings(tmp_path) == {}
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps({"theme": "dark"}), encoding="utf-8")
+    save_ui_setting(tmp_path, WEBUI_FOLDER_KEY, "/opt/webui/models/Lora")
+    assert load_ui_settings(tmp_path) == {"theme": "dark", WEBUI_FOLDER_KEY: "/opt/webui/models/Lora"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SETTINGS_FILE]
+
+
+def request(run_dir: Path, **changes) -> CompareRequest:
+    values = {"run_dir": run_dir, "lora": run_dir / "mylora.safetensors", "prompt": "red, circle", "seed": 7,
+              "steps": 4, "strengths": "0,0.5,1"} | changes
+    return CompareRequest(**values)
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"prompt": "  "}, "prompt is empty"),
+    ({"strengths": "0, half"}, "'half' is not a number"),
+    ({"strengths": "0,9"}, "outside"),
+    ({"steps": 0}, "steps: use 1 to 150"),
+    ({"seed": -1}, "seed"),
+])
+def test_compare_refuses_bad_input_before_starting_anything(tmp_path, changes, expected):
+    run_dir = make_run(tmp_path)
+    with pytest.raises(UserError, match=expected):
+        run_compare(request(run_dir, **changes), JobSupervisor(tmp_path))
+    assert not (run_dir / "compare").exists()
+
+
+def test_compare_command_round_trips_text_that_looks_like_options(tmp_path):
+    from training.compare import parse_args, parse_strengths
+
+    req = request(tmp_path, prompt="-sketch, --d 5 | odd", strengths="-1, 0, 1", seed=9, steps=3)
+    cmd = compare_command(req, tmp_path / "grid.png")
+    assert cmd[1:3] == ["-m", "training.compare"]
+    args = parse_args(cmd[3:])
+    assert (args.prompt, args.seed, args.steps, args.out) == ("-sketch, --d 5 | odd", 9, 3, tmp_path / "grid.png")
+    assert parse_strengths(args.strengths) == [-1.0, 0.0, 1.0] and args.lora == tmp_path / "mylora.safetensors"
+
+
+def test_compare_refuses_a_placeholder_and_a_run_without_job(tmp_path):
+    run_dir = make_run(tmp_path)
+    write_placeholder_lora(run_dir / "dry.safetensors", {"loraforge_dry_run": "true"})
+    with pytest.raises(UserError, match="dry-run placeholder"):
+        check_compare(request(run_dir, lora=run_dir / "dry.safetensors"), JobSupervisor(tmp_path))
+    (run_dir / "job.toml").unlink()
+    with pytest.raises(UserError, match=r"no job\.toml"):
+        check_compare(request(run_dir), JobSupervisor(tmp_path))
+
+
+def test_compare_waits_for_the_gpu_while_a_training_run_is_active(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORAFORGE_DRY_RUN_STEP_SECONDS", "0.5")  # the dry-run child keeps running for the test
+    run_dir = make_run(tmp_path)
+    supervisor = JobSupervisor(tmp_path, dry_run=True)
+    handle = supervisor.start(TrainConfig(output_name="busy", max_train_steps=1000))
+    try:
+        with pytest.raises(UserError, match=r"training run is active \(busy/") as err:
+            run_compare(request(run_dir), supervisor)
+        assert "one job at a time" in str(err.value) and not (run_dir / "compare").exists()
+    finally:
+        supervisor.stop(handle.run_dir, grace_s=5)
+        deadline = time.monotonic() + 20
+        while supervisor.poll(handle.run_dir).running and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert not supervisor.poll(handle.run_dir).running
+    check_compare(request(run_dir), supervisor)  # free again: nothing refuses
+
