@@ -18,10 +18,11 @@ from accelerate.utils import ProjectConfiguration, set_seed
 
 from training.checkpoints import register_lora_only_state
 from training.config import TrainConfig
-from training.data.buckets import BucketBatchSampler, assign_buckets, bucket_table
+from training.data.buckets import assign_buckets, bucket_table
 from training.data.dataset import TrainDataset, collate
 from training.data.folder import DatasetScan, ImageItem, scan_dataset
 from training.data.latents import LatentCache
+from training.data.sampler import BucketBatchSampler
 from training.errors import UserError
 from training.events import EventWriter
 from training.models.loading import BaseModel, load_base_model

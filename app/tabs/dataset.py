@@ -1,16 +1,384 @@
-"""Dataset: pick, upload and check a training folder; edit captions. (Being built: see issue 3.)"""
+"""Dataset: pick, upload and check a training folder; browse it with captions, edit them one by one or in bulk.
+
+The folder's image paths stay server-side (a gr.State per browser session): the gallery only ever gets thumbnails
+from the data dir, and ``gallery.select`` maps its index back to the source image (architecture §5.4). The folder box
+and the form's ``train_data_dir`` stay in step without a loop: loading here sets train_data_dir, and a
+train_data_dir change from elsewhere (preset, TOML, demo) reloads this tab but never writes it back.
+"""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import gradio as gr
 
-from app.tabs.context import AppContext
+from app.dataset_import import import_files
+from app.datasets import (
+    DATASETS_DIR,
+    PAGE_SIZE,
+    THUMBS_DIR,
+    add_trigger,
+    find_replace,
+    list_images,
+    page_of,
+    read_caption,
+    remove_tag,
+    resolve_folder,
+    save_caption,
+    tag_frequency,
+    thumbnail,
+)
+from app.form import values_to_config
+from app.tabs.context import AppContext, form_handler
+from training.config_io import ConfigError
+from training.data.check import check_dataset, md_escape
+from training.data.folder import CONCEPT_DIR
+from training.errors import UserError
+
+# The settings the dataset check reads from the form: the same ones decide buckets and steps in the run.
+CHECK_FIELDS = ("train_data_dir", "caption_extension", "resolution", "enable_bucket", "min_bucket_reso",
+                "max_bucket_reso", "bucket_reso_steps", "train_batch_size", "gradient_accumulation_steps",
+                "max_train_steps", "max_train_epochs", "validation_split", "validation_every_n_steps", "seed")
+LABEL_CHARS = 80
+REPORT_HINT = ("*Check dataset* counts images and steps with the form's settings and looks for problems: small, "
+               "duplicate or unreadable images, missing or too long captions.")
+EXPLORER_IGNORE = ("*.txt", "*[.]txt")  # the same pattern twice: switching between them makes the browser re-list
+
+
+@dataclass
+class Ui:
+    folder: Any
+    load: Any
+    message: Any
+    explorer: Any
+    upload: Any
+    upload_name: Any
+    upload_repeats: Any
+    upload_concept: Any
+    upload_btn: Any
+    gallery: Any
+    prev: Any
+    next: Any
+    page: Any
+    caption_file: Any
+    caption_text: Any
+    caption_save: Any
+    caption_message: Any
+    trigger: Any
+    trigger_add: Any
+    trigger_remove: Any
+    find: Any
+    replace: Any
+    replace_btn: Any
+    bulk_message: Any
+    tags: Any
+    check: Any
+    report: Any
+    loaded: Any  # gr.State: {"folder": str, "images": [str], "page": int} or None
+
+    @property
+    def view(self) -> list[Any]:
+        """What a (re)load redraws, in the order _view returns it."""
+        return [self.folder, self.message, self.gallery, self.page, self.loaded, self.caption_file,
+                self.caption_text, self.caption_message, self.tags, self.report]
 
 
 def build_dataset_tab(ctx: AppContext) -> None:
-    gr.Markdown(
-        "### Dataset\n"
-        "Coming next: browse a training folder, check image counts and repeats, and edit captions.\n\n"
-        "For now, type the folder into **train_data_dir** on the *Model & preset* tab (Dataset section). "
-        "Subfolders named like `10_name` repeat their images 10 times.",
-        elem_id="dataset-placeholder")
+    datasets_dir = ctx.settings.data_dir / DATASETS_DIR
+    datasets_dir.mkdir(parents=True, exist_ok=True)
+    ui = _layout(ctx, datasets_dir)
+    _wire_loading(ctx, ui, datasets_dir)
+    _wire_captions(ctx, ui)
+    _wire_check(ctx, ui)
+
+
+def _layout(ctx: AppContext, datasets_dir: Path) -> Ui:
+    gr.Markdown("### Dataset\nA folder of images with `.txt` captions beside them; subfolders named like "
+                "`10_mychar` repeat their images 10 times per epoch.")
+    with gr.Row():
+        folder = gr.Textbox(label="Dataset folder", scale=4, max_lines=1, elem_id="dataset-folder",
+                            placeholder="/path/to/train_data (or the name of a dataset below)",
+                            info=f"Any folder on this computer; a plain name means {datasets_dir}/<name>")
+        load = gr.Button("Load", variant="primary", scale=0, elem_id="dataset-load")
+    message = gr.Markdown(elem_id="dataset-message")
+    with gr.Accordion("Pick an uploaded dataset", open=False, elem_id="dataset-explorer-section"):
+        explorer = gr.FileExplorer(root_dir=datasets_dir, file_count="single", ignore_glob=EXPLORER_IGNORE[0],
+                                   label=f"Datasets in {datasets_dir}: open one with ▶, tick its '.' (or an image)",
+                                   max_height=300, elem_id="dataset-explorer")
+    with gr.Accordion("Upload images or a .zip into a new dataset", open=False, elem_id="dataset-upload-section"):
+        upload = gr.File(file_count="multiple", file_types=["image", ".zip", ".txt"], label="Images, captions, .zip",
+                         elem_id="dataset-upload")
+        with gr.Row():
+            upload_name = gr.Textbox(label="Dataset name", max_lines=1, elem_id="dataset-name")
+            upload_repeats = gr.Number(10, label="Repeats", precision=0, elem_id="dataset-repeats",
+                                       info="Times each image is seen per epoch (folder '10_<concept>')")
+            upload_concept = gr.Textbox(label="Concept", max_lines=1, elem_id="dataset-concept",
+                                        info="Usually the trigger word or character name")
+        upload_btn = gr.Button("Import", elem_id="dataset-import")
+    with gr.Row():
+        with gr.Column(scale=3):
+            gallery = gr.Gallery(label="Images", interactive=False, columns=6, height=520, object_fit="contain",
+                                 allow_preview=False, elem_id="dataset-gallery")
+            with gr.Row():
+                prev = gr.Button("◀ Previous", size="sm", elem_id="dataset-prev")
+                page = gr.Markdown(elem_id="dataset-page")
+                nxt = gr.Button("Next ▶", size="sm", elem_id="dataset-next")
+        with gr.Column(scale=2):
+            caption_file = gr.Textbox("", label="Image", interactive=False, max_lines=1, elem_id="caption-file",
+                                      info="Click an image in the gallery to edit its caption")
+            caption_text = gr.Textbox(label="Caption", lines=5, elem_id="caption-text")
+            caption_save = gr.Button("Save caption", elem_id="caption-save")
+            caption_message = gr.Markdown(elem_id="caption-message")
+    with gr.Accordion("Caption tools (all images of the folder)", open=True, elem_id="bulk-section"):
+        with gr.Row():
+            trigger = gr.Textbox(label="Trigger word or tag", max_lines=1, elem_id="bulk-trigger", scale=3)
+            trigger_add = gr.Button("Add first", scale=0, elem_id="bulk-add")
+            trigger_remove = gr.Button("Remove", scale=0, elem_id="bulk-remove")
+        with gr.Row():
+            find = gr.Textbox(label="Find (plain text)", max_lines=1, elem_id="bulk-find")
+            replace = gr.Textbox("", label="Replace with", max_lines=1, elem_id="bulk-replace")
+            replace_btn = gr.Button("Replace all", scale=0, elem_id="bulk-replace-btn")
+        bulk_message = gr.Markdown(elem_id="bulk-message")
+        tags = gr.Dataframe(headers=["tag", "images"], datatype=["str", "number"], interactive=False,
+                            label="Tag frequency", max_height=300, elem_id="tag-table")
+    check = gr.Button("Check dataset", variant="primary", elem_id="dataset-check-btn")
+    report = gr.Markdown(REPORT_HINT, elem_id="dataset-report")
+    return Ui(folder, load, message, explorer, upload, upload_name, upload_repeats, upload_concept, upload_btn,
+              gallery, prev, nxt, page, caption_file, caption_text, caption_save, caption_message, trigger,
+              trigger_add, trigger_remove, find, replace, replace_btn, bulk_message, tags, check, report,
+              gr.State(None))
+
+
+# --- loading and paging
+
+
+def _open(folder: Path) -> tuple[dict[str, Any], str]:
+    listing = list_images(folder)
+    state = {"folder": str(folder), "images": [str(p) for p in listing.images], "page": 1}
+    notes = "".join(f"\n\n{md_escape(n)}" for n in listing.notes)
+    return state, f"Loaded `{folder}`: {md_escape(listing.summary())}.{notes}"
+
+
+def _gallery(ctx: AppContext, state: dict[str, Any] | None, ext: str) -> tuple[list[tuple[str, str]], str]:
+    if not state:
+        return [], ""
+    folder = Path(state["folder"])
+    shown, page, pages = page_of([Path(p) for p in state["images"]], state["page"])
+    state["page"] = page
+    thumbs = ctx.settings.data_dir / THUMBS_DIR
+    items = [(str(thumbnail(p, thumbs)), _label(folder, p, ext)) for p in shown]
+    return items, f"Page {page} of {pages} · {len(state['images'])} image(s)"
+
+
+def _label(folder: Path, image: Path, ext: str) -> str:
+    try:
+        caption = " ".join(read_caption(image, ext).split()) or "(no caption)"
+    except UserError:
+        caption = "(caption unreadable)"
+    caption = caption if len(caption) <= LABEL_CHARS else caption[: LABEL_CHARS - 1] + "…"
+    return f"{image.relative_to(folder)}: {caption}"
+
+
+def _view(ctx: AppContext, text: str, ext: str, state: dict[str, Any] | None, message: str) -> tuple[Any, ...]:
+    items, page_text = _gallery(ctx, state, ext)
+    return text, message, items, page_text, state, "", "", "", _tags(state, ext), REPORT_HINT
+
+
+def _load(ctx: AppContext, text: str, ext: str, datasets_dir: Path) -> tuple[Any, ...]:
+    """The view after loading ``text``; a bad folder empties the gallery and says why in one line."""
+    try:
+        folder = resolve_folder(text, datasets_dir)
+        state, message = _open(folder)
+    except (UserError, OSError) as err:
+        return _view(ctx, text, ext, None, f"**Not loaded:** {_reason(err)}")
+    return _view(ctx, str(folder), ext, state, message)
+
+
+def _reason(err: Exception) -> str:
+    """The error as one markdown-safe line."""
+    if isinstance(err, OSError) and not isinstance(err, UserError):
+        return md_escape(f"{err.filename or ''}: {err.strerror or err}".strip(": "))
+    return md_escape(str(err))
+
+
+
+def _picked_folder(path: str, datasets_dir: Path) -> Path:
+    """A file picks its folder; a concept folder ('10_cat') inside a dataset picks the dataset."""
+    picked = Path(path)
+    folder = picked.parent if picked.is_file() else picked
+    if CONCEPT_DIR.match(folder.name) and folder.parent != datasets_dir:
+        folder = folder.parent
+    return folder
+
+
+def _wire_loading(ctx: AppContext, ui: Ui, datasets_dir: Path) -> None:
+    ext = ctx.components["caption_extension"]
+    data_dir_field = ctx.components["train_data_dir"]
+
+    def dataset_load(folder: str, caption_extension: str = ".txt") -> tuple[Any, ...]:
+        """Load a dataset folder into the gallery and make it the run's train_data_dir."""
+        view = _load(ctx, folder, caption_extension, datasets_dir)
+        return (*view, view[0] if view[4] else gr.skip())
+
+    def follow_form(train_data_dir: str, caption_extension: str, state: dict[str, Any] | None) -> tuple[Any, ...]:
+        # train_data_dir changed elsewhere (preset, TOML, demo): show that folder; never write the field back.
+        text = (train_data_dir or "").strip()
+        try:
+            same = bool(state) and resolve_folder(text, datasets_dir) == Path(state["folder"])
+        except UserError:
+            same = False
+        if not text or same:
+            return tuple(gr.skip() for _ in ui.view)
+        return _load(ctx, text, caption_extension, datasets_dir)
+
+    def pick(path: str | None, caption_extension: str) -> tuple[Any, ...]:
+        if not path:
+            return tuple(gr.skip() for _ in [*ui.view, data_dir_field])
+        return dataset_load(str(_picked_folder(path, datasets_dir)), caption_extension)
+
+    def dataset_upload(files: list[str] | None, name: str, repeats: float | None, concept: str,
+                       caption_extension: str = ".txt", generation: int | None = 0) -> tuple[Any, ...]:
+        """Import uploaded images, .txt captions or .zip files into <data dir>/datasets/<name>/<repeats>_<concept>."""
+        try:
+            result = import_files([Path(f) for f in files or []], datasets_dir, name, repeats, concept)
+        except (UserError, OSError) as err:
+            skipped: list[Any] = [gr.skip() for _ in upload_out]
+            skipped[2] = f"**Not imported:** {_reason(err)}"  # the dataset message
+            return tuple(skipped)
+        view = dataset_load(str(result.root), caption_extension)
+        message = f"{md_escape(result.message())}\n\n{view[1]}"
+        generation = (generation or 0) + 1  # a changed ignore_glob makes the browser re-list: the new folder shows
+        explorer = gr.FileExplorer(ignore_glob=EXPLORER_IGNORE[generation % 2])
+        return (None, view[0], message, *view[2:], explorer, generation)
+
+    def turn(state: dict[str, Any] | None, caption_extension: str, delta: int) -> tuple[Any, ...]:
+        if not state:
+            return gr.skip(), gr.skip(), gr.skip()
+        state = {**state, "page": state["page"] + delta}
+        items, page_text = _gallery(ctx, state, caption_extension)
+        return items, page_text, state
+
+    outputs = [*ui.view, data_dir_field]
+    explorer_gen = gr.State(0)
+    upload_out = [ui.upload, *outputs, ui.explorer, explorer_gen]
+    ui.load.click(dataset_load, inputs=[ui.folder, ext], outputs=outputs, api_name="dataset_load")
+    ui.folder.submit(dataset_load, inputs=[ui.folder, ext], outputs=outputs, api_visibility="private")
+    data_dir_field.change(follow_form, inputs=[data_dir_field, ext, ui.loaded], outputs=ui.view,
+                          api_visibility="private")
+    ui.explorer.change(pick, inputs=[ui.explorer, ext], outputs=outputs, api_visibility="private")
+    ui.upload_btn.click(dataset_upload, inputs=[ui.upload, ui.upload_name, ui.upload_repeats, ui.upload_concept, ext,
+                                                explorer_gen], outputs=upload_out, api_name="dataset_upload")
+    page_out = [ui.gallery, ui.page, ui.loaded]
+    ui.prev.click(lambda s, e: turn(s, e, -1), inputs=[ui.loaded, ext], outputs=page_out, api_visibility="private")
+    ui.next.click(lambda s, e: turn(s, e, +1), inputs=[ui.loaded, ext], outputs=page_out, api_visibility="private")
+
+
+# --- captions: one at a time and in bulk
+
+
+def _image_of(state: dict[str, Any] | None, image: str) -> Path:
+    """The loaded folder's image named ``image`` (relative to the folder). Only images of the loaded folder can be
+    edited: the API must not become a way to write .txt files anywhere on the server."""
+    if not state:
+        raise UserError("no folder loaded: load a dataset folder first")
+    if not (image or "").strip():
+        raise UserError("no image selected: click one in the gallery first")
+    folder = Path(state["folder"])
+    path = Path(os.path.normpath(folder / image.strip()))  # not resolve(): a symlinked image is still listed
+    if str(path) not in set(state["images"]):
+        raise UserError(f"'{image}' is not an image of the loaded folder {folder}: click one in the gallery")
+    return path
+
+
+def _wire_captions(ctx: AppContext, ui: Ui) -> None:
+    ext = ctx.components["caption_extension"]
+
+    def select(state: dict[str, Any] | None, caption_extension: str, evt: gr.SelectData) -> tuple[str, str, str]:
+        if not state or evt.index is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        position = (state["page"] - 1) * PAGE_SIZE + int(evt.index)
+        if not 0 <= position < len(state["images"]):
+            return gr.skip(), gr.skip(), gr.skip()
+        image = Path(state["images"][position])
+        try:
+            return str(image.relative_to(state["folder"])), read_caption(image, caption_extension), ""
+        except UserError as err:
+            return str(image.relative_to(state["folder"])), "", f"**Cannot edit:** {_reason(err)}"
+
+    def caption_save(image: str, caption: str, caption_extension: str, state: dict[str, Any] | None) -> tuple:
+        """Save one image's caption beside it (atomically). ``image`` is its path inside the loaded folder."""
+        try:
+            path = save_caption(_image_of(state, image), caption, caption_extension)
+        except (UserError, OSError) as err:
+            return f"**Not saved:** {_reason(err)}", gr.skip(), gr.skip()
+        items, _ = _gallery(ctx, state, caption_extension)
+        return f"Saved {md_escape(path.name)}.", items, _tags(state, caption_extension)
+
+    def bulk(action, state: dict[str, Any] | None, ext_value: str, image: str, verb: str) -> tuple:
+        if not state:
+            return "**Nothing changed:** load a dataset folder first", gr.skip(), gr.skip(), gr.skip()
+        try:
+            result = action([Path(p) for p in state["images"]])
+        except (UserError, OSError) as err:
+            return f"**Nothing changed:** {_reason(err)}", gr.skip(), gr.skip(), gr.skip()
+        items, _ = _gallery(ctx, state, ext_value)
+        try:
+            caption = read_caption(_image_of(state, image), ext_value) if image else gr.skip()
+        except UserError:
+            caption = gr.skip()
+        return md_escape(result.message(verb)), items, _tags(state, ext_value), caption
+
+    def bulk_trigger(word: str, caption_extension: str, image: str, state: dict[str, Any] | None) -> tuple:
+        """Put a trigger word first in every caption of the loaded folder (skipped where it is already a tag)."""
+        return bulk(lambda imgs: add_trigger(imgs, word, caption_extension), state, caption_extension, image,
+                    f"Added '{word.strip()}' to")
+
+    def bulk_remove(word: str, caption_extension: str, image: str, state: dict[str, Any] | None) -> tuple:
+        """Remove a tag (whole comma-separated tag, any case) from every caption of the loaded folder."""
+        return bulk(lambda imgs: remove_tag(imgs, word, caption_extension), state, caption_extension, image,
+                    f"Removed '{word.strip()}' from")
+
+    def bulk_replace(find: str, replace: str, caption_extension: str, image: str,
+                     state: dict[str, Any] | None) -> tuple:
+        """Replace plain text in every caption of the loaded folder; says how many files changed."""
+        return bulk(lambda imgs: find_replace(imgs, find, replace or "", caption_extension), state,
+                    caption_extension, image, f"Replaced '{find}' in")
+
+    bulk_out = [ui.bulk_message, ui.gallery, ui.tags, ui.caption_text]
+    ui.gallery.select(select, inputs=[ui.loaded, ext], outputs=[ui.caption_file, ui.caption_text, ui.caption_message],
+                      api_visibility="private")
+    ui.caption_save.click(caption_save, inputs=[ui.caption_file, ui.caption_text, ext, ui.loaded],
+                          outputs=[ui.caption_message, ui.gallery, ui.tags], api_name="caption_save")
+    ui.trigger_add.click(bulk_trigger, inputs=[ui.trigger, ext, ui.caption_file, ui.loaded], outputs=bulk_out,
+                         api_name="bulk_trigger")
+    ui.trigger_remove.click(bulk_remove, inputs=[ui.trigger, ext, ui.caption_file, ui.loaded], outputs=bulk_out,
+                            api_name="bulk_remove")
+    ui.replace_btn.click(bulk_replace, inputs=[ui.find, ui.replace, ext, ui.caption_file, ui.loaded],
+                         outputs=bulk_out, api_name="bulk_replace")
+
+
+def _tags(state: dict[str, Any] | None, ext: str) -> list[list[Any]]:
+    return [list(row) for row in tag_frequency([Path(p) for p in state["images"]], ext)] if state else []
+
+
+# --- the check
+
+
+def dataset_report(values: dict[str, Any]) -> str:
+    """Check the dataset with the form's settings: images and repeats per concept, problems, buckets, steps."""
+    cfg, error = values_to_config(values)
+    if cfg is None:
+        return f"**Not checked:** {md_escape(error or '')}"
+    try:
+        return check_dataset(cfg).to_markdown()
+    except (UserError, ConfigError, OSError) as err:
+        return f"**Not checked:** {_reason(err)}"
+
+
+def _wire_check(ctx: AppContext, ui: Ui) -> None:
+    inputs = {name: ctx.components[name] for name in CHECK_FIELDS}
+    ui.check.click(form_handler(dataset_report, list(inputs)), inputs_kwargs=inputs, outputs=ui.report,
+                   api_name="dataset_check")

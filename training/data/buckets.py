@@ -1,16 +1,13 @@
-"""Aspect-ratio bucketing as kohya does it, with ``bucket_no_upscale`` always on, and a bucket-pure batch sampler.
+"""Aspect-ratio bucketing as kohya does it, with ``bucket_no_upscale`` always on.
 
-Sizes and buckets are ``(width, height)`` throughout, like PIL and kohya.
+Sizes and buckets are ``(width, height)`` throughout, like PIL and kohya. Torch-free on purpose: the UI's dataset
+check shows the same bucket table the trainer will use. The batch sampler (torch) lives in ``sampler.py``.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
-
-import torch
-from torch.utils.data import Sampler
+from collections.abc import Sequence
 
 from training.errors import UserError
 
@@ -107,56 +104,3 @@ def bucket_table(assignments: dict[Bucket, int]) -> str:
     lines += [f"{f'{w}x{h}':>11}  {w / h:>6.2f}  {n:>6}" for (w, h), n in rows]
     lines.append(f"{'total':>11}  {'':>6}  {sum(assignments.values()):>6}")
     return "\n".join(lines)
-
-
-class BucketBatchSampler(Sampler[list[int]]):
-    """Batches of dataset indices where every batch comes from one bucket, so tensors in a batch share a shape.
-
-    ``buckets[i]`` is the bucket of dataset index ``i`` (the index list already includes repeats). Each epoch,
-    indices are shuffled within each bucket and then the batch order is shuffled, both from
-    ``torch.Generator().manual_seed(seed + epoch)``: the same seed and epoch always give the same batches, which is
-    what exact resume relies on. A bucket's last partial batch is kept, so ``len()`` is
-    ``sum(ceil(n_bucket / batch_size))``, the same every epoch.
-    """
-
-    def __init__(self, buckets: Sequence[Bucket], batch_size: int, seed: int, shuffle: bool = True) -> None:
-        if batch_size < 1:
-            raise UserError(f"train_batch_size must be at least 1, got {batch_size}")
-        groups: dict[Bucket, list[int]] = defaultdict(list)
-        for index, bucket in enumerate(buckets):
-            groups[tuple(bucket)].append(index)
-        self.groups = dict(sorted(groups.items()))  # fixed order, independent of dataset order quirks
-        self.batch_size = batch_size
-        self.seed = seed
-        self.shuffle = shuffle
-        self.epoch = 0
-        self.start_batch = 0
-
-    def begin_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Select the epoch's shuffle; ``start_batch`` skips that many batches (for resuming mid-epoch) without
-        loading their images. The skip holds until the next ``begin_epoch``; ``len()`` still counts the full epoch.
-
-        Deliberately not named ``set_epoch``: accelerate's prepared DataLoader calls ``set_epoch(<its own pass
-        counter>)`` on a batch sampler at every ``iter()``, which would reset the epoch and skip after a resume."""
-        if not 0 <= start_batch <= len(self):
-            raise ValueError(f"start_batch {start_batch} outside 0..{len(self)}")
-        self.epoch = epoch
-        self.start_batch = start_batch
-
-    def batches(self, epoch: int) -> list[list[int]]:
-        """All batches of ``epoch`` in order (deterministic)."""
-        gen = torch.Generator().manual_seed(self.seed + epoch)
-        batches: list[list[int]] = []
-        for indices in self.groups.values():
-            if self.shuffle:
-                indices = [indices[i] for i in torch.randperm(len(indices), generator=gen).tolist()]
-            batches += [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
-        if self.shuffle:
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
-        return batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        yield from self.batches(self.epoch)[self.start_batch :]
-
-    def __len__(self) -> int:
-        return sum(math.ceil(len(g) / self.batch_size) for g in self.groups.values())
