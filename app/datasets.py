@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageOps
 
 from training.config_io import write_atomic
-from training.data.folder import _concept_folders, _image_files
+from training.data.folder import concept_folders, image_files
 from training.errors import UserError
 
 DATASETS_DIR = "datasets"  # managed datasets live in <data dir>/datasets/<name>/<repeats>_<concept>/
@@ -62,8 +62,8 @@ def list_images(folder: Path) -> Listing:
     in the folder. Raises UserError when nothing would train."""
     notes: list[str] = []
     try:
-        concepts = _concept_folders(folder, notes)
-        found = [(path, repeats, _image_files(path)) for path, _name, repeats in concepts]
+        concepts = concept_folders(folder, notes)
+        found = [(path, repeats, image_files(path)) for path, _name, repeats in concepts]
     except PermissionError as err:
         raise UserError(f"cannot read {err.filename or folder}: permission denied") from None
     images = [img for _, _, files in found for img in files]

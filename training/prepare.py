@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,18 +27,9 @@ from training.models.loading import BaseModel, load_base_model
 from training.models.text import encode_prompts
 from training.network import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora
 from training.optim import make_optimizer, make_scheduler
+from training.plan import Plan, plan_run, split_validation
 from training.preflight import advice
 from training.validation import ValidationSet, build_validation_set
-
-
-@dataclass
-class Plan:
-    """How long the run is; derived once so the loop, events and metadata agree."""
-
-    batches_per_epoch: int
-    steps_per_epoch: int
-    total_steps: int
-    total_epochs: int
 
 
 @dataclass
@@ -94,26 +83,6 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path, events: EventWriter) -> Ac
 
 def dtype_for(precision: str) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
-
-
-def split_validation(cfg: TrainConfig, items: list[ImageItem]) -> tuple[list[ImageItem], list[ImageItem], str]:
-    """Hold out images for the validation loss, or fall back to a fixed training subset on tiny datasets."""
-    if cfg.validation_every_n_steps == 0:
-        return items, [], "off"
-    held = round(len(items) * cfg.validation_split)
-    if held >= 1 and len(items) - held >= 1:
-        rng = random.Random(cfg.seed)
-        chosen = set(rng.sample(range(len(items)), held))
-        train = [it for i, it in enumerate(items) if i not in chosen]
-        return train, [items[i] for i in sorted(chosen)], "held-out"
-    return items, items[:4], "train-subset"
-
-
-def plan_run(cfg: TrainConfig, batches_per_epoch: int, num_processes: int) -> Plan:
-    per_process = math.ceil(batches_per_epoch / num_processes)
-    steps_per_epoch = max(1, math.ceil(per_process / cfg.gradient_accumulation_steps))
-    total = cfg.max_train_epochs * steps_per_epoch if cfg.max_train_epochs else cfg.max_train_steps
-    return Plan(batches_per_epoch, steps_per_epoch, total, math.ceil(total / steps_per_epoch))
 
 
 def buckets_for(cfg: TrainConfig, items: list[ImageItem]) -> list[tuple[int, int]]:

@@ -74,7 +74,8 @@ def test_plan_matches_the_trainer(tmp_path, settings):
     """The plan is computed without torch; the trainer's own code (prepare.py, the sampler) must agree with it."""
     from training.data.dataset import TrainDataset
     from training.data.sampler import BucketBatchSampler
-    from training.prepare import make_dataset, plan_run, split_validation
+    from training.plan import plan_run, split_validation
+    from training.prepare import make_dataset
 
     sizes = [(512, 512), (512, 768), (768, 512), (640, 384), (512, 512), (300, 300), (512, 640)]
     for i, size in enumerate(sizes):

@@ -7,7 +7,7 @@ check shows the same bucket table the trainer will use. The batch sampler (torch
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from training.errors import UserError
 
@@ -104,3 +104,8 @@ def bucket_table(assignments: dict[Bucket, int]) -> str:
     lines += [f"{f'{w}x{h}':>11}  {w / h:>6.2f}  {n:>6}" for (w, h), n in rows]
     lines.append(f"{'total':>11}  {'':>6}  {sum(assignments.values()):>6}")
     return "\n".join(lines)
+
+
+def batches_per_epoch(bucket_sizes: Iterable[int], batch_size: int) -> int:
+    """Each bucket is batched on its own, and a partial last batch still costs a batch."""
+    return sum(math.ceil(n / batch_size) for n in bucket_sizes)

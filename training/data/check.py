@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from training.config import TrainConfig
-from training.data.buckets import Bucket, assign_buckets, bucket_table
+from training.data.buckets import Bucket, assign_buckets, batches_per_epoch, bucket_table
 from training.data.folder import DatasetScan, ImageItem, scan_dataset
 from training.errors import UserError
+from training.plan import plan_run, split_validation
 
 TOKEN_WINDOW = 75  # CLIP's 77 positions minus the begin and end tokens; later tokens are cut off
 TINY_SHARE = 0.5  # an image with under half the training resolution's pixels learns little detail
@@ -51,7 +51,7 @@ class ConceptRow:
 
 @dataclass(frozen=True)
 class StepPlan:
-    """How long the run will be, computed the way ``training.prepare.plan_run`` does (one GPU)."""
+    """How long the run will be, computed by the trainer's own ``training.plan`` (one GPU)."""
 
     images: int  # readable images that train (held-out validation images excluded)
     terms: list[tuple[str, int, int]]  # (concept folder, images, repeats)
@@ -167,7 +167,8 @@ def check_dataset(cfg: TrainConfig, scan: DatasetScan | None = None, similar: bo
     if not cfg.train_data_dir.strip():
         raise UserError("train_data_dir is empty: give the folder holding your images (or '10_name' subfolders)")
     scan = scan or scan_dataset(Path(cfg.train_data_dir), cfg.caption_extension)
-    train_items, held = _split_validation(cfg, scan.items)
+    train_items, val_items, val_kind = split_validation(cfg, scan.items)
+    held_out = len(val_items) if val_kind == "held-out" else 0  # a train-subset still trains
     item_buckets = _buckets(cfg, scan.items)
     train_buckets = _buckets(cfg, train_items)
     tiny, tiny_rule = find_tiny(cfg, scan.items, item_buckets)
@@ -185,7 +186,7 @@ def check_dataset(cfg: TrainConfig, scan: DatasetScan | None = None, similar: bo
         similar_images=look_alike,
         long_captions=find_long_captions(scan.items, cfg.caption_extension),
         buckets=dict(Counter(item_buckets)),
-        plan=plan_steps(cfg, train_items, train_buckets, len(held)),
+        plan=plan_steps(cfg, train_items, train_buckets, held_out),
     )
 
 
@@ -194,32 +195,20 @@ def _buckets(cfg: TrainConfig, items: list[ImageItem]) -> list[Bucket]:
                           min_reso=cfg.min_bucket_reso, max_reso=cfg.max_bucket_reso, step=cfg.bucket_reso_steps)
 
 
-def _split_validation(cfg: TrainConfig, items: list[ImageItem]) -> tuple[list[ImageItem], list[ImageItem]]:
-    """The images ``training.prepare.split_validation`` holds out (same seed, same rule), which then do not train."""
-    if cfg.validation_every_n_steps == 0:
-        return items, []
-    held = round(len(items) * cfg.validation_split)
-    if held >= 1 and len(items) - held >= 1:
-        chosen = set(random.Random(cfg.seed).sample(range(len(items)), held))
-        return [it for i, it in enumerate(items) if i not in chosen], [items[i] for i in sorted(chosen)]
-    return items, []
-
-
 def plan_steps(cfg: TrainConfig, items: list[ImageItem], buckets: list[Bucket], held_out: int = 0) -> StepPlan:
     """Steps as the trainer counts them: repeats expand each image, the sampler batches each bucket on its own
     (a partial last batch still costs a batch), accumulation divides, and max_train_epochs beats max_train_steps."""
     per_bucket: Counter[Bucket] = Counter()
     for item, bucket in zip(items, buckets, strict=True):
         per_bucket[bucket] += item.repeats
-    batches = sum(math.ceil(n / cfg.train_batch_size) for n in per_bucket.values())
-    steps_per_epoch = max(1, math.ceil(batches / cfg.gradient_accumulation_steps))
-    total = cfg.max_train_epochs * steps_per_epoch if cfg.max_train_epochs else cfg.max_train_steps
+    batches = batches_per_epoch(per_bucket.values(), cfg.train_batch_size)
+    plan = plan_run(cfg, batches, num_processes=1)
     terms: Counter[tuple[str, int]] = Counter((it.path.parent.name, it.repeats) for it in items)
     return StepPlan(images=len(items), terms=[(name, n, r) for (name, r), n in terms.items()], held_out=held_out,
                     per_epoch=sum(per_bucket.values()), batch_size=cfg.train_batch_size, buckets=len(per_bucket),
-                    batches_per_epoch=batches,
-                    grad_accum=cfg.gradient_accumulation_steps, steps_per_epoch=steps_per_epoch, total_steps=total,
-                    total_epochs=math.ceil(total / steps_per_epoch), max_train_epochs=cfg.max_train_epochs,
+                    batches_per_epoch=batches, grad_accum=cfg.gradient_accumulation_steps,
+                    steps_per_epoch=plan.steps_per_epoch, total_steps=plan.total_steps, total_epochs=plan.total_epochs,
+                    max_train_epochs=cfg.max_train_epochs,
                     max_train_steps=cfg.max_train_steps)
 
 

@@ -82,7 +82,7 @@ def scan_dataset(train_data_dir: Path, caption_extension: str = ".txt") -> Datas
     if not caption_extension.startswith("."):
         caption_extension = "." + caption_extension  # "txt" is an easy slip; accept it
     scan = DatasetScan(items=[], concepts=[])
-    for path, name, repeats in _concept_folders(root, scan.warnings):
+    for path, name, repeats in concept_folders(root, scan.warnings):
         _scan_concept(scan, path, name, repeats, caption_extension)
     if scan.skipped:
         listed = _names([f"{p.name} ({reason})" for p, reason in scan.skipped])
@@ -95,11 +95,11 @@ def scan_dataset(train_data_dir: Path, caption_extension: str = ".txt") -> Datas
     return scan
 
 
-def _concept_folders(root: Path, warnings: list[str]) -> list[tuple[Path, str, int]]:
+def concept_folders(root: Path, warnings: list[str]) -> list[tuple[Path, str, int]]:
     """Return ``(folder, concept name, repeats)`` for each concept, following kohya's naming rule."""
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     matching = [p for p in subdirs if CONCEPT_DIR.match(p.name)]
-    direct = _image_files(root)
+    direct = image_files(root)
     if not matching and direct:
         return [_flat_concept(root, warnings)]
     ignored = [p.name for p in subdirs if not CONCEPT_DIR.match(p.name)]
@@ -139,7 +139,7 @@ def _flat_concept(root: Path, warnings: list[str]) -> tuple[Path, str, int]:
 
 
 def _scan_concept(scan: DatasetScan, folder: Path, name: str, repeats: int, caption_ext: str) -> None:
-    files = _image_files(folder)
+    files = image_files(folder)
     unsupported = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS)
     if unsupported:
         scan.warnings.append(
@@ -167,7 +167,7 @@ def _scan_concept(scan: DatasetScan, folder: Path, name: str, repeats: int, capt
         scan.concepts.append(Concept(name=name, path=folder, repeats=repeats, image_count=count))
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 

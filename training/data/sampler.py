@@ -6,14 +6,13 @@ the torch-free UI.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler
 
-from training.data.buckets import Bucket
+from training.data.buckets import Bucket, batches_per_epoch
 from training.errors import UserError
 
 
@@ -67,4 +66,4 @@ class BucketBatchSampler(Sampler[list[int]]):
         yield from self.batches(self.epoch)[self.start_batch :]
 
     def __len__(self) -> int:
-        return sum(math.ceil(len(g) / self.batch_size) for g in self.groups.values())
+        return batches_per_epoch((len(g) for g in self.groups.values()), self.batch_size)
