@@ -2,7 +2,8 @@
 [--data-dir DIR]``.
 
 Thin on purpose (architecture §7.2): environment defaults, a Python check, then app's command line. torch and
-diffusers load only in the training child processes, so the page is usable within seconds.
+diffusers load only in child processes (training, the demo's preparation, the device check), so the page is usable
+within seconds; the device line (GPU, torch, CUDA, or CPU only) is printed and shown in the page once known.
 """
 
 import os

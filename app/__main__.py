@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
                         open_browser=not args.no_browser, dry_run=args.dry_run)
     from app.main import launch
 
-    print(f"LoraForge on http://{args.host}:{args.port}  (data folder {settings.data_dir}; Ctrl+C quits)", flush=True)
-    launch(settings)
+    launch(settings)  # prints the URL once the server answers, and the device line once it is known
     return 0
 
 

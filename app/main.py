@@ -10,6 +10,8 @@ from typing import Any
 
 import gradio as gr
 
+from app.console import without_share_hint
+from app.device import DeviceProbe, shared_probe
 from app.form import default_values, field_specs, make_component
 from app.settings import Settings
 from app.supervisor import JobSupervisor
@@ -22,15 +24,19 @@ from app.tabs.train import build_train_tab
 TITLE = "LoraForge"
 
 
-def build_app(settings: Settings, supervisor: JobSupervisor | None = None) -> gr.Blocks:
+def build_app(settings: Settings, supervisor: JobSupervisor | None = None,
+              device: DeviceProbe | None = None) -> gr.Blocks:
     """The whole UI on one supervisor (one per process: it owns the run queue of settings.data_dir)."""
     supervisor = supervisor or JobSupervisor(settings.data_dir, dry_run=settings.dry_run)
+    device = device or shared_probe()
     specs = field_specs()
     defaults = default_values()
     with gr.Blocks(title=TITLE) as demo:
         ctx = AppContext(settings, supervisor, specs, {s.name: make_component(s, defaults[s.name]) for s in specs},
                          preset=gr.State(None))
         gr.Markdown(f"## {TITLE}" + (" · dry run: runs replay synthetic events" if settings.dry_run else ""))
+        device_line = gr.Markdown(device.line, elem_id="device-report")
+        device_timer = gr.Timer(2.0, active=not device.ready)  # until the background device check answers
         with gr.Tabs():
             with gr.Tab("Dataset", id="dataset"):
                 build_dataset_tab(ctx)
@@ -41,6 +47,13 @@ def build_app(settings: Settings, supervisor: JobSupervisor | None = None) -> gr
             with gr.Tab("Results", id="results"):
                 build_results_tab(ctx)
         demo.load(attach.fn, outputs=attach.outputs, api_visibility="private")
+
+        def device_report() -> tuple[str, Any]:
+            """The device line: GPU, torch and CUDA versions, or that training would run on the CPU."""
+            return device.line, gr.Timer(active=not device.ready)
+
+        demo.load(device_report, outputs=[device_line, device_timer], api_name="device_report")
+        device_timer.tick(device_report, outputs=[device_line, device_timer], api_visibility="private")
     return demo
 
 
@@ -53,6 +66,13 @@ def launch_options(settings: Settings) -> dict[str, Any]:
 
 
 def launch(settings: Settings) -> None:
-    """Serve on settings.host:port until Ctrl+C. Loopback unless told otherwise."""
+    """Serve on settings.host:port until Ctrl+C. Loopback unless told otherwise. The device check starts first so
+    it runs while the page is built; its line is printed when it answers."""
+    shared_probe()
     demo = build_app(settings)
-    demo.queue(default_concurrency_limit=1).launch(**launch_options(settings))
+    with without_share_hint():
+        _, url, _ = demo.queue(default_concurrency_limit=1).launch(**launch_options(settings),
+                                                                   prevent_thread_lock=True)
+    login = " · login required (--auth)" if settings.auth else ""
+    print(f"LoraForge is ready: {url}{login}  (data folder {settings.data_dir}; Ctrl+C quits)", flush=True)
+    demo.block_thread()

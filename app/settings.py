@@ -29,6 +29,12 @@ class Settings:
     def configs_dir(self) -> Path:
         return self.data_dir / "configs"
 
+    @property
+    def demo_dir(self) -> Path:
+        """Where *Try the demo* keeps its tiny model, sample dataset and demo.toml (inside the data dir, so its
+        files may be served)."""
+        return self.data_dir / "demo"
+
 
 def is_loopback(host: str) -> bool:
     return host in LOOPBACK_HOSTS or host.startswith("127.")

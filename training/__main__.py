@@ -7,6 +7,7 @@ Exit status: 0 done or stopped on request; 1 training failed (reason in events.j
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="validate the config, then replay a synthetic run into output_dir without loading torch "
                              "or a model (for UI tests; pace: LORAFORGE_DRY_RUN_STEP_SECONDS, default 0.02 s/step)")
     parser.add_argument("--env-report", action="store_true", help="print Python, torch and GPU versions and exit")
+    parser.add_argument("--json", action="store_true", help="with --env-report: one JSON object (for the UI)")
     return parser.parse_args(argv)
 
 
@@ -43,22 +45,49 @@ def parse_overrides(pairs: list[str]) -> dict:
     return overrides
 
 
-def env_report() -> str:
+def env_info() -> dict:
+    """What this machine trains on: Python, torch, CUDA and each GPU (name, memory, bf16), or why not.
+    Machine-readable for the UI's device line (``--env-report --json``); env_report() words it for people."""
     import platform
 
-    lines = [f"python {platform.python_version()} ({platform.system()})"]
+    info: dict = {"python": platform.python_version(), "system": platform.system(), "torch": None, "cuda": None,
+                  "gpus": [], "mps": False, "error": None}
     try:
         import torch
-
-        lines.append(f"torch {torch.__version__}")
+    except (ImportError, OSError) as err:  # OSError: a torch whose native libraries do not load
+        info["error"] = f"torch is not installed or does not load ({err})"
+        return info
+    info["torch"] = torch.__version__
+    try:
         if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(0)
-            lines.append(f"cuda {torch.version.cuda}: {props.name}, {props.total_memory / 2**30:.1f} GiB, "
-                         f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}")
-        else:
-            lines.append("no CUDA GPU: training runs on the CPU (slow; fine for a pipeline check)")
-    except ImportError:
+            info["cuda"] = torch.version.cuda
+            for i in range(torch.cuda.device_count()):
+                props = torch.cuda.get_device_properties(i)
+                info["gpus"].append({"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+                                     "bf16": bool(torch.cuda.is_bf16_supported()) if i == 0 else None})
+        mps = getattr(torch.backends, "mps", None)
+        info["mps"] = bool(mps and mps.is_available())
+    except Exception as err:  # a broken driver: report it instead of a traceback
+        info["error"] = f"the GPU check failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    return info
+
+
+def env_report(info: dict | None = None) -> str:
+    info = info or env_info()
+    lines = [f"python {info['python']} ({info['system']})"]
+    if info["torch"] is None:
         lines.append("torch is not installed: install the torch build for your GPU first (see README.md)")
+        return "\n".join(lines)
+    lines.append(f"torch {info['torch']}")
+    if info["error"]:
+        lines.append(info["error"])
+    for gpu in info["gpus"]:
+        bf16 = "" if gpu["bf16"] is None else f", bf16 {'yes' if gpu['bf16'] else 'no'}"
+        lines.append(f"cuda {info['cuda']}: {gpu['name']}, {gpu['memory_gib']:.1f} GiB{bf16}")
+    if not info["gpus"] and info["mps"]:
+        lines.append("no CUDA GPU; an Apple GPU (MPS) is available")
+    elif not info["gpus"]:
+        lines.append("no CUDA GPU: training runs on the CPU (slow; fine for a pipeline check)")
     return "\n".join(lines)
 
 
@@ -81,7 +110,7 @@ def quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.env_report:
-        print(env_report())
+        print(json.dumps(env_info()) if args.json else env_report())
         return 0
     if not args.config:
         print("error: --config run.toml is required (see README.md or python -m training --help)", file=sys.stderr)

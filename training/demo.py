@@ -1,19 +1,27 @@
-"""The demo: a tiny random-weight base model and a generated dataset, trained end to end in under a minute on a CPU.
+"""The demo: a tiny random-weight base model and a small bundled dataset, trained end to end in under a minute on a CPU.
 
-    python -m training.demo            # writes to ./demo-run unless --out is given
+    python -m training.demo                  # prepare ./demo-run, then train into a fresh demo-run/run-N folder
+    python -m training.demo --prepare DIR    # only write DIR/model, DIR/dataset/2_lfbot and DIR/demo.toml
 
-It checks that the whole pipeline works on this machine (loading, caching, training, validation, samples, export
-and the export self-check). It is a pipeline check, not a useful LoRA: the base model has random weights.
-The same tiny models serve the test suite.
+It checks that the whole pipeline works on this machine (loading, caching, buckets, training, validation, samples,
+export and the export self-check). It is a pipeline check, not a useful LoRA: the base model has random weights.
+``--prepare`` is what the UI's *Try the demo* runs in a child process (the UI process never imports torch); it is
+idempotent, and fast when DIR already holds a complete demo: nothing is rebuilt, torch is not even imported.
+The same tiny models serve the test suite. Imports stay torch-free at module level (the UI imports DEMO_LABEL).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from training.models.families import TOKENIZER_DIR
+from training.models.families import ASSETS, TOKENIZER_DIR
 
 
 def build_tiny_pipeline(family: str = "sd1", prediction_type: str = "epsilon", seed: int = 0):
@@ -114,72 +122,173 @@ def make_image_dataset(root: Path, concepts: dict[str, int] | None = None, size=
     return root
 
 
-DEMO_TOML = """\
-# Demo run: a pipeline check on a tiny random-weight model, NOT a useful LoRA.
-[model]
-pretrained_model_name_or_path = "{model}"
+# --- the demo folder: model/, dataset/<repeats>_<concept>/, demo.toml
 
-[dataset]
-train_data_dir = "{data}"
-resolution = "64"
-min_bucket_reso = 64
-max_bucket_reso = 128
-cache_latents = true
-
-validation_every_n_steps = 10
-
-[network]
-network_dim = 4
-network_alpha = 4
-
-[optimizer]
-learning_rate = 1e-3
-lr_scheduler = "constant"
-
-[training]
-max_train_steps = 40
-mixed_precision = "no"
-seed = 1
-
-[sample]
-sample_prompts = "red, circle;green, circle --d 7"
-sample_every_n_steps = 20
-
-[save]
-output_dir = "{out}"
-output_name = "demo"
-save_every_n_steps = 20
-"""
+DEMO_LABEL = "Pipeline check on a tiny random model — not a useful LoRA"
+BUNDLED_DATASET = ASSETS / "demo_dataset" / "lfbot"  # made by assets/demo_dataset/build.py
+CONCEPT_FOLDER = "2_lfbot"  # kohya folder name: 2 repeats of the concept "lfbot"
+MODEL_MARKER = "loraforge-demo.json"  # written last into the model folder: its presence means "complete"
+MODEL_VERSION = 1  # bump when build_tiny_pipeline changes, so older demo folders get a fresh model
+MODEL_FILES = ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+               "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json",
+               "text_encoder/model.safetensors", "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json")
 
 
-def build_demo(root: Path) -> Path:
-    """Write the demo model, dataset and config under root; return the config path."""
-    model = root / "model"
-    if not (model / "model_index.json").exists():
-        save_tiny_pipeline(model)
-    data = make_image_dataset(root / "dataset", {"5_red": 4, "5_green": 4})
-    out = root / "run"
-    n = 1
+def demo_settings(model: Path, data: Path, out: Path) -> dict[str, dict[str, object]]:
+    """The demo's config by section, sized for a CPU: 96 px in three aspect buckets, 48 steps, samples, validation
+    points and saves every few steps, so every part of a real run shows up within seconds."""
+    return {
+        "model": {"pretrained_model_name_or_path": model.as_posix()},
+        "dataset": {"train_data_dir": data.as_posix(), "resolution": "96", "enable_bucket": True,
+                    "min_bucket_reso": 64, "max_bucket_reso": 128, "bucket_reso_steps": 32,
+                    "shuffle_caption": True, "keep_tokens": 1, "cache_latents": True,
+                    "validation_every_n_steps": 8},
+        "network": {"network_dim": 4, "network_alpha": 2.0},
+        "optimizer": {"optimizer_type": "AdamW", "learning_rate": 1e-3, "lr_scheduler": "constant"},
+        "training": {"train_batch_size": 2, "max_train_steps": 48, "mixed_precision": "no", "seed": 1,
+                     "max_data_loader_n_workers": 0},
+        "sample": {"sample_prompts": "lfbot, robot, white background --s 12;"
+                                     "lfbot, robot, arms up, outdoors, sky, grass --d 7 --s 12",
+                   "sample_every_n_steps": 16, "sample_sampler": "euler_a"},
+        "save": {"output_dir": out.as_posix(), "output_name": "demo", "save_every_n_steps": 16},
+    }
+
+
+def demo_toml(model: Path, data: Path, out: Path) -> str:
+    import tomli_w
+
+    header = (f"# Demo run: {DEMO_LABEL}.\n# The base model has random weights; this checks that loading, training, "
+              "sampling and saving work here.\n\n")
+    return header + tomli_w.dumps(demo_settings(model, data, out))
+
+
+def model_complete(folder: Path) -> bool:
+    """Every file loading needs is there, and the marker written after them says this model version."""
+    try:
+        marker = json.loads((folder / MODEL_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return marker.get("version") == MODEL_VERSION and all((folder / f).is_file() for f in MODEL_FILES)
+
+
+def dataset_complete(concept: Path) -> bool:
+    """Every bundled file is there (by name: caption edits made in the UI are kept)."""
+    return concept.is_dir() and all((concept / f.name).is_file() for f in bundled_files())
+
+
+def bundled_files() -> list[Path]:
+    files = sorted(p for p in BUNDLED_DATASET.iterdir() if p.suffix in (".png", ".txt"))
+    if not files:
+        raise OSError(f"the bundled demo dataset {BUNDLED_DATASET} is empty or missing")
+    return files
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    """Move a finished temp folder into place. Another process may have finished the same folder first: theirs
+    is as good as ours, so ours is dropped."""
+    if target.exists():
+        shutil.rmtree(target)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not target.exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prepare_model(folder: Path) -> bool:
+    """Write the tiny random-weight model as a diffusers folder (the loading path real models take); True when it
+    was built now. Built in a temp folder and moved into place, so a crash never leaves a half model that looks
+    complete."""
+    if model_complete(folder):
+        return False
+    from training.__main__ import quiet_libraries
+
+    quiet_libraries()
+    tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=folder.parent))
+    try:
+        save_tiny_pipeline(tmp)
+        (tmp / MODEL_MARKER).write_text(json.dumps({"version": MODEL_VERSION, "note": DEMO_LABEL}), encoding="utf-8")
+        _replace_dir(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
+
+def prepare_dataset(root: Path) -> bool:
+    """Copy the bundled sample dataset to root/<CONCEPT_FOLDER>; True when it was copied now."""
+    if dataset_complete(root / CONCEPT_FOLDER):
+        return False
+    tmp = Path(tempfile.mkdtemp(prefix=".dataset-", dir=root.parent))
+    try:
+        (tmp / CONCEPT_FOLDER).mkdir()
+        for src in bundled_files():
+            shutil.copyfile(src, tmp / CONCEPT_FOLDER / src.name)
+        _replace_dir(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
+
+@dataclass
+class PreparedDemo:
+    config: Path
+    built_model: bool
+    copied_dataset: bool
+
+    def describe(self) -> str:
+        model = "built" if self.built_model else "already there"
+        data = "copied" if self.copied_dataset else "already there"
+        return f"demo ready: {self.config} (tiny model {model}, sample dataset {data}; {DEMO_LABEL})"
+
+
+def prepare_demo(root: Path) -> PreparedDemo:
+    """Make root hold a complete demo (model, dataset, demo.toml); rebuild only what is missing."""
+    from training.config_io import write_atomic
+
+    root = Path(root).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    built = prepare_model(root / "model")
+    copied = prepare_dataset(root / "dataset")
+    config = root / "demo.toml"
+    text = demo_toml(root / "model", root / "dataset", root / "run")
+    if not config.is_file() or config.read_text(encoding="utf-8") != text:
+        write_atomic(config, text)
+    return PreparedDemo(config, built, copied)
+
+
+def fresh_run_dir(root: Path) -> Path:
+    """root/run, or root/run-2, run-3, ...: the trainer never reuses a folder that holds a run."""
+    out, n = root / "run", 1
     while (out / "events.jsonl").exists():
         n += 1
         out = root / f"run-{n}"
-    config = root / "demo.toml"
-    config.write_text(DEMO_TOML.format(model=model.as_posix(), data=data.as_posix(), out=out.as_posix()),
-                      encoding="utf-8")
-    return config
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("demo-run"), help="folder for the demo files")
+    parser.add_argument("--out", type=Path, default=Path("demo-run"), help="folder for the demo files and runs")
+    parser.add_argument("--prepare", type=Path, metavar="DIR",
+                        help="only write the demo model, dataset and DIR/demo.toml (no training); fast when done")
     args = parser.parse_args(argv)
+    root = (args.prepare or args.out).expanduser().resolve()
+    try:
+        prepared = prepare_demo(root)
+    except ImportError as err:
+        print(f"error: cannot build the demo model: {err} (install the torch build for your GPU, see README.md)",
+              file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"error: cannot prepare the demo in {root}: {err}", file=sys.stderr)
+        return 1
+    print(prepared.describe(), flush=True)
+    if args.prepare:
+        return 0
     from training.__main__ import main as train_main
-    from training.__main__ import quiet_libraries
 
-    quiet_libraries()
-    config = build_demo(args.out)
-    print(f"demo config: {config} (tiny random-weight model: a pipeline check, not a useful LoRA)")
-    return train_main(["--config", str(config)])
+    out = fresh_run_dir(root)
+    return train_main(["--config", str(prepared.config), "--set", f"output_dir={json.dumps(out.as_posix())}"])
 
 
 if __name__ == "__main__":

@@ -1,17 +1,21 @@
-"""Train: Start / Stop / Resume and the live view of the run, polled from its folder with gr.Timer.
+"""Train: Start / Stop / Resume, Sample now / Save now, Try the demo, and the live view of a run, polled from its
+folder with gr.Timer.
 
 No generator streams the run (architecture §5.2): the trainer is a child process, the Timer re-reads its events,
-and a page reload or a second tab re-attaches through demo.load. Handlers return messages, never tracebacks.
+and a page reload or a second tab re-attaches through demo.load. The run picker shows any earlier run the same way.
+Handlers return messages, never tracebacks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from app import demo_setup
 from app.form import values_to_config
 from app.guidance import diagnose
 from app.model_check import family_problem
@@ -19,11 +23,23 @@ from app.plots import loss_figure
 from app.runs import RUNS_DIR, log_tail, replay
 from app.supervisor import RunSnapshot
 from app.tabs.context import AppContext, RunRecord, form_handler
+from app.tabs.train_view import (
+    FOLLOW,
+    FOLLOW_LABEL,
+    GalleryCache,
+    has_sample_prompts,
+    picked_run,
+    progress_bar,
+    run_choices,
+)
 from training.config import TrainConfig
 from training.errors import UserError
 
 POLL_SECONDS = 1.0
 STATUS_ELEM = "run-status"
+IDLE_TEXT = "No run yet. Fill the form (or pick a preset) and press Start, or press **Try the demo**."
+DEMO_INFO = ("**Try the demo** trains a tiny random-weight model on a small bundled dataset in about a minute on a "
+             "CPU: a check that training works on this computer, not a useful LoRA.")
 
 
 def check_paths(ctx: AppContext, cfg: TrainConfig) -> str | None:
@@ -74,26 +90,90 @@ def progress_text(snap: RunSnapshot) -> str:
 def guidance_text(record: RunRecord, snap: RunSnapshot) -> str:
     d = diagnose(record.steps, record.vals, record.band, snap.total_steps, record.error)
     best = f" Best save by validation: step {d.best_step}." if d.best_step is not None else ""
-    return f"**{d.headline}** {d.advice}{best}"
+    headline = d.headline
+    if d.state == "learning" and snap.status in ("done", "stopped"):  # its headline says "Training is running"
+        loss = f"; final smoothed loss {snap.smoothed:.4g}" if isinstance(snap.smoothed, float) else ""
+        headline = f"The run is {snap.status}{loss}."
+    return f"**{headline}** {d.advice}{best}"
 
 
-def view(ctx: AppContext, seen: dict[str, Any] | None) -> tuple[Any, ...]:
-    """One poll: status, progress, chart, guidance, samples, log, timer and what this session has drawn.
-    The chart and gallery are redrawn only when the run changed since this session last drew them."""
-    snap = ctx.supervisor.poll()
-    record = ctx.history.feed(snap)
-    timer = gr.Timer(active=snap.active)
-    if snap.status == "idle":
-        return ("No run yet. Fill the form (or pick a preset) and press Start.", "", gr.skip(), "", gr.skip(), "",
-                timer, seen)
-    mark = {"run": str(snap.run_dir), "version": record.version}
-    fresh = mark != (seen or {})
-    detail = snap.status_text.removeprefix(snap.status).removeprefix(":").strip()  # "done: x" -> "x"
-    status = f"**{snap.status}** · {detail}" if detail else f"**{snap.status}**"
-    chart = loss_figure(record.steps, record.vals, record.band) if fresh else gr.skip()
-    gallery = list(snap.sample_paths) if fresh else gr.skip()
-    return (status, progress_text(snap), chart, guidance_text(record, snap), gallery, log_tail(snap.run_dir),
-            timer, mark)
+def poll_run(ctx: AppContext, run_dir: Path | None = None) -> tuple[RunSnapshot, RunRecord]:
+    """Poll a run (default: the active, else the newest) and fold its new events into the shared history. Every
+    poll goes through here: the supervisor hands each event out once, and one it handed to nobody is lost."""
+    snap = ctx.supervisor.poll(run_dir)
+    return snap, ctx.history.feed(snap)
+
+
+class RunView:
+    """The live view's outputs for one session: what to redraw is decided against ``seen``, the mark of what this
+    session last drew (run, history version, sample count, status), so each tab redraws its own picture."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.galleries = GalleryCache()
+        self._demo_runs: dict[Path, bool] = {}
+
+    def is_demo(self, run_dir: Path) -> bool:
+        if run_dir not in self._demo_runs:
+            self._demo_runs[run_dir] = demo_setup.is_demo_run(run_dir, self.ctx.settings)
+        return self._demo_runs[run_dir]
+
+    def __call__(self, seen: dict[str, Any] | None, picked: str | None = FOLLOW) -> tuple[Any, ...]:
+        """status, progress text, progress bar, chart, guidance, samples, log, timer, seen, run picker."""
+        try:
+            run_dir = picked_run(self.ctx.settings, picked)
+        except ValueError as err:
+            return (f"**Not shown:** {err}", *(gr.skip() for _ in range(9)))
+        follow, follow_record = poll_run(self.ctx)  # also when showing another run: feeds history, starts the queue
+        picked_other = run_dir is not None and run_dir != follow.run_dir
+        snap, record = poll_run(self.ctx, run_dir) if picked_other else (follow, follow_record)
+        timer = gr.Timer(active=follow.active or snap.active)
+        if snap.status == "idle":
+            return IDLE_TEXT, "", "", gr.skip(), "", gr.skip(), "", timer, seen, gr.skip()
+        mark = {"run": str(snap.run_dir), "version": record.version, "samples": len(snap.sample_paths),
+                "status": snap.status}
+        old = seen if seen and seen.get("run") == mark["run"] else {}
+        chart = (loss_figure(record.steps, record.vals, record.band) if old.get("version") != mark["version"]
+                 else gr.skip())
+        gallery = (self.galleries.get(snap.run_dir, mark["samples"]) if old.get("samples") != mark["samples"]
+                   else gr.skip())
+        picker = gr.update(choices=run_choices(self.ctx.supervisor)) if old.get("status") != snap.status else gr.skip()
+        return (self.status_text(snap), progress_text(snap), progress_bar(snap), chart, guidance_text(record, snap),
+                gallery, log_tail(snap.run_dir), timer, mark, picker)
+
+    def status_text(self, snap: RunSnapshot) -> str:
+        detail = snap.status_text.removeprefix(snap.status).removeprefix(":").strip()  # "done: x" -> "x"
+        text = f"**{snap.status}** · {detail}" if detail else f"**{snap.status}**"
+        return f"{text}\n\n_{demo_setup.DEMO_LABEL}._" if self.is_demo(snap.run_dir) else text
+
+
+def request_now(ctx: AppContext, flag: str) -> str:
+    """Sample now / Save now: a control flag the trainer acts on after its current step."""
+    snap, _ = poll_run(ctx)
+    if snap.status == "queued":
+        return "Nothing is running yet: the queued run has not started."
+    if not snap.running:
+        return "Nothing is running."
+    if flag == "sample" and not has_sample_prompts(snap.run_dir):
+        return "**Not requested:** this run has no sample_prompts, so it cannot make samples."
+    if not ctx.supervisor.request(snap.run_dir, flag):
+        return "Nothing is running."
+    if flag == "sample":
+        return "Samples requested: they are made after the current step and appear under Samples."
+    return "Save requested: the LoRA and its training state are saved after the current step."
+
+
+def try_demo(ctx: AppContext) -> tuple[dict[str, Any] | None, str, bool]:
+    """Prepare the demo in a child process, then start it. Returns (form values or None, message, started)."""
+    try:
+        values = demo_setup.demo_values(demo_setup.prepare(ctx.settings))
+    except UserError as err:
+        return None, f"**Demo not started:** {err}", False
+    text = start_job(ctx, dict(values), None)
+    label = f"**{demo_setup.DEMO_LABEL}.**"
+    if text.startswith("**Not"):
+        return values, f"{label}\n\n{text}", False
+    return values, f"{label}\n\n{text} · watch the loss, samples and saves below; the LoRA it makes is no use.", True
 
 
 def build_train_tab(ctx: AppContext) -> Attach:
@@ -102,25 +182,40 @@ def build_train_tab(ctx: AppContext) -> Attach:
         start = gr.Button("Start", variant="primary", elem_id="start-btn", scale=0)
         stop = gr.Button("Stop", variant="stop", elem_id="stop-btn", scale=0)
         resume = gr.Button("Resume", elem_id="resume-btn", scale=0)
+    with gr.Row():
+        sample_now = gr.Button("Sample now", elem_id="sample-now-btn", scale=0)
+        save_now = gr.Button("Save now", elem_id="save-now-btn", scale=0)
+        demo_btn = gr.Button("Try the demo", elem_id="demo-btn", scale=0)
+        gr.Markdown(DEMO_INFO, elem_id="demo-info")
     message = gr.Markdown(elem_id="start-message")
-    status = gr.Markdown("No run yet.", elem_id=STATUS_ELEM)
+    picker = gr.Dropdown(choices=[(FOLLOW_LABEL, FOLLOW)], value=FOLLOW, label="Run", elem_id="run-picker",
+                         allow_custom_value=True,  # the list is per page; the handler checks the folder itself
+                         info="Which run to show: the active or newest one, or any earlier run of this data folder.")
+    status = gr.Markdown(IDLE_TEXT, elem_id=STATUS_ELEM)
+    bar = gr.HTML(elem_id="run-progress-bar")
     progress = gr.Markdown(elem_id="run-progress")
     chart = gr.Plot(label="Loss", elem_id="loss-chart")
     guidance = gr.Markdown(elem_id="guidance")
-    samples = gr.Gallery(label="Samples", interactive=False, columns=6, height=280, object_fit="contain",
-                         elem_id="samples")
+    samples = gr.Gallery(label="Samples (newest step first)", interactive=False, columns=6, height=280,
+                         object_fit="contain", elem_id="samples")
     log = gr.Textbox(label="Trainer log (last lines)", lines=8, max_lines=15, interactive=False, elem_id="log-tail")
     timer = gr.Timer(POLL_SECONDS, active=False)
     seen = gr.State(None)
+    view = RunView(ctx)
 
-    def start_run(values: dict[str, Any]) -> tuple[str, Any]:
+    def following() -> Any:
+        return gr.update(value=FOLLOW, choices=run_choices(ctx.supervisor))
+
+    def start_run(values: dict[str, Any]) -> tuple[str, Any, Any]:
         """Start a training run with these settings (unset ones: the form's values), or queue it."""
         preset = values.pop("preset", None)
         text = start_job(ctx, values, preset)
-        return text, gr.Timer(active=not text.startswith("**Not"))
+        if text.startswith("**Not"):
+            return text, gr.skip(), gr.skip()
+        return text, gr.Timer(active=True), following()
 
     def stop_run() -> str:
-        snap = ctx.supervisor.poll()
+        snap, _ = poll_run(ctx)
         if not snap.active:
             return "Nothing is running."
         outcome = ctx.supervisor.stop(snap.run_dir)
@@ -128,25 +223,50 @@ def build_train_tab(ctx: AppContext) -> Attach:
             return "Stopping: the trainer finishes its step, saves the LoRA and its state, then ends."
         return f"{outcome}: `{snap.run_dir}`"
 
-    def resume_run(values: dict[str, Any]) -> tuple[str, Any]:
+    def resume_run(values: dict[str, Any]) -> tuple[str, Any, Any]:
         """Continue the last stopped run from its saved state, in a new run folder."""
         state_path = _last_state(ctx)
         if state_path is None:
-            return "**Not resumed:** the last run did not stop with a saved state (Stop saves one).", gr.skip()
+            return ("**Not resumed:** the last run did not stop with a saved state (Stop saves one).", gr.skip(),
+                    gr.skip())
         return start_run({**values, "resume": state_path})
 
-    def poll(seen_mark: dict[str, Any] | None) -> tuple[Any, ...]:
-        return view(ctx, seen_mark)
+    def sample_run() -> str:
+        """Ask the running trainer for sample images after its current step."""
+        return request_now(ctx, "sample")
 
-    outputs = [status, progress, chart, guidance, samples, log, timer, seen]
+    def save_run() -> str:
+        """Ask the running trainer to save the LoRA (and its state) after its current step."""
+        return request_now(ctx, "save")
+
+    def demo_run() -> tuple[Any, ...]:
+        """Try the demo: a tiny random model and a sample dataset, trained in about a minute (a pipeline check)."""
+        values, text, started = try_demo(ctx)
+        fill = (gr.skip() for _ in ctx.specs) if values is None else (values[s.name] for s in ctx.specs)
+        if not started:
+            return (*fill, text, gr.skip(), gr.skip(), gr.skip())
+        return (*fill, text, gr.Timer(active=True), None, following())
+
+    def show_run(seen_mark: dict[str, Any] | None, picked: str | None) -> tuple[Any, ...]:
+        """Show one run: status, progress, loss chart, guidance, samples and log (the run folder, or "follow")."""
+        return view(seen_mark, picked)
+
+    outputs = [status, progress, bar, chart, guidance, samples, log, timer, seen, picker]
     form = ctx.form_kwargs(preset=ctx.preset)
     names = list(form)
-    start.click(form_handler(start_run, names), inputs_kwargs=form, outputs=[message, timer], api_name="start_run")
+    start.click(form_handler(start_run, names), inputs_kwargs=form, outputs=[message, timer, picker],
+                api_name="start_run")
     stop.click(stop_run, outputs=message, api_name="stop_run")
-    resume.click(form_handler(resume_run, names), inputs_kwargs=form, outputs=[message, timer],
+    resume.click(form_handler(resume_run, names), inputs_kwargs=form, outputs=[message, timer, picker],
                  api_name="resume_run")
-    timer.tick(poll, inputs=seen, outputs=outputs, api_visibility="private")
-    return Attach(lambda: view(ctx, None), outputs)
+    sample_now.click(sample_run, outputs=message, api_name="sample_now")
+    save_now.click(save_run, outputs=message, api_name="save_now")
+    demo_btn.click(demo_run, outputs=[*ctx.form_inputs, message, timer, ctx.preset, picker], api_name="try_demo",
+                   show_progress_on=[message])
+    picker.input(show_run, inputs=[seen, picker], outputs=outputs, api_name="show_run")
+    picker.focus(lambda: gr.update(choices=run_choices(ctx.supervisor)), outputs=picker, api_visibility="private")
+    timer.tick(show_run, inputs=[seen, picker], outputs=outputs, api_visibility="private")
+    return Attach(lambda: view(None, FOLLOW), outputs)
 
 
 @dataclass

@@ -6,7 +6,7 @@ import pytest
 from gradio_client import Client
 from ui_helpers import NOISE_FILTERS, serve, stop_all, wait_for
 
-from app.runs import replay
+from app.runs import pid_alive, replay
 
 pytestmark = [pytest.mark.filterwarnings(f) for f in NOISE_FILTERS]
 
@@ -25,7 +25,8 @@ def newest_runs(supervisor):
 def test_public_endpoints(client):
     api = client.view_api(return_format="dict", print_info=False)
     names = set(api["named_endpoints"])
-    assert {"/start_run", "/stop_run"} <= names
+    assert {"/start_run", "/stop_run", "/resume_run", "/sample_now", "/save_now", "/try_demo", "/show_run",
+            "/device_report"} <= names
     assert not any("poll" in n or "attach" in n for n in names)  # the timer's tick stays private
     params = {p["parameter_name"] for p in api["named_endpoints"]["/start_run"]["parameters"]}
     assert {"pretrained_model_name_or_path", "max_train_steps", "output_name"} <= params
@@ -58,6 +59,7 @@ def test_stop_then_resume(client, dry_app):
     assert client.predict(api_name="/stop_run").startswith("Stopping")
     stopped = wait_for(lambda: (snap := sup.poll()).status == "stopped" and snap, timeout=30)
     assert stopped.state.state_path
+    wait_for(lambda: not pid_alive(stopped.state.pid), timeout=30)  # "stopped" is written just before the exit
 
     text = client.predict(output_name="long", max_train_steps=2000, api_name="/resume_run")[0]
     assert text.startswith("**started"), text

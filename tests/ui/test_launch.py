@@ -1,0 +1,125 @@
+"""What a user sees at launch: the device line (console and page header) and the console output of launch.py."""
+
+from __future__ import annotations
+
+import io
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+from ui_helpers import NOISE_FILTERS, wait_for
+
+from app.console import SHARE_HINT, LineFilter
+from app.device import CPU_ONLY, NO_TORCH, PENDING, DeviceProbe, describe, parse_report
+
+pytestmark = [pytest.mark.filterwarnings(f) for f in NOISE_FILTERS]
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = {"python": "3.11.7", "system": "Linux", "torch": "2.4.1", "cuda": None, "gpus": [], "mps": False,
+        "error": None}
+
+
+def test_device_line_for_each_kind_of_machine():
+    rtx = {"name": "NVIDIA GeForce RTX 4090", "memory_gib": 23.6, "bf16": True}
+    one = describe(BASE | {"cuda": "12.4", "gpus": [rtx]})
+    assert one == "GPU: NVIDIA GeForce RTX 4090, 24 GB · torch 2.4.1 · CUDA 12.4"
+    two = describe(BASE | {"cuda": "12.4", "gpus": [rtx, rtx | {"bf16": None}]})
+    assert two.startswith("2 GPUs: NVIDIA GeForce RTX 4090, 24 GB + NVIDIA GeForce RTX 4090, 24 GB")
+    old = describe(BASE | {"cuda": "11.8", "gpus": [{"name": "Tesla T4", "memory_gib": 14.6, "bf16": False}]})
+    assert old.endswith("no bf16: use mixed_precision fp16")
+    assert describe(BASE) == f"{CPU_ONLY} · torch 2.4.1"
+    assert describe(BASE | {"mps": True}).startswith("No CUDA GPU; an Apple GPU (MPS) is available")
+    assert describe(BASE | {"torch": None, "error": "torch is not installed"}) == NO_TORCH
+    broken = describe(BASE | {"error": "the GPU check failed: driver too old"})
+    assert broken.endswith("the GPU check failed: driver too old")
+
+
+def test_parse_report_takes_the_last_line_and_refuses_garbage():
+    assert parse_report('note: something\n{"torch": "2.4.1", "gpus": []}\n').startswith(CPU_ONLY)
+    for bad in ("", "not json", "[1, 2]"):
+        with pytest.raises(ValueError):
+            parse_report(bad)
+
+
+def test_probe_reports_this_machine_once_in_the_background():
+    import torch
+
+    printed: list[str] = []
+    probe = DeviceProbe(echo=printed.append)
+    assert probe.line == PENDING and not probe.ready
+    assert probe.start() is probe.start()  # a second start does not run a second check
+    assert probe.wait(120)
+    expected = "GPU: " if torch.cuda.is_available() else CPU_ONLY
+    assert probe.line.startswith(expected) and f"torch {torch.__version__}" in probe.line
+    assert printed == [f"Device: {probe.line}"]
+
+
+def test_probe_failure_and_timeout_are_one_line():
+    failing = DeviceProbe([sys.executable, "-c", "import sys; print('half'); sys.exit('error: no driver')"],
+                          echo=lambda _: None).start()
+    assert failing.wait(60) and failing.line == "Could not check the device: error: no driver"
+    slow = DeviceProbe([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5, echo=lambda _: None)
+    assert slow.start().wait(30) and slow.line == "Could not check the device: no answer within 0.5 s"
+
+
+def test_page_header_shows_the_device_line(dry_app):
+    client = Client(dry_app.url, verbose=False)
+    line = wait_for(lambda: (text := client.predict(api_name="/device_report")[0]) != PENDING and text,
+                    timeout=120, every=1.0)
+    assert line.startswith(("GPU: ", "2 GPUs", CPU_ONLY, "No CUDA GPU")) and "torch " in line
+
+
+def test_line_filter_drops_only_the_share_hint():
+    out = io.StringIO()
+    filtered = LineFilter(out, SHARE_HINT)
+    print("* Running on local URL:  http://127.0.0.1:7860", file=filtered)
+    print("* To create a public link, set `share=True` in `launch()`.", file=filtered)
+    filtered.write("partial ")
+    filtered.write("line\n")
+    filtered.write("no newline yet")
+    filtered.flush()
+    assert out.getvalue() == "* Running on local URL:  http://127.0.0.1:7860\npartial line\nno newline yet"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_launch_prints_the_url_and_the_device_and_never_offers_share(tmp_path):
+    port = free_port()
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "launch.py", "--no-browser", "--port", str(port), "--data-dir",
+                             str(tmp_path / "data")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        ready = wait_for(lambda: next((ln for ln in lines if ln.startswith("LoraForge is ready")), None), timeout=60)
+        seconds = time.monotonic() - started
+        url = f"http://127.0.0.1:{port}/"
+        assert url in ready and str(tmp_path / "data") in ready
+        with urllib.request.urlopen(url, timeout=10) as page:
+            assert page.status == 200 and b"LoraForge" in page.read()
+        assert seconds < 30, f"the page took {seconds:.1f} s to come up"
+        wait_for(lambda: any(ln.startswith("Device: ") for ln in lines), timeout=120)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=5)
+    output = "".join(lines)
+    assert f"Running on local URL:  http://127.0.0.1:{port}" in output
+    assert "share=True" not in output and "public link" not in output
