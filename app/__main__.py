@@ -18,6 +18,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--auth", metavar="USER:PASS", help="require this login; needed when --host is not loopback")
+    parser.add_argument("--share", action="store_true",
+                        help="also serve through a temporary public gradio.live link (needs the internet and --auth; "
+                             "anyone with the link and the login can train on this computer)")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     parser.add_argument("--data-dir", type=Path, default=Path("~/LoraForge"),
                         help="folder for runs and saved configs (default ~/LoraForge)")
@@ -37,8 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     if not is_loopback(args.host) and auth is None:
         print(f"error: --host {args.host} exposes the UI to the network; add --auth user:password", file=sys.stderr)
         return 2
+    if args.share and auth is None:
+        print("error: --share puts the UI on a public link; add --auth user:password", file=sys.stderr)
+        return 2
     settings = Settings(data_dir=args.data_dir, host=args.host, port=args.port, auth=auth,
-                        open_browser=not args.no_browser, dry_run=args.dry_run)
+                        open_browser=not args.no_browser, share=args.share, dry_run=args.dry_run)
     from app.main import launch
 
     launch(settings)  # prints the URL once the server answers, and the device line once it is known

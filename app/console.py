@@ -13,9 +13,9 @@ SHARE_HINT = "* To create a public link"
 
 @contextlib.contextmanager
 def without_share_hint() -> Iterator[None]:
-    """Drop only Gradio's "To create a public link, set `share=True`" line: we never offer share (§5.5). Gradio 6.31
-    prints it whenever share is off and has no switch for it except quiet=True, which would also hide its other
-    output (the local URL, warnings); everything else still goes through."""
+    """Drop only Gradio's "To create a public link, set `share=True`" line: it suggests sharing without a login,
+    which launch.py refuses (--share needs --auth). Gradio 6.31 prints it whenever share is off and has no switch
+    for it except quiet=True, which would also hide its other output (the local URL, warnings)."""
     real = sys.stdout
     sys.stdout = line_filter = LineFilter(real, SHARE_HINT)
     try:

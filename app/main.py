@@ -44,9 +44,12 @@ def build_app(settings: Settings, supervisor: JobSupervisor | None = None,
                 build_model_tab(ctx)
             with gr.Tab("Train", id="train"):
                 attach = build_train_tab(ctx)
-            with gr.Tab("Results", id="results"):
-                build_results_tab(ctx)
+            with gr.Tab("Results", id="results") as results_tab:
+                results = build_results_tab(ctx)
         demo.load(attach.fn, outputs=attach.outputs, api_visibility="private")
+        # Opening Results re-lists the runs (a run may have finished since), keeping the one picked.
+        results_tab.select(results.fn, inputs=results.inputs, outputs=results.outputs, api_visibility="private")
+        demo.load(results.fn, inputs=results.inputs, outputs=results.outputs, api_visibility="private")
 
         def device_report() -> tuple[str, Any]:
             """The device line: GPU, torch and CUDA versions, or that training would run on the CPU."""
@@ -58,10 +61,11 @@ def build_app(settings: Settings, supervisor: JobSupervisor | None = None,
 
 
 def launch_options(settings: Settings) -> dict[str, Any]:
-    """Arguments for demo.launch (architecture §5.5), shared with the tests' in-process server. Never a public
-    share link; run_history=False keeps runs out of browser storage; only the data dir is servable beyond cwd."""
+    """Arguments for demo.launch (architecture §5.5), shared with the tests' in-process server. A public share link
+    only when asked for (--share, which requires --auth); run_history=False keeps runs out of browser storage; only
+    the data dir is servable beyond cwd."""
     return {"server_name": settings.host, "server_port": settings.port, "auth": settings.auth,
-            "inbrowser": settings.open_browser, "allowed_paths": [str(settings.data_dir)], "share": False,
+            "inbrowser": settings.open_browser, "allowed_paths": [str(settings.data_dir)], "share": settings.share,
             "run_history": False}
 
 

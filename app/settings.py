@@ -19,6 +19,7 @@ class Settings:
     port: int = 7860
     auth: tuple[str, str] | None = None
     open_browser: bool = True
+    share: bool = False  # a public gradio.live link: only with auth (launch refuses it otherwise)
     dry_run: bool = False  # runs use the trainer's --dry-run (tests, demos): no model, no dataset
 
     def __post_init__(self) -> None:

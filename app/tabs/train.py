@@ -20,6 +20,7 @@ from app.form import values_to_config
 from app.guidance import diagnose
 from app.model_check import family_problem
 from app.plots import loss_figure
+from app.results import compare_active
 from app.runs import RUNS_DIR, log_tail, replay
 from app.supervisor import RunSnapshot
 from app.tabs.context import AppContext, RunRecord, form_handler
@@ -66,6 +67,8 @@ def start_job(ctx: AppContext, values: dict[str, Any], preset: dict[str, Any] | 
                                       family_problem(cfg.pretrained_model_name_or_path or "", preset))
     if error:
         return f"**Not started:** {error}"
+    if compare_active():  # one GPU job at a time: the grid would share the GPU's memory with the run
+        return "**Not started:** a before/after grid is being made (Results tab); press Start again when it is done"
     try:
         handle = ctx.supervisor.start(cfg, preset)
     except (OSError, UserError) as err:

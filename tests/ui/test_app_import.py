@@ -18,3 +18,10 @@ def test_launch_refuses_network_host_without_auth():
                          text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "--auth" in out.stderr
+
+
+def test_share_needs_a_login():
+    out = subprocess.run([sys.executable, "launch.py", "--share", "--no-browser"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "--share" in out.stderr and "--auth" in out.stderr

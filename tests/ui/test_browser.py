@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from ui_helpers import NOISE_FILTERS
 
 pytestmark = [pytest.mark.e2e, *(pytest.mark.filterwarnings(f) for f in NOISE_FILTERS)]
@@ -73,6 +74,12 @@ def test_preset_dry_run_end_to_end(page, dry_app):
     fill(page, "#cfg-output_name input", "anime-e2e")
     page.locator("#start-btn").click()
     expect(page.locator("#start-message")).to_contain_text("started")
+    fill(page, "#cfg-output_name input", "anime-e2e-second")
+    page.locator("#start-btn").click()  # one GPU run at a time: the second waits its turn
+    expect(page.locator("#start-message")).to_contain_text("queued (position 1)")
+    fill(page, "#cfg-output_name input", "anime-e2e")
+    page.locator("#run-picker input").click()
+    page.get_by_role("option", name=re.compile(r"^anime-e2e · .*")).first.click()
     expect(page.locator("#run-status")).to_contain_text("done", timeout=90_000)
     expect(page.locator("#run-progress")).to_contain_text("step 100/100")
     expect(page.locator("#loss-chart")).to_be_visible()
@@ -95,3 +102,164 @@ def test_reload_reattaches_to_the_finished_run(page, dry_app):
     open_tab(page, "Train")
     expect(page.locator("#run-status")).to_contain_text("done")
     expect(page.locator("#samples img").first).to_be_visible()
+
+
+# --- A new user's first session, for real: the tiny demo model trains in child processes, nothing is replayed.
+
+
+@pytest.fixture(scope="module")
+def real_app(tmp_path_factory):
+    from ui_helpers import serve, stop_all
+
+    ui, demo = serve(tmp_path_factory.mktemp("journey-data"), dry_run=False)
+    try:
+        yield ui
+    finally:
+        stop_all(ui.supervisor)
+        demo.close()
+
+
+def chart_image(page) -> str:
+    """What the loss chart shows right now (the plot's image source changes whenever it is redrawn)."""
+    return page.locator("#loss-chart img").first.get_attribute("src")
+
+
+def step_shown(page) -> int:
+    found = re.search(r"step (\d+)/", page.locator("#run-progress").inner_text())
+    return int(found[1]) if found else 0
+
+
+def test_new_user_journey(page, real_app, tmp_path):
+    """Open the page, try the demo, edit a caption of its dataset, pick the anime preset, train, stop, resume to the
+    end, then download the LoRA from Results and check it with the engine's own self-check."""
+    from playwright.sync_api import expect
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.goto(real_app.url)
+    expect(page.locator("#device-report")).to_contain_text(re.compile("CPU|GPU"))
+
+    # 1. Try the demo: builds the tiny model and sample dataset, fills the form, trains to the end.
+    open_tab(page, "Train")
+    page.locator("#demo-btn").click()
+    expect(page.locator("#start-message")).to_contain_text("not a useful LoRA", timeout=120_000)
+    expect(page.locator("#run-status")).to_contain_text("done", timeout=180_000)
+    expect(page.locator("#samples img").first).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "journey-1-demo-done.png"), full_page=True)
+
+    # 2. The Dataset tab follows the form: the demo's dataset is loaded; fix one caption.
+    demo_data = real_app.settings.demo_dir / "dataset"
+    open_tab(page, "Dataset")
+    expect(page.locator("#dataset-folder textarea, #dataset-folder input").first).to_have_value(str(demo_data))
+    page.locator("#dataset-gallery img").first.click()
+    caption = page.locator("#caption-text textarea")
+    expect(caption).to_have_value(re.compile("^lfbot"))
+    image_name = page.locator("#caption-file input").input_value()
+    caption.fill("lfbot, robot, red scarf")
+    page.locator("#caption-save").click()
+    expect(page.locator("#caption-message")).to_contain_text("Saved")
+    assert (demo_data / image_name).with_suffix(".txt").read_text(encoding="utf-8") == "lfbot, robot, red scarf"
+    page.locator("#dataset-check-btn").click()
+    expect(page.locator("#dataset-report")).to_contain_text("steps per epoch")
+    page.screenshot(path=str(ARTIFACTS / "journey-2-dataset.png"), full_page=True)
+
+    # 3. The anime preset keeps the demo's model and dataset; shrink it to a CPU-sized run.
+    open_tab(page, "Model & preset")
+    page.locator("#preset input").click()
+    page.get_by_role("option", name="SD1.5 anime").click()
+    expect(page.locator("#cfg-clip_skip input")).to_have_value("2")
+    expect(page.locator("#model-family")).to_contain_text("SD1.x")
+    fill(page, "#cfg-resolution input", "128")
+    fill(page, "#cfg-min_bucket_reso input", "64")
+    page.locator("#section-training").get_by_text("Training", exact=True).first.click()
+    fill(page, "#cfg-max_train_epochs input", "")
+    fill(page, "#cfg-max_train_steps input", "40")
+    page.locator("#section-sample").get_by_text("Sample", exact=True).first.click()
+    fill(page, "#cfg-sample_every_n_steps input", "8")
+    page.screenshot(path=str(ARTIFACTS / "tab-model.png"), full_page=True)
+
+    # 4. Train: the chart grows and samples appear; Stop saves; Resume finishes from the saved state.
+    open_tab(page, "Train")
+    fill(page, "#cfg-output_name input", "journey")
+    page.locator("#start-btn").click()
+    expect(page.locator("#start-message")).to_contain_text("started")
+    expect(page.locator("#run-progress")).to_contain_text(re.compile(r"step ([3-9]|\d\d)/40"), timeout=120_000)
+    first_chart = chart_image(page)
+    expect(page.locator("#samples img").first).to_be_visible(timeout=120_000)
+    expect(page.locator("#run-progress")).not_to_contain_text(f"step {step_shown(page)}/40", timeout=60_000)
+    assert chart_image(page) != first_chart, "the loss chart did not change while training"
+    page.locator("#stop-btn").click()
+    expect(page.locator("#run-status")).to_contain_text("stopped", timeout=120_000)
+    stopped_at = step_shown(page)
+    assert 0 < stopped_at < 40
+    page.locator("#resume-btn").click()
+    expect(page.locator("#start-message")).to_contain_text(re.compile("started|queued"))
+    expect(page.locator("#run-status")).to_contain_text("done", timeout=180_000)
+    expect(page.locator("#run-progress")).to_contain_text("step 40/40")
+    page.screenshot(path=str(ARTIFACTS / "tab-train.png"), full_page=True)
+
+    # 5. Results: the resumed run's final LoRA downloads and passes the engine's self-check.
+    open_tab(page, "Results")
+    page.locator("#results-refresh").click()
+    page.locator("#results-run input").click()
+    page.get_by_role("option", name=re.compile(r"journey · .* · done")).first.click()
+    expect(page.locator("#results-report")).to_contain_text("modules matched")
+    fill(page, "#compare-steps input", "4")
+    page.locator("#compare-btn").click()
+    expect(page.locator("#compare-grid img").first).to_be_visible(timeout=120_000)
+    with page.expect_download() as download:
+        page.locator("#results-download a").first.click()
+    lora = tmp_path / download.value.suggested_filename
+    download.value.save_as(lora)
+    page.screenshot(path=str(ARTIFACTS / "tab-results.png"), full_page=True)
+
+    from training.models.loading import load_base_model
+    from training.verify import verify_lora
+
+    base = load_base_model(str(real_app.settings.demo_dir / "model"))
+    report = verify_lora(lora, base.family, base.unet, [base.text_encoder])
+    assert report.ok and report.matched == report.total > 0, report.problems
+
+
+def test_bad_input_says_what_to_fix(page, real_app, tmp_path):
+    """Mistakes a new user makes show as one specific line on the page, before any run starts."""
+    from playwright.sync_api import expect
+    from ui_helpers import ATTN2_K, write_header_only_safetensors
+
+    page.goto(real_app.url)
+    open_tab(page, "Dataset")
+    fill(page, "#dataset-folder textarea, #dataset-folder input", str(tmp_path / "no-such-folder"))
+    page.locator("#dataset-load").click()
+    expect(page.locator("#dataset-message")).to_contain_text("folder not found")
+
+    sd15 = write_header_only_safetensors(tmp_path / "sd15.safetensors", {ATTN2_K: (320, 768)})
+    xl = write_header_only_safetensors(tmp_path / "xl.safetensors", {"conditioner.embedders.1.x": (4,)})
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    open_tab(page, "Model & preset")
+    fill(page, "#cfg-pretrained_model_name_or_path input", str(xl))
+    expect(page.locator("#model-family")).to_contain_text("SDXL")
+    fill(page, "#cfg-train_data_dir input", str(empty))
+    open_tab(page, "Train")
+    runs_before = len(real_app.supervisor.discover())
+    page.locator("#start-btn").click()
+    expect(page.locator("#start-message")).to_contain_text("no training images found in")
+
+    open_tab(page, "Model & preset")
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(images / "red.png")
+    fill(page, "#cfg-train_data_dir input", str(images))
+    open_tab(page, "Train")
+    page.locator("#start-btn").click()
+    expect(page.locator("#start-message")).to_contain_text("SDXL model")
+
+    open_tab(page, "Model & preset")
+    fill(page, "#cfg-pretrained_model_name_or_path input", str(sd15))
+    page.locator("#preset input").click()
+    page.get_by_role("option", name="SD2.1-768 photoreal").click()
+    expect(page.locator("#preset-info")).to_contain_text("Does not fit the base model")
+    open_tab(page, "Train")
+    page.locator("#start-btn").click()
+    expect(page.locator("#start-message")).to_contain_text("is for SD2.x models but")
+    page.screenshot(path=str(ARTIFACTS / "bad-input.png"), full_page=True)
+    assert len(real_app.supervisor.discover()) == runs_before  # nothing was started or queued

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
+from ui_helpers import ATTN2_K, write_header_only_safetensors
+
 from app.form import USER_FIELDS, list_presets
 from app.model_check import detect_model_family, family_problem
-
-ATTN2_K = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
-
-
-def write_header_only_safetensors(path: Path, shapes: dict[str, tuple[int, ...]]) -> Path:
-    """A valid .safetensors file with fp16 zeros: detection reads only the header, but the file is complete."""
-    header, offset = {}, 0
-    for key, shape in shapes.items():
-        size = 2
-        for n in shape:
-            size *= n
-        header[key] = {"dtype": "F16", "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(offset))
-    return path
 
 
 def presets_by_family() -> dict[str, dict]:

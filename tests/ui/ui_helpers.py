@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,8 @@ NOISE_FILTERS = [
     "ignore::pandas.errors.Pandas4Warning",
     "ignore:unclosed event loop:ResourceWarning",
 ]
+# The first cross-attention key projection: its input width tells SD1 (768) from SD2 (1024).
+ATTN2_K = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 STEP_SECONDS = "0.05"  # dry-run pace: a 40-step run takes about 2 s
 
 
@@ -60,3 +64,17 @@ def wait_for(predicate, timeout: float = 30.0, every: float = 0.2):
             return value
         time.sleep(every)
     raise AssertionError(f"not reached within {timeout} s")
+
+
+def write_header_only_safetensors(path: Path, shapes: dict[str, tuple[int, ...]]) -> Path:
+    """A valid .safetensors file with fp16 zeros: detection reads only the header, but the file is complete."""
+    header, offset = {}, 0
+    for key, shape in shapes.items():
+        size = 2
+        for n in shape:
+            size *= n
+        header[key] = {"dtype": "F16", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(offset))
+    return path
