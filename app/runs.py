@@ -247,6 +247,19 @@ def _windows_pid_alive(pid: int) -> bool:
         kernel32.CloseHandle(handle)
 
 
+def earlier_curve(state_dir: str | None, up_to: int | None, depth: int = 0) -> tuple[list[dict], list[dict]]:
+    """(step events, val events) that led to a saved state: those of the run that saved it, up to its step, and
+    of the runs that one resumed from in turn. Empty when the state is not from a run folder we can read."""
+    if not state_dir or not up_to or depth > 20:
+        return [], []
+    events = read_events(Path(state_dir).parent)
+    start = next((e for e in events if e.get("event") == "start"), {})
+    steps, vals = earlier_curve(start.get("resumed_from"), start.get("start_step"), depth + 1)
+    steps += [e for e in events if e.get("event") == "step" and e.get("step", 0) <= up_to]
+    vals += [e for e in events if e.get("event") == "val" and e.get("step", 0) <= up_to]
+    return steps, vals
+
+
 def read_preset(run_dir: Path) -> dict[str, Any] | None:
     """The preset record the UI wrote at start, or None (a CLI run, or started without a preset)."""
     try:

@@ -11,7 +11,7 @@ from typing import Any
 
 from app.form import FieldSpec
 from app.guidance import parse_band
-from app.runs import read_preset
+from app.runs import earlier_curve, read_preset
 from app.settings import Settings
 from app.supervisor import JobSupervisor, RunSnapshot
 
@@ -50,6 +50,8 @@ class RunHistory:
                     record.error = event
                 elif kind == "start" and not record.steps:
                     record.error = None
+                    # A resumed run draws the curve from step 1: the earlier run's points up to the resume step.
+                    record.steps, record.vals = earlier_curve(event.get("resumed_from"), event.get("start_step"))
             if snap.changed:
                 record.version += 1
             return record
