@@ -51,6 +51,8 @@ from training.config import TrainConfig
 from training.config_io import save_config, write_atomic
 from training.events import EVENTS_FILE, Control, EventReader
 
+EXIT_GRACE_S = 10.0  # how long a Start waits for a finished run's process to exit before queueing behind it
+
 
 @dataclass
 class RunHandle:
@@ -148,6 +150,7 @@ class JobSupervisor:
             save_config(cfg.model_copy(update={"output_dir": str(run_dir)}), run_dir / JOB_FILE)
             if preset:
                 write_atomic(run_dir / PRESET_FILE, json.dumps(preset))
+            self._let_finished_run_exit()
             write_atomic(run_dir / QUEUED, repr(time.time()))  # every job queues; an idle supervisor starts it now
             self._advance_queue()
             queue = queued_runs(self.data_dir)
@@ -155,6 +158,16 @@ class JobSupervisor:
                 return RunHandle(run_dir, "queued", position=queue.index(run_dir) + 1)
             popen = self._track(run_dir).popen
             return RunHandle(run_dir, "starting", pid=popen.pid if popen else None)
+
+    def _let_finished_run_exit(self, timeout: float = EXIT_GRACE_S) -> None:
+        """A run that wrote its last event (done, stopped, error) is only exiting. Wait a moment for it, so a Start
+        or Resume right after Stop starts at once instead of queueing behind a run that is already over."""
+        if self._active is None or replay(self._active).terminal is None:
+            return
+        tracked = self._track(self._active)
+        deadline = time.monotonic() + timeout
+        while self._alive(tracked) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def _advance_queue(self) -> None:
         """Start the oldest queued job when no run is active."""

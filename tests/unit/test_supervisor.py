@@ -238,3 +238,20 @@ def test_a_refused_input_shows_the_trainers_one_line_reason(tmp_path):
                                      "error: train_data_dir: folder /x/data does not exist\n", encoding="utf-8")
     assert failure_message(tmp_path, 2) == "train_data_dir: folder /x/data does not exist"
     assert failure_message(tmp_path, 1).startswith("the trainer process ended unexpectedly (exit status 1)")
+
+
+@posix_only
+def test_start_right_after_a_run_ended_starts_instead_of_queueing(tmp_path):
+    """A trainer writes its last event, then takes a moment to exit. A Start (or Resume) in that moment must not
+    queue behind a run that is already over."""
+    fake = tmp_path / "slow-exit-trainer"
+    fake.write_text('#!/bin/sh\n'  # called as: <python> -m training --config <run>/job.toml
+                    'printf \'{"event":"start"}\\n{"event":"stopped","step":3}\\n\' > "$(dirname "$4")/events.jsonl"\n'
+                    'sleep 1.5\n')
+    fake.chmod(0o755)
+    sup = JobSupervisor(tmp_path / "data", python=str(fake))
+    first = sup.start(job(10, name="first"))
+    poll_until(sup, first.run_dir, lambda s: s.status == "stopped")
+    second = sup.start(job(10, name="second"))
+    assert second.status == "starting", second
+    poll_until(sup, second.run_dir, lambda s: s.status == "stopped")
