@@ -8,8 +8,6 @@ a half-written caption. Uploads are imported by ``app.dataset_import``.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
+from training.atomic import atomic_path
 from training.config_io import write_atomic
 from training.data.folder import concept_folders, image_files
 from training.errors import UserError
@@ -98,15 +97,8 @@ def save_caption(image: Path, text: str, caption_extension: str = ".txt") -> Pat
         raise UserError(f"image {image.name} is gone from {image.parent}: reload the folder")
     read_caption(image, caption_extension)
     path = caption_path(image, caption_extension)
-    _write_keeping_mode(path, (text or "").strip())
+    write_atomic(path, (text or "").strip())  # keeps the old file's permissions
     return path
-
-
-def _write_keeping_mode(path: Path, text: str) -> None:
-    """write_atomic renames a fresh temp file (mode 0600) over the old one: keep the old file's permissions."""
-    mode = path.stat().st_mode if path.exists() else None
-    write_atomic(path, text)
-    os.chmod(path, mode if mode is not None else 0o644)
 
 
 # --- bulk caption tools
@@ -140,7 +132,7 @@ def _bulk(images: list[Path], ext: str, edit: Callable[[str, bool], str | None])
             continue
         new = edit(old, caption_path(image, ext).is_file())
         if new is not None and new != old:
-            _write_keeping_mode(caption_path(image, ext), new)
+            write_atomic(caption_path(image, ext), new)
             result.changed += 1
     return result
 
@@ -244,12 +236,5 @@ def _placeholder(thumbs_dir: Path) -> Path:
 
 
 def _save_jpeg_atomic(img: Image.Image, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         img.save(tmp, format="JPEG", quality=85)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

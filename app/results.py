@@ -8,13 +8,11 @@ process (``python -m training.compare``), one GPU job at a time: never while a t
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -24,6 +22,7 @@ from typing import Any
 
 from app.runs import JOB_FILE, RUNS_DIR
 from app.supervisor import JobSupervisor, child_env, new_group_kwargs
+from training.atomic import atomic_path
 from training.config_io import write_atomic
 from training.errors import UserError
 from training.events import read_events
@@ -299,16 +298,8 @@ def copy_lora(src: Path, folder_text: str | None, overwrite: bool = False) -> Pa
         raise UserError(f"{dest} is the file itself")
     if dest.exists() and not overwrite:
         raise UserError(f"{dest} already exists; tick 'Overwrite' to replace it")
-    fd, tmp = tempfile.mkstemp(prefix=f".{src.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
-            shutil.copyfileobj(f, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
     return dest
 
 

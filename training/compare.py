@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from training.atomic import atomic_path
 from training.errors import UserError
 
 if TYPE_CHECKING:
@@ -232,14 +232,8 @@ def write_grid(grid: Image.Image, job: CompareJob) -> None:
         "negative": job.negative, "seed": job.seed, "strengths": job.strengths, "steps": job.steps,
         "cfg_scale": job.cfg_scale, "sampler": job.sampler, "clip_skip": job.cfg.clip_skip,
         "cell_size": list(job.cfg.resolution_wh)}))
-    fd, tmp = tempfile.mkstemp(prefix=f".{job.out.name}.", suffix=".tmp", dir=job.out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            grid.save(fh, format="PNG", pnginfo=info)
-        os.replace(tmp, job.out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(job.out) as tmp:
+        grid.save(tmp, format="PNG", pnginfo=info)
 
 
 def main(argv: list[str] | None = None) -> int:

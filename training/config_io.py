@@ -7,8 +7,6 @@ what is allowed, e.g. ``run.toml: unknown key 'network_dims' (did you mean 'netw
 from __future__ import annotations
 
 import difflib
-import os
-import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 import tomli_w
 from pydantic import ValidationError
 
+from training.atomic import write_atomic
 from training.config import SCHEMA_VERSION, SECTIONS, TrainConfig, field_section
 from training.errors import UserError
 
@@ -165,19 +164,6 @@ def config_to_toml(cfg: TrainConfig, preset: str | None = None) -> str:
         if value is not None:
             sections[field_section(name)][name] = value
     return tomli_w.dumps(top | {s: v for s, v in sections.items() if v})
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write text so a crash never leaves a half-written file: temp file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_config(cfg: TrainConfig, path: Path, preset: str | None = None) -> None:

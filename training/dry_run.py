@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.atomic import atomic_path, write_bytes_atomic
 from training.config import TrainConfig
 from training.config_io import save_config, write_atomic
 from training.errors import UserError
@@ -74,9 +75,7 @@ def write_placeholder_lora(path: Path, metadata: dict[str, str]) -> None:
     """A valid safetensors file without tensors: u64 header length, then a JSON header padded to 8 bytes."""
     header = json.dumps({"__metadata__": metadata}, separators=(",", ":")).encode("utf-8")
     header += b" " * (-len(header) % 8)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(struct.pack("<Q", len(header)) + header)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, struct.pack("<Q", len(header)) + header)
 
 
 def write_sample_png(path: Path, step: int, index: int) -> None:
@@ -85,10 +84,8 @@ def write_sample_png(path: Path, step: int, index: int) -> None:
 
     ramp = Image.linear_gradient("L").resize((SAMPLE_SIZE, SAMPLE_SIZE))
     flat = Image.new("L", ramp.size, (step * 37 + index * 90) % 256)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    Image.merge("RGB", (ramp, ramp.rotate(90), flat)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.merge("RGB", (ramp, ramp.rotate(90), flat)).save(tmp, format="PNG")
 
 
 def synthetic_loss(rng: random.Random, step: int, total: int) -> float:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from training.atomic import write_bytes_atomic
 from training.errors import UserError
 from training.kohya_names import canonical_name, strip_peft_prefix
 
@@ -104,18 +104,7 @@ def save_lora(path: Path, state_dict: Mapping[str, torch.Tensor], metadata: Mapp
     meta = {k: v for k, v in metadata.items() if k != HASH_KEY}
     digest = data_region_hash(save(tensors, metadata=meta))
     blob = save(tensors, metadata={**meta, HASH_KEY: digest})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(Path(path), blob, fsync=True)
     return digest
 
 

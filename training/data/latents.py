@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from training.atomic import atomic_path
 from training.data.images import fit_to_bucket, load_image, to_tensor
 from training.errors import UserError
 
@@ -90,14 +89,8 @@ class LatentCache:
         self.memory[key] = latent
         if self.cache_dir is None:
             return
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"latents": latent.contiguous()}, tmp, metadata={"image": str(path)})
-            os.replace(tmp, self.cache_dir / f"{key}.safetensors")
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_path(self.cache_dir / f"{key}.safetensors") as tmp:
+            save_file({"latents": latent.contiguous()}, str(tmp), metadata={"image": str(path)})
 
     def encode_all(
         self,
