@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Iterator
@@ -11,27 +12,58 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # ui_helpers, whatever the import mode
 
-from ui_helpers import STEP_SECONDS, UiApp, serve, stop_all
+from ui_helpers import CHROMIUM, CHROMIUM_ARGS, STEP_SECONDS, UiApp, serve, stop_all
 
 
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs Chromium at /usr/bin/chromium (apt-get install chromium)")
     for item in items:
-        if "e2e" in item.keywords and not Path("/usr/bin/chromium").exists():
+        if "e2e" in item.keywords and not Path(CHROMIUM).exists():
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="module")
-def dry_app(tmp_path_factory) -> Iterator[UiApp]:
-    previous = os.environ.get("LORAFORGE_DRY_RUN_STEP_SECONDS")
-    os.environ["LORAFORGE_DRY_RUN_STEP_SECONDS"] = STEP_SECONDS  # children inherit it at spawn
-    ui, demo = serve(tmp_path_factory.mktemp("ui-data"), dry_run=True)
+@contextlib.contextmanager
+def served(data_dir: Path, dry_run: bool) -> Iterator[UiApp]:
+    """The app on data_dir until the block ends; then no trainer child is left running."""
+    ui, demo = serve(data_dir, dry_run=dry_run)
     try:
         yield ui
     finally:
         stop_all(ui.supervisor)
         demo.close()
+
+
+@pytest.fixture(scope="module")
+def dry_app(tmp_path_factory) -> Iterator[UiApp]:
+    """Runs replay the trainer's dry run at a quick pace: no model, no dataset."""
+    previous = os.environ.get("LORAFORGE_DRY_RUN_STEP_SECONDS")
+    os.environ["LORAFORGE_DRY_RUN_STEP_SECONDS"] = STEP_SECONDS  # children inherit it at spawn
+    try:
+        with served(tmp_path_factory.mktemp("ui-data"), dry_run=True) as ui:
+            yield ui
+    finally:
         if previous is None:
             os.environ.pop("LORAFORGE_DRY_RUN_STEP_SECONDS", None)
         else:
             os.environ["LORAFORGE_DRY_RUN_STEP_SECONDS"] = previous
+
+
+@pytest.fixture(scope="module")
+def real_app(tmp_path_factory) -> Iterator[UiApp]:
+    """Runs are real trainer processes (the tiny demo model trains on the CPU in seconds)."""
+    with served(tmp_path_factory.mktemp("real-data"), dry_run=False) as ui:
+        yield ui
+
+
+@pytest.fixture(scope="module")
+def page():
+    """A headless Debian Chromium page (no Playwright browser download, architecture §5.6)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.set_default_timeout(30_000)
+            yield page
+        finally:
+            browser.close()

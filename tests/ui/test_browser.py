@@ -7,31 +7,13 @@ Screenshots of every tab land in test-artifacts/ (gitignored) for a human to loo
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from PIL import Image
-from ui_helpers import NOISE_FILTERS
+from ui_helpers import ARTIFACTS, NOISE_FILTERS
 
 pytestmark = [pytest.mark.e2e, *(pytest.mark.filterwarnings(f) for f in NOISE_FILTERS)]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-
-
-@pytest.fixture(scope="module")
-def page():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.set_default_timeout(30_000)
-            yield page
-        finally:
-            browser.close()
 
 
 def open_tab(page, name: str) -> None:
@@ -105,18 +87,6 @@ def test_reload_reattaches_to_the_finished_run(page, dry_app):
 
 
 # --- A new user's first session, for real: the tiny demo model trains in child processes, nothing is replayed.
-
-
-@pytest.fixture(scope="module")
-def real_app(tmp_path_factory):
-    from ui_helpers import serve, stop_all
-
-    ui, demo = serve(tmp_path_factory.mktemp("journey-data"), dry_run=False)
-    try:
-        yield ui
-    finally:
-        stop_all(ui.supervisor)
-        demo.close()
 
 
 def chart_image(page) -> str:

@@ -20,6 +20,10 @@ NOISE_FILTERS = [
 ]
 # The first cross-attention key projection: its input width tells SD1 (768) from SD2 (1024).
 ATTN2_K = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+CHROMIUM = "/usr/bin/chromium"  # Debian's package, installed by .ci/run
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"  # screenshots for a human to look at
 STEP_SECONDS = "0.05"  # dry-run pace: a 40-step run takes about 2 s
 
 
