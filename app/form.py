@@ -158,6 +158,7 @@ class Preset:
     family: str
     loss_band: tuple[float, float] | None
     settings: dict[str, Any] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)  # key -> the file's inline comment: why this value
 
     def values(self) -> dict[str, Any]:
         """The form values: defaults with the preset's settings on top (USER_FIELDS included: callers skip them)."""
@@ -180,7 +181,26 @@ def load_preset(path: Path) -> Preset:
         raise ConfigError(f"{path.name}: not valid TOML: {err}") from None
     return Preset(key=path.stem, name=str(meta.get("name", path.stem)), description=str(meta.get("description", "")),
                   family=str(meta.get("family", "")), loss_band=parse_band(meta.get("loss_band")),
-                  settings=read_toml(path))
+                  settings=read_toml(path), reasons=inline_reasons(path.read_text(encoding="utf-8-sig")))
+
+
+def inline_reasons(text: str) -> dict[str, str]:
+    """``key = value   # why`` lines of a preset: the comment is the field's tooltip once the preset is picked.
+    A '#' inside a quoted value is not a comment: the split point is the first one after which the value parses."""
+    reasons = {}
+    for line in text.splitlines():
+        key, eq, rest = line.partition("=")
+        key = key.strip()
+        if not eq or not key.isidentifier() or "#" not in rest:
+            continue
+        for i in (i for i, ch in enumerate(rest) if ch == "#"):
+            try:
+                tomllib.loads(f"v = {rest[:i]}")
+            except tomllib.TOMLDecodeError:
+                continue
+            reasons[key] = rest[i + 1:].strip()
+            break
+    return reasons
 
 
 def list_presets(folder: Path = PRESETS_DIR) -> list[Preset]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.form import USER_FIELDS, config_to_values, list_presets, values_to_config
+from app.form import USER_FIELDS, FieldSpec, Preset, config_to_values, list_presets, values_to_config
 from app.model_check import FAMILY_NAMES, detect_model_family, family_problem
 from app.tabs.context import AppContext, form_handler
 from training.config_io import ConfigError, load_config, save_config
@@ -72,7 +72,9 @@ def build_model_tab(ctx: AppContext) -> None:
         mismatch = family_problem(model, p.record())
         if mismatch:
             info += f"\n\n**Does not fit the base model:** {mismatch}."
-        fill = (gr.skip() if s.name in USER_FIELDS else values[s.name] for s in ctx.specs)
+        # Each field the preset fills says why (the preset file's comment), or its general reason again.
+        fill = (gr.skip() if s.name in USER_FIELDS else
+                gr.update(value=values[s.name], info=preset_info_line(p, s)) for s in ctx.specs)
         return (*fill, info, p.record(), key)
 
     def show_family(model: str) -> str:
@@ -114,6 +116,11 @@ def build_model_tab(ctx: AppContext) -> None:
     save_btn.click(form_handler(save_toml, list(save_inputs)), inputs_kwargs=save_inputs, outputs=message,
                    api_name="save_toml")
     load_btn.click(load_toml, inputs=path_box, outputs=[*form, message], api_name="load_toml")
+
+
+def preset_info_line(preset: Preset, spec: FieldSpec) -> str:
+    reason = preset.reasons.get(spec.name)
+    return f"{preset.name}: {reason}" if reason else spec.info
 
 
 def _sections(ctx: AppContext) -> dict[str, list[str]]:

@@ -45,6 +45,7 @@ def test_preset_dry_run_end_to_end(page, dry_app):
     page.get_by_role("option", name="SD1.5 anime").click()
     expect(page.locator("#cfg-clip_skip input")).to_have_value("2")
     expect(page.locator("#preset-info")).to_contain_text("booru")
+    expect(page.locator("#cfg-clip_skip")).to_contain_text("SD1.5 anime: anime SD1.5 bases were trained on CLIP")
 
     # Samples need prompts and a schedule; the anime preset leaves both to the user.
     page.locator("#section-sample").get_by_text("Sample", exact=True).first.click()

@@ -61,3 +61,12 @@ def test_preset_values_land_in_the_form():
     assert values["shuffle_caption"] is True
     assert values["optimizer_type"] == "AdamW8bit"
     assert set(values) == set(TrainConfig.model_fields)
+
+
+def test_every_preset_value_says_why_and_the_reason_becomes_the_tooltip():
+    from app.form import inline_reasons
+
+    for preset in list_presets():
+        assert set(preset.settings) <= set(preset.reasons), f"{preset.key}: a value without its reason"
+    text = 'sample_prompts = "a #1 fan --n blurry"   # the prompt keeps its hash\nclip_skip = 2\nv = 1 # x'
+    assert inline_reasons(text) == {"sample_prompts": "the prompt keeps its hash", "v": "x"}
