@@ -56,6 +56,14 @@ def events_of(run_dir: Path, kind: str) -> list[dict[str, Any]]:
     return [e for e in read_events(run_dir) if e["event"] == kind]
 
 
+def drawn_until_ended(client: Client, drawn: dict[str, Any]) -> dict[str, Any] | None:
+    """One poll like the page's timer. A poll leaves out (gr.skip) what has not changed since this session's last
+    one, so ``drawn`` keeps what the page shows: the newest value of each output. Returned once the run ended."""
+    view = show(client, FOLLOW)
+    drawn.update({k: v for k, v in view.items() if v != {"__type__": "update"}})
+    return dict(drawn) if view["status"].startswith(("**done", "**failed")) else None
+
+
 def captions(gallery: list[dict[str, Any]]) -> list[str]:
     return [item["caption"] for item in gallery]
 
@@ -79,12 +87,12 @@ def real_demo(tmp_path_factory) -> Iterator[DemoOutcome]:
     ui, demo = serve(tmp_path_factory.mktemp("demo-ui"), dry_run=False)
     try:
         client = Client(ui.url, verbose=False)
+        seen: dict[str, Any] = {}
         started = time.monotonic()
         result = client.predict(api_name="/try_demo")
         values, message = dict(zip(FIELDS, result[: len(FIELDS)], strict=True)), result[len(FIELDS)]
         run_of(message)  # started, else there is nothing to wait for
-        final = wait_for(lambda: (v := show(client, FOLLOW))["status"].startswith(("**done", "**failed")) and v,
-                         timeout=240, every=1.0)
+        final = wait_for(lambda: drawn_until_ended(client, seen), timeout=240, every=1.0)
         seconds = time.monotonic() - started
         # Measured, not asserted: 25-45 s on this 2-core CPU when it is quiet, but torch's two CPU threads slow down
         # several times over when other processes want the cores, so a time limit here would only be flaky.
