@@ -12,19 +12,17 @@ from typing import Any
 
 import gradio as gr
 
+from app.compare import CompareRequest, default_prompt, run_compare
 from app.results import (
     WEBUI_FOLDER_KEY,
-    CompareRequest,
     SaveInfo,
     copy_lora,
-    default_prompt,
     format_report,
     load_ui_settings,
     lora_report,
     resolve_run,
     resolve_save,
     run_choices,
-    run_compare,
     run_saves,
     save_ui_setting,
     saves_table,

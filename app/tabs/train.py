@@ -16,11 +16,11 @@ from typing import Any
 import gradio as gr
 
 from app import demo_setup
+from app.compare import compare_active
 from app.form import values_to_config
 from app.guidance import diagnose
 from app.model_check import family_problem
 from app.plots import loss_figure
-from app.results import compare_active
 from app.runs import RUNS_DIR, log_tail, replay
 from app.supervisor import RunSnapshot
 from app.tabs.context import AppContext, RunRecord, form_handler

@@ -13,7 +13,7 @@ import torch
 from lora_checks import export_file, lora_pipeline
 from PIL import Image
 
-from app.results import CompareRequest, run_compare
+from app.compare import CompareRequest, run_compare
 from app.supervisor import JobSupervisor
 from training.compare import LABEL_HEIGHT, MARGIN, cell_boxes
 from training.config import TrainConfig

@@ -9,21 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.compare import CompareRequest, check_compare, compare_command, default_prompt, run_compare
 from app.results import (
     SETTINGS_FILE,
     WEBUI_FOLDER_KEY,
-    CompareRequest,
-    check_compare,
-    compare_command,
     copy_lora,
-    default_prompt,
     format_report,
     load_ui_settings,
     lora_report,
     resolve_run,
     resolve_save,
     run_choices,
-    run_compare,
     run_saves,
     save_ui_setting,
 )

@@ -11,12 +11,12 @@ v-prediction cannot be seen in the weights (SD2-512 and SD2-768-v have identical
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from training.errors import UserError
+from training.st_header import read_header
 
 KeyShapes = Mapping[str, Sequence[int]]
 
@@ -56,28 +56,10 @@ def read_key_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
         return _shapes(read_checkpoint(path))
     try:
-        header = read_safetensors_header(path)
+        header, _ = read_header(path)
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: not a readable .safetensors file ({str(e).splitlines()[0][:200]})") from e
     return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
-
-
-def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a .safetensors file: 8-byte little-endian length, then JSON. Raises ValueError."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError("file too short for a safetensors header")
-        (n,) = struct.unpack("<Q", head)
-        if n > 100_000_000:
-            raise ValueError(f"header length {n} is implausible")
-        raw = f.read(n)
-    if len(raw) < n:
-        raise ValueError("file ends inside its header")
-    header = json.loads(raw)
-    if not isinstance(header, dict):
-        raise ValueError("header is not a JSON object")
-    return header
 
 
 def family_from_shapes(shapes: KeyShapes) -> str | None:
