@@ -1,6 +1,8 @@
 """What differs between base-model families, in one table.
 
-The loop never branches on a family name: it asks the family object. SDXL joins this table later.
+The loop never branches on a family name: it asks the family object. SDXL is in the table for naming, export and
+verification (kohya SGM names, ``lora_te1``/``lora_te2``, metadata); ``loading.choose_family`` still refuses to train
+it, and ``family_for`` (kohya's two SD flags) never returns it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ TOKENIZER_DIR = ASSETS / "clip_tokenizer"
 
 @dataclass(frozen=True)
 class Family:
-    name: str                      # "sd1" | "sd2" | "sd2-v"
+    name: str                      # "sd1" | "sd2" | "sd2-v" | "sdxl"
     v2: bool                       # kohya's --v2: OpenCLIP-H text encoder, linear projections
     v_parameterization: bool       # v-prediction instead of epsilon
     config_dir: Path               # config-only diffusers folder for offline single-file loading
@@ -23,7 +25,9 @@ class Family:
     base_model_version: str        # ss_base_model_version
     modelspec_architecture: str    # modelspec.architecture (without the "/lora" suffix)
     default_resolution: int
-    tokenizer_pad: str             # "<|endoftext|>" for CLIP-L, "!" for OpenCLIP tokenizers
+    tokenizer_pad: str             # "<|endoftext|>" for CLIP-L, "!" for OpenCLIP tokenizers (first tokenizer)
+    unet_sgm_names: bool = False   # kohya UNet names in the SGM/LDM layout (input_blocks...), read by kohya_names
+    tokenizer_2_pad: str | None = None  # second tokenizer's pad (SDXL tokenizer_2, OpenCLIP-bigG: "!"); None: no TE2
 
     @property
     def prediction_type(self) -> str:
@@ -36,7 +40,11 @@ SD2 = Family("sd2", True, False, CONFIG_ROOT / "sd2", ("lora_te",), "sd_v2", "st
 SD2_V = Family("sd2-v", True, True, CONFIG_ROOT / "sd2-v", ("lora_te",), "sd_v2_v", "stable-diffusion-v2-768-v",
                768, "!")
 
-FAMILIES = {f.name: f for f in (SD1, SD2, SD2_V)}
+# SDXL base 1.0: CLIP-L (TE1, pads with <|endoftext|>) + OpenCLIP-bigG (TE2, pads with "!"), SGM-named UNet LoRA.
+SDXL = Family("sdxl", False, False, CONFIG_ROOT / "sdxl", ("lora_te1", "lora_te2"), "sdxl_base_v1-0",
+              "stable-diffusion-xl-v1-base", 1024, "<|endoftext|>", unet_sgm_names=True, tokenizer_2_pad="!")
+
+FAMILIES = {f.name: f for f in (SD1, SD2, SD2_V, SDXL)}
 
 
 def family_for(v2: bool, v_parameterization: bool) -> Family:
