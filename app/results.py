@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.runs import RUNS_DIR
+from app.runs import RUNS_DIR, run_folder
 from app.supervisor import JobSupervisor
 from training import st_header
 from training.atomic import atomic_path
@@ -80,11 +80,7 @@ def resolve_run(data_dir: Path, value: str | None) -> Path:
     """A picker value back to its run folder; refuses anything outside data_dir/runs (the API takes any string)."""
     if not value:
         raise UserError("pick a run first")
-    root = (data_dir / RUNS_DIR).resolve()
-    run_dir = (root / value).resolve()
-    if not run_dir.is_relative_to(root) or len(run_dir.relative_to(root).parts) != 2 or not run_dir.is_dir():
-        raise UserError(f"{value}: no such run under {root}")
-    return run_dir
+    return run_folder(data_dir, value)
 
 
 def resolve_save(run_dir: Path, name: str | None) -> Path:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from training.errors import UserError
 from training.events import EVENTS_FILE, read_events
 
 RUNS_DIR = "runs"
@@ -157,6 +158,17 @@ def run_dirs(data_dir: Path) -> list[Path]:
     root = data_dir / RUNS_DIR
     found = [p for p in root.glob("*/*") if p.is_dir() and ((p / JOB_FILE).exists() or (p / EVENTS_FILE).exists())]
     return sorted(found, key=lambda p: (p.name, p.parent.name), reverse=True)
+
+
+def run_folder(data_dir: Path, value: str) -> Path:
+    """The run folder a picker value names: ``<output_name>/<stamp>`` under data_dir/runs, or that folder's absolute
+    path. The value can come from an API call, not only from a list, so anything else is refused (UserError)."""
+    root = (data_dir / RUNS_DIR).resolve()
+    path = (root / Path(value).expanduser()).resolve()  # an absolute value replaces root
+    inside = path.is_relative_to(root) and len(path.relative_to(root).parts) == 2
+    if not inside or not ((path / JOB_FILE).is_file() or (path / EVENTS_FILE).is_file()):
+        raise UserError(f"{value} is not a run folder under {root}")
+    return path
 
 
 def queued_runs(data_dir: Path) -> list[Path]:

@@ -125,7 +125,7 @@ class RunView:
         """status, progress text, progress bar, chart, guidance, samples, log, timer, seen, run picker."""
         try:
             run_dir = picked_run(self.ctx.settings, picked)
-        except ValueError as err:
+        except UserError as err:
             return (f"**Not shown:** {err}", *(gr.skip() for _ in range(9)))
         follow, follow_record = poll_run(self.ctx)  # also when showing another run: feeds history, starts the queue
         picked_other = run_dir is not None and run_dir != follow.run_dir

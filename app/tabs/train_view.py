@@ -10,10 +10,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from app.runs import JOB_FILE, RUNS_DIR
+from app.runs import JOB_FILE, run_folder
 from app.settings import Settings
 from app.supervisor import JobSupervisor, RunSnapshot
-from training.events import EVENTS_FILE, read_events
+from training.events import read_events
 
 FOLLOW = "follow"  # run picker value: show the active run, else the newest
 FOLLOW_LABEL = "Active or newest run"
@@ -93,15 +93,9 @@ def run_choices(supervisor: JobSupervisor) -> list[tuple[str, str]]:
 
 
 def picked_run(settings: Settings, value: str | None) -> Path | None:
-    """The run folder a picker value names, or None for "follow". Raises ValueError for anything that is not a run
-    folder under the data dir (the value can come from an API call, not only from the list)."""
-    if not value or value == FOLLOW:
-        return None
-    runs = (settings.data_dir / RUNS_DIR).resolve()
-    path = Path(value).expanduser().resolve()
-    if not path.is_relative_to(runs) or not ((path / JOB_FILE).is_file() or (path / EVENTS_FILE).is_file()):
-        raise ValueError(f"{value} is not a run folder under {runs}")
-    return path
+    """The run folder a picker value names, or None for "follow". Raises UserError for anything that is not a run
+    folder under the data dir."""
+    return None if not value or value == FOLLOW else run_folder(settings.data_dir, value)
 
 
 def has_sample_prompts(run_dir: Path) -> bool:
