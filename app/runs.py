@@ -317,7 +317,7 @@ def describe(status: str, state: RunState, error: str | None, position: int | No
         if isinstance(state.smoothed, float):
             parts.append(f"loss {state.smoothed:.4f}")
         if state.eta is not None:
-            parts.append(f"ETA {int(state.eta) // 60}m {int(state.eta) % 60:02d}s")
+            parts.append(eta_text(state.eta))
         return " · ".join(parts) if state.phase == "training" else f"{state.msg} ({parts[0]})"
     if status == "done":
         return f"done: {state.final_path}"
@@ -326,6 +326,10 @@ def describe(status: str, state: RunState, error: str | None, position: int | No
     if status == "failed":
         return f"failed: {error}"
     return status
+
+
+def eta_text(seconds: float) -> str:
+    return f"ETA {int(seconds) // 60}m {int(seconds) % 60:02d}s"
 
 
 def terminate_group(pid: int, alive: Callable[[], bool], kill_after_s: float = KILL_AFTER_S) -> None:

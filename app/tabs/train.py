@@ -21,7 +21,7 @@ from app.form import values_to_config
 from app.guidance import diagnose
 from app.model_check import family_problem
 from app.plots import loss_figure
-from app.runs import RUNS_DIR, log_tail, replay
+from app.runs import RUNS_DIR, eta_text, log_tail, replay
 from app.supervisor import RunSnapshot
 from app.tabs.context import AppContext, RunRecord, form_handler
 from app.tabs.train_view import (
@@ -84,7 +84,7 @@ def progress_text(snap: RunSnapshot) -> str:
         return ""
     parts = [f"step {s.step}/{s.total_steps or '?'}", f"epoch {s.epoch}/{s.total_epochs or '?'}"]
     if s.eta is not None and snap.running:
-        parts.append(f"ETA {int(s.eta) // 60}m {int(s.eta) % 60:02d}s")
+        parts.append(eta_text(s.eta))
     if s.images_per_s:
         parts.append(f"{s.images_per_s:.2f} images/s")
     return " · ".join(parts)
