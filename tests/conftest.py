@@ -42,6 +42,12 @@ def tiny_sd2v(tmp_path_factory) -> Path:
     return save_tiny_pipeline(tmp_path_factory.mktemp("tiny_sd2v") / "model", "sd2", "v_prediction")
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    """A tiny SDXL-like diffusers folder: two text encoders, text_time micro-conditioning, depth-2 transformer level."""
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny_sdxl") / "model", "sdxl")
+
+
 @pytest.fixture
 def dataset_dir(tmp_path) -> Path:
     """A kohya dataset with one concept folder, repeats 2, three captioned 64 px images."""

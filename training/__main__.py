@@ -116,13 +116,16 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --config run.toml is required (see README.md or python -m training --help)", file=sys.stderr)
         return 2
 
-    from training.config_io import load_config
+    from training.config_io import load_config, preset_family
     from training.errors import UserError
-    from training.preflight import preflight
+    from training.preflight import check_preset_family, preflight
 
     try:
         cfg, notes = load_config(args.config, parse_overrides(args.set))
-        scan = None if args.dry_run else preflight(cfg)  # a dry run needs neither the model nor the dataset
+        scan = None
+        if not args.dry_run:  # a dry run needs neither the model nor the dataset
+            scan = preflight(cfg)
+            check_preset_family(cfg.pretrained_model_name_or_path, preset_family(args.config))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,117 +1,220 @@
-"""Training-speed benchmark on a full-size SD1.5 architecture with random weights (no download needed).
+"""Training-speed and memory benchmark on a full-size UNet with random weights (no download needed).
 
-    python -m training.bench --batch 1 --steps 50
+    python -m training.bench --batch 1 --steps 50                        # SD1.5, 512 px
     python -m training.bench --batch 8 --steps 50 --compile
+    python -m training.bench --family sdxl --batch 1 --steps 20 --gradient-checkpointing --optimizer AdamW8bit
 
-Runs the same ``train_step`` as real training on cached-latent-style batches (random latents and text embeddings of
-the real shapes, as with cache_latents and a frozen text encoder), after warm-up steps, and prints images/s,
-seconds per step and peak GPU memory. Numbers go to docs/benchmarks.md with the command that made them.
+Runs the same ``train_step`` as real training on batches shaped like cached latents and cached text-encoder outputs
+(random tensors of the real shapes: the common setting, and SDXL's only one that fits small GPUs), with SDXL's size
+and crop keys so its time ids are built as in training. UNet-only LoRA on the attention projections. After warm-up
+steps it prints one JSON line: images/s, seconds per step and peak GPU memory. Numbers go to docs/benchmarks.md with
+the command that made them. The run fails (exit 1, one line on stderr) on a non-finite loss, on LoRA layers that
+received no gradient, and on running out of GPU memory (``--memory-cap-gib`` emulates a smaller card).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
 from training.config import TrainConfig
-from training.models.families import SD1
+from training.models.families import SD1, SDXL, Family
+
+BENCH_FAMILIES = {"sd1": SD1, "sdxl": SDXL}
+MODEL_NAMES = {"sd1": "SD1.5 UNet (random weights)", "sdxl": "SDXL UNet (random weights)"}
+GIB = 2**30
 
 
-def build_unet(device: torch.device, dtype: torch.dtype):
+class BenchFailure(Exception):
+    """A benchmark run that must not be reported as a number (exit 1 with this one-line message)."""
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_unet(family: Family, device: torch.device, dtype: torch.dtype):
+    """The family's full-size UNet from its bundled config, random weights created directly on ``device`` in the
+    compute dtype: no float32 copy ever exists (SDXL's 2.57 B parameters would be 10 GB in float32)."""
     from diffusers import UNet2DConditionModel
 
-    config = UNet2DConditionModel.load_config(str(Path(SD1.config_dir) / "unet"))
-    with torch.device(device):
+    config = UNet2DConditionModel.load_config(str(family.config_dir / "unet"))
+    with default_dtype(dtype), torch.device(device):
         unet = UNet2DConditionModel.from_config(config)
-    return unet.to(dtype)
+    return unet.to(dtype)  # no-op unless a module made a tensor of its own dtype
 
 
-def make_trainer(args: argparse.Namespace):
+def text_shapes(unet_config) -> tuple[int, int | None]:
+    """(hidden size, pooled size or None) of the text conditioning this UNet takes: SDXL's ``text_time`` embedding
+    reads the pooled vector and six time ids, each embedded to ``addition_time_embed_dim`` (2816 = 1280 + 6 * 256)."""
+    hidden = unet_config.cross_attention_dim
+    if unet_config.addition_embed_type != "text_time":
+        return hidden, None
+    return hidden, unet_config.projection_class_embeddings_input_dim - 6 * unet_config.addition_time_embed_dim
+
+
+def bench_precision(requested: str) -> str:
+    """Mixed precision as asked on a GPU. On the CPU: bf16 (autocast supports it, and it halves SDXL's weights),
+    anything else becomes float32 ("no"), as before."""
+    if torch.cuda.is_available() or requested == "bf16":
+        return requested
+    return "no"
+
+
+def make_trainer(args: argparse.Namespace) -> SimpleNamespace:
+    """The fields ``training.loop.train_step`` reads, built like ``training.prepare`` builds them for a UNet-only
+    run with cached latents and text-encoder outputs (no VAE, no text encoders on the device)."""
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
 
     from training.network import UNET_TARGETS, add_lora
     from training.optim import make_optimizer, make_scheduler
 
+    family = BENCH_FAMILIES[args.family]
     cfg = TrainConfig(network_dim=args.rank, network_alpha=args.rank / 2, train_batch_size=args.batch,
                       mixed_precision=args.precision, gradient_checkpointing=args.gradient_checkpointing,
                       network_train_unet_only=True, max_train_steps=args.steps + args.warmup,
                       optimizer_type=args.optimizer)
-    accelerator = Accelerator(mixed_precision=args.precision if torch.cuda.is_available() else "no")
+    accelerator = Accelerator(mixed_precision=bench_precision(args.precision))
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    unet = build_unet(accelerator.device, dtype)
+    unet = build_unet(family, accelerator.device, dtype)
     params = add_lora(unet, UNET_TARGETS, cfg.network_dim, cfg.network_alpha)
     for p in params:
-        p.data = p.data.float()
+        p.data = p.data.float()  # trainable LoRA weights in float32, as training.prepare keeps them
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     optimizer = make_optimizer(cfg, [{"params": params, "lr": 1e-4}])
     lr_scheduler = make_scheduler(cfg, optimizer, cfg.max_train_steps)
     model = torch.compile(unet) if args.compile else unet
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    scheduler = DDPMScheduler.from_pretrained(str(Path(SD1.config_dir) / "scheduler"))
-    return SimpleNamespace(cfg=cfg, accelerator=accelerator, unet=model, text_encoder=model, params=params,
-                           optimizer=optimizer, lr_scheduler=lr_scheduler, weight_dtype=dtype, text_cache=None,
-                           base=SimpleNamespace(noise_scheduler=scheduler),
+    scheduler = DDPMScheduler.from_pretrained(str(family.config_dir / "scheduler"))
+    return SimpleNamespace(cfg=cfg, accelerator=accelerator, unet=model, trained_models=[model], raw_unet=unet,
+                           text_encoders=[], params=params, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                           weight_dtype=dtype, text_cache=None, base=SimpleNamespace(noise_scheduler=scheduler),
                            generator=torch.Generator(accelerator.device).manual_seed(0))
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--resolution", type=int, default=512)
-    parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--precision", choices=["no", "fp16", "bf16"], default="bf16")
-    parser.add_argument("--optimizer", default="AdamW")
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--gradient-checkpointing", action="store_true")
-    return parser.parse_args(argv)
+def make_batch(tr: SimpleNamespace, args: argparse.Namespace) -> dict:
+    """One bucket's batch as the dataloader yields it with cached latents (on the device) and, for SDXL, the
+    (B, 2) long size/crop tensors collate makes on the host. Sets ``tr.text_cache`` to one caption's embeddings."""
+    from training.models.conditioning import TextEmbeds
+
+    device, n, side = tr.accelerator.device, args.batch, args.resolution // 8
+    hidden_dim, pooled_dim = text_shapes(tr.raw_unet.config)
+    pooled = None if pooled_dim is None else torch.randn(pooled_dim, device=device, dtype=tr.weight_dtype)
+    tr.text_cache = {"": TextEmbeds(torch.randn(77, hidden_dim, device=device, dtype=tr.weight_dtype), pooled)}
+    batch = {"latents": torch.randn(n, 4, side, side, device=device), "caption": [""] * n, "path": [""] * n}
+    if pooled_dim is not None:
+        size = torch.tensor([[args.resolution, args.resolution]] * n, dtype=torch.long)
+        batch.update(original_size=size, crop_top_left=torch.zeros_like(size), target_size=size.clone())
+    return batch
+
+
+def untrained_lora_layers(unet: torch.nn.Module) -> tuple[int, int]:
+    """(LoRA up-weights still exactly zero, all of them): peft starts every up-weight at zero, so one that never
+    moved got no gradient (a checkpointing or autocast bug would show here, not in the speed)."""
+    ups = [p for n, p in unet.named_parameters() if "lora_B" in n]
+    return sum(int(not p.detach().any()) for p in ups), len(ups)
 
 
 def measure(args: argparse.Namespace) -> dict:
     """Train args.steps steps after args.warmup and return the figures."""
     from training.loop import train_step
 
+    if torch.cuda.is_available() and args.memory_cap_gib:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * GIB / total))
     tr = make_trainer(args)
     device = tr.accelerator.device
-    side = args.resolution // 8
-    batch = {"latents": torch.randn(args.batch, 4, side, side, device=device),
-             "caption": [""] * args.batch, "path": [""] * args.batch}
-    cond = torch.randn(args.batch, 77, 768, device=device, dtype=tr.weight_dtype)
-    tr.text_cache = {"": cond[0]}
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    batch = make_batch(tr, args)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     for _ in range(args.warmup):
         train_step(tr, batch)
     sync()
-    if device.type == "cuda":
+    setup_peak = torch.cuda.max_memory_allocated() if cuda else 0  # model build, optimizer state, warm-up steps
+    setup_reserved = torch.cuda.max_memory_reserved() if cuda else 0
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     losses = [train_step(tr, batch) for _ in range(args.steps)]
     sync()
     seconds = time.perf_counter() - start
-    assert torch.isfinite(torch.stack(losses)).all(), "non-finite loss in benchmark"
+    if not torch.isfinite(torch.stack(losses)).all():
+        raise BenchFailure(f"non-finite loss in the benchmark: {[round(x, 4) for x in torch.stack(losses).tolist()]}")
+    still_zero, layers = untrained_lora_layers(tr.raw_unet)
+    if still_zero:
+        raise BenchFailure(f"{still_zero} of {layers} LoRA layers received no gradient: their weights never moved")
+    peak = torch.cuda.max_memory_allocated() if cuda else 0
     return {
-        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-        "model": "SD1.5 UNet (random weights)", "resolution": args.resolution, "batch": args.batch,
-        "precision": tr.accelerator.mixed_precision, "rank": args.rank, "compile": args.compile,
-        "gradient_checkpointing": args.gradient_checkpointing, "steps": args.steps,
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "model": MODEL_NAMES[args.family], "family": args.family, "resolution": args.resolution,
+        "batch": args.batch, "precision": tr.accelerator.mixed_precision, "rank": args.rank,
+        "optimizer": args.optimizer, "compile": args.compile, "gradient_checkpointing": args.gradient_checkpointing,
+        "steps": args.steps, "warmup": args.warmup,
         "images_per_s": round(args.steps * args.batch / seconds, 2), "s_per_step": round(seconds / args.steps, 4),
-        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
+        "loss": round(float(torch.stack(losses).float().mean()), 4), "lora_layers": layers,
+        # timed window only (as before); then the whole run including build and warm-up, and the allocator's
+        # reservations, which is what a card of that size must hold (plus the CUDA context, about 0.5 GiB)
+        "peak_mem_gib": round(peak / GIB, 2) if cuda else None,
+        "peak_mem_gib_run": round(max(peak, setup_peak) / GIB, 2) if cuda else None,
+        "peak_reserved_gib_run": round(max(torch.cuda.max_memory_reserved(), setup_reserved) / GIB, 2)
+        if cuda else None,
+        "memory_cap_gib": args.memory_cap_gib if cuda else None,
     }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--family", choices=sorted(BENCH_FAMILIES), default="sd1")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--resolution", type=int, default=None, help="pixels (default: the family's, 512 / 1024)")
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--precision", choices=["no", "fp16", "bf16"], default="bf16")
+    parser.add_argument("--optimizer", default="AdamW", help="AdamW, AdamW8bit, Adafactor, Lion, Prodigy")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--memory-cap-gib", type=float, default=None,
+                        help="let the CUDA allocator use at most this much, as on a smaller card")
+    args = parser.parse_args(argv)
+    args.resolution = args.resolution or BENCH_FAMILIES[args.family].default_resolution
+    if args.resolution % 64 or args.resolution < 64:
+        parser.error(f"--resolution {args.resolution}: use a multiple of 64 (latents are 1/8 of it, and the UNet "
+                     "halves them up to 3 times)")
+    if args.batch < 1 or args.steps < 1 or args.warmup < 0 or args.rank < 1:
+        parser.error("--batch, --steps and --rank must be at least 1, --warmup at least 0")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
     from training.__main__ import quiet_libraries
+    from training.errors import UserError
 
     quiet_libraries()
-    print(json.dumps(measure(parse_args(argv))))
+    args = parse_args(argv)
+    try:
+        result = measure(args)
+    except (BenchFailure, UserError) as err:
+        sys.exit(f"training.bench: {err}")
+    except torch.cuda.OutOfMemoryError:
+        cap = f" under --memory-cap-gib {args.memory_cap_gib}" if args.memory_cap_gib else ""
+        sys.exit(f"training.bench: out of GPU memory{cap} ({args.family}, {args.resolution} px, batch {args.batch}); "
+                 "try --gradient-checkpointing, a smaller --batch or --optimizer AdamW8bit")
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -67,22 +67,30 @@ def training_facts(tr: Trainer, state: TrainState) -> dict[str, Any]:
         "mixed_precision": tr.accelerator.mixed_precision,
         "session_id": int(state.started_at * 1000) % 2**32,  # one id for every file of a run, as kohya does
         "unet_lr": tr.cfg.effective_unet_lr,
-        "text_encoder_lr": tr.cfg.effective_text_encoder_lr if tr.cfg.trains_text_encoder else 0.0,
+        "text_encoder_lr": text_encoder_lrs(tr),
         "total_batch_size": tr.cfg.train_batch_size * tr.accelerator.num_processes
         * tr.cfg.gradient_accumulation_steps,
     }
+
+
+def text_encoder_lrs(tr: Trainer) -> float | list[float]:
+    """ss_text_encoder_lr: the rate each encoder trained at (0 for a frozen one); a pair for SDXL, as kohya writes."""
+    lrs = [tr.cfg.text_encoder_lrs[i] if name in tr.group_names else 0.0
+           for i, name in enumerate(("text_encoder", "text_encoder_2")[:len(tr.text_encoders)])]
+    return lrs[0] if len(lrs) == 1 else lrs
 
 
 def save_lora_file(tr: Trainer, state: TrainState, name: str) -> tuple[Path, str]:
     """Export the current LoRA in kohya format, then check it module by module against the base model."""
     path = tr.run_dir / f"{name}.safetensors"
     unet = tr.accelerator.unwrap_model(tr.unet)
-    encoders = [tr.accelerator.unwrap_model(tr.text_encoder)] if tr.cfg.trains_text_encoder else []
+    # Every encoder, trained or not: the kohya prefix (lora_te1/lora_te2) follows the encoder's position.
+    encoders = [tr.accelerator.unwrap_model(e) for e in tr.text_encoders]
     tensors = kohya_state_dict(unet, encoders, tr.base.family, SAVE_DTYPES[tr.cfg.save_precision])
     config = tr.cfg.model_dump(mode="json")
     metadata = build_metadata(config, tr.base.family, training_facts(tr, state), state_dict=tensors)
     save_lora(path, tensors, metadata)
-    report = verify_lora(path, tr.base.family, unet, [tr.accelerator.unwrap_model(tr.text_encoder)])
+    report = verify_lora(path, tr.base.family, unet, encoders)
     return path, report.summary()
 
 

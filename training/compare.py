@@ -133,8 +133,13 @@ def set_strength(models: list[Any], strength: float) -> int:
 
 
 def check_family(metadata: dict[str, str], family: Any) -> None:
-    """A LoRA made for SD2 on an SD1 base (or the reverse) is refused: WebUIs would skip or misapply it. Files
-    without the kohya ss_v2 marker are taken as they come (the module-name lookup still checks them)."""
+    """A LoRA made for SD2 on an SD1 base, or for SDXL on a non-SDXL base (and the reverse), is refused: WebUIs would
+    skip or misapply it. Files without kohya's markers are taken as they come (the module-name lookup still checks
+    them)."""
+    version = metadata.get("ss_base_model_version", "")
+    if version and version.startswith("sdxl") != (family.name == "sdxl"):
+        raise UserError(f"made for {version}, but the run's base model is {family.name}; compare it on a base of "
+                        f"its own family")
     marker = metadata.get("ss_v2")
     if marker in ("True", "False") and (marker == "True") != bool(family.v2):
         made_for = metadata.get("ss_base_model_version") or ("SD2.x" if marker == "True" else "SD1.x")
@@ -169,12 +174,12 @@ def render(job: CompareJob, log=print) -> list[Image.Image]:
     base = load_base_model(cfg.pretrained_model_name_or_path, cfg.v2, cfg.v_parameterization)
     try:
         check_family(metadata, base.family)
-        report = load_kohya_into_peft(tensors, base.unet, [base.text_encoder], base.family)
+        report = load_kohya_into_peft(tensors, base.unet, base.text_encoders, base.family)
     except UserError as err:
         raise UserError(f"--lora {job.lora.name}: {err}") from None
     parts = ", ".join(f"{k} {v}" for k, v in report.per_component.items())
     log(f"LoRA {job.lora.name}: {report.modules} modules ({parts})")
-    for model in (base.unet, base.text_encoder, base.vae):
+    for model in (base.unet, *base.text_encoders, base.vae):
         model.to(device).eval()
     width, height = cfg.resolution_wh
     prompt = SamplePrompt(job.prompt, job.negative, width, height, job.seed, job.cfg_scale, job.steps)
@@ -182,8 +187,8 @@ def render(job: CompareJob, log=print) -> list[Image.Image]:
     images = []
     with tempfile.TemporaryDirectory(prefix=".compare-", dir=job.out.parent) as tmp:
         for i, strength in enumerate(job.strengths):
-            set_strength([base.unet, base.text_encoder], strength)
-            paths = generate_samples(base, base.unet, base.text_encoder, [prompt], job.sampler, cfg.clip_skip,
+            set_strength([base.unet, *base.text_encoders], strength)
+            paths = generate_samples(base, base.unet, base.text_encoders, [prompt], job.sampler, cfg.clip_skip,
                                      Path(tmp) / str(i), "compare", 0, None, device, dtype)
             with Image.open(paths[0]) as img:
                 images.append(img.convert("RGB"))

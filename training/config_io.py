@@ -31,6 +31,9 @@ IGNORED_KOHYA_KEYS = {
     "max_token_length": "captions use the standard 75-token window",
     "log_with": "events.jsonl is always written; TensorBoard when installed",
     "pretrained_model_name_or_path_hash": "not needed",
+    "sdxl": "the model family is read from the checkpoint",
+    "no_half_vae": "the VAE always runs in float32 unless it declares itself fp16-safe",
+    "cache_text_encoder_outputs_to_disk": "caption embeddings are cached in memory (they are small)",
 }
 
 # kohya options for features this trainer does not have (yet): refused, so nobody trains without what they asked.
@@ -39,7 +42,7 @@ UNSUPPORTED_KOHYA_KEYS = (
     "full_fp16", "full_bf16", "fp8_base", "multires_noise_iterations", "multires_noise_discount",
     "adaptive_noise_scale", "zero_terminal_snr", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss",
     "dataset_config", "in_json", "optimizer_args", "lr_scheduler_power", "prior_loss_weight", "huber_c",
-    "loss_type", "ip_noise_gamma", "debiased_estimation_loss", "masked_loss", "vae", "sdxl",
+    "loss_type", "ip_noise_gamma", "debiased_estimation_loss", "masked_loss",
 )
 
 
@@ -141,6 +144,19 @@ def read_toml(path: Path) -> dict[str, Any]:
     if isinstance(data.get("preset"), dict):
         del data["preset"]
     return flatten_sections(data, path.name)
+
+
+def preset_family(paths: list[Path]) -> tuple[str, str] | None:
+    """(preset name, family) from the last of ``paths`` with a ``[preset]`` table naming a family, else None."""
+    found = None
+    for path in paths:
+        try:
+            table = tomllib.loads(path.read_text(encoding="utf-8-sig")).get("preset")
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+            continue  # read_toml has already reported an unreadable file
+        if isinstance(table, dict) and isinstance(table.get("family"), str):
+            found = (str(table.get("name") or path.stem), table["family"])
+    return found
 
 
 def load_config(path: Path | list[Path], overrides: dict[str, Any] | None = None) -> tuple[TrainConfig, list[str]]:

@@ -25,11 +25,13 @@ from training.models.families import ASSETS, TOKENIZER_DIR
 
 
 def build_tiny_pipeline(family: str = "sd1", prediction_type: str = "epsilon", seed: int = 0):
-    """Return a StableDiffusionPipeline with random weights (a few MB)."""
+    """Return a StableDiffusionPipeline (StableDiffusionXLPipeline for ``"sdxl"``) with random weights (a few MB)."""
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
+    if family == "sdxl":
+        return build_tiny_sdxl_pipeline(seed)
     sd2 = family == "sd2"
     torch.manual_seed(seed)
     hidden = 32
@@ -44,52 +46,83 @@ def build_tiny_pipeline(family: str = "sd1", prediction_type: str = "epsilon", s
         use_linear_projection=sd2,
         norm_num_groups=8,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8, 8, 8),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=64,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=hidden,
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_hidden_layers=3,
-            vocab_size=49408,
-            max_position_embeddings=77,
-            hidden_act="gelu" if sd2 else "quick_gelu",
-            projection_dim=hidden,
-        )
-    )
-    tokenizer = CLIPTokenizer(
-        str(TOKENIZER_DIR / "vocab.json"),
-        str(TOKENIZER_DIR / "merges.txt"),
-        pad_token="!" if sd2 else "<|endoftext|>",
-        model_max_length=77,
-    )
-    scheduler = DDPMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        prediction_type=prediction_type,
-        clip_sample=False,
-        steps_offset=1,
-    )
+    vae = _tiny_vae()
+    text_encoder = CLIPTextModel(_tiny_clip_config(hidden, "gelu" if sd2 else "quick_gelu", hidden))
     return StableDiffusionPipeline(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
+        tokenizer=_tiny_tokenizer("!" if sd2 else "<|endoftext|>"),
+        scheduler=_tiny_scheduler(prediction_type),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def build_tiny_sdxl_pipeline(seed: int = 0):
+    """A tiny StableDiffusionXLPipeline shaped like SDXL where it matters: two text encoders of different widths
+    (CLIP-L-like TE1 padding with <|endoftext|>, OpenCLIP-like TE2 with a projection, padding with "!"), the UNet's
+    text_time micro-conditioning, a level without attention, and two transformer blocks per layer in another."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    te1_width, te2_width, pooled_width, time_dim = 32, 48, 24, 8
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2),
+        cross_attention_dim=te1_width + te2_width,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + pooled_width,
+        norm_num_groups=8,
+    )
+    return StableDiffusionXLPipeline(
+        vae=_tiny_vae(scaling_factor=0.13025, force_upcast=True),
+        text_encoder=CLIPTextModel(_tiny_clip_config(te1_width, "quick_gelu", pooled_width)),
+        text_encoder_2=CLIPTextModelWithProjection(_tiny_clip_config(te2_width, "gelu", pooled_width)),
+        tokenizer=_tiny_tokenizer("<|endoftext|>"),
+        tokenizer_2=_tiny_tokenizer("!"),
+        unet=unet,
+        scheduler=_tiny_scheduler("epsilon"),
+    )
+
+
+def _tiny_vae(**extra):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=1,
+                         norm_num_groups=4, sample_size=64, **extra)
+
+
+def _tiny_clip_config(width: int, act: str, projection: int):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(hidden_size=width, intermediate_size=2 * width, num_attention_heads=4, num_hidden_layers=3,
+                          vocab_size=49408, max_position_embeddings=77, hidden_act=act, projection_dim=projection)
+
+
+def _tiny_tokenizer(pad: str):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"), pad_token=pad,
+                         model_max_length=77)
+
+
+def _tiny_scheduler(prediction_type: str):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                         prediction_type=prediction_type, clip_sample=False, steps_offset=1)
 
 
 def save_tiny_pipeline(path: Path, family: str = "sd1", prediction_type: str = "epsilon") -> Path:

@@ -19,7 +19,8 @@ from training.checkpoints import TrainState, lora_name, save_lora_file, save_sta
 from training.events import Control, EventWriter
 from training.loss import per_sample_loss, random_timesteps, sample_noise
 from training.metrics import LossEMA, Throughput
-from training.models.text import encode_prompts
+from training.models.conditioning import TextEmbeds, add_time_ids
+from training.models.text import encode_text
 from training.prepare import Trainer
 from training.sample import generate_samples, load_prompts
 from training.validation import validation_loss
@@ -33,31 +34,39 @@ class NonFiniteLoss(Exception):
         self.step, self.paths = step, paths
 
 
-def conditioning(tr: Trainer, captions: list[str]) -> torch.Tensor:
+def conditioning(tr: Trainer, captions: list[str]) -> TextEmbeds:
     if tr.text_cache is not None:
-        return torch.stack([tr.text_cache[c] for c in captions])
-    return encode_prompts(tr.text_encoder, tr.base.tokenizer, captions, tr.cfg.clip_skip)
+        return TextEmbeds.stack([tr.text_cache[c] for c in captions])
+    return encode_text(tr.text_encoders, tr.base.tokenizers, captions, tr.cfg.clip_skip)
+
+
+def batch_time_ids(batch: dict, device: torch.device) -> torch.Tensor | None:
+    """SDXL's per-image (original size, crop, target size); None when the batch does not carry them."""
+    if batch.get("original_size") is None:
+        return None
+    return add_time_ids(batch["original_size"], batch["crop_top_left"], batch["target_size"]).to(device)
 
 
 def batch_latents(tr: Trainer, batch: dict) -> torch.Tensor:
     if batch.get("latents") is not None:
         return batch["latents"].to(tr.accelerator.device, non_blocking=True)
-    pixels = batch["pixel_values"].to(tr.accelerator.device, torch.float32, non_blocking=True)
+    vae = tr.base.vae
+    pixels = batch["pixel_values"].to(tr.accelerator.device, vae.dtype, non_blocking=True)
     with torch.no_grad():
-        return tr.base.vae.encode(pixels).latent_dist.sample() * tr.base.vae.config.scaling_factor
+        return vae.encode(pixels).latent_dist.sample().float() * vae.config.scaling_factor
 
 
 def train_step(tr: Trainer, batch: dict) -> torch.Tensor:
     """One forward/backward (and an optimizer step when accumulation completes). Returns the loss on the device."""
     cfg, acc = tr.cfg, tr.accelerator
-    with acc.accumulate(tr.unet, tr.text_encoder):
+    with acc.accumulate(*tr.trained_models):
         latents = batch_latents(tr, batch).to(tr.weight_dtype)
         noise = sample_noise(latents, tr.generator, cfg.noise_offset)
         timesteps = random_timesteps(latents.shape[0], tr.base.noise_scheduler, tr.generator, latents.device)
         with acc.autocast():
-            cond = conditioning(tr, batch["caption"]).to(tr.weight_dtype)
+            cond = conditioning(tr, batch["caption"])
             loss = per_sample_loss(tr.unet, tr.base.noise_scheduler, latents, cond, noise, timesteps,
-                                   cfg.min_snr_gamma).mean()
+                                   cfg.min_snr_gamma, batch_time_ids(batch, latents.device)).mean()
         acc.backward(loss)
         if acc.sync_gradients and cfg.max_grad_norm > 0:
             acc.clip_grad_norm_(tr.params, cfg.max_grad_norm)
@@ -118,7 +127,7 @@ class Loop:
         smoothed = self.ema.update(loss)
         self.speed.record(now, step, self.images)
         remaining = tr.plan.total_steps - step
-        lrs = dict(zip(("unet", "text_encoder"), tr.lr_scheduler.get_last_lr(), strict=False))
+        lrs = dict(zip(tr.group_names, tr.lr_scheduler.get_last_lr(), strict=False))
         peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
         self.events.emit("step", step=step, epoch=epoch + 1, loss=round(loss, 6), smoothed=round(smoothed, 6),
                          lr=lrs, images_per_s=round(self.speed.images_per_second(), 3),
@@ -177,7 +186,7 @@ class Loop:
         self.readback()
         if tr.validation is None:
             return
-        loss = validation_loss(tr.validation, tr.unet, tr.text_encoder, tr.base, tr.cfg.clip_skip, tr.text_cache,
+        loss = validation_loss(tr.validation, tr.unet, tr.text_encoders, tr.base, tr.cfg.clip_skip, tr.text_cache,
                                tr.weight_dtype)
         self.state.val_history.append([self.state.global_step, loss])
         self.events.emit("val", step=self.state.global_step, loss=round(loss, 6), kind=tr.validation.kind)
@@ -190,16 +199,18 @@ class Loop:
         self.readback()
         self.events.emit("status", phase="sampling", msg=f"making {len(self.prompts)} sample image(s)")
         device = tr.accelerator.device
+        encoders = [tr.accelerator.unwrap_model(e) for e in tr.text_encoders]
         tr.base.vae.to(device)
-        tr.text_encoder.to(device)
-        paths = generate_samples(tr.base, tr.accelerator.unwrap_model(tr.unet),
-                                 tr.accelerator.unwrap_model(tr.text_encoder), self.prompts, tr.cfg.sample_sampler,
-                                 tr.cfg.clip_skip, tr.run_dir / "sample", tr.cfg.output_name,
+        for encoder in encoders:
+            encoder.to(device)
+        paths = generate_samples(tr.base, tr.accelerator.unwrap_model(tr.unet), encoders, self.prompts,
+                                 tr.cfg.sample_sampler, tr.cfg.clip_skip, tr.run_dir / "sample", tr.cfg.output_name,
                                  self.state.global_step, epoch, device, tr.weight_dtype)
         if tr.latent_cache is not None:
             tr.base.vae.to("cpu")
         if tr.text_cache is not None:
-            tr.text_encoder.to("cpu")
+            for encoder in encoders:
+                encoder.to("cpu")
         self.events.emit("sample", step=self.state.global_step, epoch=epoch, paths=[str(p) for p in paths])
         self.events.emit("status", phase="training", msg="training")
 
@@ -256,9 +267,8 @@ class Loop:
         if state.global_step == 0 and self.val_every:
             self.validate()
         self.events.emit("status", phase="training", msg="training")
-        tr.unet.train()
-        if tr.cfg.trains_text_encoder:
-            tr.text_encoder.train()  # from_pretrained leaves models in eval mode: LoRA dropout would be off
+        for model in tr.trained_models:
+            model.train()  # from_pretrained leaves models in eval mode: LoRA dropout would be off
         while state.global_step < tr.plan.total_steps and not self.stop_requested:
             epoch = state.epoch
             self.train_epoch(epoch)

@@ -10,6 +10,8 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 
+from training.models.conditioning import TextEmbeds, unet_kwargs
+
 
 def sample_noise(latents: torch.Tensor, generator: torch.Generator, noise_offset: float) -> torch.Tensor:
     """Gaussian noise, plus an optional per-channel offset (lets the model shift overall brightness)."""
@@ -41,14 +43,17 @@ def per_sample_loss(
     unet: torch.nn.Module,
     scheduler: DDPMScheduler,
     latents: torch.Tensor,
-    conditioning: torch.Tensor,
+    conditioning: TextEmbeds,
     noise: torch.Tensor,
     timesteps: torch.Tensor,
     min_snr_gamma: float | None = None,
+    time_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """MSE between the UNet's prediction and the target, one value per sample (float32)."""
+    """MSE between the UNet's prediction and the target, one value per sample (float32).
+
+    ``time_ids``: SDXL's [B, 6] micro-conditioning (ignored for SD1/SD2, whose conditioning has no pooled part)."""
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    prediction = unet(noisy, timesteps, conditioning).sample
+    prediction = unet(noisy, timesteps, **unet_kwargs(conditioning, time_ids, latents.dtype)).sample
     target = target_for(scheduler, latents, noise, timesteps)
     loss = torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="none")
     loss = loss.mean(dim=list(range(1, loss.ndim)))

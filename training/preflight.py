@@ -46,6 +46,20 @@ def preflight(cfg: TrainConfig) -> DatasetScan:
     return scan_dataset(data, cfg.caption_extension)
 
 
+def check_preset_family(model: str, preset: tuple[str, str] | None) -> None:
+    """Refuse a preset made for another family than the base model (an SD1.5 preset on SDXL trains at the wrong size
+    with the wrong settings). Read from the file header or folder, torch-free; hub ids are not checked here."""
+    from training.models.detect import FAMILY_LABELS, detect_family
+
+    if preset is None or not model or not looks_like_path(model) or not Path(model).expanduser().exists():
+        return
+    name, wanted = preset
+    family = detect_family(Path(model).expanduser())
+    if wanted in FAMILY_LABELS and family != wanted:
+        raise UserError(f"the preset '{name}' is for {FAMILY_LABELS[wanted]} models but {model} is an "
+                        f"{FAMILY_LABELS[family]} model; use an {FAMILY_LABELS[family]} preset or another base model")
+
+
 def check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
     """Never overwrite an earlier run's results: a folder holding a run's LoRA files or states is reused only to
     resume that run. A folder whose run failed before saving anything can be used again (its log is appended to)."""

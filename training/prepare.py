@@ -23,8 +23,9 @@ from training.data.latents import LatentCache
 from training.data.sampler import BucketBatchSampler
 from training.errors import UserError
 from training.events import EventWriter
-from training.models.loading import BaseModel, load_base_model
-from training.models.text import encode_prompts
+from training.models.conditioning import TextEmbeds
+from training.models.loading import BaseModel, load_base_model, load_vae
+from training.models.text import encode_text
 from training.network import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora
 from training.optim import make_optimizer, make_scheduler
 from training.plan import Plan, plan_run, split_validation
@@ -39,7 +40,7 @@ class Trainer:
     accelerator: Accelerator
     base: BaseModel
     unet: torch.nn.Module
-    text_encoder: torch.nn.Module
+    text_encoders: list[torch.nn.Module]  # every encoder of the model (trained ones as accelerate wrapped them)
     params: list[torch.nn.Parameter]
     optimizer: Any
     lr_scheduler: Any
@@ -48,12 +49,22 @@ class Trainer:
     dataset: TrainDataset
     scan: DatasetScan
     latent_cache: LatentCache | None
-    text_cache: dict[str, torch.Tensor] | None
+    text_cache: dict[str, TextEmbeds] | None
     validation: ValidationSet | None
     plan: Plan
     weight_dtype: torch.dtype
     generator: torch.Generator
     bucket_counts: dict[tuple[int, int], int]
+    group_names: list[str]  # optimizer parameter groups in order: "unet", "text_encoder", "text_encoder_2"
+
+    @property
+    def trained_models(self) -> list[torch.nn.Module]:
+        """The UNet and the text encoders that carry a trained LoRA (what gradient accumulation must track)."""
+        trained = [i for i, name in enumerate(TEXT_ENCODER_GROUPS) if name in self.group_names]
+        return [self.unet] + [self.text_encoders[i] for i in trained]
+
+
+TEXT_ENCODER_GROUPS = ("text_encoder", "text_encoder_2")
 
 
 def make_accelerator(cfg: TrainConfig, run_dir: Path, events: EventWriter) -> Accelerator:
@@ -98,20 +109,22 @@ def make_dataset(cfg: TrainConfig, scan: DatasetScan) -> TrainDataset:
 
 
 def add_networks(cfg: TrainConfig, base: BaseModel) -> list[dict[str, Any]]:
-    """Inject LoRA and return optimizer groups, one per trained part with its own learning rate."""
+    """Inject LoRA and return optimizer groups, one per trained part with its own learning rate (SDXL's two text
+    encoders each have theirs: ``text_encoder_lr = [TE1, TE2]``)."""
     groups = [{"params": add_lora(base.unet, UNET_TARGETS, cfg.network_dim, cfg.network_alpha,
                                   cfg.network_dropout), "lr": cfg.effective_unet_lr, "name": "unet"}]
-    base.text_encoder.requires_grad_(False)
-    if cfg.trains_text_encoder:
-        groups.append({"params": add_lora(base.text_encoder, TEXT_ENCODER_TARGETS, cfg.network_dim,
-                                          cfg.network_alpha, cfg.network_dropout),
-                       "lr": cfg.effective_text_encoder_lr, "name": "text_encoder"})
+    trained = cfg.trained_text_encoders(len(base.text_encoders))
+    for i, encoder in enumerate(base.text_encoders):
+        encoder.requires_grad_(False)
+        if i in trained:
+            params = add_lora(encoder, TEXT_ENCODER_TARGETS, cfg.network_dim, cfg.network_alpha, cfg.network_dropout)
+            groups.append({"params": params, "lr": cfg.text_encoder_lrs[i], "name": TEXT_ENCODER_GROUPS[i]})
     if cfg.network_weights:
-        continue_from(cfg, base)
+        continue_from(cfg, base, trained)
     return groups
 
 
-def continue_from(cfg: TrainConfig, base: BaseModel) -> None:
+def continue_from(cfg: TrainConfig, base: BaseModel, trained: list[int]) -> None:
     """Start the new LoRA from an existing kohya file (same rank, same parts)."""
     from safetensors import safe_open
 
@@ -120,30 +133,36 @@ def continue_from(cfg: TrainConfig, base: BaseModel) -> None:
     path = Path(cfg.network_weights or "")
     try:
         with safe_open(str(path), "pt") as f:
-            has_te = any(k.startswith(base.family.te_prefixes) for k in f.keys())  # noqa: SIM118 - safe_open API
+            keys = list(f.keys())
     except Exception as err:  # safetensors raises its own error types for a damaged or foreign file
         raise UserError(f"network_weights {path}: not a readable LoRA .safetensors file ({err})") from None
-    if has_te and not cfg.trains_text_encoder:
-        raise UserError(f"network_weights {path.name} trains the text encoder too, but this run does not: "
-                        f"set network_train_unet_only = false (and a text_encoder_lr above 0)")
-    encoders = [base.text_encoder] if cfg.trains_text_encoder else []
+    prefixes = base.family.te_prefixes
+    for i, prefix in enumerate(prefixes):
+        if i not in trained and any(k.startswith(prefix + "_") for k in keys):
+            which = "the text encoder" if len(prefixes) == 1 else f"text encoder {i + 1}"
+            raise UserError(f"network_weights {path.name} trains {which} too, but this run does not: set "
+                            f"network_train_unet_only = false and a text_encoder_lr above 0 for it")
     try:
-        load_kohya_into_peft(path, base.unet, encoders, base.family)
+        load_kohya_into_peft(path, base.unet, base.text_encoders, base.family)
     except UserError as err:
         raise UserError(f"network_weights {path.name}: {err} (network_dim is {cfg.network_dim})") from None
 
 
-def cache_text(cfg: TrainConfig, base: BaseModel, captions: set[str], device) -> dict[str, torch.Tensor] | None:
-    """Text embeddings computed once, when the text encoder is frozen and the captions never change."""
-    if cfg.trains_text_encoder or cfg.shuffle_caption:
+def cache_text(cfg: TrainConfig, base: BaseModel, captions: set[str], device) -> dict[str, TextEmbeds] | None:
+    """Text embeddings computed once, when the text encoders are frozen and the captions never change."""
+    if not cfg.cache_text_encoder_outputs or cfg.trains_text_encoder or cfg.shuffle_caption:
         return None
+    for encoder in base.text_encoders:
+        encoder.to(device)
     texts = sorted(captions | {""})  # "" for caption dropout
-    cache = {}
+    cache: dict[str, TextEmbeds] = {}
     with torch.no_grad():
         for i in range(0, len(texts), 32):
             chunk = texts[i : i + 32]
-            emb = encode_prompts(base.text_encoder, base.tokenizer, chunk, cfg.clip_skip)
-            cache.update(zip(chunk, emb, strict=True))
+            embeds = encode_text(base.text_encoders, base.tokenizers, chunk, cfg.clip_skip)
+            cache.update(zip(chunk, embeds.unbatched(), strict=True))
+    for encoder in base.text_encoders:
+        encoder.to("cpu")  # no longer needed every step; sampling brings them back
     return cache
 
 
@@ -173,37 +192,66 @@ def load_data(cfg: TrainConfig, events: EventWriter, scan: DatasetScan | None) -
     return Data(scan, train_items, val_items, val_kind, dataset, sampler, counts)
 
 
-def load_model(cfg: TrainConfig, events: EventWriter, device, weight_dtype) -> tuple[BaseModel, list[dict]]:
-    """Base model on the device in the compute dtype (cast before moving: an fp32 copy would double peak memory),
-    LoRA injected, trainable LoRA weights in float32 for stable optimizer updates."""
+def load_model(cfg: TrainConfig, events: EventWriter, weight_dtype) -> tuple[BaseModel, list[dict]]:
+    """Base model in the compute dtype, still on the CPU (the caches run first, so the UNet and the VAE's encode
+    never share the GPU), LoRA injected, trainable LoRA weights in float32 for stable optimizer updates."""
     events.emit("status", phase="loading", msg=f"loading base model {cfg.pretrained_model_name_or_path}")
     base = load_base_model(cfg.pretrained_model_name_or_path, cfg.v2, cfg.v_parameterization)
-    if base.family.v2 and cfg.clip_skip > 1:
-        events.emit("warning", code="clip_skip_sd2", msg=f"clip_skip = {cfg.clip_skip} on an SD2 model: SD2 was "
-                                                          "trained on the last layer; use 1 unless the model says so")
+    if cfg.vae:
+        events.emit("status", phase="loading", msg=f"loading VAE {cfg.vae}")
+        base.vae = load_vae(cfg.vae, base.family)
+    for code, msg in family_advice(cfg, base):
+        events.emit("warning", code=code, msg=msg)
     base.vae.requires_grad_(False)
-    base.vae.to(device, dtype=torch.float32)  # fp32 VAE: fp16 VAEs overflow into NaN latents
-    base.unet.to(device, dtype=weight_dtype)
-    base.text_encoder.to(device, dtype=weight_dtype)
+    base.vae.to(dtype=vae_dtype(base, weight_dtype))
+    base.unet.to(dtype=weight_dtype)  # cast before moving: an fp32 copy on the GPU would double peak memory
+    for encoder in base.text_encoders:
+        encoder.to(dtype=weight_dtype)
     groups = add_networks(cfg, base)
     for group in groups:
         for p in group["params"]:
             p.data = p.data.float()
     if cfg.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
-        if cfg.trains_text_encoder:
-            base.text_encoder.gradient_checkpointing_enable()
+        for group in groups[1:]:
+            base.text_encoders[TEXT_ENCODER_GROUPS.index(group["name"])].gradient_checkpointing_enable()
     return base, groups
+
+
+def vae_dtype(base: BaseModel, weight_dtype: torch.dtype) -> torch.dtype:
+    """float32 unless the VAE's config declares it fp16-safe (``force_upcast: false``, e.g. madebyollin's
+    sdxl-vae-fp16-fix): the SD and SDXL VAEs overflow in fp16 and the latents turn NaN."""
+    return weight_dtype if getattr(base.vae.config, "force_upcast", True) is False else torch.float32
+
+
+def family_advice(cfg: TrainConfig, base: BaseModel) -> list[tuple[str, str]]:
+    """Settings that are valid but wrong for the family just loaded (only known once the model is read)."""
+    notes = []
+    if len(base.text_encoders) == 2 and cfg.clip_skip > 2:
+        notes.append(("clip_skip_sdxl", f"clip_skip = {cfg.clip_skip} on an SDXL model: SDXL was trained on the "
+                                        "penultimate layer, which clip_skip 1 and 2 both give; use 1 unless you "
+                                        "know why"))
+    if base.family.v2 and cfg.clip_skip > 1:
+        notes.append(("clip_skip_sd2", f"clip_skip = {cfg.clip_skip} on an SD2 model: SD2 was trained on the last "
+                                       "layer; use 1 unless the model says so"))
+    width, height = cfg.resolution_wh
+    native = base.family.default_resolution
+    if len(base.text_encoders) == 2 and width * height < (native * 3 // 4) ** 2:  # 512 is the config's default
+        notes.append(("resolution_low", f"resolution {cfg.resolution} on an SDXL model made for {native} px: the "
+                                        f"LoRA learns blurry, small-scale detail; use resolution = \"{native}\" "
+                                        "(the SDXL presets set it)"))
+    return notes
 
 
 def build_caches(cfg: TrainConfig, base: BaseModel, data: Data, run_dir: Path, device, events: EventWriter):
     """Latents and text embeddings computed once; frozen parts no longer needed every step then leave the GPU
     (sampling brings them back)."""
     latent_cache = None
+    base.vae.to(device)
     if cfg.cache_latents:
         events.emit("status", phase="caching_latents", msg=f"encoding {len(data.train_items)} images with the VAE")
         cache_dir = run_dir.parent / ".latent_cache" if cfg.cache_latents_to_disk else None
-        latent_cache = LatentCache(base.vae, cache_dir, device, torch.float32)
+        latent_cache = LatentCache(base.vae, cache_dir, device, base.vae.dtype)
         val_buckets = buckets_for(cfg, data.val_items)
         val_jobs = [(it.path, b, False) for it, b in zip(data.val_items, val_buckets, strict=True)]
         latent_cache.encode_all(data.dataset.latent_jobs() + val_jobs, batch_size=4)
@@ -214,9 +262,17 @@ def build_caches(cfg: TrainConfig, base: BaseModel, data: Data, run_dir: Path, d
         validation = build_validation_set(cfg, base, data.val_items, data.val_kind, latent_cache, device)
     if latent_cache is not None:
         base.vae.to("cpu")
-    if text_cache is not None:
-        base.text_encoder.to("cpu")
     return latent_cache, text_cache, validation
+
+
+def place_models(base: BaseModel, device, text_cached: bool) -> None:
+    """The UNet on the device; the text encoders too unless their outputs are cached."""
+    base.unet.to(device)
+    if not text_cached:
+        for encoder in base.text_encoders:
+            encoder.to(device)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the VAE's encode buffers: give them back before the first step
 
 
 def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter, scan: DatasetScan | None = None) -> Trainer:
@@ -226,8 +282,9 @@ def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter, scan: DatasetS
     for code, msg in advice(cfg):
         events.emit("warning", code=code, msg=msg)
     data = load_data(cfg, events, scan)
-    base, groups = load_model(cfg, events, device, weight_dtype)
+    base, groups = load_model(cfg, events, weight_dtype)
     latent_cache, text_cache, validation = build_caches(cfg, base, data, run_dir, device, events)
+    place_models(base, device, text_cache is not None)
 
     params = [p for g in groups for p in g["params"]]
     optimizer = make_optimizer(cfg, [{"params": g["params"], "lr": g["lr"]} for g in groups])
@@ -239,13 +296,13 @@ def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter, scan: DatasetS
     lr_scheduler = make_scheduler(cfg, optimizer, plan.total_steps)
     register_lora_only_state(accelerator)
     unet = torch.compile(base.unet) if cfg.torch_compile else base.unet
-    if cfg.trains_text_encoder:
-        unet, text_encoder, optimizer, loader, lr_scheduler = accelerator.prepare(
-            unet, base.text_encoder, optimizer, loader, lr_scheduler)
-    else:
-        unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
-        text_encoder = base.text_encoder
+    trained = [TEXT_ENCODER_GROUPS.index(g["name"]) for g in groups[1:]]
+    prepared = accelerator.prepare(unet, *[base.text_encoders[i] for i in trained], optimizer, loader, lr_scheduler)
+    unet, optimizer, loader, lr_scheduler = prepared[0], *prepared[-3:]
+    text_encoders = list(base.text_encoders)
+    for i, wrapped in zip(trained, prepared[1:-3], strict=True):
+        text_encoders[i] = wrapped
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    return Trainer(cfg, run_dir, accelerator, base, unet, text_encoder, params, optimizer, lr_scheduler, loader,
+    return Trainer(cfg, run_dir, accelerator, base, unet, text_encoders, params, optimizer, lr_scheduler, loader,
                    data.sampler, data.dataset, data.scan, latent_cache, text_cache, validation, plan, weight_dtype,
-                   generator, data.bucket_counts)
+                   generator, data.bucket_counts, [g["name"] for g in groups])

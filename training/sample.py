@@ -87,30 +87,46 @@ def sample_file_name(output_name: str, step: int, epoch: int | None, index: int,
     return f"{output_name}_{suffix}_{index:02d}_{time.strftime('%Y%m%d%H%M%S')}_{seed}.png"
 
 
-def generate_samples(base: BaseModel, unet, text_encoder, prompts: list[SamplePrompt], sampler: str, clip_skip: int,
-                     out_dir: Path, output_name: str, step: int, epoch: int | None, device, dtype) -> list[Path]:
-    """Render each prompt with its fixed seed using the models being trained (LoRA active).
+def sample_pipeline(base: BaseModel, unet, text_encoders: list, sampler: str):
+    """The diffusers pipeline for this family around the models being trained (LoRA active)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    Prompt embeddings come from our own encoder (same clip skip as training), not the pipeline's.
-    """
+    scheduler = make_scheduler(sampler, base.noise_scheduler.config)
+    if len(text_encoders) == 2:
+        return StableDiffusionXLPipeline(
+            vae=base.vae, text_encoder=text_encoders[0], text_encoder_2=text_encoders[1], tokenizer=base.tokenizer,
+            tokenizer_2=base.tokenizer_2, unet=unet, scheduler=scheduler)
+    return StableDiffusionPipeline(
+        vae=base.vae, text_encoder=text_encoders[0], tokenizer=base.tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def prompt_kwargs(base: BaseModel, text_encoders: list, p: SamplePrompt, clip_skip: int) -> dict:
+    """Prompt embeddings from our own encoder (the clip skip and layers training uses), not the pipeline's."""
+    from training.models.text import encode_text
+
+    cond = encode_text(text_encoders, base.tokenizers, [p.prompt], clip_skip)
+    uncond = encode_text(text_encoders, base.tokenizers, [p.negative], clip_skip)
+    kwargs = {"prompt_embeds": cond.hidden, "negative_prompt_embeds": uncond.hidden}
+    if cond.pooled is not None:
+        kwargs |= {"pooled_prompt_embeds": cond.pooled, "negative_pooled_prompt_embeds": uncond.pooled}
+    return kwargs
+
+
+def generate_samples(base: BaseModel, unet, text_encoders: list, prompts: list[SamplePrompt], sampler: str,
+                     clip_skip: int, out_dir: Path, output_name: str, step: int, epoch: int | None, device,
+                     dtype) -> list[Path]:
+    """Render each prompt with its fixed seed using the models being trained (LoRA active)."""
     import torch
-    from diffusers import StableDiffusionPipeline
 
-    from training.models.text import encode_prompts
-
-    pipe = StableDiffusionPipeline(
-        vae=base.vae, text_encoder=text_encoder, tokenizer=base.tokenizer, unet=unet,
-        scheduler=make_scheduler(sampler, base.noise_scheduler.config), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
+    pipe = sample_pipeline(base, unet, text_encoders, sampler)
     pipe.set_progress_bar_config(disable=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, p in enumerate(prompts):
         generator = torch.Generator(device=device).manual_seed(p.seed)
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            cond = encode_prompts(text_encoder, base.tokenizer, [p.prompt], clip_skip)
-            uncond = encode_prompts(text_encoder, base.tokenizer, [p.negative], clip_skip)
-            image = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, width=p.width, height=p.height,
+            image = pipe(**prompt_kwargs(base, text_encoders, p, clip_skip), width=p.width, height=p.height,
                          num_inference_steps=p.steps, guidance_scale=p.cfg_scale, generator=generator).images[0]
         path = out_dir / sample_file_name(output_name, step, epoch, i, p.seed)
         tmp = path.with_suffix(".tmp.png")

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from training.data.images import fit_to_bucket, load_image, to_tensor
+from training.data.images import crop_geometry, fit_to_bucket, load_image, to_tensor
 from training.loss import per_sample_loss
-from training.models.text import encode_prompts
+from training.models.conditioning import TextEmbeds
+from training.models.text import encode_text
 
 if TYPE_CHECKING:
     from training.config import TrainConfig
@@ -32,15 +33,16 @@ class ValidationSet:
     captions: list[str]
     noise: list[torch.Tensor]
     timesteps: torch.Tensor
+    time_ids: list[torch.Tensor]       # one [T, 6] SDXL micro-conditioning per image (unused by SD1/SD2)
 
 
 def _encode_image(base: BaseModel, item: ImageItem, bucket: tuple[int, int], cache: LatentCache | None, device):
     if cache is not None:
         return cache.get(item.path, bucket, flip=False)
     image, _ = fit_to_bucket(load_image(item.path), bucket)
-    pixels = to_tensor(image, flip=False).unsqueeze(0).to(device, torch.float32)
+    pixels = to_tensor(image, flip=False).unsqueeze(0).to(device, base.vae.dtype)
     with torch.no_grad():
-        return (base.vae.encode(pixels).latent_dist.mean * base.vae.config.scaling_factor)[0]
+        return (base.vae.encode(pixels).latent_dist.mean.float() * base.vae.config.scaling_factor)[0]
 
 
 def build_validation_set(cfg: TrainConfig, base: BaseModel, items: list[ImageItem], kind: str,
@@ -50,31 +52,34 @@ def build_validation_set(cfg: TrainConfig, base: BaseModel, items: list[ImageIte
     n_steps = base.noise_scheduler.config.num_train_timesteps
     timesteps = torch.tensor([int(f * n_steps) for f in TIMESTEP_FRACTIONS], device=device)
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
-    latents, noise = [], []
+    latents, noise, time_ids = [], [], []
     for item, bucket in zip(items, buckets_for(cfg, items), strict=True):
         lat = _encode_image(base, item, bucket, cache, device).to(device, torch.float32)
         latents.append(lat.unsqueeze(0).expand(len(timesteps), *lat.shape).contiguous())
         noise.append(torch.randn((len(timesteps), *lat.shape), generator=generator).to(device))
-    return ValidationSet(kind, latents, [it.caption for it in items], noise, timesteps)
+        _, (top, left) = crop_geometry(item.size, bucket)
+        ids = torch.tensor([item.size[1], item.size[0], top, left, bucket[1], bucket[0]], device=device)
+        time_ids.append(ids.expand(len(timesteps), -1))
+    return ValidationSet(kind, latents, [it.caption for it in items], noise, timesteps, time_ids)
 
 
 @torch.no_grad()
-def validation_loss(val: ValidationSet, unet, text_encoder, base: BaseModel, clip_skip: int,
-                    text_cache: dict[str, torch.Tensor] | None, dtype: torch.dtype) -> float:
+def validation_loss(val: ValidationSet, unet, text_encoders: list, base: BaseModel, clip_skip: int,
+                    text_cache: dict[str, TextEmbeds] | None, dtype: torch.dtype) -> float:
     """Mean unweighted loss over images x fixed timesteps. LoRA dropout is off during evaluation."""
-    modes = [(m, m.training) for m in (unet, text_encoder)]
+    modes = [(m, m.training) for m in (unet, *text_encoders)]
     for model, _ in modes:
         model.eval()
     total = torch.zeros((), device=val.timesteps.device)
-    for latents, caption, noise in zip(val.latents, val.captions, val.noise, strict=True):
+    for latents, caption, noise, time_ids in zip(val.latents, val.captions, val.noise, val.time_ids, strict=True):
         if text_cache is not None and caption in text_cache:
-            cond = text_cache[caption].unsqueeze(0)
+            cond = TextEmbeds.stack([text_cache[caption]])
         else:
-            cond = encode_prompts(text_encoder, base.tokenizer, [caption], clip_skip)
-        cond = cond.to(latents.device, dtype).expand(len(val.timesteps), -1, -1)
+            cond = encode_text(text_encoders, base.tokenizers, [caption], clip_skip)
+        cond = cond.to(latents.device, dtype).expand(len(val.timesteps))
         with torch.autocast(latents.device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss = per_sample_loss(unet, base.noise_scheduler, latents.to(dtype), cond, noise.to(dtype),
-                                   val.timesteps)
+                                   val.timesteps, time_ids=time_ids)
         total += loss.mean()
     for model, mode in modes:
         model.train(mode)

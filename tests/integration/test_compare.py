@@ -54,7 +54,7 @@ def base_image(model: Path) -> np.ndarray:
     base = load_base_model(str(model))
     prompt = SamplePrompt(PROMPT, "", SIZE, SIZE, SEED, 7.0, STEPS)
     out = Path(model).parent / "base-sample"
-    [path] = generate_samples(base, base.unet, base.text_encoder, [prompt], "euler_a", 1, out, "base", 0, None,
+    [path] = generate_samples(base, base.unet, base.text_encoders, [prompt], "euler_a", 1, out, "base", 0, None,
                               torch.device("cpu"), torch.float32)
     return np.asarray(Image.open(path).convert("RGB")).astype(int)
 

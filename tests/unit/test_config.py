@@ -132,3 +132,33 @@ def test_advice_flags_likely_mistakes_without_refusing():
 def test_windows_backslash_path_gets_a_hint(tmp_path):
     message = error_of(tmp_path, 'train_data_dir = "C:\\datasets\\mychar"')
     assert "single quotes" in message
+
+
+@pytest.mark.parametrize(("value", "parsed", "rates"), [
+    ("1e-5", 1e-5, (1e-5, 1e-5)),
+    ("1e-5, 5e-6", [1e-5, 5e-6], (1e-5, 5e-6)),
+    ([2e-5], 2e-5, (2e-5, 2e-5)),
+    ([1e-5, 0.0], [1e-5, 0.0], (1e-5, 0.0)),
+    (None, None, (1e-4, 1e-4)),
+])
+def test_text_encoder_lr_is_one_rate_or_sdxls_pair(value, parsed, rates):
+    cfg = TrainConfig(text_encoder_lr=value, learning_rate=1e-4)
+    assert cfg.text_encoder_lr == parsed and cfg.text_encoder_lrs == rates
+
+
+def test_each_text_encoder_trains_only_at_a_rate_above_zero():
+    assert TrainConfig(text_encoder_lr=[1e-5, 0]).trained_text_encoders(2) == [0]
+    assert TrainConfig(text_encoder_lr=[0, 1e-5]).trained_text_encoders(1) == []  # SD1 has no second encoder
+    assert TrainConfig(text_encoder_lr=1e-5, network_train_unet_only=True).trained_text_encoders(2) == []
+    assert TrainConfig(text_encoder_lr="1e-5, 5e-6").trained_text_encoders(2) == [0, 1]
+
+
+def test_text_encoder_lr_pair_round_trips_through_toml_and_bad_values_name_the_key(tmp_path):
+    cfg, _ = load_config(write(tmp_path, "text_encoder_lr = [1e-5, 5e-6]\n"))
+    again, _ = load_config(write(tmp_path, config_to_toml(cfg)))
+    assert again.text_encoder_lr == [1e-5, 5e-6]
+    assert error_of(tmp_path, "text_encoder_lr = [1e-5, 5e-6, 1e-6]").startswith(
+        "run.toml: text_encoder_lr = [1e-05, 5e-06, 1e-06] is invalid: give one value, or two for SDXL")
+    assert "text_encoder_lr = 'fast' is invalid: must be a number, or two numbers" in error_of(
+        tmp_path, 'text_encoder_lr = "fast"')
+    assert "each value must be between 0 and 10" in error_of(tmp_path, "text_encoder_lr = -1.0")

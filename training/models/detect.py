@@ -25,6 +25,7 @@ SDXL_MARKERS = ("conditioner.embedders.1.", "model.diffusion_model.label_emb.")
 OPEN_CLIP_SD2 = "cond_stage_model.model."
 CLIP_SD1 = "cond_stage_model.transformer."
 CONTEXT_DIM_FAMILY = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+FAMILY_LABELS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}  # what users call them
 
 
 def detect_family(source: Path | str | Mapping[str, Any] | KeyShapes) -> str:

@@ -1,8 +1,7 @@
 """What differs between base-model families, in one table.
 
-The loop never branches on a family name: it asks the family object. SDXL is in the table for naming, export and
-verification (kohya SGM names, ``lora_te1``/``lora_te2``, metadata); ``loading.choose_family`` still refuses to train
-it, and ``family_for`` (kohya's two SD flags) never returns it.
+The loop never branches on a family name: it asks the family object (or the model: a second text encoder means
+SDXL's dual-encoder conditioning). ``family_for`` (kohya's two SD flags) never returns SDXL: detection does.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ pad token (SD1 ``<|endoftext|>``, SD2 ``!``), so nothing is fetched by hub id ei
 
 Family choice: detected from keys/shapes (``detect.py``). kohya's ``v2`` flag decides only where detection cannot
 (an unrecognised layout); a flag that contradicts what the file clearly is is refused, because loading would fail
-later with a shape error anyway. SDXL is refused until it is supported. v-prediction: the ``v_parameterization``
+later with a shape error anyway. v-prediction: the ``v_parameterization``
 flag if given, else a diffusers folder's scheduler ``prediction_type``, else epsilon (a single SD2 file is assumed to
 be 512-px epsilon; 768-v files need ``v_parameterization = true``, exactly as in kohya).
 """
@@ -21,12 +21,13 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from diffusers.loaders.single_file_utils import SingleFileComponentError
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from training.errors import UserError
 from training.models.checkpoint import read_checkpoint
 from training.models.detect import family_from_folder, family_from_shapes, folder_prediction_type, read_key_shapes
-from training.models.families import TOKENIZER_DIR, Family, family_for
+from training.models.families import SDXL, TOKENIZER_DIR, Family, family_for
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 HUB_CONFIG_PATTERNS = ["model_index.json", "*/config.json", "scheduler/*.json"]
@@ -40,10 +41,20 @@ class BaseModel:
     text_encoder: CLIPTextModel
     tokenizer: CLIPTokenizer
     noise_scheduler: DDPMScheduler  # training noise schedule: the base model's betas, prediction_type per family
+    text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL's OpenCLIP-bigG; None for SD1/SD2
+    tokenizer_2: CLIPTokenizer | None = None
+
+    @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [self.text_encoder] + ([self.text_encoder_2] if self.text_encoder_2 is not None else [])
+
+    @property
+    def tokenizers(self) -> list[CLIPTokenizer]:
+        return [self.tokenizer] + ([self.tokenizer_2] if self.tokenizer_2 is not None else [])
 
 
 def load_base_model(path_or_id: str, v2: bool | None = None, v_parameterization: bool | None = None) -> BaseModel:
-    """Load UNet, VAE, text encoder (fp32), tokenizer and training scheduler for an SD1.x/SD2.x base model."""
+    """Load UNet, VAE, text encoder(s) (fp32), tokenizer(s) and training scheduler of an SD1.x/SD2.x/SDXL model."""
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         return load_folder(path, v2, v_parameterization)
@@ -58,9 +69,13 @@ def load_base_model(path_or_id: str, v2: bool | None = None, v_parameterization:
 
 def choose_family(where: str, detected: str | None, v2: bool | None, v_parameterization: bool | None,
                   folder_prediction: str | None = None) -> Family:
-    """Combine detection with kohya's flags; refuse SDXL and contradictions the user cannot have meant."""
+    """Combine detection with kohya's flags; refuse contradictions the user cannot have meant."""
     if detected == "sdxl":
-        raise UserError(f"{where}: this is an SDXL checkpoint; SDXL is not supported yet, pick an SD1.x/SD2.x model")
+        if v2:
+            raise UserError(f"{where}: this is an SDXL model but v2 = true; remove v2")
+        if v_parameterization or folder_prediction == "v_prediction":
+            raise UserError(f"{where}: v-prediction SDXL models are not supported yet; use an epsilon SDXL model")
+        return SDXL
     if detected is None and v2 is None:
         raise UserError(f"{where}: cannot tell whether this is SD1.x or SD2.x; set v2 = true or false")
     is_v2 = detected == "sd2" if detected is not None else bool(v2)
@@ -86,16 +101,27 @@ def load_single_file(path: Path, family: Family, config_dir: Path | None = None,
     # No torch_dtype: diffusers then casts each tensor to the (fp32) parameter it fills, whereas torch_dtype adds a
     # model.to() that logs a spurious "keep in float32" warning in diffusers 0.42. _check_loaded enforces fp32.
     common = {"config": config, "local_files_only": True}
+    part = "UNet"  # names the component that failed: "does not seem to contain a valid CLIP model" alone is vague
     try:
         unet = UNet2DConditionModel.from_single_file(state, subfolder="unet", **common)
+        part = "VAE"
         vae = AutoencoderKL.from_single_file(state, subfolder="vae", **common)
-        text_encoder = _text_encoder_from_ldm(state, config)
-    except (ValueError, RuntimeError, KeyError) as e:  # shape mismatch, missing component: a wrong/partial file
-        raise UserError(f"{where}: does not load as {family.name} ({_first_line(e)})") from e
-    for part, model in (("UNet", unet), ("VAE", vae), ("text encoder", text_encoder)):
-        _check_loaded(where, part, model)
+        part = "text encoder"
+        text_encoder = _text_encoder_from_ldm(CLIPTextModel, state, config, "text_encoder")
+        text_encoder_2 = None
+        if family.tokenizer_2_pad is not None:
+            part = "text encoder 2"
+            text_encoder_2 = _text_encoder_from_ldm(CLIPTextModelWithProjection, state, config, "text_encoder_2")
+    # shape mismatch, missing component (diffusers' SingleFileComponentError is a bare Exception): wrong/partial file
+    except (ValueError, RuntimeError, KeyError, SingleFileComponentError) as e:
+        raise UserError(f"{where}: does not load as {family.name}: {part} ({_first_line(e)})") from e
+    parts = (("UNet", unet), ("VAE", vae), ("text encoder", text_encoder), ("text encoder 2", text_encoder_2))
+    for part, model in parts:
+        if model is not None:
+            _check_loaded(where, part, model)
     scheduler = training_scheduler(Path(config), family)
-    return BaseModel(family, unet, vae, text_encoder, build_tokenizer(family), scheduler)
+    tokenizer_2 = build_tokenizer(family, second=True) if text_encoder_2 is not None else None
+    return BaseModel(family, unet, vae, text_encoder, build_tokenizer(family), scheduler, text_encoder_2, tokenizer_2)
 
 
 def load_folder(folder: Path, v2: bool | None = None, v_parameterization: bool | None = None,
@@ -110,9 +136,40 @@ def load_folder(folder: Path, v2: bool | None = None, v_parameterization: bool |
         vae = AutoencoderKL.from_pretrained(root, subfolder="vae", **common)
         text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder", **common)
         tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", local_files_only=source is None)
+        text_encoder_2 = tokenizer_2 = None
+        if family.tokenizer_2_pad is not None:
+            text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(root, subfolder="text_encoder_2", **common)
+            tokenizer_2 = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer_2",
+                                                        local_files_only=source is None)
     except OSError as e:
         raise UserError(f"{root}: incomplete diffusers model ({_first_line(e)})") from e
-    return BaseModel(family, unet, vae, text_encoder, tokenizer, training_scheduler(folder, family))
+    return BaseModel(family, unet, vae, text_encoder, tokenizer, training_scheduler(folder, family), text_encoder_2,
+                     tokenizer_2)
+
+
+def load_vae(path_or_id: str, family: Family) -> AutoencoderKL:
+    """A replacement VAE (kohya's ``vae``): a single ``.safetensors``/``.ckpt`` file, read with the family's bundled
+    VAE config, or a diffusers folder (a whole model or just its ``vae``), local only."""
+    path = Path(path_or_id).expanduser()
+    try:
+        if path.is_dir():
+            sub = "vae" if (path / "vae" / "config.json").is_file() else None
+            vae = AutoencoderKL.from_pretrained(str(path), subfolder=sub, torch_dtype=torch.float32,
+                                                local_files_only=True)
+        elif path.is_file():
+            state = read_checkpoint(path)
+            # A bare LDM VAE gets the prefix diffusers' converter looks for; a diffusers-layout file (a folder's
+            # diffusion_pytorch_model.safetensors) loads as is: prefixing it left every weight on the meta device.
+            if not any(k.startswith(("first_stage_model.", "encoder.down_blocks.")) for k in state):
+                state = {f"first_stage_model.{k}": v for k, v in state.items()}
+            vae = AutoencoderKL.from_single_file(state, config=str(family.config_dir), subfolder="vae",
+                                                 local_files_only=True)
+        else:
+            raise UserError(f"vae {path_or_id}: no such file or folder")
+    except (OSError, ValueError, RuntimeError, KeyError, SingleFileComponentError) as e:  # no VAE keys at all: SFCE
+        raise UserError(f"vae {path_or_id}: not a VAE for {family.name} ({_first_line(e)})") from e
+    _check_loaded(str(path), "VAE", vae)
+    return vae
 
 
 def load_hub(repo_id: str, v2: bool | None = None, v_parameterization: bool | None = None) -> BaseModel:
@@ -135,17 +192,20 @@ def training_scheduler(config_dir: Path, family: Family) -> DDPMScheduler:
     return DDPMScheduler.from_config(config, prediction_type=family.prediction_type)
 
 
-def build_tokenizer(family: Family) -> CLIPTokenizer:
-    """The CLIP BPE tokenizer from the bundled vocabulary, padded as the family's original tokenizer pads."""
+def build_tokenizer(family: Family, second: bool = False) -> CLIPTokenizer:
+    """The CLIP BPE tokenizer from the bundled vocabulary, padded as the family's original tokenizer pads
+    (``second``: SDXL's tokenizer_2, same vocabulary, pads with "!")."""
+    pad = family.tokenizer_2_pad if second else family.tokenizer_pad
     return CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"),
-                         pad_token=family.tokenizer_pad, model_max_length=77)
+                         pad_token=pad, model_max_length=77)
 
 
-def _text_encoder_from_ldm(state: dict[str, torch.Tensor], config: str) -> CLIPTextModel:
-    """diffusers' own LDM -> CLIP conversion (CLIP-L layout for SD1, fused OpenCLIP layout for SD2)."""
+def _text_encoder_from_ldm(cls: type, state: dict[str, torch.Tensor], config: str, subfolder: str):
+    """diffusers' own LDM -> CLIP conversion: CLIP-L layout (SD1, SDXL TE1), fused OpenCLIP layout (SD2, SDXL TE2
+    with its text projection); diffusers picks the SDXL encoder whose width matches the config."""
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
 
-    return create_diffusers_clip_model_from_ldm(CLIPTextModel, state, subfolder="text_encoder", config=config,
+    return create_diffusers_clip_model_from_ldm(cls, state, subfolder=subfolder, config=config,
                                                 torch_dtype=torch.float32, local_files_only=True)
 
 
@@ -162,7 +222,7 @@ def _check_loaded(where: str, part: str, model: torch.nn.Module) -> None:
 def _detect_file(path: Path) -> tuple[str | None, dict[str, torch.Tensor] | None]:
     """Detected family (None: unrecognised, kohya's ``v2`` decides) and, for pickles, the state dict already read.
 
-    A ``.safetensors`` header is enough, so an SDXL file is refused before its weights are read.
+    A ``.safetensors`` header is enough to tell the family, before any weights are read.
     """
     suffix = path.suffix.lower()
     if suffix not in SINGLE_FILE_SUFFIXES:
