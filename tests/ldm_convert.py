@@ -1,4 +1,4 @@
-"""Test helper: a diffusers SD1/SD2 pipeline -> original (LDM / CompVis) single-file state dict.
+"""Test helper: a diffusers SD1/SD2/SDXL pipeline -> original (LDM / CompVis / SGM) single-file state dict.
 
 Lets tests produce the files users actually have (``v1-5-pruned.safetensors`` style) from tiny random models.
 Written from the layout facts (the inverse of diffusers' ``single_file_utils`` LDM -> diffusers conversion):
@@ -14,6 +14,10 @@ Written from the layout facts (the inverse of diffusers' ``single_file_utils`` L
 * SD1 text encoder: ``cond_stage_model.transformer.text_model.*`` (HF CLIP names).
 * SD2 text encoder: OpenCLIP ``cond_stage_model.model.*`` with fused ``attn.in_proj_*`` (q;k;v stacked) and a
   ``text_projection`` of shape [width, width] (diffusers reads the width from it and then ignores it).
+* SDXL (SGM layout, ``sd_xl_base_1.0.safetensors``): the same UNet and VAE (plus ``label_emb`` for the UNet's
+  text_time embedding), TE1 as HF CLIP under ``conditioner.embedders.0.transformer.text_model.``, TE2 as OpenCLIP
+  under ``conditioner.embedders.1.model.`` with its real ``text_projection`` stored as [width, projection], i.e. the
+  diffusers ``text_projection.weight`` transposed (OpenCLIP computes ``x @ text_projection``).
 """
 
 from __future__ import annotations
@@ -28,13 +32,23 @@ UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2"
 VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
+SD_CLIP = "cond_stage_model.transformer.text_model."
+SD2_OPEN_CLIP = "cond_stage_model.model."
+SDXL_CLIP = "conditioner.embedders.0.transformer.text_model."
+SDXL_OPEN_CLIP = "conditioner.embedders.1.model."
+
+
 def diffusers_to_ldm(pipe) -> dict[str, torch.Tensor]:
-    """The whole pipeline as one LDM-layout state dict (cloned, contiguous tensors)."""
+    """The whole pipeline as one LDM-layout (SGM for SDXL) state dict (cloned, contiguous tensors)."""
     out = {f"model.diffusion_model.{k}": v for k, v in unet_to_ldm(pipe.unet).items()}
     out.update({f"first_stage_model.{k}": v for k, v in vae_to_ldm(pipe.vae).items()})
-    open_clip = pipe.text_encoder.config.hidden_act == "gelu"
-    te = open_clip_to_ldm(pipe.text_encoder) if open_clip else clip_to_ldm(pipe.text_encoder)
-    out.update(te)
+    if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: CLIP-L + OpenCLIP-bigG with projection
+        out.update(clip_to_ldm(pipe.text_encoder, SDXL_CLIP))
+        te2 = pipe.text_encoder_2
+        out.update(open_clip_to_ldm(te2, SDXL_OPEN_CLIP, projection=te2.text_projection.weight.T))
+    else:
+        open_clip = pipe.text_encoder.config.hidden_act == "gelu"
+        out.update(open_clip_to_ldm(pipe.text_encoder) if open_clip else clip_to_ldm(pipe.text_encoder))
     return {k: v.detach().clone().contiguous() for k, v in out.items()}
 
 
@@ -100,22 +114,24 @@ def _vae_key(key: str, n_up: int) -> str:
     return key
 
 
-def clip_to_ldm(text_encoder) -> dict[str, torch.Tensor]:
+def clip_to_ldm(text_encoder, prefix: str = SD_CLIP) -> dict[str, torch.Tensor]:
     """HF CLIP names under the CompVis prefix (transformers 5 dropped the ``text_model.`` level; LDM files keep it)."""
-    prefix = "cond_stage_model.transformer.text_model."
     return {prefix + k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
 
 
-def open_clip_to_ldm(text_encoder) -> dict[str, torch.Tensor]:
+def open_clip_to_ldm(text_encoder, prefix: str = SD2_OPEN_CLIP, projection: torch.Tensor | None = None
+                     ) -> dict[str, torch.Tensor]:
+    """OpenCLIP layout with fused q/k/v. ``projection`` is the stored ``text_projection`` ([width, proj]); SD2
+    files carry an unused [width, width] one, so it defaults to eye(width)."""
     sd = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
     width = text_encoder.config.hidden_size
-    p = "cond_stage_model.model."
+    p = prefix
     out = {
         p + "token_embedding.weight": sd["embeddings.token_embedding.weight"],
         p + "positional_embedding": sd["embeddings.position_embedding.weight"],
         p + "ln_final.weight": sd["final_layer_norm.weight"],
         p + "ln_final.bias": sd["final_layer_norm.bias"],
-        p + "text_projection": torch.eye(width),
+        p + "text_projection": torch.eye(width) if projection is None else projection,
     }
     for i in range(text_encoder.config.num_hidden_layers):
         src, dst = f"encoder.layers.{i}.", f"{p}transformer.resblocks.{i}."

@@ -15,19 +15,35 @@ from training.models.families import FAMILIES
 from training.network import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora
 
 # (family, rank, alpha, extra UNet targets): alpha != rank throughout; sd1 also gets 1x1 (proj_in) and 3x3 (conv1)
-# conv targets so the 4-D LoRA layout is exercised.
-CASES = [("sd1", 4, 2.0, ()), ("sd1", 8, 16.0, ("proj_in", "conv1")), ("sd2", 4, 2.0, ()), ("sd2", 8, 16.0, ())]
-CASE_IDS = [f"{f}-r{r}-a{int(a)}{'-conv' if x else ''}" for f, r, a, x in CASES]
+# conv targets so the 4-D LoRA layout is exercised. SDXL: UNet + TE1 + TE2; its second case adds the resnet convs and
+# the down/upsampler convs ("conv": SGM names input_blocks_3_0_op, output_blocks_2_2_conv) and linear proj_in/out.
+SD_CASES = [("sd1", 4, 2.0, ()), ("sd1", 8, 16.0, ("proj_in", "conv1")), ("sd2", 4, 2.0, ()), ("sd2", 8, 16.0, ())]
+SDXL_CASES = [("sdxl", 4, 2.0, ()), ("sdxl", 8, 16.0, ("proj_in", "proj_out", "conv1", "conv2", "conv"))]
+CASES = SD_CASES + SDXL_CASES
+
+
+def case_ids(cases: list) -> list[str]:
+    return [f"{f}-r{r}-a{int(a)}{'-conv' if x else ''}" for f, r, a, x in cases]
+
+
+CASE_IDS = case_ids(CASES)
+
+
+def text_encoders(pipe) -> list:
+    """The pipeline's text encoders in kohya order: [text_encoder] or SDXL's [text_encoder, text_encoder_2]."""
+    second = getattr(pipe, "text_encoder_2", None)
+    return [pipe.text_encoder] + ([second] if second is not None else [])
 
 
 def lora_pipeline(family: str, rank: int, alpha: float, extra: tuple[str, ...] = (), seed: int = 0):
-    """Tiny pipeline with adapters on UNet and TE, lora_B randomised so every module has a real delta."""
+    """Tiny pipeline with adapters on UNet and every TE, lora_B randomised so every module has a real delta."""
     pipe = build_tiny_pipeline(family)
     add_lora(pipe.unet, UNET_TARGETS + list(extra), rank, alpha)
-    add_lora(pipe.text_encoder, TEXT_ENCODER_TARGETS, rank, alpha)
+    for te in text_encoders(pipe):
+        add_lora(te, TEXT_ENCODER_TARGETS, rank, alpha)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for model in (pipe.unet, pipe.text_encoder):
+        for model in (pipe.unet, *text_encoders(pipe)):
             for name, p in model.named_parameters():
                 if "lora_B" in name:
                     p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
@@ -36,7 +52,7 @@ def lora_pipeline(family: str, rank: int, alpha: float, extra: tuple[str, ...] =
 
 def export_file(pipe, family: str, path: Path, **meta_overrides) -> tuple[Path, dict[str, torch.Tensor], str]:
     fam = FAMILIES[family]
-    sd = kohya_state_dict(pipe.unet, [pipe.text_encoder], fam)
+    sd = kohya_state_dict(pipe.unet, text_encoders(pipe), fam)
     config = {"network_dim": 4, "network_alpha": 2.0, "resolution": 512, "output_name": "tiny", "clip_skip": None,
               "learning_rate": 1e-4, "train_batch_size": 2, "gradient_accumulation_steps": 2}
     training = {"training_started_at": 1700000000.0, "tag_frequency": {"2_red": {"red": 3}},
@@ -77,8 +93,10 @@ def captured_logs():
 
 
 def _weights(pipe) -> dict[str, torch.Tensor]:
-    return {**{f"unet.{k}": v.clone() for k, v in pipe.unet.state_dict().items()},
-            **{f"te.{k}": v.clone() for k, v in pipe.text_encoder.state_dict().items()}}
+    out = {f"unet.{k}": v.clone() for k, v in pipe.unet.state_dict().items()}
+    for i, te in enumerate(text_encoders(pipe)):
+        out.update({f"te{i}.{k}": v.clone() for k, v in te.state_dict().items()})
+    return out
 
 
 def _expected_delta(sd: dict[str, torch.Tensor], name: str) -> torch.Tensor:
@@ -91,7 +109,7 @@ def _expected_delta(sd: dict[str, torch.Tensor], name: str) -> torch.Tensor:
 
 def _module_weight_key(name: str, table: dict) -> str:
     component, path = table[name]
-    return f"{'unet' if component == 'unet' else 'te'}.{path}.weight"
+    return f"{'unet' if component == 'unet' else f'te{component}'}.{path}.weight"
 
 
 def apply_with_diffusers(pipe, path: Path, family: str) -> tuple[set[str], set[str], float, list[str]]:
@@ -105,7 +123,7 @@ def apply_with_diffusers(pipe, path: Path, family: str) -> tuple[set[str], set[s
     from training.kohya_names import module_lookup
 
     sd = load_file(str(path))
-    table = module_lookup(pipe.unet, [pipe.text_encoder], FAMILIES[family])
+    table = module_lookup(pipe.unet, text_encoders(pipe), FAMILIES[family])
     before = _weights(pipe)
     with captured_logs() as lines:
         pipe.load_lora_weights(str(path))

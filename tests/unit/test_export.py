@@ -1,4 +1,7 @@
-"""peft -> kohya export: names, dtypes, scale, atomic save, hash, and that diffusers applies every module."""
+"""peft -> kohya export: names, dtypes, scale, atomic save, hash, and that diffusers applies every module.
+
+The diffusers check covers SD1, SD2 and SDXL (UNet + TE1 + TE2); SDXL's own names and metadata: test_sdxl_lora.py.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import struct
 
 import pytest
 import torch
-from lora_checks import CASE_IDS, CASES, apply_with_diffusers, export_file, lora_pipeline
+from lora_checks import CASE_IDS, CASES, SD_CASES, apply_with_diffusers, case_ids, export_file, lora_pipeline
 from tiny_models import build_tiny_pipeline
 
 from training.errors import UserError
@@ -32,13 +35,15 @@ def test_diffusers_applies_every_module_at_the_right_scale(tmp_path, family, ran
     changed, expected, worst, lines = apply_with_diffusers(fresh, path, family)
     assert not [ln for ln in lines if "No LoRA keys" in ln or "unexpected" in ln.lower()], lines
     assert changed == expected
+    components = {"unet", "te0"} | ({"te1"} if family == "sdxl" else set())  # SDXL: UNet, TE1 and TE2 all fused
+    assert {k.partition(".")[0] for k in changed} == components
     assert worst <= 2e-3
 
     assert not torch.allclose(_generate(peft_pipe), _generate(build_tiny_pipeline(family)), atol=1e-3)
     torch.testing.assert_close(_generate(fresh), _generate(peft_pipe), rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.parametrize(("family", "rank", "alpha", "extra"), CASES, ids=CASE_IDS)
+@pytest.mark.parametrize(("family", "rank", "alpha", "extra"), SD_CASES, ids=case_ids(SD_CASES))
 def test_key_names_dtypes_and_alpha(family, rank, alpha, extra):
     pipe = lora_pipeline(family, rank, alpha, extra)
     sd = kohya_state_dict(pipe.unet, [pipe.text_encoder], FAMILIES[family])

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from lora_checks import CASE_IDS, CASES, export_file, lora_pipeline
+from lora_checks import CASE_IDS, CASES, export_file, lora_pipeline, text_encoders
 from tiny_models import build_tiny_pipeline
 
 from training.errors import UserError
@@ -18,8 +18,8 @@ from training.network import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora
 
 def _reexport(sd: dict[str, torch.Tensor], family: str) -> tuple[dict[str, torch.Tensor], object]:
     fresh = build_tiny_pipeline(family, seed=7)  # different base weights: only the LoRA tensors matter
-    report = load_kohya_into_peft(sd, fresh.unet, [fresh.text_encoder], FAMILIES[family])
-    return kohya_state_dict(fresh.unet, [fresh.text_encoder], FAMILIES[family]), report
+    report = load_kohya_into_peft(sd, fresh.unet, text_encoders(fresh), FAMILIES[family])
+    return kohya_state_dict(fresh.unet, text_encoders(fresh), FAMILIES[family]), report
 
 
 def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -57,7 +57,8 @@ def test_round_trip_is_exact(tmp_path, family, rank, alpha, extra):
     assert meta["ss_network_module"] == "networks.lora"
     again, report = _reexport(file_sd, family)
     _assert_identical(file_sd, again)
-    assert report.modules == len(sd) // 3 and set(report.injected) == {"unet", "text_encoder_0"}
+    components = {"unet", "text_encoder_0"} | ({"text_encoder_1"} if family == "sdxl" else set())
+    assert report.modules == len(sd) // 3 and set(report.injected) == components
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2"])

@@ -202,11 +202,15 @@ def test_detect_family_from_text_encoder_prefix_and_folders(tiny_sd1, tiny_sd2v)
         detect_family({"some.other.model": (3,)})
 
 
-def test_sdxl_file_is_refused_with_one_clear_line(tmp_path):
+def test_sdxl_file_is_loaded_as_sdxl_and_v2_flag_refused(tmp_path):
+    """SDXL is picked from the header; kohya's v2 = true contradicts it. Real loading: test_sdxl_loading.py."""
     path = _header_file(tmp_path / "sd_xl_base_1.0.safetensors", SYNTHETIC["sdxl"])
     with pytest.raises(UserError) as err:
+        load_base_model(str(path), v2=True)
+    assert str(err.value) == f"{path}: this is an SDXL model but v2 = true; remove v2"
+    with pytest.raises(UserError) as err:  # a header-only stub is no loadable SDXL model: one line, no traceback
         load_base_model(str(path))
-    assert str(err.value) == f"{path}: this is an SDXL checkpoint; SDXL is not supported yet, pick an SD1.x/SD2.x model"
+    assert str(err.value).startswith(f"{path}: does not load as sdxl: ") and "\n" not in str(err.value)
 
 
 def test_v2_flag_contradicting_the_file_is_refused(tmp_path):

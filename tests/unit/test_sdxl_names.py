@@ -75,24 +75,26 @@ def test_bundled_sdxl_configs_build_the_full_size_models(sdxl):
 
 def test_a_real_sdxl_checkpoint_layout_maps_onto_the_bundled_configs(sdxl):
     """diffusers' own LDM converters (what from_single_file runs) turn an SGM-layout file into exactly these models'
-    parameters: UNet incl. label_emb, VAE, and the fused OpenCLIP-bigG TE2 with its text projection."""
+    parameters: UNet incl. label_emb, VAE, CLIP-L TE1, and the fused OpenCLIP-bigG TE2 with its text projection."""
     from diffusers.loaders import single_file_utils as sfu
-    from ldm_convert import open_clip_to_ldm, unet_to_ldm, vae_to_ldm  # tests/ is on sys.path (conftest)
+    from ldm_convert import SDXL_CLIP, SDXL_OPEN_CLIP, clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
 
-    unet, vae, _, te2 = sdxl
+    unet, vae, te1, te2 = sdxl
 
     def shapes(state: dict) -> dict:
         return {k: tuple(v.shape) for k, v in state.items()}
 
     unet_ldm = {f"model.diffusion_model.{k}": v for k, v in unet_to_ldm(unet).items()}  # label_emb included
-    te2_prefix = "conditioner.embedders.1.model."
-    te2_ldm = {k.replace("cond_stage_model.model.", te2_prefix): v for k, v in open_clip_to_ldm(te2).items()}
-    te2_ldm[te2_prefix + "text_projection"] = te2.text_projection.weight.T
-    assert sfu.infer_diffusers_model_type(unet_ldm | te2_ldm) == "xl_base"
+    te1_ldm = clip_to_ldm(te1, SDXL_CLIP)
+    te2_ldm = open_clip_to_ldm(te2, SDXL_OPEN_CLIP, projection=te2.text_projection.weight.T)
+    assert sfu.infer_diffusers_model_type(unet_ldm | te1_ldm | te2_ldm) == "xl_base"
     assert shapes(sfu.convert_ldm_unet_checkpoint(unet_ldm, unet.config)) == shapes(unet.state_dict())
     vae_ldm = {f"first_stage_model.{k}": v for k, v in vae_to_ldm(vae).items()}
     assert shapes(sfu.convert_ldm_vae_checkpoint(vae_ldm, vae.config)) == shapes(vae.state_dict())
-    assert shapes(sfu.convert_open_clip_checkpoint(te2, te2_ldm, prefix=te2_prefix)) == shapes(te2.state_dict())
+    te1_sd = {k.removeprefix("text_model."): v for k, v in sfu.convert_ldm_clip_checkpoint(te1_ldm).items()}
+    assert shapes(te1_sd) == shapes(te1.state_dict())  # CLIPTextModel has no text_model. level in transformers 5
+    te2_sd = sfu.convert_open_clip_checkpoint(te2, te2_ldm, prefix=SDXL_OPEN_CLIP)
+    assert shapes(te2_sd) == shapes(te2.state_dict())
 
 
 def test_every_unet_attention_projection_has_an_sgm_name_that_resolves(sdxl, table):
@@ -182,11 +184,15 @@ def test_an_sdxl_lora_in_kohya_form_passes_the_export_check(sdxl, table, tmp_pat
     assert report.matched == report.total == 560 + 48 + 128
 
 
-def test_sdxl_is_in_the_table_but_still_refused_for_training():
+def test_sdxl_is_chosen_only_by_detection_and_refuses_sd2_flags():
     from training.models.loading import choose_family
 
     assert FAMILIES["sdxl"] is SDXL and SDXL.tokenizer_pad == "<|endoftext|>" and SDXL.tokenizer_2_pad == "!"
     assert SDXL.te_prefixes == ("lora_te1", "lora_te2") and SDXL.default_resolution == 1024
     assert all(family_for(v2, v) is not SDXL for v2 in (False, True) for v in (False, True))
-    with pytest.raises(UserError, match="SDXL is not supported yet"):
-        choose_family("xl.safetensors", "sdxl", None, None)
+    assert choose_family("xl.safetensors", "sdxl", None, None) is SDXL
+    assert choose_family("xl.safetensors", "sdxl", False, False) is SDXL
+    with pytest.raises(UserError, match="v2 = true; remove v2"):
+        choose_family("xl.safetensors", "sdxl", True, None)
+    with pytest.raises(UserError, match="v-prediction SDXL"):
+        choose_family("xl", "sdxl", None, None, folder_prediction="v_prediction")
