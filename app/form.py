@@ -20,7 +20,7 @@ from training.config_io import ConfigError, allowed_values, config_from_dict, re
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 # What the user brings, not what a preset chooses: picking a preset never overwrites these. (v_parameterization is
 # not here: a 768-v preset sets it, because the weights do not reveal it.)
-USER_FIELDS = frozenset({"pretrained_model_name_or_path", "v2", "train_data_dir",
+USER_FIELDS = frozenset({"pretrained_model_name_or_path", "v2", "vae", "train_data_dir",
                          "caption_extension", "network_weights", "sample_prompts", "output_dir", "output_name",
                          "resume", "logging_dir"})
 AUTO = "auto"  # tri-state booleans (v2, v_parameterization): unset means "detect from the checkpoint"
@@ -43,10 +43,12 @@ class FieldSpec:
 
 
 def _unwrap(annotation: Any) -> tuple[Any, bool]:
-    """(inner type, optional) for ``X | None``."""
+    """(inner type, optional) for ``X | None``. A union of several types (``float | list[float]``) stays a union:
+    it becomes a text field whose text the config parses."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return args[0], len(args) < len(typing.get_args(annotation))
+        optional = len(args) < len(typing.get_args(annotation))
+        return (args[0] if len(args) == 1 else annotation), optional
     return annotation, False
 
 
@@ -125,6 +127,10 @@ def _to_ui_value(spec: FieldSpec, value: Any) -> Any:
         return next(k for k, v in TRISTATE.items() if v == value)
     if spec.kind == "text" and value is None:
         return ""
+    if spec.kind == "text" and isinstance(value, list | tuple):  # text_encoder_lr's pair: "1e-05, 5e-06"
+        return ", ".join(str(v) for v in value)
+    if spec.kind == "text" and not isinstance(value, str):
+        return str(value)
     return value
 
 
@@ -201,6 +207,13 @@ def inline_reasons(text: str) -> dict[str, str]:
             reasons[key] = rest[i + 1:].strip()
             break
     return reasons
+
+
+def presets_for_family(presets: list[Preset], family: str | None) -> list[Preset]:
+    """The presets made for this base-model family; all of them while the family is unknown (no model yet, a hub
+    id, an unreadable file), or when none was made for it."""
+    fitting = [p for p in presets if family and p.family == family]
+    return fitting or list(presets)
 
 
 def list_presets(folder: Path = PRESETS_DIR) -> list[Preset]:

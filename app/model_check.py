@@ -10,10 +10,22 @@ from pathlib import Path
 from typing import Any
 
 from training.errors import UserError
+from training.models.detect import FAMILY_LABELS
 from training.preflight import looks_like_path
+from training.preflight import preset_mismatch as training_preset_mismatch
 
-FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
-SUPPORTED = ("sd1", "sd2")
+FAMILY_NAMES = FAMILY_LABELS
+SUPPORTED = ("sd1", "sd2", "sdxl")
+# What the family line adds for SDXL: the two things SDXL users ask about first.
+FAMILY_NOTES = {"sdxl": " Trains at 1024 px; clip_skip 1 and 2 are the same here (SDXL always uses the penultimate "
+                        "layer)."}
+# The clip_skip tooltip once the base model is known to be SDXL (the field stays editable: 3+ still means something).
+CLIP_SKIP_SDXL = ("SDXL always conditions on the penultimate layer of both text encoders, so 1 and 2 are the same "
+                  "(an anime base's 'clip skip 2' changes nothing); 3 or more takes an earlier layer. Leave it at 1.")
+
+
+def family_name(family: str | None) -> str:
+    return FAMILY_NAMES.get(family or "", family or "unknown")
 
 
 def detect_model_family(model: str) -> tuple[str | None, str]:
@@ -34,8 +46,12 @@ def detect_model_family(model: str) -> tuple[str | None, str]:
     except UserError as err:
         return None, str(err)
     if family not in SUPPORTED:
-        return family, f"Detected **{FAMILY_NAMES[family]}**: not supported by this version (SD1.x and SD2.x only)."
-    return family, f"Detected **{FAMILY_NAMES[family]}** base model."
+        return family, f"Detected **{family_name(family)}**: not supported by this version ({supported_names()} only)."
+    return family, f"Detected **{family_name(family)}** base model.{FAMILY_NOTES.get(family, '')}"
+
+
+def supported_names() -> str:
+    return ", ".join(FAMILY_NAMES[f] for f in SUPPORTED)
 
 
 def family_problem(model: str, preset: dict[str, Any] | None) -> str | None:
@@ -45,10 +61,13 @@ def family_problem(model: str, preset: dict[str, Any] | None) -> str | None:
     if family is None:
         return None
     if family not in SUPPORTED:
-        return (f"{model} is an {FAMILY_NAMES[family]} model; this version trains SD1.x and SD2.x only. "
-                "Pick an SD1.5 or SD2 base model")
-    wanted = (preset or {}).get("family")
-    if wanted in FAMILY_NAMES and wanted != family:
-        return (f"the preset '{preset.get('name', wanted)}' is for {FAMILY_NAMES[wanted]} models but {model} is "
-                f"{FAMILY_NAMES[family]}; pick a {FAMILY_NAMES[family]} preset or another base model")
-    return None
+        return (f"{model} is an {family_name(family)} model; this version trains {supported_names()} only. "
+                "Pick another base model")
+    return preset_mismatch(family, model, preset)
+
+
+def preset_mismatch(family: str, model: str, preset: dict[str, Any] | None) -> str | None:
+    """The trainer's own check (the command line refuses the same preset with the same line)."""
+    preset = preset or {}
+    wanted = preset.get("family")
+    return training_preset_mismatch(family, model, str(preset.get("name", wanted)), wanted)

@@ -46,18 +46,28 @@ def preflight(cfg: TrainConfig) -> DatasetScan:
     return scan_dataset(data, cfg.caption_extension)
 
 
+def preset_mismatch(family: str, model: str, preset_name: str, wanted: str | None) -> str | None:
+    """One line when a preset was made for another family than the model (an SD1.5 preset's 512 px and clip skip 2
+    on an SDXL model, or the reverse), saying what to pick instead; None when it fits or says no family."""
+    from training.models.detect import FAMILY_LABELS
+
+    if wanted not in FAMILY_LABELS or wanted == family:
+        return None
+    label = FAMILY_LABELS.get(family, family)
+    return (f"the preset '{preset_name}' is for {FAMILY_LABELS[wanted]} models but {model} is an {label} model; "
+            f"use an {label} preset or another base model")
+
+
 def check_preset_family(model: str, preset: tuple[str, str] | None) -> None:
-    """Refuse a preset made for another family than the base model (an SD1.5 preset on SDXL trains at the wrong size
-    with the wrong settings). Read from the file header or folder, torch-free; hub ids are not checked here."""
-    from training.models.detect import FAMILY_LABELS, detect_family
+    """Refuse a preset made for another family than the base model, read from the file header or folder without
+    torch; hub ids are checked once loaded."""
+    from training.models.detect import detect_family
 
     if preset is None or not model or not looks_like_path(model) or not Path(model).expanduser().exists():
         return
-    name, wanted = preset
-    family = detect_family(Path(model).expanduser())
-    if wanted in FAMILY_LABELS and family != wanted:
-        raise UserError(f"the preset '{name}' is for {FAMILY_LABELS[wanted]} models but {model} is an "
-                        f"{FAMILY_LABELS[family]} model; use an {FAMILY_LABELS[family]} preset or another base model")
+    problem = preset_mismatch(detect_family(Path(model).expanduser()), model, *preset)
+    if problem:
+        raise UserError(problem)
 
 
 def check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:

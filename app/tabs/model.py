@@ -8,8 +8,16 @@ from typing import Any
 
 import gradio as gr
 
-from app.form import USER_FIELDS, FieldSpec, Preset, config_to_values, list_presets, values_to_config
-from app.model_check import FAMILY_NAMES, detect_model_family, family_problem
+from app.form import (
+    USER_FIELDS,
+    FieldSpec,
+    Preset,
+    config_to_values,
+    list_presets,
+    presets_for_family,
+    values_to_config,
+)
+from app.model_check import CLIP_SKIP_SDXL, FAMILY_NAMES, detect_model_family, family_problem, preset_mismatch
 from app.tabs.context import AppContext, form_handler
 from training.config_io import ConfigError, load_config, save_config
 
@@ -36,10 +44,12 @@ def cli_command(path: Path) -> str:
 
 
 def build_model_tab(ctx: AppContext) -> None:
-    presets = {p.key: p for p in list_presets()}
+    all_presets = list_presets()
+    presets = {p.key: p for p in all_presets}
     with gr.Row():
-        preset = gr.Dropdown(choices=[(p.name, p.key) for p in presets.values()], value=None, label="Preset",
-                             info="Fills the form with a starting point; you can change any value after.",
+        preset = gr.Dropdown(choices=preset_choices(all_presets, None), value=None, label="Preset",
+                             info="Fills the form with a starting point; you can change any value after. Once the "
+                                  "base model is set, only presets made for its family are offered.",
                              elem_id="preset", scale=1)
         preset_info = gr.Markdown("Pick a preset, or fill the settings yourself.", elem_id="preset-info")
     family_info = gr.Markdown(elem_id="model-family", render=False)
@@ -57,28 +67,37 @@ def build_model_tab(ctx: AppContext) -> None:
     message = gr.Markdown(elem_id="config-message")
 
     applied = gr.State(None)  # the preset this page last applied
+    clip_skip_spec = next(s for s in ctx.specs if s.name == "clip_skip")
 
     def pick_preset(key: str | None, last: str | None, model: str) -> tuple[Any, ...]:
         # A repeated event for the same choice (the dropdown re-fires on blur) must not undo edits made since.
         if not key or key not in presets or key == last:
-            return (*(gr.skip() for _ in ctx.specs), gr.skip(), gr.skip(), gr.skip())
+            return (*(gr.skip() for _ in ctx.specs), gr.skip(), gr.skip(), gr.skip(), gr.skip())
         p = presets[key]
         try:
             values = p.values()
         except ConfigError as err:
-            return (*(gr.skip() for _ in ctx.specs), f"**Preset not usable:** {err}", None, None)
-        band = f" Usual loss band: {p.loss_band[0]:g}–{p.loss_band[1]:g}." if p.loss_band else ""
-        info = f"**{p.name}** ({FAMILY_NAMES.get(p.family, p.family)}): {p.description}{band}"
-        mismatch = family_problem(model, p.record())
-        if mismatch:
-            info += f"\n\n**Does not fit the base model:** {mismatch}."
+            return (*(gr.skip() for _ in ctx.specs), f"**Preset not usable:** {err}", None, None, gr.skip())
+        family, line = family_text(model, p.record())
         # Each field the preset fills says why (the preset file's comment), or its general reason again.
         fill = (gr.skip() if s.name in USER_FIELDS else
-                gr.update(value=values[s.name], info=preset_info_line(p, s)) for s in ctx.specs)
-        return (*fill, info, p.record(), key)
+                gr.update(value=values[s.name], info=field_info(s, p, family)) for s in ctx.specs)
+        return (*fill, preset_text(p, model), p.record(), key, line)
 
-    def show_family(model: str) -> str:
-        return detect_model_family(model)[1]
+    def show_family(model: str, picked: str | None, record: dict[str, Any] | None,
+                    last: str | None) -> tuple[Any, ...]:
+        """The detected family, the presets made for it, and whether the preset applied still fits the model."""
+        family, line = family_text(model, record)
+        offered = preset_choices(all_presets, family)
+        record_key = (record or {}).get("key")
+        # The dropdown shows the preset in force while it is offered; one of another family is cleared from it
+        # (the form keeps its values and Start still refuses it, so the lines below say why).
+        keep = next((k for k in (record_key, picked) if k in {key for _, key in offered}), None)
+        applied_preset = presets.get(record_key or "")
+        info = preset_text(applied_preset, model) if applied_preset else gr.skip()
+        clip_skip = field_info(clip_skip_spec, applied_preset, family)
+        now_applied = keep if keep == record_key else (last if keep else None)  # a cleared choice can be picked again
+        return line, gr.update(choices=offered, value=keep), info, now_applied, gr.update(info=clip_skip)
 
     def save_toml(values: dict[str, Any]) -> str:
         """Save the settings as a TOML file under the data folder."""
@@ -109,13 +128,43 @@ def build_model_tab(ctx: AppContext) -> None:
 
     form = ctx.form_inputs
     model_box = ctx.components["pretrained_model_name_or_path"]
-    preset.input(pick_preset, inputs=[preset, applied, model_box], outputs=[*form, preset_info, ctx.preset, applied],
-                 api_visibility="private")
-    model_box.change(show_family, inputs=model_box, outputs=family_info, api_name="model_family")
+    preset.input(pick_preset, inputs=[preset, applied, model_box],
+                 outputs=[*form, preset_info, ctx.preset, applied, family_info], api_visibility="private")
+    model_box.change(show_family, inputs=[model_box, preset, ctx.preset, applied],
+                     outputs=[family_info, preset, preset_info, applied, ctx.components["clip_skip"]],
+                     api_name="model_family")
     save_inputs = ctx.form_kwargs(config_file=path_box)
     save_btn.click(form_handler(save_toml, list(save_inputs)), inputs_kwargs=save_inputs, outputs=message,
                    api_name="save_toml")
     load_btn.click(load_toml, inputs=path_box, outputs=[*form, message], api_name="load_toml")
+
+
+def preset_choices(presets: list[Preset], family: str | None) -> list[tuple[str, str]]:
+    """(label, key) pairs for the preset dropdown: the presets of the model's family, all while it is unknown."""
+    return [(p.name, p.key) for p in presets_for_family(presets, family)]
+
+
+def family_text(model: str, record: dict[str, Any] | None) -> tuple[str | None, str]:
+    """(family, the line under the model path): what was detected, and whether the preset in force fits it."""
+    family, line = detect_model_family(model)
+    mismatch = preset_mismatch(family, model, record) if family else None
+    return family, line + (f"\n\n**Does not fit the preset:** {mismatch}." if mismatch else "")
+
+
+def preset_text(preset: Preset, model: str) -> str:
+    """The preset's description and loss band, and a line when it was made for another family than the model."""
+    band = f" Usual loss band: {preset.loss_band[0]:g}–{preset.loss_band[1]:g}." if preset.loss_band else ""
+    text = f"**{preset.name}** ({FAMILY_NAMES.get(preset.family, preset.family)}): {preset.description}{band}"
+    mismatch = family_problem(model, preset.record())
+    return text + (f"\n\n**Does not fit the base model:** {mismatch}." if mismatch else "")
+
+
+def field_info(spec: FieldSpec, preset: Preset | None, family: str | None) -> str:
+    """A field's tooltip: SDXL's own clip_skip rule once the model is SDXL, else the preset's reason or the
+    field's general one."""
+    if spec.name == "clip_skip" and family == "sdxl":
+        return CLIP_SKIP_SDXL
+    return preset_info_line(preset, spec) if preset else spec.info
 
 
 def preset_info_line(preset: Preset, spec: FieldSpec) -> str:

@@ -99,13 +99,15 @@ def test_bad_input_exits_2_with_one_line(run_dir, tmp_path, change, expected):
     assert not list(tmp_path.iterdir())
 
 
-def test_lora_of_another_family_is_refused_by_name(run_dir, tmp_path):
-    export_file(lora_pipeline("sd2", 4, 2.0), "sd2", tmp_path / "sd2.safetensors")
-    result = compare("--config", str(run_dir / "job.toml"), "--lora", str(tmp_path / "sd2.safetensors"),
+@pytest.mark.parametrize(("family", "made_for"), [("sd2", "sd_v2"), ("sdxl", "sdxl_base_v1-0")])
+def test_lora_of_another_family_is_refused_by_name(run_dir, tmp_path, family, made_for):
+    export_file(lora_pipeline(family, 4, 2.0), family, tmp_path / f"{family}.safetensors")
+    result = compare("--config", str(run_dir / "job.toml"), "--lora", str(tmp_path / f"{family}.safetensors"),
                      "--prompt", PROMPT, "--out", str(tmp_path / "grid.png"))
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: --lora sd2.safetensors: ") and "Traceback" not in result.stderr
+    assert last.startswith(f"error: --lora {family}.safetensors: made for {made_for}")
+    assert "Traceback" not in result.stderr
     assert not (tmp_path / "grid.png").exists()
 
 

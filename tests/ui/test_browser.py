@@ -220,15 +220,12 @@ def test_bad_input_says_what_to_fix(page, real_app, tmp_path):
     images.mkdir()
     Image.new("RGB", (64, 64), (200, 30, 30)).save(images / "red.png")
     fill(page, "#cfg-train_data_dir input", str(images))
-    open_tab(page, "Train")
-    page.locator("#start-btn").click()
-    expect(page.locator("#start-message")).to_contain_text("SDXL model")
-
-    open_tab(page, "Model & preset")
-    fill(page, "#cfg-pretrained_model_name_or_path input", str(sd15))
+    fill(page, "#cfg-pretrained_model_name_or_path input", "")  # no model yet: every preset is offered
     page.locator("#preset input").click()
     page.get_by_role("option", name="SD2.1-768 photoreal").click()
+    fill(page, "#cfg-pretrained_model_name_or_path input", str(sd15))  # then a model of another family
     expect(page.locator("#preset-info")).to_contain_text("Does not fit the base model")
+    expect(page.locator("#model-family")).to_contain_text("Does not fit the preset")
     open_tab(page, "Train")
     page.locator("#start-btn").click()
     expect(page.locator("#start-message")).to_contain_text("is for SD2.x models but")

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import tomllib
+
+import pytest
+from ui_helpers import NOISE_FILTERS
+
 from app.form import config_to_values, default_values, field_specs, list_presets, values_to_config
 from training.config import TrainConfig
 
@@ -70,3 +75,88 @@ def test_every_preset_value_says_why_and_the_reason_becomes_the_tooltip():
         assert set(preset.settings) <= set(preset.reasons), f"{preset.key}: a value without its reason"
     text = 'sample_prompts = "a #1 fan --n blurry"   # the prompt keeps its hash\nclip_skip = 2\nv = 1 # x'
     assert inline_reasons(text) == {"sample_prompts": "the prompt keeps its hash", "v": "x"}
+
+
+def test_text_encoder_lr_is_text_that_keeps_a_pair():
+    """SDXL's two encoders take 'TE1, TE2'; the form shows a pair that way and the config parses the text."""
+    specs = {s.name: s for s in field_specs()}
+    assert specs["text_encoder_lr"].kind == "text" and specs["text_encoder_lr"].optional
+    cfg, error = values_to_config(default_values() | {"text_encoder_lr": " 1e-5, 5e-6 "})
+    assert error is None and cfg.text_encoder_lr == [1e-5, 5e-6] and cfg.text_encoder_lrs == (1e-5, 5e-6)
+    assert config_to_values(cfg)["text_encoder_lr"] == "1e-05, 5e-06"
+    cfg, _ = values_to_config(default_values() | {"text_encoder_lr": "6e-5"})
+    assert cfg.text_encoder_lr == 6e-5 and config_to_values(cfg)["text_encoder_lr"] == "6e-05"
+    cfg, _ = values_to_config(default_values() | {"text_encoder_lr": ""})
+    assert cfg.text_encoder_lr is None  # empty: unset, the learning_rate applies
+
+
+def test_bad_text_encoder_lr_gives_one_line_naming_it():
+    for text in ("abc", "1e-5, 2e-5, 3e-5", "-1"):
+        cfg, error = values_to_config(default_values() | {"text_encoder_lr": text})
+        assert cfg is None and "text_encoder_lr" in error and repr(text) in error and "\n" not in error, error
+
+
+def test_a_pair_survives_save_and_load_toml(tmp_path):
+    from training.config_io import load_config, save_config
+
+    cfg, _ = values_to_config(default_values() | {"text_encoder_lr": "1e-5, 5e-6", "vae": str(tmp_path / "v")})
+    save_config(cfg, tmp_path / "pair.toml")
+    assert "text_encoder_lr = [" in (tmp_path / "pair.toml").read_text(encoding="utf-8")
+    loaded, _ = load_config(tmp_path / "pair.toml")
+    assert loaded == cfg
+    assert config_to_values(loaded)["text_encoder_lr"] == "1e-05, 5e-06"
+
+
+def test_sdxl_fields_show_and_the_vae_is_the_users():
+    from app.form import USER_FIELDS
+
+    specs = {s.name: s for s in field_specs()}
+    assert (specs["vae"].kind, specs["vae"].section) == ("text", "model")
+    assert (specs["cache_text_encoder_outputs"].kind, specs["cache_text_encoder_outputs"].section) == (
+        "checkbox", "dataset")
+    assert "vae" in USER_FIELDS  # a path on this computer: picking a preset never replaces it
+
+
+def test_sdxl_presets_are_valid_configs_for_1024_px_unet_only():
+    from training.preflight import advice
+
+    presets = {p.key: p for p in list_presets()}
+    for key in ("sdxl-anime", "sdxl-photoreal"):
+        preset = presets[key]
+        assert preset.family == "sdxl" and preset.description and preset.loss_band
+        cfg, error = values_to_config(preset.values())
+        assert error is None, error
+        assert cfg.resolution == "1024" and (cfg.min_bucket_reso, cfg.max_bucket_reso) == (512, 2048)
+        assert cfg.bucket_reso_steps == 64
+        assert cfg.network_train_unet_only and cfg.text_encoder_lr is None and cfg.trained_text_encoders(2) == []
+        assert cfg.gradient_checkpointing and cfg.cache_latents and cfg.mixed_precision == "bf16"
+        assert cfg.optimizer_type == "AdamW8bit" and cfg.lr_scheduler == "cosine" and cfg.lr_warmup_steps == 0.05
+        assert cfg.min_snr_gamma == 5 and cfg.clip_skip == 1 and cfg.max_train_epochs == 10
+        assert cfg.train_batch_size in (1, 2)
+        assert 1e-4 <= cfg.unet_lr <= 3e-4
+        assert "penultimate" in preset.reasons["clip_skip"]
+        assert advice(cfg) == []  # a preset never sets off the trainer's own "usually a mistake" warnings
+    anime, photo = presets["sdxl-anime"].values(), presets["sdxl-photoreal"].values()
+    assert (anime["network_dim"], anime["network_alpha"]) == (16, 8)
+    assert anime["shuffle_caption"] is True and anime["keep_tokens"] == 1
+    assert (photo["network_dim"], photo["network_alpha"], photo["unet_lr"]) == (32, 16, 1e-4)
+    assert photo["noise_offset"] == 0.0357 and photo["shuffle_caption"] is False
+
+
+@pytest.mark.filterwarnings(NOISE_FILTERS[0])
+@pytest.mark.filterwarnings(NOISE_FILTERS[1])
+def test_the_pages_save_and_load_toml_keep_a_pair(dry_app):
+    """Through the served app: Save TOML writes the pair as a TOML list, Load TOML shows it as typed."""
+    from gradio_client import Client
+
+    client = Client(dry_app.url, verbose=False)
+    text = client.predict(text_encoder_lr="1e-5, 5e-6", config_file="sdxl-pair.toml", api_name="/save_toml")
+    assert text.startswith("Saved"), text
+    saved = dry_app.settings.configs_dir / "sdxl-pair.toml"
+    assert tomllib.loads(saved.read_text(encoding="utf-8"))["optimizer"]["text_encoder_lr"] == [1e-5, 5e-6]
+    loaded = client.predict("sdxl-pair.toml", api_name="/load_toml")
+    names = [s.name for s in field_specs()]
+    assert loaded[-1].startswith("Loaded")
+    assert loaded[names.index("text_encoder_lr")] == "1e-05, 5e-06"
+    text = client.predict(text_encoder_lr="abc", config_file="bad.toml", api_name="/save_toml")
+    assert text.startswith("**Not saved:**") and "text_encoder_lr = 'abc' is invalid" in text and "\n" not in text
