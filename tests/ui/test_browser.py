@@ -10,7 +10,7 @@ import re
 
 import pytest
 from PIL import Image
-from ui_helpers import ARTIFACTS, NOISE_FILTERS
+from ui_helpers import ARTIFACTS, NOISE_FILTERS, fill
 
 pytestmark = [pytest.mark.e2e, *(pytest.mark.filterwarnings(f) for f in NOISE_FILTERS)]
 
@@ -18,19 +18,6 @@ pytestmark = [pytest.mark.e2e, *(pytest.mark.filterwarnings(f) for f in NOISE_FI
 
 def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
-
-
-def fill(page, selector: str, text: str) -> None:
-    """Fill an input and make sure the value sticks: a freshly opened accordion mounts its fields a moment after
-    they become visible, and a fill landing before that is lost."""
-    field = page.locator(selector)
-    for _ in range(20):
-        field.fill(text)
-        field.blur()
-        page.wait_for_timeout(250)
-        if field.input_value() == text:
-            return
-    raise AssertionError(f"{selector} did not keep {text!r}")
 
 
 def test_preset_dry_run_end_to_end(page, dry_app):

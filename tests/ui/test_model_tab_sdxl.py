@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from ui_helpers import ARTIFACTS, ATTN2_K, NOISE_FILTERS, write_header_only_safetensors
+from ui_helpers import ARTIFACTS, ATTN2_K, NOISE_FILTERS, fill, write_header_only_safetensors
 
 pytestmark = [pytest.mark.e2e, *(pytest.mark.filterwarnings(f) for f in NOISE_FILTERS)]
 
@@ -18,15 +18,8 @@ MODEL_INPUT = "#cfg-pretrained_model_name_or_path input"
 
 
 def type_model(page, path: str) -> None:
-    """Type a model path the way a user does; a freshly mounted field can drop an early fill, so retry until kept."""
-    field = page.locator(MODEL_INPUT)
-    for _ in range(20):
-        field.fill(path)
-        field.blur()
-        page.wait_for_timeout(200)
-        if field.input_value() == path:
-            return
-    raise AssertionError(f"the model field did not keep {path!r}")
+    """Type a model path the way a user does."""
+    fill(page, MODEL_INPUT, path)
 
 
 def offered_presets(page):

@@ -82,3 +82,16 @@ def write_header_only_safetensors(path: Path, shapes: dict[str, tuple[int, ...]]
     raw = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(offset))
     return path
+
+
+def fill(page, selector: str, text: str) -> None:
+    """Fill an input and make sure the value sticks: a freshly opened accordion mounts its fields a moment after
+    they become visible, and a fill landing before that is lost."""
+    field = page.locator(selector)
+    for _ in range(20):
+        field.fill(text)
+        field.blur()
+        page.wait_for_timeout(250)
+        if field.input_value() == text:
+            return
+    raise AssertionError(f"{selector} did not keep {text!r}")
