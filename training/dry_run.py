@@ -34,6 +34,20 @@ SYNTHETIC_IMAGES = 20  # the pretend dataset: a few steps per epoch at any batch
 SAMPLE_SIZE = 64  # pixels: real PNGs for the gallery, small enough to write in a millisecond
 
 
+def model_family(cfg: TrainConfig) -> str:
+    """The family a real run would report: read from the model's header or folder when it exists (torch-free)."""
+    from training.models.detect import detect_family
+
+    fallback = "sd2" if cfg.v2 else "sd1"
+    path = Path(cfg.pretrained_model_name_or_path).expanduser()
+    if not cfg.pretrained_model_name_or_path or not path.exists():
+        return fallback
+    try:
+        return detect_family(path)
+    except UserError:
+        return fallback
+
+
 @dataclass
 class Plan:
     steps_per_epoch: int
@@ -122,7 +136,7 @@ class DryRun:
         cfg, plan = self.cfg, self.plan
         self.events.emit("status", phase="loading", msg="preparing (dry run: no model or dataset is loaded)")
         save_config(cfg, self.run_dir / "job.toml")
-        self.events.emit("start", run_id=self.run_dir.name, pid=os.getpid(), family="sd2" if cfg.v2 else "sd1",
+        self.events.emit("start", run_id=self.run_dir.name, pid=os.getpid(), family=model_family(cfg),
                          total_steps=plan.total_steps, total_epochs=plan.total_epochs,
                          steps_per_epoch=plan.steps_per_epoch, resumed_from=cfg.resume, start_step=self.step,
                          config=cfg.model_dump(mode="json"), dry_run=True,

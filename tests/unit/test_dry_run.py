@@ -187,3 +187,16 @@ def test_importing_the_dry_run_module_pulls_no_torch():
     probe = "import sys, training.dry_run; print(sorted({'torch', 'diffusers', 'peft'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_dry_run_reports_the_models_family_as_a_real_run_does(tmp_path):
+    """The UI's Train tab shows the family from the start event: an SDXL file must not be reported as SD1."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    model = tmp_path / "xl.safetensors"
+    save_file({"conditioner.embedders.1.model.positional_embedding": np.zeros((77, 8), np.float16)}, str(model))
+    job = write_job(tmp_path, pretrained_model_name_or_path=str(model), max_train_steps=3)
+    assert run_dry(job).returncode == 0
+    start = next(e for e in read_events(tmp_path / "run") if e["event"] == "start")
+    assert start["family"] == "sdxl"
