@@ -75,8 +75,7 @@ def training_facts(tr: Trainer, state: TrainState) -> dict[str, Any]:
 
 def text_encoder_lrs(tr: Trainer) -> float | list[float]:
     """ss_text_encoder_lr: the rate each encoder trained at (0 for a frozen one); a pair for SDXL, as kohya writes."""
-    lrs = [tr.cfg.text_encoder_lrs[i] if name in tr.group_names else 0.0
-           for i, name in enumerate(("text_encoder", "text_encoder_2")[:len(tr.text_encoders)])]
+    lrs = [tr.cfg.text_encoder_lrs[i] if i in tr.trained_encoders else 0.0 for i in range(len(tr.text_encoders))]
     return lrs[0] if len(lrs) == 1 else lrs
 
 

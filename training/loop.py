@@ -40,11 +40,9 @@ def conditioning(tr: Trainer, captions: list[str]) -> TextEmbeds:
     return encode_text(tr.text_encoders, tr.base.tokenizers, captions, tr.cfg.clip_skip)
 
 
-def batch_time_ids(batch: dict, device: torch.device) -> torch.Tensor | None:
-    """SDXL's per-image (original size, crop, target size); None when the batch does not carry them."""
-    if batch.get("original_size") is None:
-        return None
-    return add_time_ids(batch["original_size"], batch["crop_top_left"], batch["target_size"]).to(device)
+def batch_time_ids(batch: dict) -> torch.Tensor:
+    """SDXL's per-image (original size, crop, target size), as the dataset reported them."""
+    return add_time_ids(batch["original_size"], batch["crop_top_left"], batch["target_size"])
 
 
 def batch_latents(tr: Trainer, batch: dict) -> torch.Tensor:
@@ -65,8 +63,9 @@ def train_step(tr: Trainer, batch: dict) -> torch.Tensor:
         timesteps = random_timesteps(latents.shape[0], tr.base.noise_scheduler, tr.generator, latents.device)
         with acc.autocast():
             cond = conditioning(tr, batch["caption"])
+            time_ids = batch_time_ids(batch) if cond.pooled is not None else None  # SDXL only
             loss = per_sample_loss(tr.unet, tr.base.noise_scheduler, latents, cond, noise, timesteps,
-                                   cfg.min_snr_gamma, batch_time_ids(batch, latents.device)).mean()
+                                   cfg.min_snr_gamma, time_ids).mean()
         acc.backward(loss)
         if acc.sync_gradients and cfg.max_grad_norm > 0:
             acc.clip_grad_norm_(tr.params, cfg.max_grad_norm)

@@ -58,10 +58,13 @@ class Trainer:
     group_names: list[str]  # optimizer parameter groups in order: "unet", "text_encoder", "text_encoder_2"
 
     @property
+    def trained_encoders(self) -> list[int]:
+        return self.cfg.trained_text_encoders(len(self.text_encoders))
+
+    @property
     def trained_models(self) -> list[torch.nn.Module]:
         """The UNet and the text encoders that carry a trained LoRA (what gradient accumulation must track)."""
-        trained = [i for i, name in enumerate(TEXT_ENCODER_GROUPS) if name in self.group_names]
-        return [self.unet] + [self.text_encoders[i] for i in trained]
+        return [self.unet] + [self.text_encoders[i] for i in self.trained_encoders]
 
 
 TEXT_ENCODER_GROUPS = ("text_encoder", "text_encoder_2")
@@ -213,8 +216,8 @@ def load_model(cfg: TrainConfig, events: EventWriter, weight_dtype) -> tuple[Bas
             p.data = p.data.float()
     if cfg.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
-        for group in groups[1:]:
-            base.text_encoders[TEXT_ENCODER_GROUPS.index(group["name"])].gradient_checkpointing_enable()
+        for i in cfg.trained_text_encoders(len(base.text_encoders)):
+            base.text_encoders[i].gradient_checkpointing_enable()
     return base, groups
 
 
@@ -296,7 +299,7 @@ def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter, scan: DatasetS
     lr_scheduler = make_scheduler(cfg, optimizer, plan.total_steps)
     register_lora_only_state(accelerator)
     unet = torch.compile(base.unet) if cfg.torch_compile else base.unet
-    trained = [TEXT_ENCODER_GROUPS.index(g["name"]) for g in groups[1:]]
+    trained = cfg.trained_text_encoders(len(base.text_encoders))
     prepared = accelerator.prepare(unet, *[base.text_encoders[i] for i in trained], optimizer, loader, lr_scheduler)
     unet, optimizer, loader, lr_scheduler = prepared[0], *prepared[-3:]
     text_encoders = list(base.text_encoders)

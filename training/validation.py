@@ -14,7 +14,7 @@ import torch
 
 from training.data.images import crop_geometry, fit_to_bucket, load_image, to_tensor
 from training.loss import per_sample_loss
-from training.models.conditioning import TextEmbeds
+from training.models.conditioning import TextEmbeds, add_time_ids
 from training.models.text import encode_text
 
 if TYPE_CHECKING:
@@ -58,8 +58,9 @@ def build_validation_set(cfg: TrainConfig, base: BaseModel, items: list[ImageIte
         latents.append(lat.unsqueeze(0).expand(len(timesteps), *lat.shape).contiguous())
         noise.append(torch.randn((len(timesteps), *lat.shape), generator=generator).to(device))
         _, (top, left) = crop_geometry(item.size, bucket)
-        ids = torch.tensor([item.size[1], item.size[0], top, left, bucket[1], bucket[0]], device=device)
-        time_ids.append(ids.expand(len(timesteps), -1))
+        ids = add_time_ids(*(torch.tensor([pair]) for pair in ((item.size[1], item.size[0]), (top, left),
+                                                                (bucket[1], bucket[0]))))
+        time_ids.append(ids.to(device).expand(len(timesteps), -1))
     return ValidationSet(kind, latents, [it.caption for it in items], noise, timesteps, time_ids)
 
 

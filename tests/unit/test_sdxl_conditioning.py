@@ -73,10 +73,10 @@ def test_add_time_ids_for_a_cropped_bucketed_sample(tmp_path):
     plain = TrainDataset(scan, resolution=64, min_reso=64, max_reso=128, step=64)
     flipped = TrainDataset(scan, resolution=64, min_reso=64, max_reso=128, step=64, flip_aug=True, seed=1)
     batch = collate([plain[0], plain[1]])
-    ids = batch_time_ids(batch, torch.device("cpu"))
+    ids = batch_time_ids(batch)
     assert ids.tolist() == [[200, 300, 0, 16, 64, 64], [200, 303, 0, 16, 64, 64]]
     seen = set()
     for epoch in range(8):
         flipped.set_epoch(epoch)
-        seen.add(tuple(batch_time_ids(collate([flipped[1]]), torch.device("cpu"))[0].tolist()))
+        seen.add(tuple(batch_time_ids(collate([flipped[1]]))[0].tolist()))
     assert seen == {(200, 303, 0, 16, 64, 64), (200, 303, 0, 17, 64, 64)}
