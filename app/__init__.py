@@ -1,1 +1,1 @@
-"""Gradio UI for the LoRA trainer: torch-free; talks to runs only through training.config and training.events."""
+"""Gradio UI for the LoRA trainer: torch-free; talks to the engine only through training.contract."""

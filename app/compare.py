@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.results import lora_report
-from app.runs import JOB_FILE
 from app.supervisor import JobSupervisor, child_env, new_group_kwargs
-from training.errors import UserError
+from training.contract.errors import UserError
+from training.contract.layout import JOB_FILE
 
 COMPARE_DIR = "compare"  # <run>/compare/: grids and their log
 COMPARE_LOG = "compare.log"
@@ -118,8 +118,8 @@ def compare_failure(log_path: Path, code: int | None) -> str:
 
 def default_prompt(run_dir: Path) -> str:
     """The run's first sample prompt (without its --options), a sensible thing to compare on."""
-    from training.config_io import load_config
-    from training.sample import load_prompts
+    from training.contract.config_io import load_config
+    from training.contract.prompts import load_prompts
 
     try:
         cfg, _ = load_config(run_dir / JOB_FILE)

@@ -13,9 +13,9 @@ from typing import Any
 
 from app.form import config_to_values
 from app.settings import Settings
-from training.config_io import load_config
+from training.contract.config_io import load_config
+from training.contract.errors import UserError
 from training.demo import DEMO_LABEL  # torch-free at import: torch loads only inside its builders
-from training.errors import UserError
 
 __all__ = ["DEMO_LABEL", "demo_values", "is_demo_run", "prepare"]
 PREPARE_TIMEOUT_S = 600.0

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from training.config import SECTIONS, TrainConfig, field_section
-from training.config_io import ConfigError, allowed_values, config_from_dict, read_toml
+from training.contract.config import SECTIONS, TrainConfig, field_section
+from training.contract.config_io import ConfigError, allowed_values, config_from_dict, read_toml
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 # What the user brings, not what a preset chooses: picking a preset never overwrites these. (v_parameterization is

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from training.errors import UserError
+from training.contract.errors import UserError
 from training.models.detect import FAMILY_LABELS
-from training.preflight import looks_like_path
-from training.preflight import preset_mismatch as training_preset_mismatch
+from training.plan.preflight import looks_like_path
+from training.plan.preflight import preset_mismatch as training_preset_mismatch
 
 FAMILY_NAMES = FAMILY_LABELS
 SUPPORTED = ("sd1", "sd2", "sdxl")

@@ -17,11 +17,11 @@ from typing import Any
 
 from app.runs import RUNS_DIR, run_folder
 from app.supervisor import JobSupervisor
-from training import st_header
-from training.atomic import atomic_path
-from training.config_io import write_atomic
-from training.errors import UserError
-from training.events import read_events
+from training.contract import st_header
+from training.contract.atomic import atomic_path
+from training.contract.config_io import write_atomic
+from training.contract.errors import UserError
+from training.contract.events import read_events
 
 SETTINGS_FILE = "ui-settings.json"
 WEBUI_FOLDER_KEY = "webui_lora_folder"

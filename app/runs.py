@@ -18,17 +18,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from training.errors import UserError
-from training.events import EVENTS_FILE, read_events
+from training.contract.errors import UserError
+from training.contract.events import read_events
+from training.contract.layout import (
+    CANCELLED,
+    EVENTS_FILE,
+    JOB_FILE,
+    LOG_FILE,
+    PID_FILE,
+    PRESET_FILE,
+    QUEUED,
+    TERMINATED,
+)
 
 RUNS_DIR = "runs"
-JOB_FILE = "job.toml"
-LOG_FILE = "trainer.log"
-PID_FILE = "trainer.pid"  # written by the supervisor at spawn: liveness before the trainer's start event
-QUEUED = "queued"  # marker: job.toml waits for the active run to end; holds the time it was queued (FIFO order)
-CANCELLED = "cancelled"  # marker: a queued job that was removed before it started
-PRESET_FILE = "preset.json"  # the preset the run was started from (name, family, loss band): for the chart
-TERMINATED = "terminated"  # marker: the supervisor ended the process group after a stop's grace; holds the reason
 UNEXPECTED_END = "the trainer process ended unexpectedly"
 TERMINAL_STATUS = {"done": "done", "stopped": "stopped", "error": "failed"}
 ACTIVE_STATUSES = ("starting", "running")

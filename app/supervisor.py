@@ -25,14 +25,7 @@ from typing import Any
 import training
 from app.runs import (
     ACTIVE_STATUSES,
-    CANCELLED,
-    JOB_FILE,
-    LOG_FILE,
-    PID_FILE,
-    PRESET_FILE,
-    QUEUED,
     RUNS_DIR,
-    TERMINATED,
     RunState,
     RunSummary,
     describe,
@@ -47,9 +40,10 @@ from app.runs import (
     summarize,
     terminate_group,
 )
-from training.config import TrainConfig
-from training.config_io import save_config, write_atomic
-from training.events import EVENTS_FILE, Control, EventReader
+from training.contract.config import TrainConfig
+from training.contract.config_io import save_config, write_atomic
+from training.contract.events import EVENTS_FILE, Control, EventReader
+from training.contract.layout import CANCELLED, JOB_FILE, LOG_FILE, PID_FILE, PRESET_FILE, QUEUED, TERMINATED
 
 EXIT_GRACE_S = 10.0  # how long a Start waits for a finished run's process to exit before queueing behind it
 

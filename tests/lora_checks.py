@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from tiny_models import build_tiny_pipeline
 
-from training.export import build_metadata, kohya_state_dict, save_lora
+from training.lora_files.export import build_metadata, kohya_state_dict, save_lora
 from training.models.families import FAMILIES
-from training.network import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora
+from training.networks.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora
 
 # (family, rank, alpha, extra UNet targets): alpha != rank throughout; sd1 also gets 1x1 (proj_in) and 3x3 (conv1)
 # conv targets so the 4-D LoRA layout is exercised. SDXL: UNet + TE1 + TE2; its second case adds the resnet convs and
@@ -120,7 +120,7 @@ def apply_with_diffusers(pipe, path: Path, family: str) -> tuple[set[str], set[s
     """
     from safetensors.torch import load_file
 
-    from training.kohya_names import module_lookup
+    from training.lora_files.names import module_lookup
 
     sd = load_file(str(path))
     table = module_lookup(pipe.unet, text_encoders(pipe), FAMILIES[family])

@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def parse_overrides(pairs: list[str]) -> dict:
     import tomllib
 
-    from training.config_io import ConfigError
+    from training.contract.config_io import ConfigError
 
     overrides = {}
     for pair in pairs:
@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --config run.toml is required (see README.md or python -m training --help)", file=sys.stderr)
         return 2
 
-    from training.config_io import load_config, preset_family
-    from training.errors import UserError
-    from training.preflight import check_preset_family, preflight
+    from training.contract.config_io import load_config, preset_family
+    from training.contract.errors import UserError
+    from training.plan.preflight import check_preset_family, preflight
 
     try:
         cfg, notes = load_config(args.config, parse_overrides(args.set))
@@ -132,12 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     if args.dry_run:
-        from training.dry_run import main as dry_run_main
+        from training.run.dry_run import main as dry_run_main
 
         return dry_run_main(cfg)
 
     quiet_libraries()
-    from training.runner import TrainingFailed, run
+    from training.run.runner import TrainingFailed, run
 
     # Errors during the run were already shown on the console as they went into events.jsonl.
     try:
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def summary(run_dir: Path) -> str:
     """One or two lines on how the run ended, from its event stream."""
-    from training.events import read_events
+    from training.contract.events import read_events
 
     events = read_events(run_dir)
     last = events[-1]

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 
 import torch
 
-from training.config import TrainConfig
+from training.contract.config import TrainConfig
 from training.models.families import SD1, SDXL, Family
 
 BENCH_FAMILIES = {"sd1": SD1, "sdxl": SDXL}
@@ -74,13 +74,13 @@ def bench_precision(requested: str) -> str:
 
 
 def make_trainer(args: argparse.Namespace) -> SimpleNamespace:
-    """The fields ``training.loop.train_step`` reads, built like ``training.prepare`` builds them for a UNet-only
-    run with cached latents and text-encoder outputs (no VAE, no text encoders on the device)."""
+    """The fields ``training.run.loop.train_step`` reads, built like ``training.run.prepare`` builds them for a
+    UNet-only run with cached latents and text-encoder outputs (no VAE, no text encoders on the device)."""
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
 
-    from training.network import UNET_TARGETS, add_lora
-    from training.optim import make_optimizer, make_scheduler
+    from training.networks.lora import UNET_TARGETS, add_lora
+    from training.run.optim import make_optimizer, make_scheduler
 
     family = BENCH_FAMILIES[args.family]
     cfg = TrainConfig(network_dim=args.rank, network_alpha=args.rank / 2, train_batch_size=args.batch,
@@ -92,7 +92,7 @@ def make_trainer(args: argparse.Namespace) -> SimpleNamespace:
     unet = build_unet(family, accelerator.device, dtype)
     params = add_lora(unet, UNET_TARGETS, cfg.network_dim, cfg.network_alpha)
     for p in params:
-        p.data = p.data.float()  # trainable LoRA weights in float32, as training.prepare keeps them
+        p.data = p.data.float()  # trainable LoRA weights in float32, as training.run.prepare keeps them
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     optimizer = make_optimizer(cfg, [{"params": params, "lr": 1e-4}])
@@ -131,7 +131,7 @@ def untrained_lora_layers(unet: torch.nn.Module) -> tuple[int, int]:
 
 def measure(args: argparse.Namespace) -> dict:
     """Train args.steps steps after args.warmup and return the figures."""
-    from training.loop import train_step
+    from training.run.loop import train_step
 
     if torch.cuda.is_available() and args.memory_cap_gib:
         total = torch.cuda.get_device_properties(0).total_memory
@@ -202,7 +202,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     from training.__main__ import quiet_libraries
-    from training.errors import UserError
+    from training.contract.errors import UserError
 
     quiet_libraries()
     args = parse_args(argv)

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from training.atomic import atomic_path
-from training.errors import UserError
+from training.contract.atomic import atomic_path
+from training.contract.errors import UserError
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from training.config import TrainConfig
+    from training.contract.config import TrainConfig
 
 DEFAULT_STRENGTHS = (0.0, 0.5, 1.0)
 MAX_STRENGTHS = 8
@@ -91,7 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def check_job(args: argparse.Namespace) -> CompareJob:
     """Everything that can be checked without torch, so bad input costs a second, not a model load."""
-    from training.config_io import load_config
+    from training.contract.config_io import load_config
 
     cfg, _notes = load_config(args.config)
     if not cfg.pretrained_model_name_or_path:
@@ -124,7 +124,7 @@ def set_strength(models: list[Any], strength: float) -> int:
     """Scale every LoRA layer to strength * alpha / rank (peft's set_scale); returns how many layers it set."""
     from peft.tuners.lora import LoraLayer
 
-    from training.network import ADAPTER
+    from training.networks.lora import ADAPTER
 
     layers = [m for model in models for m in model.modules() if isinstance(m, LoraLayer) and ADAPTER in m.lora_A]
     for layer in layers:
@@ -159,13 +159,14 @@ def compute_dtype(cfg: TrainConfig, device: Any) -> Any:
 
 
 def render(job: CompareJob, log=print) -> list[Image.Image]:
-    """One image per strength, same prompt and seed, through training.sample.generate_samples."""
+    """One image per strength, same prompt and seed, through training.run.samples.generate_samples."""
     import torch
     from PIL import Image
 
-    from training.lora_import import load_kohya_into_peft, read_kohya
+    from training.contract.prompts import SamplePrompt
+    from training.lora_files.importer import load_kohya_into_peft, read_kohya
     from training.models.loading import load_base_model
-    from training.sample import SamplePrompt, generate_samples
+    from training.run.samples import generate_samples
 
     cfg = job.cfg
     tensors, metadata = read_kohya(job.lora)

@@ -5,8 +5,8 @@
 
 from __future__ import annotations
 
-from training.config import SECTIONS, TrainConfig, field_section
-from training.config_io import allowed_values
+from training.contract.config import SECTIONS, TrainConfig, field_section
+from training.contract.config_io import allowed_values
 
 
 def options_markdown() -> str:

@@ -33,10 +33,10 @@ from app.datasets import (
 )
 from app.form import values_to_config
 from app.tabs.context import AppContext, form_handler
-from training.config_io import ConfigError
-from training.data.check import check_dataset, md_escape
+from training.contract.config_io import ConfigError
+from training.contract.errors import UserError
 from training.data.folder import CONCEPT_DIR
-from training.errors import UserError
+from training.plan.dataset_check import check_dataset, md_escape
 
 # The settings the dataset check reads from the form: the same ones decide buckets and steps in the run.
 CHECK_FIELDS = ("train_data_dir", "caption_extension", "resolution", "enable_bucket", "min_bucket_reso",

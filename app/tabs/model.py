@@ -19,7 +19,7 @@ from app.form import (
 )
 from app.model_check import CLIP_SKIP_SDXL, FAMILY_NAMES, detect_model_family, family_problem, preset_mismatch
 from app.tabs.context import AppContext, form_handler
-from training.config_io import ConfigError, load_config, save_config
+from training.contract.config_io import ConfigError, load_config, save_config
 
 OPEN_SECTIONS = ("model", "dataset")  # what most people change; the rest stays folded
 TRAIN_TAB_FIELDS = ("output_name",)  # shown on the Train tab, next to Start

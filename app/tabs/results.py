@@ -28,7 +28,7 @@ from app.results import (
     saves_table,
 )
 from app.tabs.context import AppContext
-from training.errors import UserError
+from training.contract.errors import UserError
 
 SAVE_HEADERS = ["File", "Kind", "Step", "Epoch", "Size", "Self-check"]
 DEFAULT_STRENGTHS = "0, 0.5, 1"

@@ -33,8 +33,8 @@ from app.tabs.train_view import (
     progress_bar,
     run_choices,
 )
-from training.config import TrainConfig
-from training.errors import UserError
+from training.contract.config import TrainConfig
+from training.contract.errors import UserError
 
 POLL_SECONDS = 1.0
 STATUS_ELEM = "run-status"
@@ -47,8 +47,8 @@ def check_paths(ctx: AppContext, cfg: TrainConfig) -> str | None:
     """The checks the trainer makes first (model and dataset paths, sample prompts, ...), so a mistake shows now,
     not as a failed run. A dry run loads no model or dataset, so it gets the dry run's own, smaller check."""
     # Imported here: the dry run's checks and the dataset scan are only needed on Start.
-    from training.dry_run import check_config
-    from training.preflight import preflight
+    from training.plan.preflight import preflight
+    from training.run.dry_run import check_config
 
     check = check_config if ctx.settings.dry_run else preflight
     try:

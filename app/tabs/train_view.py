@@ -10,10 +10,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from app.runs import JOB_FILE, run_folder
+from app.runs import run_folder
 from app.settings import Settings
 from app.supervisor import JobSupervisor, RunSnapshot
-from training.events import read_events
+from training.contract.events import read_events
+from training.contract.layout import JOB_FILE
 
 FOLLOW = "follow"  # run picker value: show the active run, else the newest
 FOLLOW_LABEL = "Active or newest run"
@@ -35,8 +36,8 @@ def progress_bar(snap: RunSnapshot) -> str:
 
 def sample_prompts(events: list[dict[str, Any]]) -> list[str]:
     """The prompt texts of the run's last start event, in sample order ([] when unknown or unreadable)."""
-    from training.errors import UserError
-    from training.sample import load_prompts
+    from training.contract.errors import UserError
+    from training.contract.prompts import load_prompts
 
     start = next((e for e in reversed(events) if e.get("event") == "start"), None)
     config = (start or {}).get("config") or {}

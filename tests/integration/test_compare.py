@@ -16,9 +16,9 @@ from PIL import Image
 from app.compare import CompareRequest, run_compare
 from app.supervisor import JobSupervisor
 from training.compare import LABEL_HEIGHT, MARGIN, cell_boxes
-from training.config import TrainConfig
-from training.config_io import save_config
-from training.errors import UserError
+from training.contract.config import TrainConfig
+from training.contract.config_io import save_config
+from training.contract.errors import UserError
 
 SIZE = 64
 PROMPT, SEED, STEPS = "red, circle", 7, 4
@@ -48,8 +48,9 @@ def compare(*args: str) -> subprocess.CompletedProcess:
 
 def base_image(model: Path) -> np.ndarray:
     """The base model alone, through the trainer's sample code: what strength 0 must reproduce."""
+    from training.contract.prompts import SamplePrompt
     from training.models.loading import load_base_model
-    from training.sample import SamplePrompt, generate_samples
+    from training.run.samples import generate_samples
 
     base = load_base_model(str(model))
     prompt = SamplePrompt(PROMPT, "", SIZE, SIZE, SEED, 7.0, STEPS)

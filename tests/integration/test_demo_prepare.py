@@ -11,7 +11,7 @@ import pytest
 
 from app.form import config_to_values
 from app.model_check import detect_model_family
-from training.config_io import load_config
+from training.contract.config_io import load_config
 from training.demo import BUNDLED_DATASET, CONCEPT_FOLDER, DEMO_LABEL, MODEL_MARKER
 
 ROOT = Path(__file__).resolve().parents[2]

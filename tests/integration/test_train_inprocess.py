@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file
 from tiny_models import make_image_dataset
 
-import training.loop as loop_module
-from training.config import TrainConfig
-from training.errors import UserError
-from training.events import read_events
-from training.runner import TrainingFailed, run
+import training.run.loop as loop_module
+from training.contract.config import TrainConfig
+from training.contract.errors import UserError
+from training.contract.events import read_events
+from training.run.runner import TrainingFailed, run
 
 
 def config(model: Path, data: Path, out: Path, **extra) -> TrainConfig:

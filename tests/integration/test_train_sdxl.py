@@ -12,10 +12,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from test_train_cli import cli, write_config
 
-import training.loop as loop_module
-from training.config import TrainConfig
-from training.events import read_events
-from training.runner import run
+import training.run.loop as loop_module
+from training.contract.config import TrainConfig
+from training.contract.events import read_events
+from training.run.runner import run
 
 
 @pytest.fixture

@@ -170,8 +170,8 @@ def test_new_user_journey(page, real_app, tmp_path):
     download.value.save_as(lora)
     page.screenshot(path=str(ARTIFACTS / "tab-results.png"), full_page=True)
 
+    from training.lora_files.self_check import verify_lora
     from training.models.loading import load_base_model
-    from training.verify import verify_lora
 
     base = load_base_model(str(real_app.settings.demo_dir / "model"))
     report = verify_lora(lora, base.family, base.unet, [base.text_encoder])

@@ -8,7 +8,7 @@ import pytest
 from ui_helpers import NOISE_FILTERS
 
 from app.form import config_to_values, default_values, field_specs, list_presets, values_to_config
-from training.config import TrainConfig
+from training.contract.config import TrainConfig
 
 
 def test_registry_covers_every_field():
@@ -97,7 +97,7 @@ def test_bad_text_encoder_lr_gives_one_line_naming_it():
 
 
 def test_a_pair_survives_save_and_load_toml(tmp_path):
-    from training.config_io import load_config, save_config
+    from training.contract.config_io import load_config, save_config
 
     cfg, _ = values_to_config(default_values() | {"text_encoder_lr": "1e-5, 5e-6", "vae": str(tmp_path / "v")})
     save_config(cfg, tmp_path / "pair.toml")
@@ -118,7 +118,7 @@ def test_sdxl_fields_show_and_the_vae_is_the_users():
 
 
 def test_sdxl_presets_are_valid_configs_for_1024_px_unet_only():
-    from training.preflight import advice
+    from training.plan.preflight import advice
 
     presets = {p.key: p for p in list_presets()}
     for key in ("sdxl-anime", "sdxl-photoreal"):

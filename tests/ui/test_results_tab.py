@@ -11,9 +11,9 @@ from PIL import Image
 from ui_helpers import NOISE_FILTERS, serve, stop_all, wait_for
 
 from app.results import SETTINGS_FILE
-from training.config import TrainConfig
-from training.config_io import save_config
-from training.events import EventWriter
+from training.contract.config import TrainConfig
+from training.contract.config_io import save_config
+from training.contract.events import EventWriter
 
 pytestmark = [pytest.mark.filterwarnings(f) for f in NOISE_FILTERS]
 

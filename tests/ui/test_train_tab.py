@@ -18,7 +18,7 @@ from app.demo_setup import DEMO_LABEL
 from app.form import field_specs
 from app.runs import pid_alive, replay
 from app.tabs.train_view import FOLLOW, run_choices
-from training.events import read_events
+from training.contract.events import read_events
 
 pytestmark = [pytest.mark.filterwarnings(f) for f in NOISE_FILTERS]
 

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from training.atomic import atomic_path, write_atomic, write_bytes_atomic
+from training.contract.atomic import atomic_path, write_atomic, write_bytes_atomic
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):

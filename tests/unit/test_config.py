@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from training.config import TrainConfig
-from training.config_io import ConfigError, config_to_toml, load_config
-from training.preflight import preflight
+from training.contract.config import TrainConfig
+from training.contract.config_io import ConfigError, config_to_toml, load_config
+from training.plan.preflight import preflight
 
 
 def write(tmp_path, text: str):
@@ -121,7 +121,7 @@ def test_presets_layer_under_a_run_file(tmp_path):
 
 
 def test_advice_flags_likely_mistakes_without_refusing():
-    from training.preflight import advice
+    from training.plan.preflight import advice
 
     assert advice(TrainConfig()) == []
     codes = [c for c, _ in advice(TrainConfig(optimizer_type="Prodigy", network_dim=8, network_alpha=16,

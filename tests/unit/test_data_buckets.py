@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from training.contract.errors import UserError
 from training.data.buckets import assign_bucket, assign_buckets, bucket_table, make_buckets
 from training.data.dataset import TrainDataset, collate
 from training.data.folder import scan_dataset
 from training.data.sampler import BucketBatchSampler
-from training.errors import UserError
 
 RES = (512, 512)
 

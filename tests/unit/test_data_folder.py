@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from tiny_models import make_image_dataset
 
+from training.contract.errors import UserError
 from training.data.folder import scan_dataset
 from training.data.images import fit_to_bucket, load_image, to_tensor
-from training.errors import UserError
 
 
 def _img(path: Path, size=(32, 24), color=(10, 200, 30), mode="RGB") -> Path:

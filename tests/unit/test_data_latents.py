@@ -8,10 +8,10 @@ from PIL import Image
 from safetensors.torch import save_file
 from tiny_models import build_tiny_pipeline, make_image_dataset
 
+from training.contract.errors import UserError
 from training.data.dataset import TrainDataset, collate
 from training.data.folder import scan_dataset
 from training.data.latents import LatentCache
-from training.errors import UserError
 
 
 @pytest.fixture(scope="module")

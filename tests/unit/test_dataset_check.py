@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.config import TrainConfig
-from training.data.check import TOKEN_WINDOW, check_dataset, count_tokens
+from training.contract.config import TrainConfig
+from training.contract.errors import UserError
 from training.data.folder import scan_dataset
-from training.errors import UserError
+from training.plan.dataset_check import TOKEN_WINDOW, check_dataset, count_tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,8 +74,8 @@ def test_plan_matches_the_trainer(tmp_path, settings):
     """The plan is computed without torch; the trainer's own code (prepare.py, the sampler) must agree with it."""
     from training.data.dataset import TrainDataset
     from training.data.sampler import BucketBatchSampler
-    from training.plan import plan_run, split_validation
-    from training.prepare import make_dataset
+    from training.plan.schedule import plan_run, split_validation
+    from training.run.prepare import make_dataset
 
     sizes = [(512, 512), (512, 768), (768, 512), (640, 384), (512, 512), (300, 300), (512, 640)]
     for i, size in enumerate(sizes):
@@ -158,7 +158,8 @@ def test_bad_folders_give_one_line(tmp_path):
 def test_check_stays_torch_free(tmp_path):
     """The UI process runs the check: neither it nor the tokenizer may pull torch in."""
     pic(tmp_path / "2_a" / "x.png", (64, 64), 1, "a cat")
-    probe = ("import sys; from training.config import TrainConfig; from training.data.check import check_dataset; "
+    probe = ("import sys; from training.contract.config import TrainConfig; "
+             "from training.plan.dataset_check import check_dataset; "
              f"r = check_dataset(TrainConfig(train_data_dir={str(tmp_path)!r})); "
              "print(r.plan.total_steps, sorted({'torch', 'diffusers', 'peft'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)

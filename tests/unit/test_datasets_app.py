@@ -26,7 +26,7 @@ from app.datasets import (
     tag_frequency,
     thumbnail,
 )
-from training.errors import UserError
+from training.contract.errors import UserError
 
 
 def img(path: Path, size=(64, 48), colour=(200, 40, 40), caption: str | None = None, mode="RGB") -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from training.__main__ import env_report
-from training.config_io import config_from_dict
+from training.contract.config_io import config_from_dict
 from training.demo import BUNDLED_DATASET, demo_settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from training.config import TrainConfig
-from training.config_io import save_config
-from training.dry_run import STEP_SECONDS_ENV
-from training.events import Control, read_events
+from training.contract.config import TrainConfig
+from training.contract.config_io import save_config
+from training.contract.events import Control, read_events
+from training.run.dry_run import STEP_SECONDS_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -184,7 +184,7 @@ def test_a_dry_run_never_imports_torch(tmp_path):
 
 
 def test_importing_the_dry_run_module_pulls_no_torch():
-    probe = "import sys, training.dry_run; print(sorted({'torch', 'diffusers', 'peft'} & set(sys.modules)))"
+    probe = "import sys, training.run.dry_run; print(sorted({'torch', 'diffusers', 'peft'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
 

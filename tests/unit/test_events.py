@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from training.events import Control, EventReader, EventWriter, read_events
+from training.contract.events import Control, EventReader, EventWriter, read_events
 
 
 def test_reader_keeps_a_partial_last_line_for_the_next_poll(tmp_path):
@@ -46,7 +46,8 @@ def test_contract_modules_do_not_import_torch():
     import subprocess
     import sys
 
-    probe = ("import sys, training.config, training.config_io, training.events, training.preflight; "
+    probe = ("import sys, training.contract.config, training.contract.config_io, training.contract.events, "
+             "training.plan.preflight; "
              "print(sorted({'torch', 'diffusers', 'peft', 'transformers'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

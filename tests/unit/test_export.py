@@ -15,10 +15,10 @@ import torch
 from lora_checks import CASE_IDS, CASES, SD_CASES, apply_with_diffusers, case_ids, export_file, lora_pipeline
 from tiny_models import build_tiny_pipeline
 
-from training.errors import UserError
-from training.export import build_metadata, kohya_state_dict, save_lora
+from training.contract.errors import UserError
+from training.lora_files.export import build_metadata, kohya_state_dict, save_lora
 from training.models.families import FAMILIES
-from training.network import UNET_TARGETS
+from training.networks.lora import UNET_TARGETS
 
 
 def _generate(pipe) -> torch.Tensor:

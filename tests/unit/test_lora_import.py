@@ -9,11 +9,11 @@ import torch
 from lora_checks import CASE_IDS, CASES, export_file, lora_pipeline, text_encoders
 from tiny_models import build_tiny_pipeline
 
-from training.errors import UserError
-from training.export import kohya_state_dict
-from training.lora_import import load_kohya_into_peft, read_kohya
+from training.contract.errors import UserError
+from training.lora_files.export import kohya_state_dict
+from training.lora_files.importer import load_kohya_into_peft, read_kohya
 from training.models.families import FAMILIES
-from training.network import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora
+from training.networks.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora
 
 
 def _reexport(sd: dict[str, torch.Tensor], family: str) -> tuple[dict[str, torch.Tensor], object]:

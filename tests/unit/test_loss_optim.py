@@ -8,10 +8,10 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from training.config import TrainConfig
-from training.errors import UserError
-from training.loss import min_snr_weights, sample_noise, target_for
-from training.optim import make_optimizer, make_scheduler, warmup_steps
+from training.contract.config import TrainConfig
+from training.contract.errors import UserError
+from training.run.loss import min_snr_weights, sample_noise, target_for
+from training.run.optim import make_optimizer, make_scheduler, warmup_steps
 
 
 def scheduler(prediction_type: str) -> DDPMScheduler:

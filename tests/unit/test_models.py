@@ -14,7 +14,7 @@ import torch
 from ldm_convert import diffusers_to_ldm  # tests/ is on sys.path (conftest)
 from safetensors.torch import save_file
 
-from training.errors import UserError
+from training.contract.errors import UserError
 from training.models.checkpoint import read_checkpoint
 from training.models.detect import detect_family, read_key_shapes
 from training.models.families import CONFIG_ROOT, SD1, SD2_V

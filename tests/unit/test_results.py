@@ -24,13 +24,13 @@ from app.results import (
     save_ui_setting,
 )
 from app.supervisor import JobSupervisor
-from training.config import TrainConfig
-from training.config_io import save_config
-from training.dry_run import write_placeholder_lora
-from training.errors import UserError
-from training.events import EventWriter
-from training.export import build_metadata, save_lora
+from training.contract.config import TrainConfig
+from training.contract.config_io import save_config
+from training.contract.errors import UserError
+from training.contract.events import EventWriter
+from training.lora_files.export import build_metadata, save_lora
 from training.models.families import FAMILIES
+from training.run.dry_run import write_placeholder_lora
 
 UNET = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_{}"
 TE = "lora_te_text_model_encoder_layers_0_self_attn_{}_proj"

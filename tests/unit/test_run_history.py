@@ -7,7 +7,7 @@ from pathlib import Path
 from app.runs import RunState
 from app.supervisor import RunSnapshot
 from app.tabs.context import RunHistory
-from training.events import EventWriter, read_events
+from training.contract.events import EventWriter, read_events
 
 
 def write_run(run_dir: Path, steps: range, resumed_from: Path | None = None, start_step: int = 0) -> Path:

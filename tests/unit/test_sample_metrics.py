@@ -6,9 +6,10 @@ import math
 
 import pytest
 
-from training.errors import UserError
-from training.metrics import LossEMA, Throughput
-from training.sample import load_prompts, sample_file_name
+from training.contract.errors import UserError
+from training.contract.layout import sample_file_name
+from training.contract.prompts import load_prompts
+from training.run.metrics import LossEMA, Throughput
 
 
 def test_kohya_prompt_file(tmp_path):

@@ -8,9 +8,9 @@ from PIL import Image
 
 from training.data.dataset import TrainDataset, collate
 from training.data.folder import scan_dataset
-from training.loop import batch_time_ids
 from training.models.conditioning import TextEmbeds, unet_kwargs
 from training.models.text import encode_prompts, encode_text
+from training.run.loop import batch_time_ids
 
 
 @pytest.fixture(scope="module")

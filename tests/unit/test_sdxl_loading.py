@@ -18,7 +18,7 @@ from ldm_convert import SDXL_CLIP, SDXL_OPEN_CLIP, diffusers_to_ldm, vae_to_ldm 
 from safetensors.torch import save_file
 from tiny_models import build_tiny_pipeline
 
-from training.errors import UserError
+from training.contract.errors import UserError
 from training.models.detect import detect_family
 from training.models.families import SDXL
 from training.models.loading import load_base_model, load_single_file, load_vae

@@ -12,11 +12,11 @@ from lora_checks import SDXL_CASES, case_ids, export_file, lora_pipeline, text_e
 from safetensors.torch import save_file
 from tiny_models import build_tiny_pipeline
 
-from training.export import SGM_IMPLEMENTATION, kohya_state_dict
-from training.lora_import import load_kohya_into_peft, read_kohya
+from training.lora_files.export import SGM_IMPLEMENTATION, kohya_state_dict
+from training.lora_files.importer import load_kohya_into_peft, read_kohya
+from training.lora_files.self_check import verify_lora
 from training.models.families import SDXL
-from training.network import ADAPTER
-from training.verify import verify_lora
+from training.networks.lora import ADAPTER
 
 # Where the tiny UNet's transformers sit in the SGM layout (layers_per_block 2; only level 1 has attention, depth 2).
 SGM_ATTENTION_BLOCKS = ("input_blocks_4_1", "input_blocks_5_1", "middle_block_1", "output_blocks_0_1",

@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from training.errors import UserError
-from training.export import build_metadata
-from training.kohya_names import canonical_name, module_lookup, uses_sgm_names
+from training.contract.errors import UserError
+from training.lora_files.export import build_metadata
+from training.lora_files.names import canonical_name, module_lookup, uses_sgm_names
+from training.lora_files.self_check import verify_lora
 from training.models.families import FAMILIES, SDXL, family_for
-from training.verify import verify_lora
 
 UNET_ATTN = ("to_q", "to_k", "to_v", "to_out.0")
 TE_ATTN = ("q_proj", "k_proj", "v_proj", "out_proj")

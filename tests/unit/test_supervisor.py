@@ -15,8 +15,8 @@ import pytest
 
 from app.runs import UNEXPECTED_END, pid_alive, terminate_group
 from app.supervisor import JobSupervisor, RunSnapshot
-from training.config import TrainConfig
-from training.dry_run import STEP_SECONDS_ENV
+from training.contract.config import TrainConfig
+from training.run.dry_run import STEP_SECONDS_ENV
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX process groups and signals")
 

@@ -11,11 +11,11 @@ from lora_checks import export_file, lora_pipeline
 from safetensors.torch import save_file
 from tiny_models import build_tiny_pipeline
 
-from training.export import build_metadata, save_lora
-from training.kohya_names import diffusers_to_sgm, module_lookup
-from training.lora_import import read_kohya
+from training.lora_files.export import build_metadata, save_lora
+from training.lora_files.importer import read_kohya
+from training.lora_files.names import diffusers_to_sgm, module_lookup
+from training.lora_files.self_check import verify_lora
 from training.models.families import FAMILIES
-from training.verify import verify_lora
 
 ROOT = Path(__file__).resolve().parents[2]
 TO_Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"

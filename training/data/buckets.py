@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from training.errors import UserError
+from training.contract.errors import UserError
 
 Bucket = tuple[int, int]
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from training.errors import UserError
+from training.contract.errors import UserError
 
 _WHITE = (255, 255, 255)
 

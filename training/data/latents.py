@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from training.atomic import atomic_path
+from training.contract.atomic import atomic_path
+from training.contract.errors import UserError
 from training.data.images import fit_to_bucket, load_image, to_tensor
-from training.errors import UserError
 
 # Bump when load_image / fit_to_bucket / to_tensor change what pixels reach the VAE: old cache files become misses.
 PREPROCESS_VERSION = "cover-center-crop-lanczos-v1"

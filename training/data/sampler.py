@@ -12,8 +12,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
+from training.contract.errors import UserError
 from training.data.buckets import Bucket, batches_per_epoch
-from training.errors import UserError
 
 
 class BucketBatchSampler(Sampler[list[int]]):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from training.errors import UserError
+from training.contract.errors import UserError
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from training.errors import UserError
-from training.st_header import read_header
+from training.contract.errors import UserError
+from training.contract.st_header import read_header
 
 KeyShapes = Mapping[str, Sequence[int]]
 

@@ -24,7 +24,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import SingleFileComponentError
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from training.errors import UserError
+from training.contract.errors import UserError
 from training.models.checkpoint import read_checkpoint
 from training.models.detect import family_from_folder, family_from_shapes, folder_prediction_type, read_key_shapes
 from training.models.families import SDXL, TOKENIZER_DIR, Family, family_for

@@ -2,7 +2,7 @@
 
 Builds on ``scan_dataset`` (concepts, repeats, unreadable images, missing captions) and adds what the scan does not
 look for: tiny images, duplicates, captions past the 75-token window, the bucket table and the step plan. Torch-free,
-so the UI can run it in its own process; the step plan mirrors ``training.prepare`` (a unit test holds them equal).
+so the UI can run it in its own process; the step plan mirrors ``training.run.prepare`` (a unit test holds them equal).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from training.config import TrainConfig
+from training.contract.config import TrainConfig
+from training.contract.errors import UserError
 from training.data.buckets import Bucket, assign_buckets, batches_per_epoch, bucket_table
 from training.data.folder import DatasetScan, ImageItem, scan_dataset
-from training.errors import UserError
-from training.plan import plan_run, split_validation
+from training.plan.schedule import plan_run, split_validation
 
 TOKEN_WINDOW = 75  # CLIP's 77 positions minus the begin and end tokens; later tokens are cut off
 TINY_SHARE = 0.5  # an image with under half the training resolution's pixels learns little detail
@@ -51,7 +51,7 @@ class ConceptRow:
 
 @dataclass(frozen=True)
 class StepPlan:
-    """How long the run will be, computed by the trainer's own ``training.plan`` (one GPU)."""
+    """How long the run will be, computed by the trainer's own ``training.plan.schedule`` (one GPU)."""
 
     images: int  # readable images that train (held-out validation images excluded)
     terms: list[tuple[str, int, int]]  # (concept folder, images, repeats)

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.export import HASH_KEY, data_region_hash
-from training.kohya_names import base_layer, canonical_name, module_lookup, uses_sgm_names
-from training.lora_import import PARTS
-from training.network import ADAPTER
+from training.lora_files.export import HASH_KEY, data_region_hash
+from training.lora_files.importer import PARTS
+from training.lora_files.names import base_layer, canonical_name, module_lookup, uses_sgm_names
+from training.networks.lora import ADAPTER
 
 KEY_RE = re.compile(r"^(lora_unet|lora_te|lora_te1|lora_te2)_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)$")
 MAX_HEADER = 100 * 1024 * 1024

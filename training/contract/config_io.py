@@ -14,9 +14,9 @@ from typing import Any
 import tomli_w
 from pydantic import ValidationError
 
-from training.atomic import write_atomic
-from training.config import SCHEMA_VERSION, SECTIONS, TrainConfig, field_section
-from training.errors import UserError
+from training.contract.atomic import write_atomic
+from training.contract.config import SCHEMA_VERSION, SECTIONS, TrainConfig, field_section
+from training.contract.errors import UserError
 
 # kohya options that mean nothing here: accepted so kohya users' files work, mentioned once, ignored.
 IGNORED_KOHYA_KEYS = {

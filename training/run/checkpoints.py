@@ -1,7 +1,6 @@
 """Saving what a run produces: LoRA files (exported, then self-checked) and full training state for resume.
 
-File names follow kohya: ``<name>-000003.safetensors`` per epoch, ``<name>-step00000500.safetensors`` per step,
-``<name>.safetensors`` at the end; a state folder sits beside the LoRA it belongs to (``<name>-000003-state``).
+File and folder names come from ``training.contract.layout``.
 """
 
 from __future__ import annotations
@@ -15,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from training.config_io import write_atomic
-from training.errors import UserError
-from training.export import build_metadata, kohya_state_dict, save_lora
-from training.verify import verify_lora
+from training.contract.config_io import write_atomic
+from training.contract.errors import UserError
+from training.contract.layout import NOISE_STATE_FILE, STATE_FILE, RunLayout
+from training.lora_files.export import build_metadata, kohya_state_dict, save_lora
+from training.lora_files.self_check import verify_lora
 
 if TYPE_CHECKING:
-    from training.prepare import Trainer
+    from training.run.prepare import Trainer
 
-STATE_FILE = "train_state.json"
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
 
 
@@ -39,14 +38,6 @@ class TrainState:
     val_history: list[list[float]] = field(default_factory=list)  # [step, loss]
     last_checkpoint: str | None = None
     batches_per_epoch: int = 0     # to notice a dataset that changed between stop and resume
-
-
-def lora_name(output_name: str, epoch: int | None = None, step: int | None = None) -> str:
-    if epoch is not None:
-        return f"{output_name}-{epoch:06d}"
-    if step is not None:
-        return f"{output_name}-step{step:08d}"
-    return output_name
 
 
 def training_facts(tr: Trainer, state: TrainState) -> dict[str, Any]:
@@ -81,7 +72,7 @@ def text_encoder_lrs(tr: Trainer) -> float | list[float]:
 
 def save_lora_file(tr: Trainer, state: TrainState, name: str) -> tuple[Path, str]:
     """Export the current LoRA in kohya format, then check it module by module against the base model."""
-    path = tr.run_dir / f"{name}.safetensors"
+    path = RunLayout(tr.run_dir).lora(name)
     unet = tr.accelerator.unwrap_model(tr.unet)
     # Every encoder, trained or not: the kohya prefix (lora_te1/lora_te2) follows the encoder's position.
     encoders = [tr.accelerator.unwrap_model(e) for e in tr.text_encoders]
@@ -120,8 +111,8 @@ def register_lora_only_state(accelerator) -> None:
 def save_state(tr: Trainer, state: TrainState, name: str) -> Path:
     """accelerate's state (LoRA, optimizer, scheduler, RNGs) plus our counters, written to a temporary folder and
     renamed, so an interrupted save never replaces a good state with a broken one."""
-    final = tr.run_dir / f"{name}-state"
-    tmp = tr.run_dir / f".{name}-state.tmp"
+    layout = RunLayout(tr.run_dir)
+    final, tmp = layout.state_dir(name), layout.state_tmp(name)
     if tr.accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # left over from a crash during an earlier save
     tr.accelerator.wait_for_everyone()
@@ -129,7 +120,7 @@ def save_state(tr: Trainer, state: TrainState, name: str) -> Path:
     tr.accelerator.wait_for_everyone()  # every rank has written its RNG state before the folder moves
     state.batches_per_epoch = tr.plan.batches_per_epoch
     if tr.accelerator.is_main_process:
-        torch.save(tr.generator.get_state(), tmp / "noise_generator.pt")
+        torch.save(tr.generator.get_state(), tmp / NOISE_STATE_FILE)
         write_atomic(tmp / STATE_FILE, json.dumps(asdict(state), indent=1))
         old = final.with_name(final.name + ".old")
         if final.exists():
@@ -152,5 +143,5 @@ def load_state(tr: Trainer, state_dir: Path) -> TrainState:
     except (RuntimeError, FileNotFoundError) as err:
         raise UserError(f"resume: {state_dir.name} does not match this run's network or optimizer "
                         f"({str(err).splitlines()[0][:200]}); resume with the settings it was saved with") from None
-    tr.generator.set_state(torch.load(state_dir / "noise_generator.pt", weights_only=True))
+    tr.generator.set_state(torch.load(state_dir / NOISE_STATE_FILE, weights_only=True))
     return state

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.config import TrainConfig
+from training.contract.config import TrainConfig
+from training.contract.errors import UserError
+from training.contract.layout import RunLayout, is_state_dir
 from training.data.folder import DatasetScan, scan_dataset
-from training.errors import UserError
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
 
@@ -39,7 +40,7 @@ def preflight(cfg: TrainConfig) -> DatasetScan:
             raise UserError(f"{key}: {value} does not exist")
     if cfg.network_weights and not cfg.network_weights.lower().endswith(".safetensors"):
         raise UserError(f"network_weights: {cfg.network_weights} is not a .safetensors LoRA file")
-    if cfg.resume and not (Path(cfg.resume) / "train_state.json").is_file():
+    if cfg.resume and not is_state_dir(Path(cfg.resume)):
         raise UserError(f"resume: {cfg.resume} is not a saved state folder (no train_state.json in it)")
     if (cfg.sample_every_n_steps or cfg.sample_every_n_epochs) and not cfg.sample_prompts:
         raise UserError("sample_every_n_steps/epochs is set but sample_prompts is empty: add prompts or unset it")
@@ -73,8 +74,8 @@ def check_preset_family(model: str, preset: tuple[str, str] | None) -> None:
 def check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
     """Never overwrite an earlier run's results: a folder holding a run's LoRA files or states is reused only to
     resume that run. A folder whose run failed before saving anything can be used again (its log is appended to)."""
-    has_results = any(run_dir.glob("*.safetensors")) or any(run_dir.glob("*-state"))
-    if (run_dir / "events.jsonl").exists() and has_results:
+    layout = RunLayout(run_dir)
+    if layout.events.exists() and (layout.loras() or layout.state_dirs()):
         resuming_here = cfg.resume and Path(cfg.resume).resolve().parent == run_dir.resolve()
         if not resuming_here:
             raise UserError(f"output_dir {run_dir} already holds a run; choose a new output_dir "

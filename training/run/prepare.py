@@ -14,23 +14,23 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
-from training.checkpoints import register_lora_only_state
-from training.config import TrainConfig
+from training.contract.config import TrainConfig
+from training.contract.errors import UserError
+from training.contract.events import EventWriter
 from training.data.buckets import assign_buckets, bucket_table
 from training.data.dataset import TrainDataset, collate
 from training.data.folder import DatasetScan, ImageItem, scan_dataset
 from training.data.latents import LatentCache
 from training.data.sampler import BucketBatchSampler
-from training.errors import UserError
-from training.events import EventWriter
 from training.models.conditioning import TextEmbeds
 from training.models.loading import BaseModel, load_base_model, load_vae
 from training.models.text import encode_text
-from training.network import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora
-from training.optim import make_optimizer, make_scheduler
-from training.plan import Plan, plan_run, split_validation
-from training.preflight import advice
-from training.validation import ValidationSet, build_validation_set
+from training.networks.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora
+from training.plan.preflight import advice
+from training.plan.schedule import Plan, plan_run, split_validation
+from training.run.checkpoints import register_lora_only_state
+from training.run.optim import make_optimizer, make_scheduler
+from training.run.validation import ValidationSet, build_validation_set
 
 
 @dataclass
@@ -131,7 +131,7 @@ def continue_from(cfg: TrainConfig, base: BaseModel, trained: list[int]) -> None
     """Start the new LoRA from an existing kohya file (same rank, same parts)."""
     from safetensors import safe_open
 
-    from training.lora_import import load_kohya_into_peft
+    from training.lora_files.importer import load_kohya_into_peft
 
     path = Path(cfg.network_weights or "")
     try:

@@ -1,7 +1,7 @@
 """A training run as a process sees it: the run folder, events, signals and how the run ends.
 
 ``run(cfg)`` is what ``python -m training`` (and the UI's background process) calls; the epochs and the step itself
-live in ``training.loop``.
+live in ``training.run.loop``.
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ import os
 import sys
 from pathlib import Path
 
-from training.checkpoints import TrainState, load_state, lora_name
-from training.config import TrainConfig
+from training.contract.config import TrainConfig
+from training.contract.events import Control, EventWriter, reporting
+from training.contract.layout import RunLayout, lora_name
 from training.data.folder import DatasetScan
-from training.events import Control, EventWriter, reporting
-from training.loop import Loop, NonFiniteLoss
-from training.preflight import check_run_dir
-from training.prepare import prepare
+from training.plan.preflight import check_run_dir
+from training.run.checkpoints import TrainState, load_state
+from training.run.loop import Loop, NonFiniteLoss
+from training.run.prepare import prepare
 
 
 class TrainingFailed(Exception):
@@ -50,12 +51,12 @@ def run(cfg: TrainConfig, run_dir: Path | None = None, scan: DatasetScan | None 
 
 
 def _run(cfg: TrainConfig, run_dir: Path, events: EventWriter, control: Control, scan: DatasetScan | None) -> str:
-    from training.config_io import save_config
+    from training.contract.config_io import save_config
 
     events.emit("status", phase="loading", msg="preparing")
     tr = prepare(cfg, run_dir, events, scan)
     if tr.accelerator.is_main_process:
-        save_config(cfg, run_dir / "job.toml")
+        save_config(cfg, RunLayout(run_dir).job)
     state = load_state(tr, Path(cfg.resume)) if cfg.resume else TrainState()
     events.emit("start", run_id=run_dir.name, pid=os.getpid(), family=tr.base.family.name,
                 total_steps=tr.plan.total_steps, total_epochs=tr.plan.total_epochs,
@@ -75,7 +76,7 @@ def _run(cfg: TrainConfig, run_dir: Path, events: EventWriter, control: Control,
         name = lora_name(cfg.output_name, step=state.global_step)
         path = loop.save(name, with_state=True)
         events.emit("stopped", step=state.global_step, last_checkpoint=str(path) if path else None,
-                    state=str(run_dir / f"{name}-state"))
+                    state=str(RunLayout(run_dir).state_dir(name)))
     else:
         if loop.val_every and (not state.val_history or state.val_history[-1][0] != state.global_step):
             loop.validate()

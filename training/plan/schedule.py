@@ -6,7 +6,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from training.config import TrainConfig
+from training.contract.config import TrainConfig
 from training.data.folder import ImageItem
 
 

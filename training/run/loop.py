@@ -15,15 +15,17 @@ from pathlib import Path
 
 import torch
 
-from training.checkpoints import TrainState, lora_name, save_lora_file, save_state
-from training.events import Control, EventWriter
-from training.loss import per_sample_loss, random_timesteps, sample_noise
-from training.metrics import LossEMA, Throughput
+from training.contract.events import Control, EventWriter
+from training.contract.layout import RunLayout, lora_name
+from training.contract.prompts import load_prompts
 from training.models.conditioning import TextEmbeds, add_time_ids
 from training.models.text import encode_text
-from training.prepare import Trainer
-from training.sample import generate_samples, load_prompts
-from training.validation import validation_loss
+from training.run.checkpoints import TrainState, save_lora_file, save_state
+from training.run.loss import per_sample_loss, random_timesteps, sample_noise
+from training.run.metrics import LossEMA, Throughput
+from training.run.prepare import Trainer
+from training.run.samples import generate_samples
+from training.run.validation import validation_loss
 
 READBACK_EVERY = 10  # steps between host read-backs of the loss (NaN checks, events, progress bar)
 
@@ -203,8 +205,8 @@ class Loop:
         for encoder in encoders:
             encoder.to(device)
         paths = generate_samples(tr.base, tr.accelerator.unwrap_model(tr.unet), encoders, self.prompts,
-                                 tr.cfg.sample_sampler, tr.cfg.clip_skip, tr.run_dir / "sample", tr.cfg.output_name,
-                                 self.state.global_step, epoch, device, tr.weight_dtype)
+                                 tr.cfg.sample_sampler, tr.cfg.clip_skip, RunLayout(tr.run_dir).samples,
+                                 tr.cfg.output_name, self.state.global_step, epoch, device, tr.weight_dtype)
         if tr.latent_cache is not None:
             tr.base.vae.to("cpu")
         if tr.text_cache is not None:

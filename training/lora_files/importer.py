@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.errors import UserError
-from training.kohya_names import module_lookup
-from training.network import ADAPTER
+from training.contract.errors import UserError
+from training.lora_files.names import module_lookup
+from training.networks.lora import ADAPTER
 
 PARTS = ("lora_down.weight", "lora_up.weight", "alpha")
 

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from diffusers.optimization import get_scheduler
 
-from training.config import TrainConfig
-from training.errors import UserError
+from training.contract.config import TrainConfig
+from training.contract.errors import UserError
 
 # optimizer_type -> (module, class name, pip extra that provides it)
 OPTIONAL = {

@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.errors import UserError
+from training.contract.errors import UserError
+from training.contract.layout import CONTROL_DIR, EVENTS_FILE
 
 EVENT_VERSION = 1
-EVENTS_FILE = "events.jsonl"
-CONTROL_DIR = "control"
 CONTROL_FLAGS = ("stop", "sample", "save")
 TERMINAL_EVENTS = ("done", "stopped", "error")
 

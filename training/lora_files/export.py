@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.atomic import write_bytes_atomic
-from training.errors import UserError
-from training.kohya_names import canonical_name, strip_peft_prefix
+from training.contract.atomic import write_bytes_atomic
+from training.contract.errors import UserError
+from training.lora_files.names import canonical_name, strip_peft_prefix
 
 NETWORK_MODULE = "networks.lora"
 MODELSPEC_VERSION = "1.0.1"
@@ -162,7 +162,7 @@ def _network_facts(config: Mapping[str, Any], state_dict: Mapping[str, torch.Ten
 
 def _modelspec(config: Mapping[str, Any], family: Any, training: Mapping[str, Any], res: tuple[int, int]
                ) -> dict[str, str]:
-    from training.kohya_names import uses_sgm_names
+    from training.lora_files.names import uses_sgm_names
 
     finished = training.get("training_finished_at")
     when = dt.datetime.fromtimestamp(float(finished)) if finished is not None else dt.datetime.now()

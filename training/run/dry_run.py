@@ -19,14 +19,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.atomic import atomic_path, write_bytes_atomic
-from training.config import TrainConfig
-from training.config_io import save_config, write_atomic
-from training.errors import UserError
-from training.events import Control, EventWriter, reporting
-from training.metrics import LossEMA, Throughput
-from training.preflight import check_run_dir
-from training.sample import load_prompts, sample_file_name
+from training.contract.atomic import atomic_path, write_bytes_atomic
+from training.contract.config import TrainConfig
+from training.contract.config_io import save_config, write_atomic
+from training.contract.errors import UserError
+from training.contract.events import Control, EventWriter, reporting
+from training.contract.layout import sample_file_name
+from training.contract.prompts import load_prompts
+from training.plan.preflight import check_run_dir
+from training.run.metrics import LossEMA, Throughput
 
 STEP_SECONDS_ENV = "LORAFORGE_DRY_RUN_STEP_SECONDS"
 DEFAULT_STEP_SECONDS = 0.02
@@ -56,7 +57,7 @@ class Plan:
 
 
 def make_plan(cfg: TrainConfig) -> Plan:
-    """Steps and epochs as training.prepare computes them, for a synthetic dataset of SYNTHETIC_IMAGES images."""
+    """Steps and epochs as training.run.prepare computes them, for a synthetic dataset of SYNTHETIC_IMAGES images."""
     batches = math.ceil(SYNTHETIC_IMAGES / cfg.train_batch_size)
     per_epoch = max(1, math.ceil(batches / cfg.gradient_accumulation_steps))
     total = cfg.max_train_epochs * per_epoch if cfg.max_train_epochs else cfg.max_train_steps
@@ -116,7 +117,7 @@ def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
 
 
 class DryRun:
-    """The synthetic counterpart of training.loop.Loop: same events, same files, same reactions to control/."""
+    """The synthetic counterpart of training.run.loop.Loop: same events, same files, same reactions to control/."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, events: EventWriter, control: Control, start_step: int):
         self.cfg, self.run_dir, self.events, self.control = cfg, run_dir, events, control

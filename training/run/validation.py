@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from training.data.images import crop_geometry, fit_to_bucket, load_image, to_tensor
-from training.loss import per_sample_loss
 from training.models.conditioning import TextEmbeds, add_time_ids
 from training.models.text import encode_text
+from training.run.loss import per_sample_loss
 
 if TYPE_CHECKING:
-    from training.config import TrainConfig
+    from training.contract.config import TrainConfig
     from training.data.folder import ImageItem
     from training.data.latents import LatentCache
     from training.models.loading import BaseModel
@@ -47,7 +47,7 @@ def _encode_image(base: BaseModel, item: ImageItem, bucket: tuple[int, int], cac
 
 def build_validation_set(cfg: TrainConfig, base: BaseModel, items: list[ImageItem], kind: str,
                          cache: LatentCache | None, device) -> ValidationSet:
-    from training.prepare import buckets_for
+    from training.run.prepare import buckets_for
 
     n_steps = base.noise_scheduler.config.num_train_timesteps
     timesteps = torch.tensor([int(f * n_steps) for f in TIMESTEP_FRACTIONS], device=device)
