@@ -36,7 +36,8 @@ class CompareRequest:
 
 def check_compare(req: CompareRequest, supervisor: JobSupervisor) -> None:
     """What is known before a process starts: the inputs, the file, and that the GPU is free."""
-    from training.compare import MAX_STEPS, parse_strengths
+    from training.contract.services import COMPARE_MAX_STEPS as MAX_STEPS
+    from training.contract.services import parse_strengths
 
     if not (req.prompt or "").strip():
         raise UserError("the prompt is empty: give the prompt to render")

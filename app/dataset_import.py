@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from training.contract.errors import UserError
-from training.data.folder import CONCEPT_DIR, IMAGE_EXTENSIONS
+from training.contract.services import CONCEPT_DIR, IMAGE_EXTENSIONS
 
 MAX_FILES = 2000
 MAX_BYTES = 2 * 2**30  # unpacked; a 200-image dataset of large PNGs is well under 1 GiB

@@ -15,10 +15,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
-from training.contract.atomic import atomic_path
-from training.contract.config_io import write_atomic
+from training.contract.atomic import atomic_path, write_atomic
 from training.contract.errors import UserError
-from training.data.folder import concept_folders, image_files
+from training.contract.services import concept_folders, image_files
 
 DATASETS_DIR = "datasets"  # managed datasets live in <data dir>/datasets/<name>/<repeats>_<concept>/
 THUMBS_DIR = Path("cache") / "thumbs"

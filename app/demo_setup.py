@@ -15,7 +15,7 @@ from app.form import config_to_values
 from app.settings import Settings
 from training.contract.config_io import load_config
 from training.contract.errors import UserError
-from training.demo import DEMO_LABEL  # torch-free at import: torch loads only inside its builders
+from training.contract.services import DEMO_LABEL
 
 __all__ = ["DEMO_LABEL", "demo_values", "is_demo_run", "prepare"]
 PREPARE_TIMEOUT_S = 600.0

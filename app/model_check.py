@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from training.contract.errors import UserError
-from training.models.detect import FAMILY_LABELS
-from training.plan.preflight import looks_like_path
-from training.plan.preflight import preset_mismatch as training_preset_mismatch
+from training.contract.services import FAMILY_LABELS, looks_like_path
+from training.contract.services import preset_mismatch as training_preset_mismatch
 
 FAMILY_NAMES = FAMILY_LABELS
 SUPPORTED = ("sd1", "sd2", "sdxl")
@@ -31,7 +30,7 @@ def family_name(family: str | None) -> str:
 def detect_model_family(model: str) -> tuple[str | None, str]:
     """(family, one line for the user). Family is None when the path is empty, missing, unreadable or a hub id
     (a hub id is resolved by the trainer; this check never goes online)."""
-    from training.models.detect import detect_family  # torch-free, but only needed once a path is typed
+    from training.contract.services import detect_family  # only needed once a path is typed
 
     model = (model or "").strip()
     if not model:

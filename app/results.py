@@ -18,8 +18,7 @@ from typing import Any
 from app.runs import RUNS_DIR, run_folder
 from app.supervisor import JobSupervisor
 from training.contract import st_header
-from training.contract.atomic import atomic_path
-from training.contract.config_io import write_atomic
+from training.contract.atomic import atomic_path, write_atomic
 from training.contract.errors import UserError
 from training.contract.events import read_events
 

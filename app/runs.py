@@ -19,7 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from training.contract.errors import UserError
-from training.contract.events import read_events
+from training.contract.events import (
+    Checkpoint,
+    Done,
+    Error,
+    Event,
+    RunWarning,
+    Sample,
+    Start,
+    Status,
+    Step,
+    Stopped,
+    Val,
+    read_events,
+)
 from training.contract.layout import (
     CANCELLED,
     EVENTS_FILE,
@@ -68,50 +81,37 @@ class RunState:
         """A snapshot that later events do not change."""
         return replace(self, sample_paths=list(self.sample_paths), warnings=list(self.warnings))
 
-    def apply(self, event: dict[str, Any]) -> None:
-        handler = getattr(self, f"_on_{event.get('event')}", None)
-        if handler is not None:
-            handler(event)
-
-    def _on_start(self, e: dict[str, Any]) -> None:
-        # A resume writes a new start into the same folder: the earlier ending no longer counts.
-        self.started, self.pid, self.start_t = True, e.get("pid"), e.get("t")
-        self.total_steps, self.total_epochs = e.get("total_steps"), e.get("total_epochs")
-        self.step = e.get("start_step") or 0
-        self.terminal = self.error = self.final_path = None
-
-    def _on_status(self, e: dict[str, Any]) -> None:
-        self.phase, self.msg = e.get("phase", ""), e.get("msg", "")
-
-    def _on_step(self, e: dict[str, Any]) -> None:
-        self.step, self.epoch = e.get("step", self.step), e.get("epoch", self.epoch)
-        self.loss, self.smoothed = e.get("loss"), e.get("smoothed")
-        self.eta, self.images_per_s = e.get("eta"), e.get("images_per_s")
-
-    def _on_val(self, e: dict[str, Any]) -> None:
-        self.val_loss = e.get("loss")
-
-    def _on_sample(self, e: dict[str, Any]) -> None:
-        self.sample_paths.extend(e.get("paths") or [])
-
-    def _on_checkpoint(self, e: dict[str, Any]) -> None:
-        self.last_checkpoint = e.get("path")
-
-    def _on_warning(self, e: dict[str, Any]) -> None:
-        self.warnings.append(str(e.get("msg")))
-
-    def _on_done(self, e: dict[str, Any]) -> None:
-        self.terminal, self.final_path = "done", e.get("path")
-        self.step = e.get("step", self.step)
-
-    def _on_stopped(self, e: dict[str, Any]) -> None:
-        self.terminal, self.state_path = "stopped", e.get("state")
-        self.step = e.get("step", self.step)
-        self.last_checkpoint = e.get("last_checkpoint") or self.last_checkpoint
-
-    def _on_error(self, e: dict[str, Any]) -> None:
-        self.terminal, self.error = "error", e.get("msg")
-        self.last_checkpoint = e.get("last_checkpoint") or self.last_checkpoint
+    def apply(self, event: Event) -> None:
+        match event:
+            case Start():  # a resume writes a new start into the same folder: the earlier ending no longer counts
+                self.started, self.pid, self.start_t = True, event.pid, event.t
+                self.total_steps, self.total_epochs = event.total_steps, event.total_epochs
+                self.step = event.start_step or 0
+                self.terminal = self.error = self.final_path = None
+            case Status():
+                self.phase, self.msg = event.phase, event.msg
+            case Step():
+                self.step, self.epoch = event.step, event.epoch if event.epoch is not None else self.epoch
+                self.loss, self.smoothed = event.loss, event.smoothed
+                self.eta, self.images_per_s = event.eta, event.images_per_s
+            case Val():
+                self.val_loss = event.loss
+            case Sample():
+                self.sample_paths.extend(event.paths)
+            case Checkpoint():
+                self.last_checkpoint = event.path
+            case RunWarning():
+                self.warnings.append(str(event.msg))
+            case Done():
+                self.terminal, self.final_path = "done", event.path
+                self.step = event.step if event.step is not None else self.step
+            case Stopped():
+                self.terminal, self.state_path = "stopped", event.state
+                self.step = event.step if event.step is not None else self.step
+                self.last_checkpoint = event.last_checkpoint or self.last_checkpoint
+            case Error():
+                self.terminal, self.error = "error", event.msg
+                self.last_checkpoint = event.last_checkpoint or self.last_checkpoint
 
 
 @dataclass
@@ -150,7 +150,7 @@ def replay(run_dir: Path) -> RunState:
 def start_state(run_dir: Path) -> RunState:
     """Only the last start event applied: enough for its pid."""
     state = RunState()
-    starts = [e for e in read_events(run_dir) if e.get("event") == "start"]
+    starts = [e for e in read_events(run_dir) if isinstance(e, Start)]
     if starts:
         state.apply(starts[-1])
     return state
@@ -262,16 +262,16 @@ def _windows_pid_alive(pid: int) -> bool:
         kernel32.CloseHandle(handle)
 
 
-def earlier_curve(state_dir: str | None, up_to: int | None, depth: int = 0) -> tuple[list[dict], list[dict]]:
+def earlier_curve(state_dir: str | None, up_to: int | None, depth: int = 0) -> tuple[list[Step], list[Val]]:
     """(step events, val events) that led to a saved state: those of the run that saved it, up to its step, and
     of the runs that one resumed from in turn. Empty when the state is not from a run folder we can read."""
     if not state_dir or not up_to or depth > 20:
         return [], []
     events = read_events(Path(state_dir).parent)
-    start = next((e for e in events if e.get("event") == "start"), {})
-    steps, vals = earlier_curve(start.get("resumed_from"), start.get("start_step"), depth + 1)
-    steps += [e for e in events if e.get("event") == "step" and e.get("step", 0) <= up_to]
-    vals += [e for e in events if e.get("event") == "val" and e.get("step", 0) <= up_to]
+    start = next((e for e in events if isinstance(e, Start)), Start())
+    steps, vals = earlier_curve(start.resumed_from, start.start_step, depth + 1)
+    steps += [e for e in events if isinstance(e, Step) and e.step <= up_to]
+    vals += [e for e in events if isinstance(e, Val) and e.step <= up_to]
     return steps, vals
 
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import training
 from app.runs import (
     ACTIVE_STATUSES,
     RUNS_DIR,
@@ -40,10 +39,20 @@ from app.runs import (
     summarize,
     terminate_group,
 )
+from training.contract.atomic import write_atomic
 from training.contract.config import TrainConfig
-from training.contract.config_io import save_config, write_atomic
-from training.contract.events import EVENTS_FILE, Control, EventReader
-from training.contract.layout import CANCELLED, JOB_FILE, LOG_FILE, PID_FILE, PRESET_FILE, QUEUED, TERMINATED
+from training.contract.config_io import save_config
+from training.contract.events import Control, Event, EventReader
+from training.contract.layout import (
+    CANCELLED,
+    EVENTS_FILE,
+    JOB_FILE,
+    LOG_FILE,
+    PID_FILE,
+    PRESET_FILE,
+    QUEUED,
+    TERMINATED,
+)
 
 EXIT_GRACE_S = 10.0  # how long a Start waits for a finished run's process to exit before queueing behind it
 
@@ -65,7 +74,7 @@ class RunSnapshot:
 
     run_dir: Path
     status: str
-    events: list[dict[str, Any]]
+    events: list[Event]
     changed: bool
     state: RunState
     error: str | None = None
@@ -255,7 +264,7 @@ class JobSupervisor:
             position = queue.index(run_dir) + 1 if run_dir in queue else None
             return RunSnapshot(run_dir, status, events, changed, tracked.state.copy(), error, position)
 
-    def _refresh(self, tracked: _Tracked) -> tuple[list[dict[str, Any]], str, str | None]:
+    def _refresh(self, tracked: _Tracked) -> tuple[list[Event], str, str | None]:
         alive = self._alive(tracked)  # before reading: a process found dead has written all it ever will
         events = self._read(tracked)
         return (events, *self._verdict(tracked.run_dir, tracked.state, tracked.popen, alive))
@@ -272,7 +281,7 @@ class JobSupervisor:
             return status, state.error
         return status, failure_message(run_dir, popen.returncode if popen else None)
 
-    def _read(self, tracked: _Tracked) -> list[dict[str, Any]]:
+    def _read(self, tracked: _Tracked) -> list[Event]:
         events = tracked.reader.poll()
         for event in events:
             tracked.state.apply(event)
@@ -322,7 +331,7 @@ def child_env() -> dict[str, str]:
     """Unbuffered output, so trainer.log is current; the project root on the path, so ``-m training`` resolves
     even when the package is not installed."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    root = str(Path(training.__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parent.parent)  # the project root, which holds app/ and training/
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env
 

@@ -1,7 +1,8 @@
 """Command line: ``python -m training --config run.toml``.
 
-Exit status: 0 done or stopped on request; 1 training failed (reason in events.jsonl and on stderr);
-2 bad input (unknown key, invalid value, missing file or folder), reported in one line before any model loads.
+Exit status (training.contract.exit_codes): 0 done or stopped on request; 1 training failed (reason in events.jsonl
+and on stderr); 2 bad input (unknown key, invalid value, missing file or folder), reported in one line before any
+model loads; 130 aborted by a second Ctrl+C.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from training.contract import exit_codes
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -111,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.env_report:
         print(json.dumps(env_info()) if args.json else env_report())
-        return 0
+        return exit_codes.DONE
     if not args.config:
         print("error: --config run.toml is required (see README.md or python -m training --help)", file=sys.stderr)
-        return 2
+        return exit_codes.BAD_INPUT
 
     from training.contract.config_io import load_config, preset_family
     from training.contract.errors import UserError
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             check_preset_family(cfg.pretrained_model_name_or_path, preset_family(args.config))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return exit_codes.BAD_INPUT
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     if args.dry_run:
@@ -145,30 +148,30 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if not err.reported:
             print(f"error: {err}", file=sys.stderr)
-        return 2
+        return exit_codes.BAD_INPUT
     except TrainingFailed:
-        return 1
+        return exit_codes.FAILED
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
-        return 130
+        return exit_codes.ABORTED
     except Exception:
         print(f"the full traceback is in {Path(cfg.output_dir) / 'events.jsonl'}", file=sys.stderr)
-        return 1
+        return exit_codes.FAILED
     if os.environ.get("RANK", "0") == "0":  # once, not once per GPU
         print(summary(Path(cfg.output_dir)))
-    return 0
+    return exit_codes.DONE
 
 
 def summary(run_dir: Path) -> str:
     """One or two lines on how the run ended, from its event stream."""
-    from training.contract.events import read_events
+    from training.contract.events import Checkpoint, Stopped, read_events
 
     events = read_events(run_dir)
     last = events[-1]
-    check = next((e["check"] for e in reversed(events) if e["event"] == "checkpoint"), "")
-    if last["event"] == "stopped":
-        return (f"stopped at step {last['step']}: {last['last_checkpoint']} ({check})\n"
-                f"resume with: --set resume='{last['state']}'")
+    check = next((e.check for e in reversed(events) if isinstance(e, Checkpoint)), "")
+    if isinstance(last, Stopped):
+        return (f"stopped at step {last.step}: {last.last_checkpoint} ({check})\n"
+                f"resume with: --set resume='{last.state}'")
     return f"done: {last['path']} ({check})"
 
 

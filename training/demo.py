@@ -277,7 +277,7 @@ class PreparedDemo:
 
 def prepare_demo(root: Path) -> PreparedDemo:
     """Make root hold a complete demo (model, dataset, demo.toml); rebuild only what is missing."""
-    from training.contract.config_io import write_atomic
+    from training.contract.atomic import write_atomic
 
     root = Path(root).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)

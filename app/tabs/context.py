@@ -14,6 +14,7 @@ from app.guidance import parse_band
 from app.runs import earlier_curve, read_preset
 from app.settings import Settings
 from app.supervisor import JobSupervisor, RunSnapshot
+from training.contract.events import Error, Start, Step, Val
 
 
 @dataclass
@@ -21,9 +22,9 @@ class RunRecord:
     """All step/val events of one run seen so far. ``version`` grows with each change, so every browser tab can
     tell whether to redraw, although the supervisor hands each new event out only once."""
 
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    vals: list[dict[str, Any]] = field(default_factory=list)
-    error: dict[str, Any] | None = None
+    steps: list[Step] = field(default_factory=list)
+    vals: list[Val] = field(default_factory=list)
+    error: Error | None = None
     band: tuple[float, float] | None = None
     version: int = 0
 
@@ -41,17 +42,17 @@ class RunHistory:
                 self._records[snap.run_dir] = RunRecord(band=preset_band(read_preset(snap.run_dir)))
             record = self._records[snap.run_dir]
             for event in snap.events:
-                kind = event.get("event")
-                if kind == "step":
-                    record.steps.append(event)
-                elif kind == "val":
-                    record.vals.append(event)
-                elif kind == "error":
-                    record.error = event
-                elif kind == "start" and not record.steps:
-                    record.error = None
-                    # A resumed run draws the curve from step 1: the earlier run's points up to the resume step.
-                    record.steps, record.vals = earlier_curve(event.get("resumed_from"), event.get("start_step"))
+                match event:
+                    case Step():
+                        record.steps.append(event)
+                    case Val():
+                        record.vals.append(event)
+                    case Error():
+                        record.error = event
+                    case Start() if not record.steps:
+                        record.error = None
+                        # A resumed run draws the curve from step 1: the earlier run's points up to the resume step.
+                        record.steps, record.vals = earlier_curve(event.resumed_from, event.start_step)
             if snap.changed:
                 record.version += 1
             return record

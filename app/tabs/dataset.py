@@ -35,8 +35,7 @@ from app.form import values_to_config
 from app.tabs.context import AppContext, form_handler
 from training.contract.config_io import ConfigError
 from training.contract.errors import UserError
-from training.data.folder import CONCEPT_DIR
-from training.plan.dataset_check import check_dataset, md_escape
+from training.contract.services import CONCEPT_DIR, check_dataset, md_escape
 
 # The settings the dataset check reads from the form: the same ones decide buckets and steps in the run.
 CHECK_FIELDS = ("train_data_dir", "caption_extension", "resolution", "enable_bucket", "min_bucket_reso",

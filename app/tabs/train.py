@@ -47,10 +47,9 @@ def check_paths(ctx: AppContext, cfg: TrainConfig) -> str | None:
     """The checks the trainer makes first (model and dataset paths, sample prompts, ...), so a mistake shows now,
     not as a failed run. A dry run loads no model or dataset, so it gets the dry run's own, smaller check."""
     # Imported here: the dry run's checks and the dataset scan are only needed on Start.
-    from training.plan.preflight import preflight
-    from training.run.dry_run import check_config
+    from training.contract.services import dry_run_preflight, preflight
 
-    check = check_config if ctx.settings.dry_run else preflight
+    check = dry_run_preflight if ctx.settings.dry_run else preflight
     try:
         check(cfg.model_copy(update={"output_dir": str(ctx.settings.data_dir / RUNS_DIR)}))
     except UserError as err:

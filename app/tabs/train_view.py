@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 
 from app.runs import run_folder
 from app.settings import Settings
 from app.supervisor import JobSupervisor, RunSnapshot
-from training.contract.events import read_events
+from training.contract.events import Event, Sample, Start, read_events
 from training.contract.layout import JOB_FILE
 
 FOLLOW = "follow"  # run picker value: show the active run, else the newest
@@ -34,13 +33,13 @@ def progress_bar(snap: RunSnapshot) -> str:
             f'<div style="width:{share * 100:.1f}%;height:100%;background:{colour}"></div></div>')
 
 
-def sample_prompts(events: list[dict[str, Any]]) -> list[str]:
+def sample_prompts(events: list[Event]) -> list[str]:
     """The prompt texts of the run's last start event, in sample order ([] when unknown or unreadable)."""
     from training.contract.errors import UserError
     from training.contract.prompts import load_prompts
 
-    start = next((e for e in reversed(events) if e.get("event") == "start"), None)
-    config = (start or {}).get("config") or {}
+    start = next((e for e in reversed(events) if isinstance(e, Start)), Start())
+    config = start.config
     try:
         return [p.prompt for p in load_prompts(config.get("sample_prompts"), (512, 512))]
     except (UserError, OSError, ValueError):
@@ -52,11 +51,11 @@ def sample_gallery(run_dir: Path) -> list[tuple[str, str]]:
     Read from the event log (each sample event says its step), so it does not depend on who polled which event."""
     events = read_events(run_dir)
     prompts = sample_prompts(events)
-    batches = [e for e in events if e.get("event") == "sample" and e.get("paths")]
+    batches = [e for e in events if isinstance(e, Sample) and e.paths]
     items = []
-    for batch in sorted(batches, key=lambda e: e.get("step") or 0, reverse=True):  # stable: a step's batches in order
-        epoch = f" (epoch {batch['epoch']})" if batch.get("epoch") else ""
-        for i, path in enumerate(batch["paths"]):
+    for batch in sorted(batches, key=lambda e: e.step, reverse=True):  # stable: a step's batches in order
+        epoch = f" (epoch {batch.epoch})" if batch.epoch else ""
+        for i, path in enumerate(batch.paths):
             if not Path(path).is_file():
                 continue
             prompt = prompts[i] if i < len(prompts) else ""

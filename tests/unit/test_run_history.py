@@ -16,7 +16,7 @@ def write_run(run_dir: Path, steps: range, resumed_from: Path | None = None, sta
     for step in steps:
         events.emit("step", step=step, loss=1.0 / step)
         if step % 2 == 0:
-            events.emit("val", step=step, val_loss=0.5)
+            events.emit("val", step=step, loss=0.5)
     events.emit("stopped", step=steps[-1])
     events.close()
     return run_dir

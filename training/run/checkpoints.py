@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from training.contract.config_io import write_atomic
+from training.contract.atomic import write_atomic
 from training.contract.errors import UserError
 from training.contract.layout import NOISE_STATE_FILE, STATE_FILE, RunLayout
 from training.lora_files.export import build_metadata, kohya_state_dict, save_lora

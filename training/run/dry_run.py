@@ -19,9 +19,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.contract.atomic import atomic_path, write_bytes_atomic
+from training.contract import exit_codes
+from training.contract.atomic import atomic_path, write_atomic, write_bytes_atomic
 from training.contract.config import TrainConfig
-from training.contract.config_io import save_config, write_atomic
+from training.contract.config_io import save_config
 from training.contract.errors import UserError
 from training.contract.events import Control, EventWriter, reporting
 from training.contract.layout import sample_file_name
@@ -270,12 +271,12 @@ def main(cfg: TrainConfig) -> int:
     except UserError as err:
         if not err.reported:
             print(f"error: {err}", file=sys.stderr)
-        return 2
+        return exit_codes.BAD_INPUT
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
-        return 130
+        return exit_codes.ABORTED
     except Exception as err:
         print(f"error: {type(err).__name__}: {err} (traceback in events.jsonl)", file=sys.stderr)
-        return 1
+        return exit_codes.FAILED
     print(f"dry run {outcome}: {cfg.output_dir}")
-    return 0
+    return exit_codes.DONE
