@@ -1,7 +1,7 @@
 """Start the LoraForge web UI: ``python launch.py [--host H] [--port P] [--auth user:pass] [--no-browser]
 [--data-dir DIR]``.
 
-Thin on purpose (architecture §7.2): environment defaults, a Python check, then app's command line. torch and
+Thin on purpose: environment defaults, a Python check, then app's command line. torch and
 diffusers load only in child processes (training, the demo's preparation, the device check), so the page is usable
 within seconds; the device line (GPU, torch, CUDA, or CPU only) is printed and shown in the page once known.
 """

@@ -1,7 +1,7 @@
 """*Try the demo*, the part without Gradio: prepare the demo folder in a child process and read its config back.
 
 ``python -m training.demo --prepare DIR`` builds the tiny random-weight model (torch) and copies the bundled sample
-dataset; it runs as a child so the UI process stays torch-free (architecture §1). It is fast when DIR is complete.
+dataset; it runs as a child so the UI process stays torch-free. It is fast when DIR is complete.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The device line at the top of the page: which GPU, CUDA and torch training will use, or that there is none.
 
 Found once per UI process by a short child (``python -m training --env-report --json``) in a background thread: the
-UI process never imports torch (architecture §1), and neither the page nor the console waits for torch's few seconds
-of import. Until the child answers, the line says it is still checking; the page refreshes it with a Timer.
+UI process never imports torch (docs/architecture.md), and neither the page nor the console waits for torch's few
+seconds of import. Until the child answers, the line says it is still checking; the page refreshes it with a Timer.
 No gradio here: the wiring is in app/main.py.
 """
 

@@ -1,8 +1,9 @@
 """Plain-language reading of a run's loss curve for the UI, driven by detectors rather than absolute numbers.
 
 Inputs are the event dicts of events.jsonl as they arrive (``step`` and ``val`` events, the ``error`` event if any).
-Why detectors: the absolute loss level depends on the base model, min-SNR, noise offset and data
-(docs/presets-and-loss.md §3), so only the shape of the curve and the validation minimum say something reliable.
+Why detectors: the absolute loss level depends on the base model, min-SNR, noise offset, prediction type and data,
+and each step's random timestep makes it jump, so only the shape of the curve and the validation minimum say
+something reliable.
 Thresholds are first guesses on synthetic curves; calibrate them on real runs. Pure Python: no numpy, no torch.
 """
 
@@ -193,7 +194,8 @@ def _check_plateau(xs: list[int], ys: list[float], vals: list[dict], progress: f
 
 
 def _band_reading(level: float, band: tuple[float, float], trend: Trend | None) -> Diagnosis:
-    """Where the smoothed loss sits against the preset's band. Guidance only: the band is folklore (§3.1)."""
+    """Where the smoothed loss sits against the preset's band. Guidance only: the band is a community rule of
+    thumb that no trainer documents, and the absolute level moves with settings and trainer versions."""
     lo, hi = band
     note = (f" The {lo:g}–{hi:g} band is a community rule of thumb for this preset, not a target: the validation "
             "curve and the samples decide when to stop.")

@@ -1,7 +1,7 @@
 """The Gradio app: tabs Dataset, Model & preset, Train, Results; ``launch(settings)`` serves it.
 
-Imports neither torch nor diffusers (architecture §1): training runs in child processes started by JobSupervisor,
-so the page is up within seconds and survives a trainer crash.
+Imports neither torch nor diffusers (docs/architecture.md): training runs in child processes started by
+JobSupervisor, so the page is up within seconds and survives a trainer crash.
 """
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ def build_app(settings: Settings, supervisor: JobSupervisor | None = None,
 
 
 def launch_options(settings: Settings) -> dict[str, Any]:
-    """Arguments for demo.launch (architecture §5.5), shared with the tests' in-process server. A public share link
-    only when asked for (--share, which requires --auth); run_history=False keeps runs out of browser storage; only
-    the data dir is servable beyond cwd."""
+    """Arguments for demo.launch, shared with the tests' in-process server. A public share link only when asked
+    for (--share, which requires --auth); run_history=False keeps runs out of browser storage; only the data dir is
+    servable beyond cwd."""
     return {"server_name": settings.host, "server_port": settings.port, "auth": settings.auth,
             "inbrowser": settings.open_browser, "allowed_paths": [str(settings.data_dir)], "share": settings.share,
             "run_history": False}

@@ -1,4 +1,4 @@
-"""The live loss chart: a bare matplotlib Figure for gr.Plot (docs/architecture.md §5.3, presets-and-loss.md §3.5).
+"""The live loss chart: a bare matplotlib Figure for gr.Plot (gr.LinePlot cannot shade the preset's loss band).
 
 Built with matplotlib.figure.Figure, never pyplot: no global state, no GUI backend, safe in Gradio's worker threads.
 """

@@ -1,7 +1,7 @@
 """Results of finished runs, as the Results tab shows them: saves, LoRA headers and WebUI copies.
 
-Torch-free (architecture §1): a LoRA's rank, alpha and metadata come from its safetensors header plus the few bytes
-of each 0-dim alpha tensor. The before/after grid is app/compare.py.
+Torch-free: a LoRA's rank, alpha and metadata come from its safetensors header plus the few bytes of each 0-dim
+alpha tensor. The before/after grid is app/compare.py.
 """
 
 from __future__ import annotations

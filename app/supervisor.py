@@ -1,9 +1,9 @@
 """JobSupervisor: starts training runs as background processes, queues them, stops them and watches them.
 
-The run folder is the only contract (docs/architecture.md §3.3-3.5): the supervisor writes ``job.toml``, touches
-``control/`` flags and reads ``events.jsonl``; it never talks to the trainer any other way. Each run gets its own
-process group (session on POSIX), so Stop can end ``accelerate launch`` workers too, and the UI's own Ctrl+C does not
-reach the trainer. Because every verdict comes from files plus a pid check, a new supervisor on the same data dir
+The run folder is the only contract (docs/architecture.md, "The run protocol"): the supervisor writes ``job.toml``,
+touches ``control/`` flags and reads ``events.jsonl``; it never talks to the trainer any other way. Each run gets its
+own process group (session on POSIX), so Stop can end ``accelerate launch`` workers too, and the UI's own Ctrl+C does
+not reach the trainer. Because every verdict comes from files plus a pid check, a new supervisor on the same data dir
 (the UI restarted, the browser closed) re-attaches to a running run and reports the finished ones.
 No gradio, no torch: the UI process stays light and the supervisor is unit-tested with real dry-run processes.
 """

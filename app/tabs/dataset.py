@@ -1,9 +1,10 @@
 """Dataset: pick, upload and check a training folder; browse it with captions, edit them one by one or in bulk.
 
 The folder's image paths stay server-side (a gr.State per browser session): the gallery only ever gets thumbnails
-from the data dir, and ``gallery.select`` maps its index back to the source image (architecture §5.4). The folder box
-and the form's ``train_data_dir`` stay in step without a loop: loading here sets train_data_dir, and a
-train_data_dir change from elsewhere (preset, TOML, demo) reloads this tab but never writes it back.
+from the data dir, and ``gallery.select`` maps its index back to the source image (a handler would get Gradio's
+cache copy, and a caption must be saved beside the original). The folder box and the form's ``train_data_dir`` stay
+in step without a loop: loading here sets train_data_dir, and a train_data_dir change from elsewhere (preset, TOML,
+demo) reloads this tab but never writes it back.
 """
 
 from __future__ import annotations

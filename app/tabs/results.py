@@ -1,7 +1,8 @@
 """Results: each run's saved LoRAs, their self-check report, a before/after grid, copy to a WebUI's Lora folder.
 
 The logic lives in app/results.py (torch-free); this module lays it out and turns every problem into a message.
-The grid is a short blocking job in a child process (architecture §5.2 allows that for short jobs).
+The grid is a short blocking job in a child process: fine for a job of seconds, unlike a training run, which the
+Train tab polls from its run folder.
 """
 
 from __future__ import annotations

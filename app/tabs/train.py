@@ -1,8 +1,9 @@
 """Train: Start / Stop / Resume, Sample now / Save now, Try the demo, and the live view of a run, polled from its
 folder with gr.Timer.
 
-No generator streams the run (architecture §5.2): the trainer is a child process, the Timer re-reads its events,
-and a page reload or a second tab re-attaches through demo.load. The run picker shows any earlier run the same way.
+No generator streams the run (it would hold a queue worker for hours and belong to one browser session): the
+trainer is a child process, the Timer re-reads its events, and a page reload or a second tab re-attaches through
+demo.load. The run picker shows any earlier run the same way.
 Handlers return messages, never tracebacks.
 """
 

@@ -111,7 +111,7 @@ def test_every_unet_attention_projection_has_an_sgm_name_that_resolves(sdxl, tab
                 assert name is not None and SGM_ATTN.match(name), (path, name)
                 assert table[name] == ("unet", path), name
                 names.add(name)
-    assert len(names) == len(blocks) * 2 * len(UNET_ATTN) == 560  # docs/lora-format.md: SDXL attention-only UNet
+    assert len(names) == len(blocks) * 2 * len(UNET_ATTN) == 560  # SDXL's 70 transformer blocks, attention only
 
 
 @pytest.mark.parametrize(("name", "path"), [
@@ -136,7 +136,8 @@ def test_known_sgm_names_point_at_the_right_module(sdxl, table, name, path):
 
 
 def test_no_sgm_name_exceeds_the_unet_and_diffusers_names_still_resolve(sdxl, table):
-    """Import accepts both conventions (§8.2); the depth-10 levels must not spill past transformer_blocks_9."""
+    """Import accepts both UNet conventions (SGM/LDM and diffusers); the depth-10 levels must not spill past
+    transformer_blocks_9."""
     unet_names = [n for n, (c, _) in table.items() if c == "unet"]
     depths = {int(m.group(1)) for n in unet_names if (m := re.search(r"transformer_blocks_(\d+)_", n))}
     assert max(depths) == 9

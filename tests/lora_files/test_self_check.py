@@ -1,4 +1,5 @@
-"""Export verifier: a good file passes; each defect of §10 items 1-14 is reported as a specific problem."""
+"""Export verifier: a good file passes; each defect the self-check looks for
+(training/lora_files/self_check.py) is reported as a specific problem."""
 
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ def real_app(tmp_path_factory) -> Iterator[UiApp]:
 
 @pytest.fixture(scope="module")
 def page():
-    """A headless Debian Chromium page (no Playwright browser download, architecture §5.6)."""
+    """A headless Debian Chromium page (no Playwright browser download)."""
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)

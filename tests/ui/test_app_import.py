@@ -1,4 +1,4 @@
-"""The UI process stays torch-free (architecture §1): importing the app must not pull the training stack."""
+"""The UI process stays torch-free (docs/architecture.md): importing the app must not pull the training stack."""
 
 import subprocess
 import sys

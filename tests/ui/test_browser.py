@@ -1,6 +1,6 @@
 """The page in a real browser: pick a preset, start a dry run, watch it finish with a chart and samples.
 
-Drives Debian's Chromium (no Playwright browser download, architecture §5.6); skipped where it is not installed.
+Drives Debian's Chromium (no Playwright browser download); skipped where it is not installed.
 Screenshots of every tab land in test-artifacts/ (gitignored) for a human to look at.
 """
 

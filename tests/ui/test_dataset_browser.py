@@ -1,5 +1,5 @@
 """The Dataset tab in a real browser: load a folder, click an image, edit and save its caption; the folder and the
-form's train_data_dir follow each other. Skipped without Debian's Chromium (architecture §5.6)."""
+form's train_data_dir follow each other. Skipped without Debian's Chromium."""
 
 from __future__ import annotations
 

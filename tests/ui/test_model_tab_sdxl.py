@@ -1,7 +1,7 @@
 """The Model tab in a real browser with an SDXL base model: the family shows, the preset list follows the family,
 and switching to a model of another family says that the preset in force no longer fits.
 
-Drives Debian's Chromium (no Playwright browser download, architecture §5.6); skipped where it is not installed.
+Drives Debian's Chromium (no Playwright browser download); skipped where it is not installed.
 The model files are header-only .safetensors: detection reads nothing else.
 """
 

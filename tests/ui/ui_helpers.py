@@ -13,7 +13,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
-# Known noise with gradio 6.31 + pandas 3 (architecture §5.6); everything else still shows.
+# Known noise with gradio 6.31 + pandas 3 (a Pandas4Warning from the queue, an unclosed event loop at teardown);
+# everything else still shows.
 NOISE_FILTERS = [
     "ignore::pandas.errors.Pandas4Warning",
     "ignore:unclosed event loop:ResourceWarning",

@@ -7,7 +7,8 @@ Modules (import them directly; this package imports nothing heavy on purpose):
 - ``captions``: ``process_caption`` (kohya's shuffle / keep_tokens / caption dropout).
 - ``buckets``: ``make_buckets``, ``assign_bucket``, ``bucket_table``, ``batches_per_epoch`` (torch-free).
 - ``sampler``: ``BucketBatchSampler`` (deterministic per seed and epoch; resumes mid-epoch).
-- ``check``: ``check_dataset``, the report the UI shows before training (torch-free).
 - ``dataset``: ``TrainDataset`` and ``collate``.
 - ``latents``: ``LatentCache`` (memory + optional on-disk safetensors cache keyed by file bytes, bucket, flip, VAE).
+
+The dataset check the UI shows before training is ``training.plan.dataset_check``.
 """

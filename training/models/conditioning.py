@@ -2,8 +2,8 @@
 
 SD1/SD2: the caption's hidden states. SDXL adds a pooled caption vector (text encoder 2's projected output) and six
 "micro-conditioning" numbers per image, ``add_time_ids`` = (original height, original width, crop top, crop left,
-target height, target width), which is how SDXL was trained to know an image's source size and crop (SDXL paper
-§2.2; diffusers' ``StableDiffusionXLPipeline._get_add_time_ids`` builds the same six for inference).
+target height, target width), which is how SDXL was trained to know an image's source size and crop (diffusers'
+``StableDiffusionXLPipeline._get_add_time_ids`` builds the same six for inference).
 """
 
 from __future__ import annotations
