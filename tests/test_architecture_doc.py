@@ -13,8 +13,6 @@ DOC = ROOT / "docs" / "architecture.md"
 
 # Contract modules being added by the contract work. Each entry is tolerated only while its file is missing: once
 # the module exists, remove it here so the doc's reference is checked like any other.
-PENDING = {"training/contract/control.py", "training/contract/exit_codes.py", "training/contract/services.py"}
-
 FENCED = re.compile(r"```.*?```", re.S)
 INLINE = re.compile(r"`([^`\n]+)`")
 PATH = re.compile(r"(?<![\w./-])(?:training|app)(?:/[\w.]+)*/?")
@@ -48,10 +46,5 @@ def test_references_are_found():
 
 def test_every_named_module_exists():
     refs = references(DOC.read_text(encoding="utf-8"))
-    missing = sorted(r for r in refs if not exists(r) and r not in PENDING)
+    missing = sorted(r for r in refs if not exists(r))
     assert not missing, f"docs/architecture.md names modules that do not exist: {missing}"
-
-
-def test_pending_modules_are_still_pending():
-    landed = sorted(p for p in PENDING if (ROOT / p).exists())
-    assert not landed, f"{landed} exist now: remove them from PENDING in {Path(__file__).name}"
