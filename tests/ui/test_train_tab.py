@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from gradio_client import Client
-from ui_helpers import NOISE_FILTERS, UiApp, serve, stop_all, wait_for
+from ui_helpers import NOISE_FILTERS, UiApp, run_of, show, wait_for
 
 from app.demo_setup import DEMO_LABEL
 from app.form import field_specs
@@ -23,16 +20,11 @@ from training.contract.events import read_events
 pytestmark = [pytest.mark.filterwarnings(f) for f in NOISE_FILTERS]
 
 FIELDS = [s.name for s in field_specs()]
-SHOW = ("status", "progress", "bar", "chart", "guidance", "samples", "log", "timer", "picker")  # /show_run outputs
 
 
 @pytest.fixture(scope="module")
 def client(dry_app) -> Client:
     return Client(dry_app.url, verbose=False)
-
-
-def show(client: Client, run: str) -> dict[str, Any]:
-    return dict(zip(SHOW, client.predict(run, api_name="/show_run"), strict=True))
 
 
 def wait_idle(app: UiApp) -> None:
@@ -45,23 +37,8 @@ def wait_idle(app: UiApp) -> None:
             wait_for(lambda pid=pid: not pid_alive(pid), timeout=30)
 
 
-def run_of(message: str) -> Path:
-    """The run folder a start message names ("**started** · `<run dir>`")."""
-    found = re.search(r"\*\*started\*\* · `([^`]+)`", message)
-    assert found, message
-    return Path(found[1])
-
-
 def events_of(run_dir: Path, kind: str) -> list[dict[str, Any]]:
     return [e for e in read_events(run_dir) if e["event"] == kind]
-
-
-def drawn_until_ended(client: Client, drawn: dict[str, Any]) -> dict[str, Any] | None:
-    """One poll like the page's timer. A poll leaves out (gr.skip) what has not changed since this session's last
-    one, so ``drawn`` keeps what the page shows: the newest value of each output. Returned once the run ended."""
-    view = show(client, FOLLOW)
-    drawn.update({k: v for k, v in view.items() if v != {"__type__": "update"}})
-    return dict(drawn) if view["status"].startswith(("**done", "**failed")) else None
 
 
 def captions(gallery: list[dict[str, Any]]) -> list[str]:
@@ -71,52 +48,20 @@ def captions(gallery: list[dict[str, Any]]) -> list[str]:
 # --- Try the demo: a real run on the tiny random model
 
 
-@dataclass
-class DemoOutcome:
-    app: UiApp
-    values: dict[str, Any]
-    message: str
-    final: dict[str, Any]
-    seconds: float
+def test_try_the_demo_fills_the_form_and_says_it_is_a_pipeline_check(trained_demo):
+    demo_dir = trained_demo.app.settings.demo_dir
+    assert trained_demo.message.startswith(f"**{DEMO_LABEL}.**\n\n**started**"), trained_demo.message
+    assert trained_demo.values["pretrained_model_name_or_path"] == str(demo_dir / "model")
+    assert trained_demo.values["train_data_dir"] == str(demo_dir / "dataset")  # the Dataset tab follows this field
+    assert trained_demo.values["output_name"] == "demo" and trained_demo.values["output_dir"] == ""
+    assert trained_demo.values["max_train_steps"] == 48
 
 
-@pytest.fixture(scope="module")
-def real_demo(tmp_path_factory) -> Iterator[DemoOutcome]:
-    """One press of Try the demo on a real (not dry-run) app with an empty data folder, watched until the run ends
-    the way the page watches it (through /show_run). Timed from the press, like a new user would."""
-    ui, demo = serve(tmp_path_factory.mktemp("demo-ui"), dry_run=False)
-    try:
-        client = Client(ui.url, verbose=False)
-        seen: dict[str, Any] = {}
-        started = time.monotonic()
-        result = client.predict(api_name="/try_demo")
-        values, message = dict(zip(FIELDS, result[: len(FIELDS)], strict=True)), result[len(FIELDS)]
-        run_of(message)  # started, else there is nothing to wait for
-        final = wait_for(lambda: drawn_until_ended(client, seen), timeout=240, every=1.0)
-        seconds = time.monotonic() - started
-        # Measured, not asserted: 25-45 s on this 2-core CPU when it is quiet, but torch's two CPU threads slow down
-        # several times over when other processes want the cores, so a time limit here would only be flaky.
-        print(f"Try the demo: press to done in {seconds:.1f} s")
-        yield DemoOutcome(ui, values, message, final, seconds)
-    finally:
-        stop_all(ui.supervisor)
-        demo.close()
-
-
-def test_try_the_demo_fills_the_form_and_says_it_is_a_pipeline_check(real_demo):
-    demo_dir = real_demo.app.settings.demo_dir
-    assert real_demo.message.startswith(f"**{DEMO_LABEL}.**\n\n**started**"), real_demo.message
-    assert real_demo.values["pretrained_model_name_or_path"] == str(demo_dir / "model")
-    assert real_demo.values["train_data_dir"] == str(demo_dir / "dataset")  # the Dataset tab follows this field
-    assert real_demo.values["output_name"] == "demo" and real_demo.values["output_dir"] == ""
-    assert real_demo.values["max_train_steps"] == 48
-
-
-def test_demo_run_reaches_done_with_a_checked_lora(real_demo):
-    assert real_demo.final["status"].startswith("**done**"), real_demo.final["log"]
-    assert DEMO_LABEL in real_demo.final["status"] and real_demo.final["guidance"].startswith("**The run is done")
-    assert "step 48/48" in real_demo.final["progress"] and 'aria-valuenow="48"' in real_demo.final["bar"]
-    run_dir = run_of(real_demo.message)
+def test_demo_run_reaches_done_with_a_checked_lora(trained_demo):
+    assert trained_demo.final["status"].startswith("**done**"), trained_demo.final["log"]
+    assert DEMO_LABEL in trained_demo.final["status"] and trained_demo.final["guidance"].startswith("**The run is done")
+    assert "step 48/48" in trained_demo.final["progress"] and 'aria-valuenow="48"' in trained_demo.final["bar"]
+    run_dir = run_of(trained_demo.message)
     done = events_of(run_dir, "done")[0]
     assert Path(done["path"]).is_file() and done["path"].endswith("demo.safetensors")
     checks = [e["check"] for e in events_of(run_dir, "checkpoint")]
@@ -127,8 +72,8 @@ def test_demo_run_reaches_done_with_a_checked_lora(real_demo):
     assert len(events_of(run_dir, "val")) >= 2
 
 
-def test_demo_samples_are_grouped_by_step_newest_first(real_demo):
-    texts = captions(real_demo.final["samples"])
+def test_demo_samples_are_grouped_by_step_newest_first(trained_demo):
+    texts = captions(trained_demo.final["samples"])
     assert len(texts) == 6  # 2 prompts at steps 16, 32, 48
     assert texts[:2] == ["step 48: lfbot, robot, white background",
                          "step 48: lfbot, robot, arms up, outdoors, sky, grass"]
@@ -136,9 +81,10 @@ def test_demo_samples_are_grouped_by_step_newest_first(real_demo):
     assert steps == sorted(steps, reverse=True)
 
 
-def test_demo_in_dry_run_mode_prepares_for_real_and_replays(client, dry_app, real_demo):
+def test_demo_in_dry_run_mode_prepares_for_real_and_replays(client, dry_app, trained_demo):
     wait_idle(dry_app)
-    shutil.copytree(real_demo.app.settings.demo_dir, dry_app.settings.demo_dir)  # an earlier demo: reused, not rebuilt
+    # An earlier demo in the data folder is reused, not rebuilt.
+    shutil.copytree(trained_demo.app.settings.demo_dir, dry_app.settings.demo_dir)
     run_dir = run_of(client.predict(api_name="/try_demo")[len(FIELDS)])
     demo_toml = (dry_app.settings.demo_dir / "demo.toml").read_text(encoding="utf-8")
     assert str(dry_app.settings.demo_dir / "model") in demo_toml  # rewritten for this data folder

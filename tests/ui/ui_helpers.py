@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -26,6 +28,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"  # screenshots for a human to look at
 STEP_SECONDS = "0.05"  # dry-run pace: a 40-step run takes about 2 s
+SHOW = ("status", "progress", "bar", "chart", "guidance", "samples", "log", "timer", "picker")  # /show_run outputs
 
 
 @dataclass
@@ -96,3 +99,25 @@ def fill(page, selector: str, text: str) -> None:
         if field.input_value() == text:
             return
     raise AssertionError(f"{selector} did not keep {text!r}")
+
+
+def show(client, run: str) -> dict[str, Any]:
+    """What the Train tab shows for one run (a run folder, or FOLLOW)."""
+    return dict(zip(SHOW, client.predict(run, api_name="/show_run"), strict=True))
+
+
+def run_of(message: str) -> Path:
+    """The run folder a start message names ("**started** · `<run dir>`")."""
+    found = re.search(r"\*\*started\*\* · `([^`]+)`", message)
+    assert found, message
+    return Path(found[1])
+
+
+def drawn_until_ended(client, drawn: dict[str, Any]) -> dict[str, Any] | None:
+    """One poll like the page's timer. A poll leaves out (gr.skip) what has not changed since this session's last
+    one, so ``drawn`` keeps what the page shows: the newest value of each output. Returned once the run ended."""
+    from app.tabs.train_view import FOLLOW
+
+    view = show(client, FOLLOW)
+    drawn.update({k: v for k, v in view.items() if v != {"__type__": "update"}})
+    return dict(drawn) if view["status"].startswith(("**done", "**failed")) else None
