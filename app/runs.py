@@ -38,6 +38,30 @@ ACTIVE_STATUSES = ("starting", "running")
 KILL_AFTER_S = 5.0  # after SIGTERM to a run's process group, how long before SIGKILL
 
 
+@dataclass(frozen=True)
+class SavePoint:
+    """Where in a run a LoRA was saved, as its checkpoint event says. Every screen that names a save's step or epoch
+    takes them from here, never from the file name.
+
+    ``epochs_done`` is the checkpoint event's ``epoch``: epochs completed at save time, the file's ``ss_epoch`` and
+    the number in kohya's per-epoch names (``-000003``). A step event's ``epoch`` is the 1-based epoch in progress,
+    so in the middle of an epoch it is one more than the ``epochs_done`` of a save made there."""
+
+    step: int | None = None
+    epochs_done: int | None = None
+
+    @classmethod
+    def of(cls, checkpoint: dict[str, Any]) -> SavePoint:
+        return cls(checkpoint.get("step"), checkpoint.get("epoch"))
+
+    def text(self) -> str:
+        """"step 15, 1 epoch done"; only what the event recorded."""
+        parts = [] if self.step is None else [f"step {self.step}"]
+        if self.epochs_done is not None:
+            parts.append(f"{self.epochs_done} epoch{'' if self.epochs_done == 1 else 's'} done")
+        return ", ".join(parts)
+
+
 @dataclass
 class RunState:
     """What a run's events add up to. ``apply`` folds one event in; unknown events and fields are ignored."""
@@ -57,6 +81,7 @@ class RunState:
     smoothed: Any = None
     val_loss: Any = None
     last_checkpoint: str | None = None
+    last_save: SavePoint | None = None  # step and epoch of the newest checkpoint event
     sample_paths: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     terminal: str | None = None  # "done" | "stopped" | "error"
@@ -95,7 +120,7 @@ class RunState:
         self.sample_paths.extend(e.get("paths") or [])
 
     def _on_checkpoint(self, e: dict[str, Any]) -> None:
-        self.last_checkpoint = e.get("path")
+        self.last_checkpoint, self.last_save = e.get("path"), SavePoint.of(e)
 
     def _on_warning(self, e: dict[str, Any]) -> None:
         self.warnings.append(str(e.get("msg")))

@@ -165,11 +165,19 @@ def summary(run_dir: Path) -> str:
 
     events = read_events(run_dir)
     last = events[-1]
-    check = next((e["check"] for e in reversed(events) if e["event"] == "checkpoint"), "")
+    check = next((check_summary(e) for e in reversed(events) if e["event"] == "checkpoint"), "")
     if last["event"] == "stopped":
         return (f"stopped at step {last['step']}: {last['last_checkpoint']} ({check})\n"
                 f"resume with: --set resume='{last['state']}'")
     return f"done: {last['path']} ({check})"
+
+
+def check_summary(checkpoint: dict) -> str:
+    """The self-check sentence of a checkpoint event: from its record, else the text older runs wrote."""
+    from training.contract.lora_check import SelfCheck
+
+    record = SelfCheck.from_event(checkpoint)
+    return record.summary() if record else checkpoint.get("check", "")
 
 
 if __name__ == "__main__":
