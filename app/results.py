@@ -15,17 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.runs import RUNS_DIR, run_folder
+from app.runs import RUNS_DIR, SavePoint, run_folder
 from app.supervisor import JobSupervisor
 from training.contract import st_header
 from training.contract.atomic import atomic_path, write_atomic
 from training.contract.errors import UserError
-from training.contract.events import read_events
+from training.contract.events import Checkpoint, Done, read_events
+from training.contract.lora_check import SelfCheck
 
 SETTINGS_FILE = "ui-settings.json"
 WEBUI_FOLDER_KEY = "webui_lora_folder"
 ALPHA_FORMATS = {"F16": "<e", "F32": "<f", "F64": "<d"}
-CHECK_RE = re.compile(r"(\d+) of (\d+) modules matched")
+# Run folders written before checkpoint events carried ``check_result`` have only the sentence: its numbers are read
+# back for those alone.
+LEGACY_CHECK_RE = re.compile(r"(\d+) of (\d+) modules matched")
+EPOCH_SAVE_RE = re.compile(r"-(\d{6})$")  # kohya's per-epoch save name, <output_name>-000003
+PROBLEMS_SHOWN = 5
 
 
 @dataclass
@@ -34,17 +39,26 @@ class SaveInfo:
 
     path: Path
     step: int | None
-    epoch: int | None
+    epoch: int | None  # epochs completed at save time (see app.runs.SavePoint)
     size: int
-    check: str | None  # the self-check line of its checkpoint event ("28 of 28 modules matched")
+    check: str | None  # the self-check sentence ("28 of 28 modules matched")
     final: bool
+    check_result: SelfCheck | None = None  # the self-check's numbers; None for run folders older than the record
+
+    @property
+    def at(self) -> SavePoint:
+        return SavePoint(self.step, self.epoch)
 
     @property
     def kind(self) -> str:
+        """final, epoch N or step N. Only whether it is a per-epoch save comes from the name (the event does not say);
+        N comes from the checkpoint event, and from the name only for a file that has no event."""
         if self.final:
             return "final"
-        m = re.search(r"-(\d{6})$", self.path.stem)
-        return f"epoch {int(m.group(1))}" if m else f"step {self.step}" if self.step is not None else "save"
+        m = EPOCH_SAVE_RE.search(self.path.stem)
+        if m:
+            return f"epoch {self.epoch if self.epoch is not None else int(m.group(1))}"
+        return f"step {self.step}" if self.step is not None else "save"
 
 
 @dataclass
@@ -54,6 +68,7 @@ class LoraReport:
     path: Path
     size: int
     check: str | None
+    check_result: SelfCheck | None = None
     keys: int = 0
     parts: Counter = field(default_factory=Counter)  # lora_down.weight / lora_up.weight / alpha / other
     unet_modules: int = 0
@@ -108,17 +123,20 @@ def run_saves(run_dir: Path) -> list[SaveInfo]:
     Event paths are matched by file name, so a run folder that was moved still lists its saves; a file without an
     event (copied in by hand) is listed too, without a check."""
     events = read_events(run_dir)
-    done = {Path(e["path"]).name for e in events if e.get("event") == "done" and e.get("path")}
-    by_name = {Path(e["path"]).name: e for e in events if e.get("event") == "checkpoint" and e.get("path")}
+    done = {Path(e.path).name for e in events if isinstance(e, Done) and e.path}
+    by_name = {Path(e.path).name: e for e in events if isinstance(e, Checkpoint) and e.path}
     saves = []
     for path in run_dir.glob("*.safetensors"):
-        event = by_name.get(path.name, {})
+        event = by_name.get(path.name)  # None: a file this run's events do not name (copied in, or older)
         try:
             size = path.stat().st_size
         except OSError:
             continue  # deleted meanwhile
-        saves.append(SaveInfo(path, event.get("step"), event.get("epoch"), size, event.get("check"),
-                              path.name in done or path.stem == _output_name(run_dir)))
+        at = SavePoint.of(event) if event else SavePoint()
+        result = SelfCheck.from_event(event) if event else None
+        check = result.summary() if result else event.check if event else None
+        saves.append(SaveInfo(path, at.step, at.epochs_done, size, check,
+                              path.name in done or path.stem == _output_name(run_dir), result))
     return sorted(saves, key=lambda s: (s.final, s.step if s.step is not None else -1, s.path.name))
 
 
@@ -161,10 +179,11 @@ def _alpha_value(f: Any, start: int, info: dict[str, Any]) -> float | None:
     return struct.unpack(fmt, raw)[0] if fmt and len(raw) == struct.calcsize(fmt) else None
 
 
-def lora_report(path: Path, check: str | None = None) -> LoraReport:
+def lora_report(path: Path, check: str | None = None, check_result: SelfCheck | None = None) -> LoraReport:
     """Modules, ranks, alphas, dtypes and metadata of a kohya LoRA file, read without loading its weights."""
     header, start = read_header(path)
-    report = LoraReport(path, path.stat().st_size, check, metadata=dict(header.pop("__metadata__", None) or {}))
+    report = LoraReport(path, path.stat().st_size, check, check_result,
+                        metadata=dict(header.pop("__metadata__", None) or {}))
     with open(path, "rb") as f:
         for key, info in header.items():
             name, _, part = key.partition(".")
@@ -189,8 +208,8 @@ def format_report(r: LoraReport, save: SaveInfo | None = None) -> str:
     m = r.metadata
     title = f"**{r.path.name}** · {human_size(r.size)}"
     if save is not None:
-        title += f" · {save.kind}" + (f" (step {save.step}, epoch {save.epoch})" if save.step is not None else "")
-    lines = [title, "", check_line(r.check), ""]
+        title += f" · {save.kind}" + (f" ({save.at.text()})" if save.step is not None else "")
+    lines = [title, "", check_line(r.check, r.check_result), ""]
     if not r.keys:
         lines += ["This file holds no tensors" + (" (a dry-run placeholder)." if m.get("loraforge_dry_run") else "."),
                   ""]
@@ -218,14 +237,32 @@ def format_report(r: LoraReport, save: SaveInfo | None = None) -> str:
     return "\n".join(lines)
 
 
-def check_line(check: str | None) -> str:
+def check_line(check: str | None, result: SelfCheck | None = None) -> str:
     """The export self-check as recorded at save time, with a warning when modules did not match."""
+    if result is not None:
+        return _recorded_check_line(result)
     if not check:
         return "Self-check: no record (this file has no checkpoint event in the run's log)."
-    m = CHECK_RE.search(check)
+    m = LEGACY_CHECK_RE.search(check)
     if m and m.group(1) != m.group(2):
-        return f"**Self-check: {check}** — WebUIs skip the modules that did not match; see the run's log."
+        return f"**Self-check: {check}** — {SKIPPED_MODULES}"
     return f"Self-check: {check}" + (" ✓" if m else "")
+
+
+SKIPPED_MODULES = "WebUIs skip the modules that did not match; see the run's log."
+
+
+def _recorded_check_line(result: SelfCheck) -> str:
+    """From the check's numbers: which parts lost modules, and the first problems when there are any."""
+    if result.dry_run:
+        return f"Self-check: {result.summary()}"
+    if result.missing:
+        line = f"**Self-check: {result.summary()}** ({result.parts_text()}) — {SKIPPED_MODULES}"
+    elif result.problems:
+        line = f"**Self-check: {result.summary()}, with problems:**"
+    else:
+        return f"Self-check: {result.summary()} ✓"
+    return "\n".join([line, *(f"- {_cell(p)}" for p in result.problems[:PROBLEMS_SHOWN])])
 
 
 def _counted(counter: Counter) -> str:

@@ -51,6 +51,30 @@ ACTIVE_STATUSES = ("starting", "running")
 KILL_AFTER_S = 5.0  # after SIGTERM to a run's process group, how long before SIGKILL
 
 
+@dataclass(frozen=True)
+class SavePoint:
+    """Where in a run a LoRA was saved, as its checkpoint event says. Every screen that names a save's step or epoch
+    takes them from here, never from the file name.
+
+    ``epochs_done`` is the checkpoint event's ``epoch``: epochs completed at save time, the file's ``ss_epoch`` and
+    the number in kohya's per-epoch names (``-000003``). A step event's ``epoch`` is the 1-based epoch in progress,
+    so in the middle of an epoch it is one more than the ``epochs_done`` of a save made there."""
+
+    step: int | None = None
+    epochs_done: int | None = None
+
+    @classmethod
+    def of(cls, checkpoint: Checkpoint) -> SavePoint:
+        return cls(checkpoint.step, checkpoint.epoch)
+
+    def text(self) -> str:
+        """"step 15, 1 epoch done"; only what the event recorded."""
+        parts = [] if self.step is None else [f"step {self.step}"]
+        if self.epochs_done is not None:
+            parts.append(f"{self.epochs_done} epoch{'' if self.epochs_done == 1 else 's'} done")
+        return ", ".join(parts)
+
+
 @dataclass
 class RunState:
     """What a run's events add up to. ``apply`` folds one event in; unknown events and fields are ignored."""
@@ -70,6 +94,7 @@ class RunState:
     smoothed: Any = None
     val_loss: Any = None
     last_checkpoint: str | None = None
+    last_save: SavePoint | None = None  # step and epoch of the newest checkpoint event
     sample_paths: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     terminal: str | None = None  # "done" | "stopped" | "error"
@@ -99,7 +124,7 @@ class RunState:
             case Sample():
                 self.sample_paths.extend(event.paths)
             case Checkpoint():
-                self.last_checkpoint = event.path
+                self.last_checkpoint, self.last_save = event.path, SavePoint.of(event)
             case RunWarning():
                 self.warnings.append(str(event.msg))
             case Done():

@@ -12,8 +12,12 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from training.contract import exit_codes
+
+if TYPE_CHECKING:
+    from training.contract.events import Checkpoint
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -168,11 +172,19 @@ def summary(run_dir: Path) -> str:
 
     events = read_events(run_dir)
     last = events[-1]
-    check = next((e.check for e in reversed(events) if isinstance(e, Checkpoint)), "")
+    check = next((check_summary(e) for e in reversed(events) if isinstance(e, Checkpoint)), "")
     if isinstance(last, Stopped):
         return (f"stopped at step {last.step}: {last.last_checkpoint} ({check})\n"
                 f"resume with: --set resume='{last.state}'")
-    return f"done: {last['path']} ({check})"
+    return f"done: {last.path} ({check})"
+
+
+def check_summary(checkpoint: Checkpoint) -> str:
+    """The self-check sentence of a checkpoint event: from its record, else the text older runs wrote."""
+    from training.contract.lora_check import SelfCheck
+
+    record = SelfCheck.from_event(checkpoint)
+    return record.summary() if record else checkpoint.check or ""
 
 
 if __name__ == "__main__":

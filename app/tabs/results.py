@@ -31,7 +31,7 @@ from app.results import (
 from app.tabs.context import AppContext
 from training.contract.errors import UserError
 
-SAVE_HEADERS = ["File", "Kind", "Step", "Epoch", "Size", "Self-check"]
+SAVE_HEADERS = ["File", "Kind", "Step", "Epochs done", "Size", "Self-check"]  # epochs: app.runs.SavePoint
 DEFAULT_STRENGTHS = "0, 0.5, 1"
 
 
@@ -163,7 +163,7 @@ def _choices(ctx: AppContext) -> list[tuple[str, str]]:
 def _report(info: SaveInfo) -> tuple[str, str | None]:
     """Markdown report and the path to offer for download (under the data dir, so Gradio may serve it)."""
     try:
-        return format_report(lora_report(info.path, info.check), info), str(info.path)
+        return format_report(lora_report(info.path, info.check, info.check_result), info), str(info.path)
     except UserError as err:
         return f"**Not a readable LoRA:** {err}", str(info.path)
     except OSError as err:

@@ -87,6 +87,8 @@ def progress_text(snap: RunSnapshot) -> str:
         parts.append(eta_text(s.eta))
     if s.images_per_s:
         parts.append(f"{s.images_per_s:.2f} images/s")
+    if s.last_save is not None:
+        parts.append(f"last save: {s.last_save.text()}")
     return " · ".join(parts)
 
 

@@ -23,11 +23,14 @@ from app.results import (
     run_saves,
     save_ui_setting,
 )
-from app.supervisor import JobSupervisor
+from app.runs import RunState
+from app.supervisor import JobSupervisor, RunSnapshot
+from app.tabs.train import progress_text
 from training.contract.config import TrainConfig
 from training.contract.config_io import save_config
 from training.contract.errors import UserError
-from training.contract.events import EventWriter
+from training.contract.events import EventWriter, read_events
+from training.contract.lora_check import PartCount, SelfCheck
 from training.lora_files.export import build_metadata, save_lora
 from training.models.families import FAMILIES
 from training.run.dry_run import write_placeholder_lora
@@ -108,7 +111,8 @@ def test_report_reads_rank_alpha_and_metadata_from_the_header(tmp_path):
     assert report.metadata["modelspec.architecture"] == "stable-diffusion-v1/lora"
 
     text = format_report(report, epoch)
-    for expected in ("mylora-000001.safetensors", "epoch 1 (step 10, epoch 1)", "Self-check: 7 of 7 modules matched ✓",
+    for expected in ("mylora-000001.safetensors", "epoch 1 (step 10, 1 epoch done)",
+                     "Self-check: 7 of 7 modules matched ✓",
                      "| Modules | 7 (UNet 4, text encoder 3) |", "| Rank | 4 |",
                      "| Alpha | 2 (scale alpha/rank = 0.5) |", "| Base model version | sd_v1 (v2: False) |",
                      "| Architecture | stable-diffusion-v1/lora |", "| Resolution | 64x64 |",
@@ -122,6 +126,51 @@ def test_a_partial_self_check_is_flagged(tmp_path):
     final = run_saves(make_run(tmp_path))[-1]
     text = format_report(lora_report(final.path, final.check), final)
     assert "**Self-check: 6 of 7 modules matched**" in text and "skip" in text
+
+
+def run_with_recorded_checks(data_dir: Path) -> Path:
+    """A run written since checkpoint events carry check_result: a step save in the middle of epoch 2, then the end.
+    The ``check`` sentences are not what the records say, so a reader that parsed them would show the wrong numbers."""
+    run_dir = data_dir / "runs" / "rec" / "20240301-120000"
+    run_dir.mkdir(parents=True)
+    events = EventWriter(run_dir)
+    events.emit("start", run_id=run_dir.name, pid=1, total_steps=20, total_epochs=2, steps_per_epoch=10)
+    for step in range(1, 16):
+        events.emit("step", step=step, epoch=(step - 1) // 10 + 1, loss=0.1, smoothed=0.1)
+    partial = SelfCheck(7, 6, {"unet": PartCount(4, 3), "te": PartCount(3, 3)}, ["module 'x': NaN/Inf values"])
+    mid = write_lora(run_dir / "rec-step00000015.safetensors")
+    events.emit("checkpoint", step=15, epoch=1, path=str(mid), check="(older wording)",
+                check_result=partial.to_event())
+    full = SelfCheck(7, 7, {"unet": PartCount(4, 4), "te": PartCount(3, 3)})
+    events.emit("checkpoint", step=20, epoch=2, path=str(write_lora(run_dir / "rec.safetensors")),
+                check="(older wording)", check_result=full.to_event())
+    events.close()
+    return run_dir
+
+
+def test_the_self_check_is_shown_from_its_recorded_numbers(tmp_path):
+    mid, final = run_saves(run_with_recorded_checks(tmp_path))
+    assert (mid.check, final.check) == ("6 of 7 modules matched", "7 of 7 modules matched")
+    text = format_report(lora_report(mid.path, mid.check, mid.check_result), mid)
+    assert "**Self-check: 6 of 7 modules matched** (UNet 3 of 4, text encoder 3 of 3)" in text and "skip" in text
+    assert "- module 'x': NaN/Inf values" in text
+    text = format_report(lora_report(final.path, final.check, final.check_result), final)
+    assert "Self-check: 7 of 7 modules matched ✓" in text and "older wording" not in text
+
+
+def test_train_and_results_tabs_give_a_save_the_same_step_and_epoch(tmp_path):
+    """A save in the middle of epoch 2: the Train tab's progress says "epoch 2/2" (the epoch in progress); both tabs
+    say the save was made at step 15 after 1 completed epoch, as its checkpoint event records."""
+    run_dir = run_with_recorded_checks(tmp_path)
+    events = read_events(run_dir)
+    state = RunState()
+    for event in events[:-1]:  # up to the step-15 save, as the Train tab sees the run then
+        state.apply(event)
+    train_tab = progress_text(RunSnapshot(run_dir, "running", [], False, state))
+    mid = run_saves(run_dir)[0]
+    results_tab = format_report(lora_report(mid.path, mid.check, mid.check_result), mid)
+    assert train_tab.startswith("step 15/20 · epoch 2/2") and train_tab.endswith("last save: step 15, 1 epoch done")
+    assert "step 15 (step 15, 1 epoch done)" in results_tab and (mid.step, mid.epoch) == (15, 1)
 
 
 @pytest.mark.parametrize(("dtype", "alpha"), [(torch.float16, 1.5), (torch.bfloat16, 1.5), (torch.float32, 0.3)])

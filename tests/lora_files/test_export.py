@@ -16,7 +16,7 @@ from lora_checks import CASE_IDS, CASES, SD_CASES, apply_with_diffusers, case_id
 from tiny_models import build_tiny_pipeline
 
 from training.contract.errors import UserError
-from training.lora_files.export import build_metadata, kohya_state_dict, save_lora
+from training.lora_files.export import LoraMetadata, build_metadata, kohya_state_dict, save_lora
 from training.models.families import FAMILIES
 from training.networks.lora import UNET_TARGETS
 
@@ -127,3 +127,18 @@ def test_metadata_strings_and_family_keys():
     assert meta["modelspec.encoder_layer"] == "2" and meta["modelspec.sai_model_spec"] == "1.0.1"
     assert meta["modelspec.implementation"] == "diffusers"
     assert json.loads(meta["loraforge_config"])["optimizer_type"] == "AdamW8bit"
+
+
+def test_metadata_is_one_record_rendered_once_with_the_run_s_values_where_it_measured_them():
+    config = {"network_dim": 8, "network_alpha": 4, "mixed_precision": "fp16", "unet_lr": 1e-4, "train_batch_size": 2,
+              "gradient_accumulation_steps": 2, "max_train_steps": 100, "output_name": "x"}
+    facts = {"mixed_precision": "bf16", "unet_lr": 5e-4, "total_batch_size": 8, "max_train_steps": 90,
+             "network_dim": 99, "session_id": 7, "training_finished_at": 1.7e9}
+    record = LoraMetadata.build(config, FAMILIES["sd1"], facts)
+    groups = [record.training_entries(), record.network.render(), record.modelspec()]
+    assert sum(map(len, groups)) == len(set().union(*groups))  # no key comes from two places
+    meta = record.render()
+    assert meta == build_metadata(config, FAMILIES["sd1"], facts)
+    assert (meta["ss_mixed_precision"], meta["ss_unet_lr"], meta["ss_total_batch_size"]) == ("bf16", "0.0005", "8")
+    assert (meta["ss_max_train_steps"], meta["ss_session_id"], meta["ss_batch_size_per_device"]) == ("90", "7", "2")
+    assert meta["ss_network_dim"] == "8"  # the network's facts are the file's, never a run fact's

@@ -12,6 +12,7 @@ from lora_checks import export_file, lora_pipeline
 from safetensors.torch import save_file
 from tiny_models import build_tiny_pipeline
 
+from training.contract.lora_check import SelfCheck
 from training.lora_files.export import build_metadata, save_lora
 from training.lora_files.importer import read_kohya
 from training.lora_files.names import diffusers_to_sgm, module_lookup
@@ -58,7 +59,8 @@ def test_good_file_passes_against_peft_and_bare_model(exported):
     family, pipe, path, _ = exported
     report = _verify(family, pipe, path)
     assert report.ok, report.problems
-    assert report.summary() == f"{report.total} of {report.total} modules matched" and report.total == 60
+    assert report.summary() == f"{report.expected} of {report.expected} modules matched" and report.expected == 60
+    assert {p: (c.expected, c.matched) for p, c in report.parts.items()} == {"te": (12, 12), "unet": (48, 48)}
     bare = build_tiny_pipeline(family)
     assert _verify(family, bare, path).ok
 
@@ -108,6 +110,20 @@ def test_defective_file_is_reported(exported, tmp_path, defect):
     assert not report.ok
     assert any(message in p for p in report.problems), report.problems
     assert report.matched < report.total or defect in ("fp32_tensor", "te1_prefix", "lora_A_key")
+    assert report.missing == report.expected - report.matched
+    assert sum(c.matched for c in report.parts.values()) == report.matched
+
+
+def test_the_result_travels_in_a_checkpoint_event_as_data(exported, tmp_path):
+    """What the loop writes into the checkpoint event reads back as the same record: numbers, per part, problems."""
+    family, pipe, good, _ = exported
+    report = _verify(family, pipe, _write_variant(tmp_path, good, DEFECTS["nan"][0]))
+    event = {"event": "checkpoint", "check": report.summary(), "check_result": report.to_event()}
+    back = SelfCheck.from_event(json.loads(json.dumps(event)))
+    assert (back.expected, back.matched, back.missing, back.ok) == (60, 59, 1, False)
+    assert back.parts == report.parts and back.problems == report.problems and back.summary() == event["check"]
+    assert back.parts_text() == "UNet 47 of 48, text encoder 12 of 12"
+    assert SelfCheck.from_event({"event": "checkpoint", "check": "60 of 60 modules matched"}) is None  # older runs
 
 
 META_DEFECTS = {

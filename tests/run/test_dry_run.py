@@ -200,3 +200,20 @@ def test_dry_run_reports_the_models_family_as_a_real_run_does(tmp_path):
     assert run_dry(job).returncode == 0
     start = next(e for e in read_events(tmp_path / "run") if e["event"] == "start")
     assert start["family"] == "sdxl"
+
+
+def test_checkpoints_record_epochs_done_and_a_self_check_marked_as_a_dry_run(tmp_path):
+    """Like a real run: a checkpoint's epoch counts completed epochs, a step's epoch is the 1-based one in progress."""
+    job = write_job(tmp_path, max_train_steps=12, save_every_n_steps=3, validation_every_n_steps=0)
+    assert run_dry(job).returncode == 0
+    events = read_events(tmp_path / "run")
+    per_epoch = next(e for e in events if e["event"] == "start")["steps_per_epoch"]
+    step_epoch = {e["step"]: e["epoch"] for e in events if e["event"] == "step"}
+    checkpoints = [e for e in events if e["event"] == "checkpoint"]
+    assert [c["step"] for c in checkpoints] == [3, 6, 9, 12]
+    for c in checkpoints:
+        assert c["epoch"] == c["step"] // per_epoch
+        assert step_epoch[c["step"]] == (c["step"] - 1) // per_epoch + 1
+        assert c["check"] == "dry run: placeholder file without tensors"
+        assert c["check_result"] == {"expected": 0, "matched": 0, "missing": 0, "ok": False, "parts": {},
+                                     "problems": [], "warnings": [], "dry_run": True}

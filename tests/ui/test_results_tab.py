@@ -81,7 +81,7 @@ def test_report_and_download_follow_the_picked_save(client, results_app):
     download, report = client.predict(RUN, STEP_SAVE, api_name="/results_report")
     assert Path(download).name == STEP_SAVE
     assert Path(download).read_bytes() == (results_app[1] / STEP_SAVE).read_bytes()
-    assert f"**{STEP_SAVE}**" in report and "step 10 (step 10, epoch 1)" in report
+    assert f"**{STEP_SAVE}**" in report and "step 10 (step 10, 1 epoch done)" in report
 
     for run, save in ((RUN, "../../../ui-settings.json"), ("../../..", FINAL_SAVE), (RUN, "missing.safetensors")):
         download, report = client.predict(run, save, api_name="/results_report")

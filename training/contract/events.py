@@ -122,14 +122,17 @@ class Sample(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class Checkpoint(Event):
-    """A LoRA file was saved at ``step``; ``epoch`` counts the epochs completed by then. ``check`` words the
-    self-check of the file."""
+    """A LoRA file was saved at ``step``; ``epoch`` counts the epochs completed by then (the file's ``ss_epoch``, the
+    number in a per-epoch name), unlike a step event's 1-based epoch in progress. ``check_result`` is the file's
+    self-check (``training.contract.lora_check.SelfCheck.to_event``); ``check`` words it for people and for readers
+    of run folders written before the record existed."""
 
     EVENT: ClassVar[str] = "checkpoint"
     step: int = 0
     epoch: int | None = None
     path: str | None = None
     check: str | None = None
+    check_result: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

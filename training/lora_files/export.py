@@ -1,4 +1,4 @@
-"""peft adapters -> kohya-format LoRA ``.safetensors`` (docs/lora-format.md §1, §2, §5, §6, §8.1).
+"""peft adapters -> kohya-format LoRA ``.safetensors``, with the metadata kohya tools and the WebUIs read.
 
 The output loads with every tensor applied at the right scale in A1111, Forge, ComfyUI and diffusers: kohya names
 (diffusers-style UNet names for SD1/SD2, ``text_model_`` TE names), fp16 contiguous tensors and a per-module alpha
@@ -15,6 +15,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,10 +109,10 @@ def save_lora(path: Path, state_dict: Mapping[str, torch.Tensor], metadata: Mapp
     return digest
 
 
-# --- metadata (§6) -----------------------------------------------------------------------------------------------
+# --- metadata: the ss_* keys kohya's tools and the WebUIs read, and the modelspec.* keys --------------------------
 
-# config key -> ss_ key, where kohya's name differs from "ss_" + key.
-_RENAMED = {"optimizer_type": "ss_optimizer", "train_batch_size": "ss_batch_size_per_device"}
+# config key -> ss_ name (without the prefix), where kohya's name differs from the config key.
+_RENAMED = {"optimizer_type": "optimizer", "train_batch_size": "batch_size_per_device"}
 _DIRECT = (
     "learning_rate", "unet_lr", "text_encoder_lr", "lr_scheduler", "lr_warmup_steps", "max_grad_norm",
     "gradient_checkpointing", "gradient_accumulation_steps", "network_dropout", "clip_skip", "max_token_length",
@@ -121,8 +122,11 @@ _DIRECT = (
     "bucket_no_upscale", "caption_dropout_rate", "caption_dropout_every_n_epochs", "caption_tag_dropout_rate",
     "output_name", "max_train_steps", "training_comment", "prior_loss_weight",
 )
-# training-fact keys stored as JSON (nested structures, §6.1).
+# training facts stored as JSON whatever their value (kohya's readers JSON-parse them).
 _JSON_FACTS = {"tag_frequency", "dataset_dirs", "reg_dataset_dirs", "bucket_info", "datasets"}
+# ss_ names stated by the file itself (NetworkFacts) and its family: never taken from the config or run facts.
+_FILE_FACTS = {"network_module", "network_dim", "network_alpha", "network_args", "v2", "base_model_version"}
+_MODELSPEC_FROM_CONFIG = ("author", "description", "license", "tags", "trigger_phrase", "usage_hint")
 
 
 def _s(value: Any) -> str:
@@ -145,44 +149,108 @@ def _most_common(values: list[float]) -> float | None:
     return Counter(values).most_common(1)[0][0] if values else None
 
 
-def _network_facts(config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor] | None) -> dict[str, str]:
-    """ss_network_*: from the file's most common rank/alpha when given (so they always agree, §10 item 13)."""
-    dim = config.get("network_dim") or 4
-    alpha = config.get("network_alpha")
-    alpha = 1.0 if alpha is None else alpha
-    if state_dict:
-        ranks = [int(t.shape[0]) for k, t in state_dict.items() if k.endswith(".lora_down.weight")]
-        alphas = [float(t) for k, t in state_dict.items() if k.endswith(".alpha")]
-        dim, alpha = _most_common(ranks) or dim, _most_common(alphas) or alpha
-    out = {"ss_network_module": NETWORK_MODULE, "ss_network_dim": _s(dim), "ss_network_alpha": _s(alpha)}
-    if config.get("network_args"):
-        out["ss_network_args"] = json.dumps({k: str(v) for k, v in dict(config["network_args"]).items()})
-    return out
+@dataclass(frozen=True)
+class NetworkFacts:
+    """ss_network_*: the file's most common rank and alpha when its tensors are given, so that the metadata always
+    agrees with the file (the self-check compares them); the config's values otherwise."""
+
+    dim: float
+    alpha: float
+    args: dict[str, str] | None  # network_args, every value a string as kohya writes them
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor] | None) -> NetworkFacts:
+        dim = config.get("network_dim") or 4
+        alpha = 1.0 if config.get("network_alpha") is None else config["network_alpha"]
+        if state_dict:
+            ranks = [int(t.shape[0]) for k, t in state_dict.items() if k.endswith(".lora_down.weight")]
+            alphas = [float(t) for k, t in state_dict.items() if k.endswith(".alpha")]
+            dim, alpha = _most_common(ranks) or dim, _most_common(alphas) or alpha
+        args = config.get("network_args")
+        return cls(dim, alpha, {k: str(v) for k, v in dict(args).items()} if args else None)
+
+    def render(self) -> dict[str, str]:
+        out = {"ss_network_module": NETWORK_MODULE, "ss_network_dim": _s(self.dim), "ss_network_alpha": _s(self.alpha)}
+        if self.args is not None:
+            out["ss_network_args"] = json.dumps(self.args)
+        return out
 
 
-def _modelspec(config: Mapping[str, Any], family: Any, training: Mapping[str, Any], res: tuple[int, int]
-               ) -> dict[str, str]:
-    from training.lora_files.names import uses_sgm_names
+@dataclass(frozen=True)
+class LoraMetadata:
+    """Every fact an exported LoRA states about itself and its training, gathered once by ``build``; ``render``
+    writes each header key exactly once.
 
-    finished = training.get("training_finished_at")
-    when = dt.datetime.fromtimestamp(float(finished)) if finished is not None else dt.datetime.now()
-    title = training.get("title") or config.get("title") or config.get("output_name") or f"LoRA@{int(time.time())}"
-    spec = {
-        "modelspec.sai_model_spec": MODELSPEC_VERSION,
-        "modelspec.architecture": f"{family.modelspec_architecture}/lora",
-        "modelspec.implementation": SGM_IMPLEMENTATION if uses_sgm_names(family) else "diffusers",
-        "modelspec.implementation_version": f"loraforge/{_version()}",
-        "modelspec.title": str(title),
-        "modelspec.resolution": f"{res[0]}x{res[1]}",
-        "modelspec.date": when.replace(microsecond=0).isoformat(),
-        "modelspec.prediction_type": "v" if family.v_parameterization else "epsilon",
-    }
-    if config.get("clip_skip") is not None:
-        spec["modelspec.encoder_layer"] = str(config["clip_skip"])
-    for key in ("author", "description", "license", "tags", "trigger_phrase", "usage_hint"):
-        if config.get(key):
-            spec[f"modelspec.{key}"] = _s(config[key])
-    return spec
+    ``config`` is the flat resolved config with kohya key names. ``facts`` are the run's facts
+    (``training.run.checkpoints.training_facts``: dataset, progress, times, the rates and batch size the run really
+    used), each stored as ``ss_<name>``; where the run measured a value the config also states (mixed_precision,
+    unet_lr, text_encoder_lr, max_train_steps, total_batch_size), the run's value is the one written."""
+
+    config: Mapping[str, Any]
+    family: Any
+    facts: Mapping[str, Any]  # run facts plus the session id, without the title
+    network: NetworkFacts
+    resolution: tuple[int, int]
+    title: str
+    date: dt.datetime  # when training finished (modelspec.date)
+
+    @classmethod
+    def build(cls, config: Mapping[str, Any], family: Any, training: Mapping[str, Any],
+              state_dict: Mapping[str, torch.Tensor] | None = None) -> LoraMetadata:
+        facts = {k: v for k, v in training.items() if k != "title"}
+        facts.setdefault("session_id", int.from_bytes(os.urandom(4), "big"))  # a random one when the run gave none
+        finished = training.get("training_finished_at")
+        title = training.get("title") or config.get("title") or config.get("output_name") or f"LoRA@{int(time.time())}"
+        return cls(config, family, facts, NetworkFacts.of(config, state_dict),
+                   parse_resolution(config.get("resolution"), family.default_resolution), str(title),
+                   dt.datetime.fromtimestamp(float(finished)) if finished is not None else dt.datetime.now())
+
+    def config_values(self) -> dict[str, Any]:
+        """ss_ name -> value as the config states it (plus what follows from it: batch total, model file name)."""
+        cfg = self.config
+        values = {k: cfg[k] for k in _DIRECT if k in cfg} | {name: cfg[k] for k, name in _RENAMED.items() if k in cfg}
+        values["resolution"] = self.resolution
+        if "train_batch_size" in cfg:
+            values["total_batch_size"] = int(cfg["train_batch_size"]) * int(cfg.get("gradient_accumulation_steps") or 1)
+        model = cfg.get("pretrained_model_name_or_path")
+        if model:
+            values["sd_model_name"] = os.path.basename(str(model).rstrip("/\\")) or str(model)
+        return values
+
+    def training_entries(self) -> dict[str, str]:
+        """The ss_ keys from the config and the run facts, each decided once: the run's value where it has one."""
+        from_config = self.config_values()
+        names = [n for n in (*from_config, *(n for n in self.facts if n not in from_config)) if n not in _FILE_FACTS]
+        return {f"ss_{n}": self._fact_text(n) if n in self.facts else _s(from_config[n]) for n in names}
+
+    def _fact_text(self, name: str) -> str:
+        value = self.facts[name]
+        return json.dumps(value) if name in _JSON_FACTS else _s(value)
+
+    def modelspec(self) -> dict[str, str]:
+        from training.lora_files.names import uses_sgm_names
+
+        fam, cfg = self.family, self.config
+        spec = {
+            "modelspec.sai_model_spec": MODELSPEC_VERSION,
+            "modelspec.architecture": f"{fam.modelspec_architecture}/lora",
+            "modelspec.implementation": SGM_IMPLEMENTATION if uses_sgm_names(fam) else "diffusers",
+            "modelspec.implementation_version": f"loraforge/{_version()}",
+            "modelspec.title": self.title,
+            "modelspec.resolution": f"{self.resolution[0]}x{self.resolution[1]}",
+            "modelspec.date": self.date.replace(microsecond=0).isoformat(),
+            "modelspec.prediction_type": "v" if fam.v_parameterization else "epsilon",
+        }
+        if cfg.get("clip_skip") is not None:
+            spec["modelspec.encoder_layer"] = str(cfg["clip_skip"])
+        spec.update({f"modelspec.{key}": _s(cfg[key]) for key in _MODELSPEC_FROM_CONFIG if cfg.get(key)})
+        return spec
+
+    def render(self) -> dict[str, str]:
+        """The header metadata, every value a string; the groups share no key."""
+        family_markers = {"ss_v2": str(bool(self.family.v2)), "ss_base_model_version": self.family.base_model_version}
+        return {**self.training_entries(), **self.network.render(), **family_markers, **self.modelspec(),
+                "loraforge_config": json.dumps(dict(self.config), default=str, sort_keys=True)}
 
 
 def _version() -> str:
@@ -196,30 +264,7 @@ def _version() -> str:
 
 def build_metadata(config: Mapping[str, Any], family: Any, training: Mapping[str, Any], *,
                    state_dict: Mapping[str, torch.Tensor] | None = None) -> dict[str, str]:
-    """The ``ss_*`` and ``modelspec.*`` metadata of §6, every value a string.
+    """The ``ss_*`` and ``modelspec.*`` metadata of an exported LoRA (see LoraMetadata), every value a string.
 
-    ``config``: flat resolved config with kohya key names. ``training``: run facts (session_id,
-    training_started_at/finished_at, num_train_images, num_reg_images, num_batches_per_epoch, num_epochs, epoch,
-    steps, tag_frequency, dataset_dirs, reg_dataset_dirs, bucket_info, sd_model_hash, new_sd_model_hash, ...);
-    each becomes ``ss_<key>`` (JSON for nested ones). ``state_dict`` pins ss_network_dim/alpha to the file.
-    """
-    res = parse_resolution(config.get("resolution"), family.default_resolution)
-    meta = {f"ss_{k}": _s(config.get(k)) for k in _DIRECT if k in config}
-    meta.update({v: _s(config.get(k)) for k, v in _RENAMED.items() if k in config})
-    meta["ss_resolution"] = str(res)
-    if "train_batch_size" in config:
-        total = int(config["train_batch_size"]) * int(config.get("gradient_accumulation_steps") or 1)
-        meta["ss_total_batch_size"] = str(total)
-    model = config.get("pretrained_model_name_or_path")
-    if model:
-        meta["ss_sd_model_name"] = os.path.basename(str(model).rstrip("/\\")) or str(model)
-    for key, value in training.items():
-        if key != "title":
-            meta[f"ss_{key}"] = json.dumps(value) if key in _JSON_FACTS else _s(value)
-    meta.setdefault("ss_session_id", str(int.from_bytes(os.urandom(4), "big")))
-    meta.update(_network_facts(config, state_dict))
-    meta["ss_v2"] = str(bool(family.v2))
-    meta["ss_base_model_version"] = family.base_model_version
-    meta.update(_modelspec(config, family, training, res))
-    meta["loraforge_config"] = json.dumps(dict(config), default=str, sort_keys=True)
-    return meta
+    ``state_dict`` pins ss_network_dim/alpha to the file."""
+    return LoraMetadata.build(config, family, training, state_dict).render()

@@ -1,7 +1,8 @@
-"""Export self-check (docs/lora-format.md §10 items 1-14): is this file a LoRA every loader applies in full?
+"""Export self-check: is this file a LoRA every loader (A1111, Forge, ComfyUI, diffusers) applies in full?
 
 Runs against the base model the LoRA was trained on (peft-wrapped or bare, real or on the meta device: only module
-types and shapes are read). Each failed rule becomes one readable line in ``problems``.
+types and shapes are read). Each failed rule becomes one readable line in ``problems``; the result is the torch-free
+record ``training.contract.lora_check.SelfCheck``, which a checkpoint event carries to the UI.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import math
 import re
 import struct
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from training.contract.lora_check import SelfCheck
 from training.lora_files.export import HASH_KEY, data_region_hash
 from training.lora_files.importer import PARTS
 from training.lora_files.names import base_layer, canonical_name, module_lookup, uses_sgm_names
@@ -30,23 +31,8 @@ SGM_MARKERS = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_
 OPENCLIP_ATTN = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
-@dataclass
-class VerifyReport:
-    matched: int = 0
-    total: int = 0
-    problems: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def summary(self) -> str:
-        return f"{self.matched} of {self.total} modules matched"
-
-
-def _read_header(path: Path, report: VerifyReport) -> tuple[dict[str, Any], bytes] | None:
-    """Item 1: parse the header by hand (length bound, duplicate keys) and return it with the raw file."""
+def _read_header(path: Path, report: SelfCheck) -> tuple[dict[str, Any], bytes] | None:
+    """Parse the header by hand (length bound, duplicate keys) and return it with the raw file."""
     if path.suffix != ".safetensors":
         report.problems.append(f"file extension is {path.suffix!r}, expected '.safetensors'")
     raw = path.read_bytes()
@@ -74,8 +60,8 @@ def _read_header(path: Path, report: VerifyReport) -> tuple[dict[str, Any], byte
     return header, raw
 
 
-def _check_metadata_format(meta: dict[str, Any], report: VerifyReport) -> None:
-    """Item 2: string values, JSON where readers JSON-parse."""
+def _check_metadata_format(meta: dict[str, Any], report: SelfCheck) -> None:
+    """String values, JSON where readers JSON-parse."""
     for key, value in meta.items():
         if not isinstance(value, str):
             report.problems.append(f"metadata {key!r} is not a string")
@@ -97,8 +83,8 @@ def _check_metadata_format(meta: dict[str, Any], report: VerifyReport) -> None:
             report.problems.append("metadata 'ss_training_started_at' is not a number")
 
 
-def _check_keys(header: dict[str, Any], family: Any, report: VerifyReport) -> dict[str, dict[str, str]]:
-    """Items 3-5, 7: dtypes, key syntax, prefixes, three keys per module. Returns {module: {part: dtype}}."""
+def _check_keys(header: dict[str, Any], family: Any, report: SelfCheck) -> dict[str, dict[str, str]]:
+    """Dtypes, key syntax, prefixes, three keys per module. Returns {module: {part: dtype}}."""
     allowed = {"lora_unet", *family.te_prefixes}
     modules: dict[str, dict[str, str]] = defaultdict(dict)
     for key, info in header.items():
@@ -125,8 +111,8 @@ def _check_keys(header: dict[str, Any], family: Any, report: VerifyReport) -> di
 
 
 def _check_names(names: list[str], table: dict[str, tuple[int | str, str]], family: Any, models: dict,
-                 n_te: int, report: VerifyReport) -> tuple[dict[str, tuple[int | str, str]], set[str]]:
-    """Item 6: every name resolves, in the family's canonical convention, TE names with text_model_.
+                 n_te: int, report: SelfCheck) -> tuple[dict[str, tuple[int | str, str]], set[str]]:
+    """Every name resolves, in the family's canonical convention, TE names with text_model_.
 
     Returns the resolved names (canonical or not, so shapes can still be checked) and the canonical ones.
     """
@@ -152,8 +138,8 @@ def _check_names(names: list[str], table: dict[str, tuple[int | str, str]], fami
     return resolved, canonical
 
 
-def _check_openclip(names: list[str], family: Any, report: VerifyReport) -> None:
-    """Item 8: A1111 applies OpenCLIP attention LoRA only when q, k, v and out_proj are all present per layer."""
+def _check_openclip(names: list[str], family: Any, report: SelfCheck) -> None:
+    """A1111 applies OpenCLIP attention LoRA only when q, k, v and out_proj are all present per layer."""
     prefixes = {"lora_te"} if family.v2 else {"lora_te2"} if uses_sgm_names(family) else set()
     layers: dict[str, set[str]] = defaultdict(set)
     for name in names:
@@ -165,8 +151,8 @@ def _check_openclip(names: list[str], family: Any, report: VerifyReport) -> None
             report.problems.append(f"{layer}: attention LoRA has {sorted(leaves)}, needs all of q/k/v/out_proj")
 
 
-def _check_shapes(name: str, target: nn.Module, t: dict[str, torch.Tensor], report: VerifyReport) -> bool:
-    """Items 9-10: down/up shapes against the target layer's in/out/kernel."""
+def _check_shapes(name: str, target: nn.Module, t: dict[str, torch.Tensor], report: SelfCheck) -> bool:
+    """Down/up shapes against the target layer's in/out/kernel."""
     layer = base_layer(target)
     down, up = t["lora_down.weight"], t["lora_up.weight"]
     if isinstance(layer, nn.Conv2d):
@@ -186,8 +172,8 @@ def _check_shapes(name: str, target: nn.Module, t: dict[str, torch.Tensor], repo
     return not bad
 
 
-def _check_values(name: str, target: nn.Module, t: dict[str, torch.Tensor], report: VerifyReport) -> None:
-    """Items 11-12: finite tensors, alpha 0-dim > 0 and equal to the model's own scale when it has an adapter."""
+def _check_values(name: str, target: nn.Module, t: dict[str, torch.Tensor], report: SelfCheck) -> None:
+    """Finite tensors, alpha 0-dim > 0 and equal to the model's own scale when it has an adapter."""
     for part, tensor in t.items():
         if not bool(torch.isfinite(tensor.float()).all()):
             report.problems.append(f"module {name!r}: {part} has NaN/Inf values")
@@ -204,8 +190,8 @@ def _check_values(name: str, target: nn.Module, t: dict[str, torch.Tensor], repo
 
 
 def _check_metadata_family(meta: dict[str, str], family: Any, ranks: list[int], alphas: list[float],
-                           raw: bytes, report: VerifyReport) -> None:
-    """Items 13-14: family markers A1111 filters on, network facts, sshs hash, modelspec architecture."""
+                           raw: bytes, report: SelfCheck) -> None:
+    """Family markers A1111 filters on, network facts, sshs hash, modelspec architecture."""
     expect = {"ss_v2": str(bool(family.v2)), "ss_base_model_version": family.base_model_version,
               "ss_network_module": "networks.lora"}
     for key, value in expect.items():
@@ -228,11 +214,11 @@ def _check_metadata_family(meta: dict[str, str], family: Any, ranks: list[int], 
 
 
 def verify_lora(path: str | Path, family: Any, unet: nn.Module | None, text_encoders: list[nn.Module]
-                ) -> VerifyReport:
+                ) -> SelfCheck:
     """Check an exported LoRA file against the base model; ``report.ok`` only when every rule holds."""
     from safetensors import safe_open
 
-    report = VerifyReport()
+    report = SelfCheck()
     parsed = _read_header(Path(path), report)
     if parsed is None:
         return report
@@ -241,12 +227,11 @@ def verify_lora(path: str | Path, family: Any, unet: nn.Module | None, text_enco
     _check_metadata_format(meta, report)
     modules = _check_keys(header, family, report)
     names = sorted(modules)
-    report.total = len(names)
     models: dict[int | str, nn.Module | None] = {"unet": unet, **dict(enumerate(text_encoders))}
     resolved, canonical = _check_names(names, module_lookup(unet, text_encoders, family), family, models,
                             len(text_encoders), report)
     _check_openclip(names, family, report)
-    ranks, alphas, good = [], [], 0
+    ranks, alphas, matched = [], [], []
     with safe_open(str(path), framework="pt", device="cpu") as fh:
         for name in names:
             t = {p: fh.get_tensor(f"{name}.{p}") for p in PARTS if p in modules[name]}
@@ -259,7 +244,8 @@ def verify_lora(path: str | Path, family: Any, unet: nn.Module | None, text_enco
                 _check_values(name, target, t, report)
                 ranks.append(int(t["lora_down.weight"].shape[0]))
                 alphas.append(float(t["alpha"]))
-            good += len(report.problems) == before and name in canonical
-    report.matched = good
+            if len(report.problems) == before and name in canonical:
+                matched.append(name)
+    report.count_modules(names, matched)
     _check_metadata_family(meta, family, ranks, alphas, raw, report)
     return report

@@ -17,6 +17,7 @@ import torch
 from training.contract.atomic import write_atomic
 from training.contract.errors import UserError
 from training.contract.layout import NOISE_STATE_FILE, STATE_FILE, RunLayout
+from training.contract.lora_check import SelfCheck
 from training.lora_files.export import build_metadata, kohya_state_dict, save_lora
 from training.lora_files.self_check import verify_lora
 
@@ -70,7 +71,7 @@ def text_encoder_lrs(tr: Trainer) -> float | list[float]:
     return lrs[0] if len(lrs) == 1 else lrs
 
 
-def save_lora_file(tr: Trainer, state: TrainState, name: str) -> tuple[Path, str]:
+def save_lora_file(tr: Trainer, state: TrainState, name: str) -> tuple[Path, SelfCheck]:
     """Export the current LoRA in kohya format, then check it module by module against the base model."""
     path = RunLayout(tr.run_dir).lora(name)
     unet = tr.accelerator.unwrap_model(tr.unet)
@@ -80,8 +81,7 @@ def save_lora_file(tr: Trainer, state: TrainState, name: str) -> tuple[Path, str
     config = tr.cfg.model_dump(mode="json")
     metadata = build_metadata(config, tr.base.family, training_facts(tr, state), state_dict=tensors)
     save_lora(path, tensors, metadata)
-    report = verify_lora(path, tr.base.family, unet, encoders)
-    return path, report.summary()
+    return path, verify_lora(path, tr.base.family, unet, encoders)
 
 
 def register_lora_only_state(accelerator) -> None:

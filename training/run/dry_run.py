@@ -26,6 +26,7 @@ from training.contract.config_io import save_config
 from training.contract.errors import UserError
 from training.contract.events import Control, EventWriter, reporting
 from training.contract.layout import sample_file_name
+from training.contract.lora_check import SelfCheck
 from training.contract.prompts import load_prompts
 from training.plan.preflight import check_run_dir
 from training.run.metrics import LossEMA, Throughput
@@ -183,6 +184,11 @@ class DryRun:
         """1-based epoch of the current step, as in the real step events."""
         return (max(self.step, 1) - 1) // self.plan.steps_per_epoch + 1
 
+    @property
+    def epochs_done(self) -> int:
+        """Epochs completed by now, as the real loop's TrainState.epoch (the checkpoint event's epoch)."""
+        return self.step // self.plan.steps_per_epoch
+
     def after_step(self) -> bool:
         """Periodic work in the real loop's order; returns True when a stop was requested."""
         cfg, step = self.cfg, self.step
@@ -229,8 +235,9 @@ class DryRun:
         write_placeholder_lora(path, {"ss_output_name": self.cfg.output_name, "ss_steps": str(self.step),
                                       "ss_network_dim": str(self.cfg.network_dim), "loraforge_dry_run": "true"})
         self.last_checkpoint = str(path)
-        self.events.emit("checkpoint", step=self.step, epoch=self.epoch, path=str(path),
-                         check="dry run: placeholder file without tensors")
+        check = SelfCheck.placeholder()
+        self.events.emit("checkpoint", step=self.step, epoch=self.epochs_done, path=str(path),
+                         check=check.summary(), check_result=check.to_event())
         if with_state:
             self.save_state(name)
         self.events.emit("status", phase="training", msg="training")
@@ -239,7 +246,7 @@ class DryRun:
     def save_state(self, name: str) -> Path:
         state_dir = self.run_dir / f"{name}-state"
         state_dir.mkdir(parents=True, exist_ok=True)
-        state = {"global_step": self.step, "epoch": self.step // self.plan.steps_per_epoch, "dry_run": True,
+        state = {"global_step": self.step, "epoch": self.epochs_done, "dry_run": True,
                  "last_checkpoint": self.last_checkpoint}
         write_atomic(state_dir / "train_state.json", json.dumps(state, indent=1))
         self.events.emit("state_saved", step=self.step, path=str(state_dir))

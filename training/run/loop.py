@@ -223,8 +223,9 @@ class Loop:
         if tr.accelerator.is_main_process:
             path, check = save_lora_file(tr, self.state, name)
             self.state.last_checkpoint = str(path)
+            # epoch: epochs completed at save time, as in the file's ss_epoch (not the step events' 1-based epoch)
             self.events.emit("checkpoint", step=self.state.global_step, epoch=self.state.epoch, path=str(path),
-                             check=check)
+                             check=check.summary(), check_result=check.to_event())
         if with_state:
             self.state.ema = vars(self.ema).copy()
             state_dir = save_state(tr, self.state, name)
