@@ -44,11 +44,11 @@ def training_facts(tr: Trainer, state: TrainState) -> dict[str, Any]:
     """What the metadata needs besides the config: dataset, progress and times."""
     return {
         "num_train_images": tr.scan.num_train_images,
-        "num_batches_per_epoch": tr.plan.batches_per_epoch,
-        "num_epochs": tr.plan.total_epochs,
+        "num_batches_per_epoch": tr.schedule.batches_per_epoch,
+        "num_epochs": tr.schedule.total_epochs,
         "epoch": state.epoch,
         "steps": state.global_step,
-        "max_train_steps": tr.plan.total_steps,
+        "max_train_steps": tr.schedule.total_steps,
         "tag_frequency": tr.scan.tag_frequency(),
         "dataset_dirs": tr.scan.dataset_dirs(),
         "bucket_info": {"buckets": {str(i): {"resolution": list(b), "count": n}
@@ -118,7 +118,7 @@ def save_state(tr: Trainer, state: TrainState, name: str) -> Path:
     tr.accelerator.wait_for_everyone()
     tr.accelerator.save_state(str(tmp))
     tr.accelerator.wait_for_everyone()  # every rank has written its RNG state before the folder moves
-    state.batches_per_epoch = tr.plan.batches_per_epoch
+    state.batches_per_epoch = tr.schedule.batches_per_epoch
     if tr.accelerator.is_main_process:
         torch.save(tr.generator.get_state(), tmp / NOISE_STATE_FILE)
         write_atomic(tmp / STATE_FILE, json.dumps(asdict(state), indent=1))
@@ -134,9 +134,9 @@ def save_state(tr: Trainer, state: TrainState, name: str) -> Path:
 def load_state(tr: Trainer, state_dir: Path) -> TrainState:
     """Restore a saved state; a state that cannot fit this run is a UserError naming what changed."""
     state = TrainState(**json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8")))
-    if state.batches_per_epoch and state.batches_per_epoch != tr.plan.batches_per_epoch:
+    if state.batches_per_epoch and state.batches_per_epoch != tr.schedule.batches_per_epoch:
         raise UserError(f"resume: {state_dir.name} was saved with {state.batches_per_epoch} batches per epoch, "
-                        f"this run has {tr.plan.batches_per_epoch}: the dataset, repeats or batch size changed. "
+                        f"this run has {tr.schedule.batches_per_epoch}: the dataset, repeats or batch size changed. "
                         f"Restore them, or start a new run with network_weights = its LoRA file")
     try:
         tr.accelerator.load_state(str(state_dir))

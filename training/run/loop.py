@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 
 from training.contract.events import Control, EventWriter
-from training.contract.layout import RunLayout, lora_name
+from training.contract.layout import RunLayout
 from training.contract.prompts import load_prompts
 from training.models.conditioning import TextEmbeds, add_time_ids
 from training.models.text import encode_text
+from training.plan.schedule import perform
 from training.run.checkpoints import TrainState, save_lora_file, save_state
 from training.run.loss import per_sample_loss, random_timesteps, sample_noise
 from training.run.metrics import LossEMA, Throughput
@@ -94,15 +95,9 @@ class Loop:
         self.images = 0
         self.t0 = time.time()
         self.prompts = load_prompts(tr.cfg.sample_prompts, tr.cfg.resolution_wh)
-        self.val_every = self._validation_interval()
+        self.schedule = tr.schedule
         self.stop_requested = False
         self.bar = None
-
-    def _validation_interval(self) -> int:
-        every = self.tr.cfg.validation_every_n_steps
-        if self.tr.validation is None or every == 0:
-            return 0
-        return every or max(1, self.tr.plan.total_steps // 20)
 
     # --- host read-back: the only place losses leave the GPU
     def readback(self) -> None:
@@ -127,7 +122,7 @@ class Loop:
         tr = self.tr
         smoothed = self.ema.update(loss)
         self.speed.record(now, step, self.images)
-        remaining = tr.plan.total_steps - step
+        remaining = self.schedule.total_steps - step
         lrs = dict(zip(tr.group_names, tr.lr_scheduler.get_last_lr(), strict=False))
         peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
         self.events.emit("step", step=step, epoch=epoch + 1, loss=round(loss, 6), smoothed=round(smoothed, 6),
@@ -141,25 +136,20 @@ class Loop:
             self.bar.set_postfix(loss=f"{smoothed:.4f}")
 
     # --- periodic work
-    def after_step(self, epoch: int) -> None:
-        step, cfg = self.state.global_step, self.tr.cfg
+    def after_step(self) -> None:
+        step = self.state.global_step
         single = self.tr.accelerator.num_processes == 1
         at_readback = len(self.pending) >= READBACK_EVERY
         if at_readback:
             self.readback()
-        if self.val_every and step % self.val_every == 0:
-            self.validate()
-        if cfg.sample_every_n_steps and step % cfg.sample_every_n_steps == 0:
-            self.sample(epoch=None)
-        if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0 and step < self.tr.plan.total_steps:
-            self.save(lora_name(cfg.output_name, step=step), with_state=cfg.save_state)
+        perform(self, self.schedule.after_step(step))
         # Flags are a few stat calls: every step on one GPU; with several, only where the ranks sync anyway.
         if single or at_readback:
             stop, sample, save = self.requested_flags()
             if sample:
                 self.sample(epoch=None)
             if save:
-                self.save(lora_name(cfg.output_name, step=step), with_state=True)
+                perform(self, [self.schedule.requested_save(step)])
             self.stop_requested = self.stop_requested or stop
 
     def requested_flags(self) -> list[bool]:
@@ -174,13 +164,10 @@ class Loop:
             flags = broadcast_object_list(flags)
         return flags
 
-    def after_epoch(self, epoch_done: int) -> None:
-        cfg = self.tr.cfg
-        last = self.state.global_step >= self.tr.plan.total_steps
-        if cfg.save_every_n_epochs and epoch_done % cfg.save_every_n_epochs == 0 and not last:
-            self.save(lora_name(cfg.output_name, epoch=epoch_done), with_state=cfg.save_state)
-        if cfg.sample_every_n_epochs and epoch_done % cfg.sample_every_n_epochs == 0:
-            self.sample(epoch=epoch_done)
+    def finish(self) -> Path | None:
+        """After the last step: the schedule's final validation and the final LoRA; returns its path."""
+        validated_at = int(self.state.val_history[-1][0]) if self.state.val_history else None
+        return perform(self, self.schedule.at_end(self.state.global_step, validated_at))
 
     def validate(self) -> None:
         tr = self.tr
@@ -254,8 +241,8 @@ class Loop:
                 continue
             state.global_step += 1
             self.pending.append((state.global_step, epoch, loss, batch["path"]))
-            self.after_step(epoch)
-            if state.global_step >= tr.plan.total_steps or self.stop_requested:
+            self.after_step()
+            if self.schedule.is_done(state.global_step) or self.stop_requested:
                 return
 
     def run(self) -> str:
@@ -263,20 +250,19 @@ class Loop:
         tr, state = self.tr, self.state
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=tr.plan.total_steps, initial=state.global_step, disable=None if
+        self.bar = tqdm(total=self.schedule.total_steps, initial=state.global_step, disable=None if
                         tr.accelerator.is_main_process else True, desc="training", unit="step")
-        if state.global_step == 0 and self.val_every:
-            self.validate()
+        perform(self, self.schedule.at_start(state.global_step))
         self.events.emit("status", phase="training", msg="training")
         for model in tr.trained_models:
             model.train()  # from_pretrained leaves models in eval mode: LoRA dropout would be off
-        while state.global_step < tr.plan.total_steps and not self.stop_requested:
+        while not self.schedule.is_done(state.global_step) and not self.stop_requested:
             epoch = state.epoch
             self.train_epoch(epoch)
             if state.batch_in_epoch >= len(tr.dataloader):  # the epoch ran to its end
                 state.epoch, state.batch_in_epoch = epoch + 1, 0
                 self.readback()
-                self.after_epoch(state.epoch)
+                perform(self, self.schedule.after_epoch(state.epoch, state.global_step))
         self.readback()
         self.bar.close()
-        return "stopped" if self.stop_requested and state.global_step < tr.plan.total_steps else "done"
+        return "stopped" if self.stop_requested and not self.schedule.is_done(state.global_step) else "done"

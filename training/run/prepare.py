@@ -27,7 +27,7 @@ from training.models.loading import BaseModel, load_base_model, load_vae
 from training.models.text import encode_text
 from training.networks.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora
 from training.plan.preflight import advice
-from training.plan.schedule import Plan, plan_run, split_validation
+from training.plan.schedule import Schedule, split_validation
 from training.run.checkpoints import register_lora_only_state
 from training.run.optim import make_optimizer, make_scheduler
 from training.run.validation import ValidationSet, build_validation_set
@@ -51,7 +51,7 @@ class Trainer:
     latent_cache: LatentCache | None
     text_cache: dict[str, TextEmbeds] | None
     validation: ValidationSet | None
-    plan: Plan
+    schedule: Schedule
     weight_dtype: torch.dtype
     generator: torch.Generator
     bucket_counts: dict[tuple[int, int], int]
@@ -295,8 +295,8 @@ def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter, scan: DatasetS
         data.dataset, batch_sampler=data.sampler, collate_fn=collate,
         num_workers=0 if latent_cache is not None else cfg.max_data_loader_n_workers,
         pin_memory=device.type == "cuda" and latent_cache is None)
-    plan = plan_run(cfg, len(data.sampler), accelerator.num_processes)
-    lr_scheduler = make_scheduler(cfg, optimizer, plan.total_steps)
+    schedule = Schedule.build(cfg, len(data.sampler), accelerator.num_processes)
+    lr_scheduler = make_scheduler(cfg, optimizer, schedule.total_steps)
     register_lora_only_state(accelerator)
     unet = torch.compile(base.unet) if cfg.torch_compile else base.unet
     trained = cfg.trained_text_encoders(len(base.text_encoders))
@@ -307,5 +307,5 @@ def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter, scan: DatasetS
         text_encoders[i] = wrapped
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     return Trainer(cfg, run_dir, accelerator, base, unet, text_encoders, params, optimizer, lr_scheduler, loader,
-                   data.sampler, data.dataset, data.scan, latent_cache, text_cache, validation, plan, weight_dtype,
+                   data.sampler, data.dataset, data.scan, latent_cache, text_cache, validation, schedule, weight_dtype,
                    generator, data.bucket_counts, [g["name"] for g in groups])
