@@ -4,12 +4,13 @@
     python -m training.bench --batch 8 --steps 50 --compile
     python -m training.bench --family sdxl --batch 1 --steps 20 --gradient-checkpointing --optimizer AdamW8bit
 
-Runs the same ``train_step`` as real training on batches shaped like cached latents and cached text-encoder outputs
-(random tensors of the real shapes: the common setting, and SDXL's only one that fits small GPUs), with SDXL's size
-and crop keys so its time ids are built as in training. UNet-only LoRA on the attention projections. After warm-up
-steps it prints one JSON line: images/s, seconds per step and peak GPU memory. Numbers go to docs/benchmarks.md with
-the command that made them. The run fails (exit 1, one line on stderr) on a non-finite loss, on LoRA layers that
-received no gradient, and on running out of GPU memory (``--memory-cap-gib`` emulates a smaller card).
+Runs the same ``train_step`` as real training, on step parts from training's own builder (``build_step_parts``),
+on batches shaped like cached latents and cached text-encoder outputs (random tensors of the real shapes: the
+common setting, and SDXL's only one that fits small GPUs), with SDXL's size and crop keys so its time ids are built
+as in training. UNet-only LoRA on the attention projections. After warm-up steps it prints one JSON line: images/s,
+seconds per step and peak GPU memory. Numbers go to docs/benchmarks.md with the command that made them. The run
+fails (exit 1, one line on stderr) on a non-finite loss, on LoRA layers that received no gradient, and on running
+out of GPU memory (``--memory-cap-gib`` emulates a smaller card).
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ import contextlib
 import json
 import sys
 import time
-from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import torch
 
 from training.contract.config import TrainConfig
 from training.models.families import SD1, SDXL, Family
+
+if TYPE_CHECKING:
+    from training.run.prepare import StepParts
 
 BENCH_FAMILIES = {"sd1": SD1, "sdxl": SDXL}
 MODEL_NAMES = {"sd1": "SD1.5 UNet (random weights)", "sdxl": "SDXL UNet (random weights)"}
@@ -73,50 +77,52 @@ def bench_precision(requested: str) -> str:
     return "no"
 
 
-def make_trainer(args: argparse.Namespace) -> SimpleNamespace:
-    """The fields ``training.run.loop.train_step`` reads, built like ``training.run.prepare`` builds them for a
-    UNet-only run with cached latents and text-encoder outputs (no VAE, no text encoders on the device)."""
-    from accelerate import Accelerator
+def bench_config(args: argparse.Namespace) -> TrainConfig:
+    """The run the benchmark stands for: UNet-only LoRA with cached latents and text-encoder outputs."""
+    return TrainConfig(network_dim=args.rank, network_alpha=args.rank / 2, train_batch_size=args.batch,
+                       mixed_precision=args.precision, gradient_checkpointing=args.gradient_checkpointing,
+                       network_train_unet_only=True, max_train_steps=args.steps + args.warmup,
+                       optimizer_type=args.optimizer, torch_compile=args.compile, seed=0)
+
+
+def cached_caption(unet_config, device: torch.device, dtype: torch.dtype) -> dict:
+    """A text cache holding one caption's embeddings ("", what every benchmark batch asks for), random tensors of
+    the shapes this UNet's text conditioning takes."""
+    from training.models.conditioning import TextEmbeds
+
+    hidden_dim, pooled_dim = text_shapes(unet_config)
+    pooled = None if pooled_dim is None else torch.randn(pooled_dim, device=device, dtype=dtype)
+    return {"": TextEmbeds(torch.randn(77, hidden_dim, device=device, dtype=dtype), pooled)}
+
+
+def make_step_parts(cfg: TrainConfig, family: Family, unet, accelerator) -> StepParts:
+    """LoRA on ``unet`` as ``training.run.prepare`` injects it for a UNet-only run, then the step's parts from
+    training's own builder (no VAE, no text encoders: latents and text embeddings come cached)."""
     from diffusers import DDPMScheduler
 
     from training.networks.lora import UNET_TARGETS, add_lora
-    from training.run.optim import make_optimizer, make_scheduler
+    from training.run.prepare import build_step_parts, dtype_for
 
-    family = BENCH_FAMILIES[args.family]
-    cfg = TrainConfig(network_dim=args.rank, network_alpha=args.rank / 2, train_batch_size=args.batch,
-                      mixed_precision=args.precision, gradient_checkpointing=args.gradient_checkpointing,
-                      network_train_unet_only=True, max_train_steps=args.steps + args.warmup,
-                      optimizer_type=args.optimizer)
-    accelerator = Accelerator(mixed_precision=bench_precision(args.precision))
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    unet = build_unet(family, accelerator.device, dtype)
+    dtype = dtype_for(accelerator.mixed_precision)
     params = add_lora(unet, UNET_TARGETS, cfg.network_dim, cfg.network_alpha)
     for p in params:
         p.data = p.data.float()  # trainable LoRA weights in float32, as training.run.prepare keeps them
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    optimizer = make_optimizer(cfg, [{"params": params, "lr": 1e-4}])
-    lr_scheduler = make_scheduler(cfg, optimizer, cfg.max_train_steps)
-    model = torch.compile(unet) if args.compile else unet
-    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    scheduler = DDPMScheduler.from_pretrained(str(family.config_dir / "scheduler"))
-    return SimpleNamespace(cfg=cfg, accelerator=accelerator, unet=model, trained_models=[model], raw_unet=unet,
-                           text_encoders=[], params=params, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                           weight_dtype=dtype, text_cache=None, base=SimpleNamespace(noise_scheduler=scheduler),
-                           generator=torch.Generator(accelerator.device).manual_seed(0))
+    groups = [{"params": params, "lr": cfg.effective_unet_lr, "name": "unet"}]
+    return build_step_parts(cfg, accelerator, unet, [], groups, cfg.max_train_steps,
+                            noise_scheduler=DDPMScheduler.from_pretrained(str(family.config_dir / "scheduler")),
+                            tokenizers=[], vae=None, text_cache=cached_caption(unet.config, accelerator.device, dtype),
+                            weight_dtype=dtype)
 
 
-def make_batch(tr: SimpleNamespace, args: argparse.Namespace) -> dict:
+def make_batch(parts: StepParts, args: argparse.Namespace, sdxl: bool) -> dict:
     """One bucket's batch as the dataloader yields it with cached latents (on the device) and, for SDXL, the
-    (B, 2) long size/crop tensors collate makes on the host. Sets ``tr.text_cache`` to one caption's embeddings."""
-    from training.models.conditioning import TextEmbeds
-
-    device, n, side = tr.accelerator.device, args.batch, args.resolution // 8
-    hidden_dim, pooled_dim = text_shapes(tr.raw_unet.config)
-    pooled = None if pooled_dim is None else torch.randn(pooled_dim, device=device, dtype=tr.weight_dtype)
-    tr.text_cache = {"": TextEmbeds(torch.randn(77, hidden_dim, device=device, dtype=tr.weight_dtype), pooled)}
-    batch = {"latents": torch.randn(n, 4, side, side, device=device), "caption": [""] * n, "path": [""] * n}
-    if pooled_dim is not None:
+    (B, 2) long size/crop tensors collate makes on the host."""
+    n, side = args.batch, args.resolution // 8
+    batch = {"latents": torch.randn(n, 4, side, side, device=parts.accelerator.device), "caption": [""] * n,
+             "path": [""] * n}
+    if sdxl:
         size = torch.tensor([[args.resolution, args.resolution]] * n, dtype=torch.long)
         batch.update(original_size=size, crop_top_left=torch.zeros_like(size), target_size=size.clone())
     return batch
@@ -132,36 +138,41 @@ def untrained_lora_layers(unet: torch.nn.Module) -> tuple[int, int]:
 def measure(args: argparse.Namespace) -> dict:
     """Train args.steps steps after args.warmup and return the figures."""
     from training.run.loop import train_step
+    from training.run.prepare import dtype_for
 
     if torch.cuda.is_available() and args.memory_cap_gib:
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * GIB / total))
-    tr = make_trainer(args)
-    device = tr.accelerator.device
-    batch = make_batch(tr, args)
-    cuda = device.type == "cuda"
+    from accelerate import Accelerator
+
+    family = BENCH_FAMILIES[args.family]
+    accelerator = Accelerator(mixed_precision=bench_precision(args.precision))
+    unet = build_unet(family, accelerator.device, dtype_for(accelerator.mixed_precision))
+    parts = make_step_parts(bench_config(args), family, unet, accelerator)
+    batch = make_batch(parts, args, sdxl=text_shapes(unet.config)[1] is not None)
+    cuda = accelerator.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     for _ in range(args.warmup):
-        train_step(tr, batch)
+        train_step(parts, batch)
     sync()
     setup_peak = torch.cuda.max_memory_allocated() if cuda else 0  # model build, optimizer state, warm-up steps
     setup_reserved = torch.cuda.max_memory_reserved() if cuda else 0
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    losses = [train_step(tr, batch) for _ in range(args.steps)]
+    losses = [train_step(parts, batch) for _ in range(args.steps)]
     sync()
     seconds = time.perf_counter() - start
     if not torch.isfinite(torch.stack(losses)).all():
         raise BenchFailure(f"non-finite loss in the benchmark: {[round(x, 4) for x in torch.stack(losses).tolist()]}")
-    still_zero, layers = untrained_lora_layers(tr.raw_unet)
+    still_zero, layers = untrained_lora_layers(unet)
     if still_zero:
         raise BenchFailure(f"{still_zero} of {layers} LoRA layers received no gradient: their weights never moved")
     peak = torch.cuda.max_memory_allocated() if cuda else 0
     return {
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "model": MODEL_NAMES[args.family], "family": args.family, "resolution": args.resolution,
-        "batch": args.batch, "precision": tr.accelerator.mixed_precision, "rank": args.rank,
+        "batch": args.batch, "precision": accelerator.mixed_precision, "rank": args.rank,
         "optimizer": args.optimizer, "compile": args.compile, "gradient_checkpointing": args.gradient_checkpointing,
         "steps": args.steps, "warmup": args.warmup,
         "images_per_s": round(args.steps * args.batch / seconds, 2), "s_per_step": round(seconds / args.steps, 4),

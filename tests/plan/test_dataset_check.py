@@ -74,7 +74,7 @@ def test_plan_matches_the_trainer(tmp_path, settings):
     """The plan is computed without torch; the trainer's own code (prepare.py, the sampler) must agree with it."""
     from training.data.dataset import TrainDataset
     from training.data.sampler import BucketBatchSampler
-    from training.plan.schedule import plan_run, split_validation
+    from training.plan.schedule import Schedule, split_validation
     from training.run.prepare import make_dataset
 
     sizes = [(512, 512), (512, 768), (768, 512), (640, 384), (512, 512), (300, 300), (512, 640)]
@@ -86,7 +86,7 @@ def test_plan_matches_the_trainer(tmp_path, settings):
     scan = scan_dataset(tmp_path)
     train, _validation, _kind = split_validation(cfg, scan.items)  # "train-subset" validates on training images
     dataset: TrainDataset = make_dataset(cfg, type(scan)(items=train, concepts=scan.concepts))
-    expected = plan_run(cfg, len(BucketBatchSampler(dataset.buckets, cfg.train_batch_size, cfg.seed)), 1)
+    expected = Schedule.build(cfg, len(BucketBatchSampler(dataset.buckets, cfg.train_batch_size, cfg.seed)), 1)
     assert (plan.batches_per_epoch, plan.steps_per_epoch, plan.total_steps, plan.total_epochs) == (
         expected.batches_per_epoch, expected.steps_per_epoch, expected.total_steps, expected.total_epochs)
     assert (plan.images, plan.held_out, plan.per_epoch) == (len(train), len(scan.items) - len(train), len(dataset))

@@ -103,10 +103,10 @@ def test_every_step_conditions_on_each_images_size_crop_and_bucket(tmp_path, tin
 
     real_step = loop_module.train_step
 
-    def step(tr, batch):
+    def step(parts, batch):
         spy.paths = batch["path"]
-        assert tr.text_cache is not None  # frozen encoders, unshuffled captions: encoded once
-        return real_step(tr, batch)
+        assert parts.text_cache is not None  # frozen encoders, unshuffled captions: encoded once
+        return real_step(parts, batch)
 
     monkeypatch.setattr(loop_module, "per_sample_loss", spy)
     monkeypatch.setattr(loop_module, "train_step", step)

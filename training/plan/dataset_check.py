@@ -21,7 +21,7 @@ from training.contract.config import TrainConfig
 from training.contract.errors import UserError
 from training.data.buckets import Bucket, assign_buckets, batches_per_epoch, bucket_table
 from training.data.folder import DatasetScan, ImageItem, scan_dataset
-from training.plan.schedule import plan_run, split_validation
+from training.plan.schedule import Schedule, split_validation
 
 TOKEN_WINDOW = 75  # CLIP's 77 positions minus the begin and end tokens; later tokens are cut off
 TINY_SHARE = 0.5  # an image with under half the training resolution's pixels learns little detail
@@ -202,13 +202,13 @@ def plan_steps(cfg: TrainConfig, items: list[ImageItem], buckets: list[Bucket], 
     for item, bucket in zip(items, buckets, strict=True):
         per_bucket[bucket] += item.repeats
     batches = batches_per_epoch(per_bucket.values(), cfg.train_batch_size)
-    plan = plan_run(cfg, batches, num_processes=1)
+    schedule = Schedule.build(cfg, batches, num_processes=1)
     terms: Counter[tuple[str, int]] = Counter((it.path.parent.name, it.repeats) for it in items)
     return StepPlan(images=len(items), terms=[(name, n, r) for (name, r), n in terms.items()], held_out=held_out,
                     per_epoch=sum(per_bucket.values()), batch_size=cfg.train_batch_size, buckets=len(per_bucket),
                     batches_per_epoch=batches, grad_accum=cfg.gradient_accumulation_steps,
-                    steps_per_epoch=plan.steps_per_epoch, total_steps=plan.total_steps, total_epochs=plan.total_epochs,
-                    max_train_epochs=cfg.max_train_epochs,
+                    steps_per_epoch=schedule.steps_per_epoch, total_steps=schedule.total_steps,
+                    total_epochs=schedule.total_epochs, max_train_epochs=cfg.max_train_epochs,
                     max_train_steps=cfg.max_train_steps)
 
 

@@ -43,45 +43,45 @@ class TrainState:
 
 def training_facts(tr: Trainer, state: TrainState) -> dict[str, Any]:
     """What the metadata needs besides the config: dataset, progress and times."""
+    facts, acc = tr.facts, tr.parts.accelerator
     return {
-        "num_train_images": tr.scan.num_train_images,
-        "num_batches_per_epoch": tr.plan.batches_per_epoch,
-        "num_epochs": tr.plan.total_epochs,
+        "num_train_images": facts.scan.num_train_images,
+        "num_batches_per_epoch": facts.schedule.batches_per_epoch,
+        "num_epochs": facts.schedule.total_epochs,
         "epoch": state.epoch,
         "steps": state.global_step,
-        "max_train_steps": tr.plan.total_steps,
-        "tag_frequency": tr.scan.tag_frequency(),
-        "dataset_dirs": tr.scan.dataset_dirs(),
+        "max_train_steps": facts.schedule.total_steps,
+        "tag_frequency": facts.scan.tag_frequency(),
+        "dataset_dirs": facts.scan.dataset_dirs(),
         "bucket_info": {"buckets": {str(i): {"resolution": list(b), "count": n}
-                                    for i, (b, n) in enumerate(sorted(tr.bucket_counts.items()))}},
+                                    for i, (b, n) in enumerate(sorted(facts.bucket_counts.items()))}},
         "training_started_at": state.started_at,
         "training_finished_at": time.time(),
-        "mixed_precision": tr.accelerator.mixed_precision,
+        "mixed_precision": acc.mixed_precision,
         "session_id": int(state.started_at * 1000) % 2**32,  # one id for every file of a run, as kohya does
         "unet_lr": tr.cfg.effective_unet_lr,
         "text_encoder_lr": text_encoder_lrs(tr),
-        "total_batch_size": tr.cfg.train_batch_size * tr.accelerator.num_processes
-        * tr.cfg.gradient_accumulation_steps,
+        "total_batch_size": tr.cfg.train_batch_size * acc.num_processes * tr.cfg.gradient_accumulation_steps,
     }
 
 
 def text_encoder_lrs(tr: Trainer) -> float | list[float]:
     """ss_text_encoder_lr: the rate each encoder trained at (0 for a frozen one); a pair for SDXL, as kohya writes."""
-    lrs = [tr.cfg.text_encoder_lrs[i] if i in tr.trained_encoders else 0.0 for i in range(len(tr.text_encoders))]
+    lrs = [tr.cfg.text_encoder_lrs[i] if i in tr.trained_encoders else 0.0 for i in range(len(tr.base.text_encoders))]
     return lrs[0] if len(lrs) == 1 else lrs
 
 
 def save_lora_file(tr: Trainer, state: TrainState, name: str) -> tuple[Path, SelfCheck]:
     """Export the current LoRA in kohya format, then check it module by module against the base model."""
-    path = RunLayout(tr.run_dir).lora(name)
-    unet = tr.accelerator.unwrap_model(tr.unet)
+    path, acc, family = RunLayout(tr.run_dir).lora(name), tr.parts.accelerator, tr.facts.family
+    unet = acc.unwrap_model(tr.parts.unet)
     # Every encoder, trained or not: the kohya prefix (lora_te1/lora_te2) follows the encoder's position.
-    encoders = [tr.accelerator.unwrap_model(e) for e in tr.text_encoders]
-    tensors = kohya_state_dict(unet, encoders, tr.base.family, SAVE_DTYPES[tr.cfg.save_precision])
+    encoders = [acc.unwrap_model(e) for e in tr.parts.text_encoders]
+    tensors = kohya_state_dict(unet, encoders, family, SAVE_DTYPES[tr.cfg.save_precision])
     config = tr.cfg.model_dump(mode="json")
-    metadata = build_metadata(config, tr.base.family, training_facts(tr, state), state_dict=tensors)
+    metadata = build_metadata(config, family, training_facts(tr, state), state_dict=tensors)
     save_lora(path, tensors, metadata)
-    return path, verify_lora(path, tr.base.family, unet, encoders)
+    return path, verify_lora(path, family, unet, encoders)
 
 
 def register_lora_only_state(accelerator) -> None:
@@ -111,37 +111,38 @@ def register_lora_only_state(accelerator) -> None:
 def save_state(tr: Trainer, state: TrainState, name: str) -> Path:
     """accelerate's state (LoRA, optimizer, scheduler, RNGs) plus our counters, written to a temporary folder and
     renamed, so an interrupted save never replaces a good state with a broken one."""
-    layout = RunLayout(tr.run_dir)
+    layout, acc = RunLayout(tr.run_dir), tr.parts.accelerator
     final, tmp = layout.state_dir(name), layout.state_tmp(name)
-    if tr.accelerator.is_main_process:
+    if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # left over from a crash during an earlier save
-    tr.accelerator.wait_for_everyone()
-    tr.accelerator.save_state(str(tmp))
-    tr.accelerator.wait_for_everyone()  # every rank has written its RNG state before the folder moves
-    state.batches_per_epoch = tr.plan.batches_per_epoch
-    if tr.accelerator.is_main_process:
-        torch.save(tr.generator.get_state(), tmp / NOISE_STATE_FILE)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    acc.wait_for_everyone()  # every rank has written its RNG state before the folder moves
+    state.batches_per_epoch = tr.facts.schedule.batches_per_epoch
+    if acc.is_main_process:
+        torch.save(tr.parts.generator.get_state(), tmp / NOISE_STATE_FILE)
         write_atomic(tmp / STATE_FILE, json.dumps(asdict(state), indent=1))
         old = final.with_name(final.name + ".old")
         if final.exists():
             final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
-    tr.accelerator.wait_for_everyone()
+    acc.wait_for_everyone()
     return final
 
 
 def load_state(tr: Trainer, state_dir: Path) -> TrainState:
     """Restore a saved state; a state that cannot fit this run is a UserError naming what changed."""
     state = TrainState(**json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8")))
-    if state.batches_per_epoch and state.batches_per_epoch != tr.plan.batches_per_epoch:
+    batches_per_epoch = tr.facts.schedule.batches_per_epoch
+    if state.batches_per_epoch and state.batches_per_epoch != batches_per_epoch:
         raise UserError(f"resume: {state_dir.name} was saved with {state.batches_per_epoch} batches per epoch, "
-                        f"this run has {tr.plan.batches_per_epoch}: the dataset, repeats or batch size changed. "
+                        f"this run has {batches_per_epoch}: the dataset, repeats or batch size changed. "
                         f"Restore them, or start a new run with network_weights = its LoRA file")
     try:
-        tr.accelerator.load_state(str(state_dir))
+        tr.parts.accelerator.load_state(str(state_dir))
     except (RuntimeError, FileNotFoundError) as err:
         raise UserError(f"resume: {state_dir.name} does not match this run's network or optimizer "
                         f"({str(err).splitlines()[0][:200]}); resume with the settings it was saved with") from None
-    tr.generator.set_state(torch.load(state_dir / NOISE_STATE_FILE, weights_only=True))
+    tr.parts.generator.set_state(torch.load(state_dir / NOISE_STATE_FILE, weights_only=True))
     return state

@@ -16,7 +16,6 @@ import random
 import struct
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from training.contract import exit_codes
@@ -25,10 +24,11 @@ from training.contract.config import TrainConfig
 from training.contract.config_io import save_config
 from training.contract.errors import UserError
 from training.contract.events import Control, EventWriter, reporting
-from training.contract.layout import sample_file_name
+from training.contract.layout import STATE_FILE, RunLayout, sample_file_name
 from training.contract.lora_check import SelfCheck
 from training.contract.prompts import load_prompts
 from training.plan.preflight import check_run_dir
+from training.plan.schedule import Schedule, perform
 from training.run.metrics import LossEMA, Throughput
 
 STEP_SECONDS_ENV = "LORAFORGE_DRY_RUN_STEP_SECONDS"
@@ -51,19 +51,9 @@ def model_family(cfg: TrainConfig) -> str:
         return fallback
 
 
-@dataclass
-class Plan:
-    steps_per_epoch: int
-    total_steps: int
-    total_epochs: int
-
-
-def make_plan(cfg: TrainConfig) -> Plan:
-    """Steps and epochs as training.run.prepare computes them, for a synthetic dataset of SYNTHETIC_IMAGES images."""
-    batches = math.ceil(SYNTHETIC_IMAGES / cfg.train_batch_size)
-    per_epoch = max(1, math.ceil(batches / cfg.gradient_accumulation_steps))
-    total = cfg.max_train_epochs * per_epoch if cfg.max_train_epochs else cfg.max_train_steps
-    return Plan(per_epoch, total, math.ceil(total / per_epoch))
+def make_schedule(cfg: TrainConfig) -> Schedule:
+    """The real run's schedule for a pretend dataset of SYNTHETIC_IMAGES images in one bucket."""
+    return Schedule.build(cfg, batches_per_epoch=math.ceil(SYNTHETIC_IMAGES / cfg.train_batch_size))
 
 
 def step_seconds() -> float:
@@ -82,7 +72,7 @@ def check_config(cfg: TrainConfig) -> int:
     check_run_dir(cfg, Path(cfg.output_dir))
     if not cfg.resume:
         return 0
-    state_file = Path(cfg.resume) / "train_state.json"
+    state_file = Path(cfg.resume) / STATE_FILE
     if not state_file.is_file():
         raise UserError(f"resume: {cfg.resume} is not a saved state folder (no train_state.json in it)")
     return int(json.loads(state_file.read_text(encoding="utf-8")).get("global_step", 0))
@@ -123,98 +113,81 @@ class DryRun:
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, events: EventWriter, control: Control, start_step: int):
         self.cfg, self.run_dir, self.events, self.control = cfg, run_dir, events, control
-        self.plan = make_plan(cfg)
+        self.layout = RunLayout(run_dir)
+        self.schedule = make_schedule(cfg)
         self.step = start_step
         self.pace = step_seconds()
         self.rng = random.Random(cfg.seed + start_step)
         self.ema, self.speed = LossEMA(), Throughput()
         self.prompts = load_prompts(cfg.sample_prompts, cfg.resolution_wh)
-        every = cfg.validation_every_n_steps
-        self.val_every = 0 if every == 0 else every or max(1, self.plan.total_steps // 20)
+        self.validated_at: int | None = None
         self.images_per_step = cfg.train_batch_size * cfg.gradient_accumulation_steps
         self.last_checkpoint: str | None = None
         self.t0 = time.time()
 
     def announce(self) -> None:
-        cfg, plan = self.cfg, self.plan
+        cfg, schedule = self.cfg, self.schedule
         self.events.emit("status", phase="loading", msg="preparing (dry run: no model or dataset is loaded)")
-        save_config(cfg, self.run_dir / "job.toml")
+        save_config(cfg, self.layout.job)
         self.events.emit("start", run_id=self.run_dir.name, pid=os.getpid(), family=model_family(cfg),
-                         total_steps=plan.total_steps, total_epochs=plan.total_epochs,
-                         steps_per_epoch=plan.steps_per_epoch, resumed_from=cfg.resume, start_step=self.step,
+                         total_steps=schedule.total_steps, total_epochs=schedule.total_epochs,
+                         steps_per_epoch=schedule.steps_per_epoch, resumed_from=cfg.resume, start_step=self.step,
                          config=cfg.model_dump(mode="json"), dry_run=True,
                          dataset={"images": SYNTHETIC_IMAGES, "train_images_x_repeats": SYNTHETIC_IMAGES,
                                   "concepts": [], "buckets": {cfg.resolution.replace(",", "x"): SYNTHETIC_IMAGES},
-                                  "validation": "train-subset" if self.val_every else "off"})
+                                  "validation": "train-subset" if schedule.validation_every else "off"})
 
     def run(self) -> str:
         """Returns "done" or "stopped", after writing the matching terminal event."""
+        schedule = self.schedule
         self.announce()
-        if self.step == 0 and self.val_every:
-            self.validate()
+        perform(self, schedule.at_start(self.step))
         self.events.emit("status", phase="training", msg="training")
         stop = False
-        while self.step < self.plan.total_steps and not stop:
+        while not schedule.is_done(self.step) and not stop:
             time.sleep(self.pace)
             self.step += 1
             self.emit_step()
             stop = self.after_step()
-        if stop and self.step < self.plan.total_steps:
+        if stop and not schedule.is_done(self.step):
             return self.finish_stopped()
-        if self.val_every and self.step % self.val_every:
-            self.validate()
-        path = self.save(self.cfg.output_name, with_state=self.cfg.save_state)
+        path = perform(self, schedule.at_end(self.step, self.validated_at))
         self.events.emit("done", path=str(path), step=self.step)
         return "done"
 
     def emit_step(self) -> None:
-        loss = synthetic_loss(self.rng, self.step, self.plan.total_steps)
+        total = self.schedule.total_steps
+        loss = synthetic_loss(self.rng, self.step, total)
         now = time.time()
         self.speed.record(now, self.step, self.step * self.images_per_step)
-        lrs = {"unet": lr_at(self.cfg, self.step, self.plan.total_steps)}
+        lrs = {"unet": lr_at(self.cfg, self.step, total)}
         if self.cfg.trains_text_encoder:
             lrs["text_encoder"] = lrs["unet"] * self.cfg.effective_text_encoder_lr / self.cfg.effective_unet_lr
-        self.events.emit("step", step=self.step, epoch=self.epoch, loss=round(loss, 6),
+        self.events.emit("step", step=self.step, epoch=self.schedule.epoch_of(self.step), loss=round(loss, 6),
                          smoothed=round(self.ema.update(loss), 6), lr=lrs,
                          images_per_s=round(self.speed.images_per_second(), 3), elapsed=round(now - self.t0, 1),
-                         eta=round(self.speed.eta(self.plan.total_steps - self.step), 1), peak_mem_gb=None)
-
-    @property
-    def epoch(self) -> int:
-        """1-based epoch of the current step, as in the real step events."""
-        return (max(self.step, 1) - 1) // self.plan.steps_per_epoch + 1
+                         eta=round(self.speed.eta(total - self.step), 1), peak_mem_gb=None)
 
     @property
     def epochs_done(self) -> int:
         """Epochs completed by now, as the real loop's TrainState.epoch (the checkpoint event's epoch)."""
-        return self.step // self.plan.steps_per_epoch
+        return self.step // self.schedule.steps_per_epoch
 
     def after_step(self) -> bool:
-        """Periodic work in the real loop's order; returns True when a stop was requested."""
-        cfg, step = self.cfg, self.step
-        if self.val_every and step % self.val_every == 0:
-            self.validate()
-        if cfg.sample_every_n_steps and step % cfg.sample_every_n_steps == 0:
-            self.sample(epoch=None)
-        if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0 and step < self.plan.total_steps:
-            self.save(f"{cfg.output_name}-step{step:08d}", with_state=cfg.save_state)
+        """The schedule's work, then the control flags, in the real loop's order; True when a stop was requested."""
+        step, schedule = self.step, self.schedule
+        perform(self, schedule.after_step(step))
         if self.control.take("sample"):
             self.sample(epoch=None)
         if self.control.take("save"):
-            self.save(f"{cfg.output_name}-step{step:08d}", with_state=True)
-        if step % self.plan.steps_per_epoch == 0:
-            self.after_epoch(step // self.plan.steps_per_epoch)
+            perform(self, [schedule.requested_save(step)])
+        if step % schedule.steps_per_epoch == 0:
+            perform(self, schedule.after_epoch(step // schedule.steps_per_epoch, step))
         return self.control.is_set("stop")
 
-    def after_epoch(self, epoch_done: int) -> None:
-        cfg = self.cfg
-        if cfg.save_every_n_epochs and epoch_done % cfg.save_every_n_epochs == 0 and self.step < self.plan.total_steps:
-            self.save(f"{cfg.output_name}-{epoch_done:06d}", with_state=cfg.save_state)
-        if cfg.sample_every_n_epochs and epoch_done % cfg.sample_every_n_epochs == 0:
-            self.sample(epoch=epoch_done)
-
     def validate(self) -> None:
-        loss = 0.1 + 0.05 * math.exp(-self.step / max(1.0, self.plan.total_steps / 4)) + self.rng.gauss(0, 0.003)
+        loss = 0.1 + 0.05 * math.exp(-self.step / max(1.0, self.schedule.total_steps / 4)) + self.rng.gauss(0, 0.003)
+        self.validated_at = self.step
         self.events.emit("val", step=self.step, loss=round(loss, 6), kind="train-subset")
 
     def sample(self, epoch: int | None) -> None:
@@ -223,7 +196,7 @@ class DryRun:
         paths = []
         for i, prompt in enumerate(prompts):
             seed = prompt.seed if prompt else self.cfg.seed
-            path = self.run_dir / "sample" / sample_file_name(self.cfg.output_name, self.step, epoch, i, seed)
+            path = self.layout.samples / sample_file_name(self.cfg.output_name, self.step, epoch, i, seed)
             write_sample_png(path, self.step, i)
             paths.append(str(path))
         self.events.emit("sample", step=self.step, epoch=epoch, paths=paths)
@@ -231,7 +204,7 @@ class DryRun:
 
     def save(self, name: str, with_state: bool) -> Path:
         self.events.emit("status", phase="saving", msg=f"saving {name}")
-        path = self.run_dir / f"{name}.safetensors"
+        path = self.layout.lora(name)
         write_placeholder_lora(path, {"ss_output_name": self.cfg.output_name, "ss_steps": str(self.step),
                                       "ss_network_dim": str(self.cfg.network_dim), "loraforge_dry_run": "true"})
         self.last_checkpoint = str(path)
@@ -244,19 +217,19 @@ class DryRun:
         return path
 
     def save_state(self, name: str) -> Path:
-        state_dir = self.run_dir / f"{name}-state"
+        state_dir = self.layout.state_dir(name)
         state_dir.mkdir(parents=True, exist_ok=True)
         state = {"global_step": self.step, "epoch": self.epochs_done, "dry_run": True,
                  "last_checkpoint": self.last_checkpoint}
-        write_atomic(state_dir / "train_state.json", json.dumps(state, indent=1))
+        write_atomic(state_dir / STATE_FILE, json.dumps(state, indent=1))
         self.events.emit("state_saved", step=self.step, path=str(state_dir))
         return state_dir
 
     def finish_stopped(self) -> str:
-        name = f"{self.cfg.output_name}-step{self.step:08d}"
-        path = self.save(name, with_state=True)
-        state = self.run_dir / f"{name}-state"
-        self.events.emit("stopped", step=self.step, last_checkpoint=str(path), state=str(state))
+        save = self.schedule.requested_save(self.step)
+        path = perform(self, [save])
+        self.events.emit("stopped", step=self.step, last_checkpoint=str(path),
+                         state=str(self.layout.state_dir(save.name)))
         return "stopped"
 
 

@@ -16,14 +16,15 @@ from pathlib import Path
 import torch
 
 from training.contract.events import Control, EventWriter
-from training.contract.layout import RunLayout, lora_name
+from training.contract.layout import RunLayout
 from training.contract.prompts import load_prompts
 from training.models.conditioning import TextEmbeds, add_time_ids
 from training.models.text import encode_text
+from training.plan.schedule import perform
 from training.run.checkpoints import TrainState, save_lora_file, save_state
 from training.run.loss import per_sample_loss, random_timesteps, sample_noise
 from training.run.metrics import LossEMA, Throughput
-from training.run.prepare import Trainer
+from training.run.prepare import StepParts, Trainer
 from training.run.samples import generate_samples
 from training.run.validation import validation_loss
 
@@ -36,10 +37,10 @@ class NonFiniteLoss(Exception):
         self.step, self.paths = step, paths
 
 
-def conditioning(tr: Trainer, captions: list[str]) -> TextEmbeds:
-    if tr.text_cache is not None:
-        return TextEmbeds.stack([tr.text_cache[c] for c in captions])
-    return encode_text(tr.text_encoders, tr.base.tokenizers, captions, tr.cfg.clip_skip)
+def conditioning(parts: StepParts, captions: list[str]) -> TextEmbeds:
+    if parts.text_cache is not None:
+        return TextEmbeds.stack([parts.text_cache[c] for c in captions])
+    return encode_text(parts.text_encoders, parts.tokenizers, captions, parts.settings.clip_skip)
 
 
 def batch_time_ids(batch: dict) -> torch.Tensor:
@@ -47,33 +48,33 @@ def batch_time_ids(batch: dict) -> torch.Tensor:
     return add_time_ids(batch["original_size"], batch["crop_top_left"], batch["target_size"])
 
 
-def batch_latents(tr: Trainer, batch: dict) -> torch.Tensor:
+def batch_latents(parts: StepParts, batch: dict) -> torch.Tensor:
     if batch.get("latents") is not None:
-        return batch["latents"].to(tr.accelerator.device, non_blocking=True)
-    vae = tr.base.vae
-    pixels = batch["pixel_values"].to(tr.accelerator.device, vae.dtype, non_blocking=True)
+        return batch["latents"].to(parts.accelerator.device, non_blocking=True)
+    vae = parts.vae
+    pixels = batch["pixel_values"].to(parts.accelerator.device, vae.dtype, non_blocking=True)
     with torch.no_grad():
         return vae.encode(pixels).latent_dist.sample().float() * vae.config.scaling_factor
 
 
-def train_step(tr: Trainer, batch: dict) -> torch.Tensor:
+def train_step(parts: StepParts, batch: dict) -> torch.Tensor:
     """One forward/backward (and an optimizer step when accumulation completes). Returns the loss on the device."""
-    cfg, acc = tr.cfg, tr.accelerator
-    with acc.accumulate(*tr.trained_models):
-        latents = batch_latents(tr, batch).to(tr.weight_dtype)
-        noise = sample_noise(latents, tr.generator, cfg.noise_offset)
-        timesteps = random_timesteps(latents.shape[0], tr.base.noise_scheduler, tr.generator, latents.device)
+    acc, settings = parts.accelerator, parts.settings
+    with acc.accumulate(*parts.trained_models):
+        latents = batch_latents(parts, batch).to(parts.weight_dtype)
+        noise = sample_noise(latents, parts.generator, settings.noise_offset)
+        timesteps = random_timesteps(latents.shape[0], parts.noise_scheduler, parts.generator, latents.device)
         with acc.autocast():
-            cond = conditioning(tr, batch["caption"])
+            cond = conditioning(parts, batch["caption"])
             time_ids = batch_time_ids(batch) if cond.pooled is not None else None  # SDXL only
-            loss = per_sample_loss(tr.unet, tr.base.noise_scheduler, latents, cond, noise, timesteps,
-                                   cfg.min_snr_gamma, time_ids).mean()
+            loss = per_sample_loss(parts.unet, parts.noise_scheduler, latents, cond, noise, timesteps,
+                                   settings.min_snr_gamma, time_ids).mean()
         acc.backward(loss)
-        if acc.sync_gradients and cfg.max_grad_norm > 0:
-            acc.clip_grad_norm_(tr.params, cfg.max_grad_norm)
-        tr.optimizer.step()
-        tr.lr_scheduler.step()
-        tr.optimizer.zero_grad(set_to_none=True)
+        if acc.sync_gradients and settings.max_grad_norm > 0:
+            acc.clip_grad_norm_(parts.params, settings.max_grad_norm)
+        parts.optimizer.step()
+        parts.lr_scheduler.step()
+        parts.optimizer.zero_grad(set_to_none=True)
     return loss.detach()
 
 
@@ -86,31 +87,25 @@ class Loop:
 
     def __init__(self, tr: Trainer, events: EventWriter, control: Control, state: TrainState) -> None:
         self.tr, self.events, self.control, self.state = tr, events, control, state
+        self.parts, self.data, self.schedule = tr.parts, tr.data, tr.facts.schedule
         self.ema = LossEMA(**state.ema) if state.ema else LossEMA()
         self.speed = Throughput()
         self.pending: list[tuple[int, int, torch.Tensor, list[str]]] = []  # (step, epoch, loss, paths)
-        self.snapshot = [p.detach().clone() for p in tr.params]  # last LoRA weights known to be finite
+        self.snapshot = [p.detach().clone() for p in tr.parts.params]  # last LoRA weights known to be finite
         self.snapshot_step = state.global_step
         self.images = 0
         self.t0 = time.time()
         self.prompts = load_prompts(tr.cfg.sample_prompts, tr.cfg.resolution_wh)
-        self.val_every = self._validation_interval()
         self.stop_requested = False
         self.bar = None
-
-    def _validation_interval(self) -> int:
-        every = self.tr.cfg.validation_every_n_steps
-        if self.tr.validation is None or every == 0:
-            return 0
-        return every or max(1, self.tr.plan.total_steps // 20)
 
     # --- host read-back: the only place losses leave the GPU
     def readback(self) -> None:
         if not self.pending:
             return
         losses = torch.stack([p[2] for p in self.pending]).float()
-        if self.tr.accelerator.num_processes > 1:
-            losses = self.tr.accelerator.reduce(losses, "mean")  # every rank sees the same values and NaN verdict
+        if self.parts.accelerator.num_processes > 1:
+            losses = self.parts.accelerator.reduce(losses, "mean")  # every rank sees the same values and NaN verdict
         values = losses.cpu().tolist()
         now = time.time()
         for (step, epoch, _, paths), loss in zip(self.pending, values, strict=True):
@@ -119,52 +114,46 @@ class Loop:
                 raise NonFiniteLoss(step, paths)
             self.emit_step(step, epoch, loss, now)
         self.pending.clear()
-        for snap, p in zip(self.snapshot, self.tr.params, strict=True):
+        for snap, p in zip(self.snapshot, self.parts.params, strict=True):
             snap.copy_(p.detach())
         self.snapshot_step = self.state.global_step
 
     def emit_step(self, step: int, epoch: int, loss: float, now: float) -> None:
-        tr = self.tr
+        acc = self.parts.accelerator
         smoothed = self.ema.update(loss)
         self.speed.record(now, step, self.images)
-        remaining = tr.plan.total_steps - step
-        lrs = dict(zip(tr.group_names, tr.lr_scheduler.get_last_lr(), strict=False))
+        remaining = self.schedule.total_steps - step
+        lrs = dict(zip(self.tr.facts.group_names, self.parts.lr_scheduler.get_last_lr(), strict=False))
         peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
         self.events.emit("step", step=step, epoch=epoch + 1, loss=round(loss, 6), smoothed=round(smoothed, 6),
                          lr=lrs, images_per_s=round(self.speed.images_per_second(), 3),
                          elapsed=round(now - self.t0, 1), eta=round(self.speed.eta(remaining), 1),
                          peak_mem_gb=None if peak is None else round(peak, 3))
-        tr.accelerator.log({"loss": loss, "loss/smoothed": smoothed, **{f"lr/{k}": v for k, v in lrs.items()}},
-                           step=step)
+        acc.log({"loss": loss, "loss/smoothed": smoothed, **{f"lr/{k}": v for k, v in lrs.items()}}, step=step)
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(loss=f"{smoothed:.4f}")
 
     # --- periodic work
-    def after_step(self, epoch: int) -> None:
-        step, cfg = self.state.global_step, self.tr.cfg
-        single = self.tr.accelerator.num_processes == 1
+    def after_step(self) -> None:
+        step = self.state.global_step
+        single = self.parts.accelerator.num_processes == 1
         at_readback = len(self.pending) >= READBACK_EVERY
         if at_readback:
             self.readback()
-        if self.val_every and step % self.val_every == 0:
-            self.validate()
-        if cfg.sample_every_n_steps and step % cfg.sample_every_n_steps == 0:
-            self.sample(epoch=None)
-        if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0 and step < self.tr.plan.total_steps:
-            self.save(lora_name(cfg.output_name, step=step), with_state=cfg.save_state)
+        perform(self, self.schedule.after_step(step))
         # Flags are a few stat calls: every step on one GPU; with several, only where the ranks sync anyway.
         if single or at_readback:
             stop, sample, save = self.requested_flags()
             if sample:
                 self.sample(epoch=None)
             if save:
-                self.save(lora_name(cfg.output_name, step=step), with_state=True)
+                perform(self, [self.schedule.requested_save(step)])
             self.stop_requested = self.stop_requested or stop
 
     def requested_flags(self) -> list[bool]:
         """Stop/sample/save requests as the main process sees them, shared so every rank acts on the same step."""
-        acc = self.tr.accelerator
+        acc = self.parts.accelerator
         flags = [False, False, False]
         if acc.is_main_process:
             flags = [self.control.is_set("stop"), self.control.take("sample"), self.control.take("save")]
@@ -174,42 +163,39 @@ class Loop:
             flags = broadcast_object_list(flags)
         return flags
 
-    def after_epoch(self, epoch_done: int) -> None:
-        cfg = self.tr.cfg
-        last = self.state.global_step >= self.tr.plan.total_steps
-        if cfg.save_every_n_epochs and epoch_done % cfg.save_every_n_epochs == 0 and not last:
-            self.save(lora_name(cfg.output_name, epoch=epoch_done), with_state=cfg.save_state)
-        if cfg.sample_every_n_epochs and epoch_done % cfg.sample_every_n_epochs == 0:
-            self.sample(epoch=epoch_done)
+    def finish(self) -> Path | None:
+        """After the last step: the schedule's final validation and the final LoRA; returns its path."""
+        validated_at = int(self.state.val_history[-1][0]) if self.state.val_history else None
+        return perform(self, self.schedule.at_end(self.state.global_step, validated_at))
 
     def validate(self) -> None:
-        tr = self.tr
+        parts, validation = self.parts, self.data.validation
         self.readback()
-        if tr.validation is None:
+        if validation is None:
             return
-        loss = validation_loss(tr.validation, tr.unet, tr.text_encoders, tr.base, tr.cfg.clip_skip, tr.text_cache,
-                               tr.weight_dtype)
+        loss = validation_loss(validation, parts.unet, parts.text_encoders, self.tr.base, self.tr.cfg.clip_skip,
+                               parts.text_cache, parts.weight_dtype)
         self.state.val_history.append([self.state.global_step, loss])
-        self.events.emit("val", step=self.state.global_step, loss=round(loss, 6), kind=tr.validation.kind)
-        tr.accelerator.log({"loss/validation": loss}, step=self.state.global_step)
+        self.events.emit("val", step=self.state.global_step, loss=round(loss, 6), kind=validation.kind)
+        parts.accelerator.log({"loss/validation": loss}, step=self.state.global_step)
 
     def sample(self, epoch: int | None) -> None:
-        tr = self.tr
-        if not self.prompts or not tr.accelerator.is_main_process:
+        tr, parts, acc = self.tr, self.parts, self.parts.accelerator
+        if not self.prompts or not acc.is_main_process:
             return
         self.readback()
         self.events.emit("status", phase="sampling", msg=f"making {len(self.prompts)} sample image(s)")
-        device = tr.accelerator.device
-        encoders = [tr.accelerator.unwrap_model(e) for e in tr.text_encoders]
+        device = acc.device
+        encoders = [acc.unwrap_model(e) for e in parts.text_encoders]
         tr.base.vae.to(device)
         for encoder in encoders:
             encoder.to(device)
-        paths = generate_samples(tr.base, tr.accelerator.unwrap_model(tr.unet), encoders, self.prompts,
+        paths = generate_samples(tr.base, acc.unwrap_model(parts.unet), encoders, self.prompts,
                                  tr.cfg.sample_sampler, tr.cfg.clip_skip, RunLayout(tr.run_dir).samples,
-                                 tr.cfg.output_name, self.state.global_step, epoch, device, tr.weight_dtype)
-        if tr.latent_cache is not None:
+                                 tr.cfg.output_name, self.state.global_step, epoch, device, parts.weight_dtype)
+        if self.data.latent_cache is not None:
             tr.base.vae.to("cpu")
-        if tr.text_cache is not None:
+        if parts.text_cache is not None:
             for encoder in encoders:
                 encoder.to("cpu")
         self.events.emit("sample", step=self.state.global_step, epoch=epoch, paths=[str(p) for p in paths])
@@ -220,7 +206,7 @@ class Loop:
         self.readback()
         self.events.emit("status", phase="saving", msg=f"saving {name}")
         path = None
-        if tr.accelerator.is_main_process:
+        if self.parts.accelerator.is_main_process:
             path, check = save_lora_file(tr, self.state, name)
             self.state.last_checkpoint = str(path)
             # epoch: epochs completed at save time, as in the file's ss_epoch (not the step events' 1-based epoch)
@@ -234,50 +220,49 @@ class Loop:
         return path
 
     def restore_snapshot(self) -> None:
-        for snap, p in zip(self.snapshot, self.tr.params, strict=True):
+        for snap, p in zip(self.snapshot, self.parts.params, strict=True):
             p.data.copy_(snap)
 
     # --- the epochs
     def train_epoch(self, epoch: int) -> None:
         """Steps through one epoch, or what is left of it after a resume; returns early on stop or at the end."""
-        tr, state = self.tr, self.state
+        state, data, acc = self.state, self.data, self.parts.accelerator
         # Resuming mid-epoch: the sampler skips the batches already trained (their images are never loaded).
-        tr.sampler.begin_epoch(epoch, start_batch=state.batch_in_epoch * tr.accelerator.num_processes)
-        tr.dataloader.set_epoch(epoch)  # accelerate passes its own pass counter on to the dataset otherwise
-        for batch in tr.dataloader:
+        data.sampler.begin_epoch(epoch, start_batch=state.batch_in_epoch * acc.num_processes)
+        data.dataloader.set_epoch(epoch)  # accelerate passes its own pass counter on to the dataset otherwise
+        for batch in data.dataloader:
             # Global RNG (LoRA dropout) seeded from the position in the run, so a resumed run draws the same masks
             # whatever else touched the RNG in between.
-            torch.manual_seed(batch_seed(tr.cfg.seed, epoch, state.batch_in_epoch, tr.accelerator.process_index))
-            loss = train_step(tr, batch)
+            torch.manual_seed(batch_seed(self.tr.cfg.seed, epoch, state.batch_in_epoch, acc.process_index))
+            loss = train_step(self.parts, batch)
             state.batch_in_epoch += 1
-            self.images += len(batch["caption"]) * tr.accelerator.num_processes
-            if not tr.accelerator.sync_gradients:
+            self.images += len(batch["caption"]) * acc.num_processes
+            if not acc.sync_gradients:
                 continue
             state.global_step += 1
             self.pending.append((state.global_step, epoch, loss, batch["path"]))
-            self.after_step(epoch)
-            if state.global_step >= tr.plan.total_steps or self.stop_requested:
+            self.after_step()
+            if self.schedule.is_done(state.global_step) or self.stop_requested:
                 return
 
     def run(self) -> str:
         """Returns "done" or "stopped"."""
-        tr, state = self.tr, self.state
+        state = self.state
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=tr.plan.total_steps, initial=state.global_step, disable=None if
-                        tr.accelerator.is_main_process else True, desc="training", unit="step")
-        if state.global_step == 0 and self.val_every:
-            self.validate()
+        self.bar = tqdm(total=self.schedule.total_steps, initial=state.global_step, disable=None if
+                        self.parts.accelerator.is_main_process else True, desc="training", unit="step")
+        perform(self, self.schedule.at_start(state.global_step))
         self.events.emit("status", phase="training", msg="training")
-        for model in tr.trained_models:
+        for model in self.parts.trained_models:
             model.train()  # from_pretrained leaves models in eval mode: LoRA dropout would be off
-        while state.global_step < tr.plan.total_steps and not self.stop_requested:
+        while not self.schedule.is_done(state.global_step) and not self.stop_requested:
             epoch = state.epoch
             self.train_epoch(epoch)
-            if state.batch_in_epoch >= len(tr.dataloader):  # the epoch ran to its end
+            if state.batch_in_epoch >= len(self.data.dataloader):  # the epoch ran to its end
                 state.epoch, state.batch_in_epoch = epoch + 1, 0
                 self.readback()
-                self.after_epoch(state.epoch)
+                perform(self, self.schedule.after_epoch(state.epoch, state.global_step))
         self.readback()
         self.bar.close()
-        return "stopped" if self.stop_requested and state.global_step < tr.plan.total_steps else "done"
+        return "stopped" if self.stop_requested and not self.schedule.is_done(state.global_step) else "done"

@@ -1,6 +1,8 @@
 """Everything before the first step: accelerator, base model, dataset and buckets, LoRA, caches, optimizer.
 
-``prepare()`` returns a Trainer holding what the loop needs; it reports progress through the event stream.
+``prepare()`` returns a Trainer holding what the loop needs, grouped by lifetime: the step's parts
+(``build_step_parts``, which ``training.bench`` uses too), the data, and the facts the run reports; it reports
+progress through the event stream.
 """
 
 from __future__ import annotations
@@ -23,48 +25,89 @@ from training.data.folder import DatasetScan, ImageItem, scan_dataset
 from training.data.latents import LatentCache
 from training.data.sampler import BucketBatchSampler
 from training.models.conditioning import TextEmbeds
+from training.models.families import Family
 from training.models.loading import BaseModel, load_base_model, load_vae
 from training.models.text import encode_text
 from training.networks.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora
 from training.plan.preflight import advice
-from training.plan.schedule import Plan, plan_run, split_validation
+from training.plan.schedule import Schedule, split_validation
 from training.run.checkpoints import register_lora_only_state
 from training.run.optim import make_optimizer, make_scheduler
 from training.run.validation import ValidationSet, build_validation_set
 
 
+@dataclass(frozen=True)
+class StepSettings:
+    """The config values one step reads."""
+
+    noise_offset: float
+    min_snr_gamma: float | None
+    max_grad_norm: float
+    clip_skip: int
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> StepSettings:
+        return cls(cfg.noise_offset, cfg.min_snr_gamma, cfg.max_grad_norm, cfg.clip_skip)
+
+
 @dataclass
-class Trainer:
-    cfg: TrainConfig
-    run_dir: Path
+class StepParts:
+    """What ``training.run.loop.train_step`` needs, and nothing else: built by ``build_step_parts`` for training
+    and for ``training.bench`` alike, so the benchmark times the very step that trains."""
+
     accelerator: Accelerator
-    base: BaseModel
-    unet: torch.nn.Module
+    unet: torch.nn.Module  # as accelerate wrapped it (and torch.compile, when asked)
     text_encoders: list[torch.nn.Module]  # every encoder of the model (trained ones as accelerate wrapped them)
+    trained_models: list[torch.nn.Module]  # the UNet and the trained encoders: what gradient accumulation tracks
     params: list[torch.nn.Parameter]
     optimizer: Any
     lr_scheduler: Any
-    dataloader: Any
-    sampler: BucketBatchSampler
-    dataset: TrainDataset
-    scan: DatasetScan
-    latent_cache: LatentCache | None
+    noise_scheduler: Any
+    tokenizers: list[Any]
+    vae: Any | None  # None when every batch brings its latents (the benchmark)
     text_cache: dict[str, TextEmbeds] | None
-    validation: ValidationSet | None
-    plan: Plan
     weight_dtype: torch.dtype
-    generator: torch.Generator
+    generator: torch.Generator  # noise and timesteps; saved with the state so a resumed run draws the same
+    settings: StepSettings
+
+
+@dataclass
+class TrainData:
+    """What feeds the steps and the validation loss."""
+
+    dataset: TrainDataset
+    sampler: BucketBatchSampler
+    dataloader: Any
+    latent_cache: LatentCache | None
+    validation: ValidationSet | None
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the start event and every LoRA file's metadata report about the run."""
+
+    scan: DatasetScan
     bucket_counts: dict[tuple[int, int], int]
+    schedule: Schedule
+    family: Family
     group_names: list[str]  # optimizer parameter groups in order: "unet", "text_encoder", "text_encoder_2"
+
+
+@dataclass
+class Trainer:
+    """One run's parts, grouped by what uses them: the step, the data, the reported facts; ``base`` is the frozen
+    model that sampling, validation and saving read."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    base: BaseModel
+    parts: StepParts
+    data: TrainData
+    facts: RunFacts
 
     @property
     def trained_encoders(self) -> list[int]:
-        return self.cfg.trained_text_encoders(len(self.text_encoders))
-
-    @property
-    def trained_models(self) -> list[torch.nn.Module]:
-        """The UNet and the text encoders that carry a trained LoRA (what gradient accumulation must track)."""
-        return [self.unet] + [self.text_encoders[i] for i in self.trained_encoders]
+        return self.cfg.trained_text_encoders(len(self.base.text_encoders))
 
 
 TEXT_ENCODER_GROUPS = ("text_encoder", "text_encoder_2")
@@ -170,7 +213,9 @@ def cache_text(cfg: TrainConfig, base: BaseModel, captions: set[str], device) ->
 
 
 @dataclass
-class Data:
+class LoadedData:
+    """The scanned dataset split into training and validation images, with the training dataset and its sampler."""
+
     scan: DatasetScan
     train_items: list[ImageItem]
     val_items: list[ImageItem]
@@ -180,7 +225,7 @@ class Data:
     bucket_counts: dict[tuple[int, int], int]
 
 
-def load_data(cfg: TrainConfig, events: EventWriter, scan: DatasetScan | None) -> Data:
+def load_data(cfg: TrainConfig, events: EventWriter, scan: DatasetScan | None) -> LoadedData:
     events.emit("status", phase="loading", msg="scanning the dataset")
     scan = scan or scan_dataset(Path(cfg.train_data_dir), cfg.caption_extension)
     for path, reason in scan.skipped:
@@ -192,7 +237,7 @@ def load_data(cfg: TrainConfig, events: EventWriter, scan: DatasetScan | None) -
     sampler = BucketBatchSampler(dataset.buckets, cfg.train_batch_size, cfg.seed)
     counts = dataset.bucket_counts()
     events.emit("status", phase="loading", msg="buckets:\n" + bucket_table(counts))
-    return Data(scan, train_items, val_items, val_kind, dataset, sampler, counts)
+    return LoadedData(scan, train_items, val_items, val_kind, dataset, sampler, counts)
 
 
 def load_model(cfg: TrainConfig, events: EventWriter, weight_dtype) -> tuple[BaseModel, list[dict]]:
@@ -246,7 +291,7 @@ def family_advice(cfg: TrainConfig, base: BaseModel) -> list[tuple[str, str]]:
     return notes
 
 
-def build_caches(cfg: TrainConfig, base: BaseModel, data: Data, run_dir: Path, device, events: EventWriter):
+def build_caches(cfg: TrainConfig, base: BaseModel, data: LoadedData, run_dir: Path, device, events: EventWriter):
     """Latents and text embeddings computed once; frozen parts no longer needed every step then leave the GPU
     (sampling brings them back)."""
     latent_cache = None
@@ -278,34 +323,47 @@ def place_models(base: BaseModel, device, text_cached: bool) -> None:
         torch.cuda.empty_cache()  # the VAE's encode buffers: give them back before the first step
 
 
+def build_step_parts(cfg: TrainConfig, accelerator: Accelerator, unet: torch.nn.Module,
+                     text_encoders: list[torch.nn.Module], groups: list[dict[str, Any]], total_steps: int, *,
+                     noise_scheduler, tokenizers: list[Any], vae, text_cache: dict[str, TextEmbeds] | None,
+                     weight_dtype: torch.dtype) -> StepParts:
+    """Optimizer, LR schedule and accelerate's wrapping around a model whose LoRA ``groups`` (see add_networks)
+    are injected; the trained models become accelerate's, the frozen parts are passed through."""
+    optimizer = make_optimizer(cfg, [{"params": g["params"], "lr": g["lr"]} for g in groups])
+    lr_scheduler = make_scheduler(cfg, optimizer, total_steps)
+    register_lora_only_state(accelerator)
+    trained = cfg.trained_text_encoders(len(text_encoders))
+    compiled = torch.compile(unet) if cfg.torch_compile else unet
+    prepared = accelerator.prepare(compiled, *[text_encoders[i] for i in trained], optimizer, lr_scheduler)
+    unet, optimizer, lr_scheduler = prepared[0], prepared[-2], prepared[-1]
+    encoders = list(text_encoders)
+    for i, wrapped in zip(trained, prepared[1:-2], strict=True):
+        encoders[i] = wrapped
+    return StepParts(accelerator, unet, encoders, [unet] + [encoders[i] for i in trained],
+                     [p for g in groups for p in g["params"]], optimizer, lr_scheduler, noise_scheduler, tokenizers,
+                     vae, text_cache, weight_dtype, torch.Generator(device=accelerator.device).manual_seed(cfg.seed),
+                     StepSettings.from_config(cfg))
+
+
 def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter, scan: DatasetScan | None = None) -> Trainer:
     accelerator = make_accelerator(cfg, run_dir, events)
     set_seed(cfg.seed)  # LoRA initialisation, dropout: the same seed gives the same run
     device, weight_dtype = accelerator.device, dtype_for(accelerator.mixed_precision)
     for code, msg in advice(cfg):
         events.emit("warning", code=code, msg=msg)
-    data = load_data(cfg, events, scan)
+    loaded = load_data(cfg, events, scan)
     base, groups = load_model(cfg, events, weight_dtype)
-    latent_cache, text_cache, validation = build_caches(cfg, base, data, run_dir, device, events)
+    latent_cache, text_cache, validation = build_caches(cfg, base, loaded, run_dir, device, events)
     place_models(base, device, text_cache is not None)
 
-    params = [p for g in groups for p in g["params"]]
-    optimizer = make_optimizer(cfg, [{"params": g["params"], "lr": g["lr"]} for g in groups])
-    loader = torch.utils.data.DataLoader(
-        data.dataset, batch_sampler=data.sampler, collate_fn=collate,
+    schedule = Schedule.build(cfg, len(loaded.sampler), accelerator.num_processes)
+    parts = build_step_parts(cfg, accelerator, base.unet, base.text_encoders, groups, schedule.total_steps,
+                             noise_scheduler=base.noise_scheduler, tokenizers=base.tokenizers, vae=base.vae,
+                             text_cache=text_cache, weight_dtype=weight_dtype)
+    loader = accelerator.prepare(torch.utils.data.DataLoader(
+        loaded.dataset, batch_sampler=loaded.sampler, collate_fn=collate,
         num_workers=0 if latent_cache is not None else cfg.max_data_loader_n_workers,
-        pin_memory=device.type == "cuda" and latent_cache is None)
-    plan = plan_run(cfg, len(data.sampler), accelerator.num_processes)
-    lr_scheduler = make_scheduler(cfg, optimizer, plan.total_steps)
-    register_lora_only_state(accelerator)
-    unet = torch.compile(base.unet) if cfg.torch_compile else base.unet
-    trained = cfg.trained_text_encoders(len(base.text_encoders))
-    prepared = accelerator.prepare(unet, *[base.text_encoders[i] for i in trained], optimizer, loader, lr_scheduler)
-    unet, optimizer, loader, lr_scheduler = prepared[0], *prepared[-3:]
-    text_encoders = list(base.text_encoders)
-    for i, wrapped in zip(trained, prepared[1:-3], strict=True):
-        text_encoders[i] = wrapped
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    return Trainer(cfg, run_dir, accelerator, base, unet, text_encoders, params, optimizer, lr_scheduler, loader,
-                   data.sampler, data.dataset, data.scan, latent_cache, text_cache, validation, plan, weight_dtype,
-                   generator, data.bucket_counts, [g["name"] for g in groups])
+        pin_memory=device.type == "cuda" and latent_cache is None))
+    data = TrainData(loaded.dataset, loaded.sampler, loader, latent_cache, validation)
+    facts = RunFacts(loaded.scan, loaded.bucket_counts, schedule, base.family, [g["name"] for g in groups])
+    return Trainer(cfg, run_dir, base, parts, data, facts)

@@ -15,6 +15,7 @@ from training.contract.events import Control, EventWriter, reporting
 from training.contract.layout import RunLayout, lora_name
 from training.data.folder import DatasetScan
 from training.plan.preflight import check_run_dir
+from training.plan.schedule import perform
 from training.run.checkpoints import TrainState, load_state
 from training.run.loop import Loop, NonFiniteLoss
 from training.run.prepare import prepare
@@ -55,34 +56,33 @@ def _run(cfg: TrainConfig, run_dir: Path, events: EventWriter, control: Control,
 
     events.emit("status", phase="loading", msg="preparing")
     tr = prepare(cfg, run_dir, events, scan)
-    if tr.accelerator.is_main_process:
+    if tr.parts.accelerator.is_main_process:
         save_config(cfg, RunLayout(run_dir).job)
     state = load_state(tr, Path(cfg.resume)) if cfg.resume else TrainState()
-    events.emit("start", run_id=run_dir.name, pid=os.getpid(), family=tr.base.family.name,
-                total_steps=tr.plan.total_steps, total_epochs=tr.plan.total_epochs,
-                steps_per_epoch=tr.plan.steps_per_epoch, resumed_from=cfg.resume,
+    facts, validation = tr.facts, tr.data.validation
+    events.emit("start", run_id=run_dir.name, pid=os.getpid(), family=facts.family.name,
+                total_steps=facts.schedule.total_steps, total_epochs=facts.schedule.total_epochs,
+                steps_per_epoch=facts.schedule.steps_per_epoch, resumed_from=cfg.resume,
                 start_step=state.global_step, config=cfg.model_dump(mode="json"),
-                dataset={"images": len(tr.scan.items), "train_images_x_repeats": tr.scan.num_train_images,
-                         "concepts": [vars(c) | {"path": str(c.path)} for c in tr.scan.concepts],
-                         "buckets": {f"{w}x{h}": n for (w, h), n in sorted(tr.bucket_counts.items())},
-                         "validation": tr.validation.kind if tr.validation else "off"})
-    tr.accelerator.init_trackers("lora")
+                dataset={"images": len(facts.scan.items), "train_images_x_repeats": facts.scan.num_train_images,
+                         "concepts": [vars(c) | {"path": str(c.path)} for c in facts.scan.concepts],
+                         "buckets": {f"{w}x{h}": n for (w, h), n in sorted(facts.bucket_counts.items())},
+                         "validation": validation.kind if validation else "off"})
+    tr.parts.accelerator.init_trackers("lora")
     loop = Loop(tr, events, control, state)
     try:
         outcome = loop.run()
     except NonFiniteLoss as nan:
         return fail_non_finite(loop, nan)
     if outcome == "stopped":
-        name = lora_name(cfg.output_name, step=state.global_step)
-        path = loop.save(name, with_state=True)
+        save = facts.schedule.requested_save(state.global_step)
+        path = perform(loop, [save])
         events.emit("stopped", step=state.global_step, last_checkpoint=str(path) if path else None,
-                    state=str(RunLayout(run_dir).state_dir(name)))
+                    state=str(RunLayout(run_dir).state_dir(save.name)))
     else:
-        if loop.val_every and (not state.val_history or state.val_history[-1][0] != state.global_step):
-            loop.validate()
-        path = loop.save(cfg.output_name, with_state=cfg.save_state)
+        path = loop.finish()
         events.emit("done", path=str(path) if path else None, step=state.global_step)
-    tr.accelerator.end_training()
+    tr.parts.accelerator.end_training()
     return outcome
 
 
