@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from training.contract.config import SECTIONS, TrainConfig, field_section
 from training.contract.config_io import ConfigError, allowed_values, config_from_dict, read_toml
+from training.contract.presets import PresetInfo
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 # What the user brings, not what a preset chooses: picking a preset never overwrites these. (v_parameterization is
@@ -154,15 +155,10 @@ def default_values() -> dict[str, Any]:
     return config_to_values(TrainConfig())
 
 
-@dataclass
-class Preset:
+@dataclass(frozen=True)
+class Preset(PresetInfo):
     """A presets/*.toml file: its [preset] table (for people) and its settings (for the form)."""
 
-    key: str
-    name: str
-    description: str
-    family: str
-    loss_band: tuple[float, float] | None
     settings: dict[str, Any] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)  # key -> the file's inline comment: why this value
 
@@ -171,23 +167,11 @@ class Preset:
         cfg, _notes = config_from_dict(self.settings, f"{self.key}.toml")
         return config_to_values(cfg)
 
-    def record(self) -> dict[str, Any]:
-        """What a run keeps of its preset (preset.json): enough to draw the band and check the model family."""
-        return {"key": self.key, "name": self.name, "family": self.family,
-                "loss_band": list(self.loss_band) if self.loss_band else None}
-
 
 def load_preset(path: Path) -> Preset:
     """Raises ConfigError (one line) for a broken file."""
-    from app.guidance import parse_band
-
-    try:
-        meta = tomllib.loads(path.read_text(encoding="utf-8-sig")).get("preset") or {}
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path.name}: not valid TOML: {err}") from None
-    return Preset(key=path.stem, name=str(meta.get("name", path.stem)), description=str(meta.get("description", "")),
-                  family=str(meta.get("family", "")), loss_band=parse_band(meta.get("loss_band")),
-                  settings=read_toml(path), reasons=inline_reasons(path.read_text(encoding="utf-8-sig")))
+    info = PresetInfo.read(path) or PresetInfo(key=path.stem, name=path.stem)
+    return Preset(**vars(info), settings=read_toml(path), reasons=inline_reasons(path.read_text(encoding="utf-8-sig")))
 
 
 def inline_reasons(text: str) -> dict[str, str]:

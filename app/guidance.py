@@ -70,15 +70,6 @@ def best_validation(vals: list[dict]) -> tuple[int, float] | None:
     return xs[i], ys[i]
 
 
-def parse_band(value: Any) -> tuple[float, float] | None:
-    """A preset's ``loss_band = [lo, hi]`` as a tuple, or None when absent or malformed (no band beats a wrong one)."""
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) and 0 <= lo < hi else None
-
-
 def fit_trend(xs: list[int], ys: list[float]) -> Trend | None:
     """Least-squares line through raw losses. Raw points are nearly independent (the timestep is drawn afresh each
     step), so the standard error is honest; the EMA's points are correlated and would overstate confidence."""

@@ -42,7 +42,8 @@ from app.runs import (
 from training.contract.atomic import write_atomic
 from training.contract.config import TrainConfig
 from training.contract.config_io import save_config
-from training.contract.events import Control, Event, EventReader
+from training.contract.control import Control
+from training.contract.events import Event, EventReader
 from training.contract.layout import (
     CANCELLED,
     EVENTS_FILE,

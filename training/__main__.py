@@ -123,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --config run.toml is required (see README.md or python -m training --help)", file=sys.stderr)
         return exit_codes.BAD_INPUT
 
-    from training.contract.config_io import load_config, preset_family
+    from training.contract.config_io import load_config
     from training.contract.errors import UserError
+    from training.contract.presets import preset_family
     from training.plan.preflight import check_preset_family, preflight
 
     try:

@@ -28,7 +28,7 @@ from training.contract.config import TrainConfig
 from training.models.families import SD1, SDXL, Family
 
 if TYPE_CHECKING:
-    from training.run.prepare import StepParts
+    from training.run.parts import StepParts
 
 BENCH_FAMILIES = {"sd1": SD1, "sdxl": SDXL}
 MODEL_NAMES = {"sd1": "SD1.5 UNet (random weights)", "sdxl": "SDXL UNet (random weights)"}

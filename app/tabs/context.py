@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from app.form import FieldSpec
-from app.guidance import parse_band
 from app.runs import earlier_curve, read_preset
 from app.settings import Settings
 from app.supervisor import JobSupervisor, RunSnapshot
 from training.contract.events import Error, Start, Step, Val
+from training.contract.presets import PresetInfo
 
 
 @dataclass
@@ -78,7 +78,7 @@ class AppContext:
 
 
 def preset_band(preset: dict[str, Any] | None) -> tuple[float, float] | None:
-    return parse_band(preset.get("loss_band")) if preset else None
+    return PresetInfo.from_record(preset).loss_band if preset else None
 
 
 def form_handler(fn: Callable[[dict[str, Any]], Any], names: list[str]) -> Callable[..., Any]:

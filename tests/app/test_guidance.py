@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from app.guidance import diagnose, fit_trend, parse_band
+from app.guidance import diagnose, fit_trend
+from training.contract.presets import parse_band
 
 BAND = (0.08, 0.14)
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from training.contract.events import Control, EventReader, EventWriter, read_events
+from training.contract.control import Control
+from training.contract.events import EventReader, EventWriter, read_events
 
 
 def test_reader_keeps_a_partial_last_line_for_the_next_poll(tmp_path):

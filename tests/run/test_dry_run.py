@@ -16,7 +16,8 @@ from PIL import Image
 
 from training.contract.config import TrainConfig
 from training.contract.config_io import save_config
-from training.contract.events import Control, read_events
+from training.contract.control import Control
+from training.contract.events import read_events
 from training.run.dry_run import STEP_SECONDS_ENV
 
 ROOT = Path(__file__).resolve().parents[2]

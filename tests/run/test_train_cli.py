@@ -13,7 +13,8 @@ import pytest
 from lora_checks import apply_with_diffusers
 from safetensors.torch import load_file
 
-from training.contract.events import Control, read_events
+from training.contract.control import Control
+from training.contract.events import read_events
 
 
 def write_config(path: Path, model: Path, data: Path, out: Path, **extra) -> Path:

@@ -146,19 +146,6 @@ def read_toml(path: Path) -> dict[str, Any]:
     return flatten_sections(data, path.name)
 
 
-def preset_family(paths: list[Path]) -> tuple[str, str] | None:
-    """(preset name, family) from the last of ``paths`` with a ``[preset]`` table naming a family, else None."""
-    found = None
-    for path in paths:
-        try:
-            table = tomllib.loads(path.read_text(encoding="utf-8-sig")).get("preset")
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
-            continue  # read_toml has already reported an unreadable file
-        if isinstance(table, dict) and isinstance(table.get("family"), str):
-            found = (str(table.get("name") or path.stem), table["family"])
-    return found
-
-
 def load_config(path: Path | list[Path], overrides: dict[str, Any] | None = None) -> tuple[TrainConfig, list[str]]:
     """Read TOML files (kohya's or ours; later files override earlier ones, e.g. a preset then a run) and
     ``overrides`` into one validated TrainConfig."""

@@ -7,19 +7,15 @@ where a UI cannot send Ctrl+C to a child. Torch-free: the UI imports this module
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import time
-import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from training.contract.control import Control, install_signal_handlers, restore_signal_handlers
-from training.contract.errors import UserError
 from training.contract.layout import EVENTS_FILE
 
 EVENT_VERSION = 1
@@ -320,23 +316,3 @@ class EventReader:
 def read_events(run_dir: Path) -> list[Event]:
     """All complete events of a run."""
     return EventReader(run_dir / EVENTS_FILE).poll()
-
-
-@contextlib.contextmanager
-def reporting(events: EventWriter, control: Control) -> Iterator[None]:
-    """The frame of a run: signals ask for a stop, an exception becomes the run's one error event (a UserError
-    without traceback; anything already reported, e.g. a NaN stop, is left alone), the stream is closed."""
-    previous = install_signal_handlers(control)
-    try:
-        yield
-    except Exception as err:
-        if not getattr(err, "reported", False):
-            if isinstance(err, UserError):
-                events.emit("error", msg=str(err), traceback=None)
-                err.reported = events.echo is not None and events.enabled  # shown on the console already
-            else:
-                events.emit("error", msg=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
-        raise
-    finally:
-        restore_signal_handlers(previous)
-        events.close()

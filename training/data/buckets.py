@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from training.contract.errors import UserError
+
+if TYPE_CHECKING:
+    from training.contract.config import TrainConfig
+    from training.data.folder import ImageItem
 
 Bucket = tuple[int, int]
 
@@ -109,3 +114,9 @@ def bucket_table(assignments: dict[Bucket, int]) -> str:
 def batches_per_epoch(bucket_sizes: Iterable[int], batch_size: int) -> int:
     """Each bucket is batched on its own, and a partial last batch still costs a batch."""
     return sum(math.ceil(n / batch_size) for n in bucket_sizes)
+
+
+def buckets_for(cfg: TrainConfig, items: list[ImageItem]) -> list[tuple[int, int]]:
+    """Each image's bucket under the config's bucket settings (as the training dataset assigns them)."""
+    return assign_buckets([it.size for it in items], resolution=cfg.resolution_wh, enable_bucket=cfg.enable_bucket,
+                          min_reso=cfg.min_bucket_reso, max_reso=cfg.max_bucket_reso, step=cfg.bucket_reso_steps)

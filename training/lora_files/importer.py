@@ -1,4 +1,4 @@
-"""kohya-format LoRA -> peft adapter (docs/lora-format.md §8.2): resume training or load a LoRA to evaluate.
+"""kohya-format LoRA -> peft adapter: continue training from a LoRA (``network_weights``) or load one to evaluate.
 
 Module names are resolved by lookup in a table built from the real models (both UNet conventions, both TE forms,
 ``lora_te``/``lora_te1``), never by guessing where the ``_`` were dots. An unknown name is an error.

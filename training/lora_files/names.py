@@ -1,4 +1,5 @@
-"""kohya LoRA module names <-> model module paths (docs/lora-format.md §3, §4, §8.2).
+"""kohya LoRA module names <-> model module paths, for export (``export.py``), import (``importer.py``) and the
+self-check (``self_check.py``).
 
 A kohya module name is ``<prefix>_<dotted path with "." -> "_">``. Turning ``_`` back into ``.`` is ambiguous
 (``down_blocks``, ``to_q``, ``conv_shortcut`` contain underscores), so import and verification never parse names:
@@ -37,7 +38,8 @@ def strip_peft_prefix(path: str) -> str:
 
 
 def uses_sgm_names(family: Any) -> bool:
-    """Canonical UNet convention: SGM/LDM for SDXL, diffusers for SD1/SD2 (§3)."""
+    """Canonical UNet convention: SGM/LDM names for SDXL (kohya's sdxl_train_network writes them and A1111/ComfyUI
+    expect them), diffusers names for SD1/SD2."""
     return bool(getattr(family, "unet_sgm_names", str(getattr(family, "name", "")).startswith("sdxl")))
 
 
@@ -50,7 +52,7 @@ def te_prefixes(family: Any, count: int) -> list[str]:
 
 
 def te_canonical_path(path: str, model_has_text_model: bool = False) -> str:
-    """CLIP path as kohya/A1111/ComfyUI expect it: always under ``text_model.`` (§4).
+    """CLIP path as kohya/A1111/ComfyUI expect it: always under ``text_model.``.
 
     transformers 5 dropped ``CLIPTextModel.text_model``, so re-insert it unless the model still has that submodule
     (``CLIPTextModelWithProjection``), in which case the path is already canonical.
@@ -77,7 +79,8 @@ def _join(base: str, rest: str | None) -> str:
 
 def diffusers_to_sgm(path: str, layers_per_block: int = 2, up_has_attention: Mapping[int, bool] | None = None
                      ) -> str | None:
-    """Convert a diffusers UNet path to the SGM/LDM one (§3.1); ``None`` when it has no SGM counterpart.
+    """Convert a diffusers UNet path to the SGM/LDM one (``input_blocks``/``middle_block``/``output_blocks``);
+    ``None`` when it has no SGM counterpart.
 
     ``up_has_attention[i]`` picks the upsampler sub-index (2 after an attention block, else 1).
     """
@@ -163,10 +166,11 @@ def _unet_config(unet: nn.Module) -> Mapping[str, Any] | None:
 
 def module_lookup(unet: nn.Module | None, text_encoders: list[nn.Module], family: Any
                   ) -> dict[str, tuple[int | str, str]]:
-    """Lookup table ``{kohya module name: (component, module path)}`` for import and verification (§8.2).
+    """Lookup table ``{kohya module name: (component, module path)}`` for import and verification.
 
     component is ``"unet"`` or the text-encoder index. UNet paths appear in both conventions; TE paths under the
-    family prefix (plus ``lora_te1`` for a lone encoder, §2) in both the ``text_model.`` and the bare form.
+    family prefix (plus ``lora_te1``, which some tools write for a lone encoder) in both the ``text_model.`` and the
+    bare form.
     """
     table: dict[str, tuple[int | str, str]] = {}
     if unet is not None:

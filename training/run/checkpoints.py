@@ -22,7 +22,7 @@ from training.lora_files.export import build_metadata, kohya_state_dict, save_lo
 from training.lora_files.self_check import verify_lora
 
 if TYPE_CHECKING:
-    from training.run.prepare import Trainer
+    from training.run.parts import Trainer
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
 

@@ -22,13 +22,15 @@ from training.contract import exit_codes
 from training.contract.atomic import atomic_path, write_atomic, write_bytes_atomic
 from training.contract.config import TrainConfig
 from training.contract.config_io import save_config
+from training.contract.control import Control
 from training.contract.errors import UserError
-from training.contract.events import Control, EventWriter, reporting
+from training.contract.events import EventWriter
 from training.contract.layout import STATE_FILE, RunLayout, sample_file_name
 from training.contract.lora_check import SelfCheck
 from training.contract.prompts import load_prompts
 from training.plan.preflight import check_run_dir
 from training.plan.schedule import Schedule, perform
+from training.run.frame import reporting
 from training.run.metrics import LossEMA, Throughput
 
 STEP_SECONDS_ENV = "LORAFORGE_DRY_RUN_STEP_SECONDS"

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from training.contract.events import Control, EventWriter
+from training.contract.control import Control
+from training.contract.events import EventWriter
 from training.contract.layout import RunLayout
 from training.contract.prompts import load_prompts
 from training.models.conditioning import TextEmbeds, add_time_ids
@@ -24,7 +25,7 @@ from training.plan.schedule import perform
 from training.run.checkpoints import TrainState, save_lora_file, save_state
 from training.run.loss import per_sample_loss, random_timesteps, sample_noise
 from training.run.metrics import LossEMA, Throughput
-from training.run.prepare import StepParts, Trainer
+from training.run.parts import StepParts, Trainer
 from training.run.samples import generate_samples
 from training.run.validation import validation_loss
 

@@ -1,8 +1,8 @@
 """Everything before the first step: accelerator, base model, dataset and buckets, LoRA, caches, optimizer.
 
-``prepare()`` returns a Trainer holding what the loop needs, grouped by lifetime: the step's parts
-(``build_step_parts``, which ``training.bench`` uses too), the data, and the facts the run reports; it reports
-progress through the event stream.
+``prepare()`` builds the run's parts (``training.run.parts``): the step's parts through ``build_step_parts``,
+which ``training.bench`` uses too, the data, and the facts the run reports; it reports progress through the
+event stream.
 """
 
 from __future__ import annotations
@@ -19,13 +19,12 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from training.contract.config import TrainConfig
 from training.contract.errors import UserError
 from training.contract.events import EventWriter
-from training.data.buckets import assign_buckets, bucket_table
+from training.data.buckets import bucket_table, buckets_for
 from training.data.dataset import TrainDataset, collate
 from training.data.folder import DatasetScan, ImageItem, scan_dataset
 from training.data.latents import LatentCache
 from training.data.sampler import BucketBatchSampler
 from training.models.conditioning import TextEmbeds
-from training.models.families import Family
 from training.models.loading import BaseModel, load_base_model, load_vae
 from training.models.text import encode_text
 from training.networks.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora
@@ -33,82 +32,8 @@ from training.plan.preflight import advice
 from training.plan.schedule import Schedule, split_validation
 from training.run.checkpoints import register_lora_only_state
 from training.run.optim import make_optimizer, make_scheduler
-from training.run.validation import ValidationSet, build_validation_set
-
-
-@dataclass(frozen=True)
-class StepSettings:
-    """The config values one step reads."""
-
-    noise_offset: float
-    min_snr_gamma: float | None
-    max_grad_norm: float
-    clip_skip: int
-
-    @classmethod
-    def from_config(cls, cfg: TrainConfig) -> StepSettings:
-        return cls(cfg.noise_offset, cfg.min_snr_gamma, cfg.max_grad_norm, cfg.clip_skip)
-
-
-@dataclass
-class StepParts:
-    """What ``training.run.loop.train_step`` needs, and nothing else: built by ``build_step_parts`` for training
-    and for ``training.bench`` alike, so the benchmark times the very step that trains."""
-
-    accelerator: Accelerator
-    unet: torch.nn.Module  # as accelerate wrapped it (and torch.compile, when asked)
-    text_encoders: list[torch.nn.Module]  # every encoder of the model (trained ones as accelerate wrapped them)
-    trained_models: list[torch.nn.Module]  # the UNet and the trained encoders: what gradient accumulation tracks
-    params: list[torch.nn.Parameter]
-    optimizer: Any
-    lr_scheduler: Any
-    noise_scheduler: Any
-    tokenizers: list[Any]
-    vae: Any | None  # None when every batch brings its latents (the benchmark)
-    text_cache: dict[str, TextEmbeds] | None
-    weight_dtype: torch.dtype
-    generator: torch.Generator  # noise and timesteps; saved with the state so a resumed run draws the same
-    settings: StepSettings
-
-
-@dataclass
-class TrainData:
-    """What feeds the steps and the validation loss."""
-
-    dataset: TrainDataset
-    sampler: BucketBatchSampler
-    dataloader: Any
-    latent_cache: LatentCache | None
-    validation: ValidationSet | None
-
-
-@dataclass(frozen=True)
-class RunFacts:
-    """What the start event and every LoRA file's metadata report about the run."""
-
-    scan: DatasetScan
-    bucket_counts: dict[tuple[int, int], int]
-    schedule: Schedule
-    family: Family
-    group_names: list[str]  # optimizer parameter groups in order: "unet", "text_encoder", "text_encoder_2"
-
-
-@dataclass
-class Trainer:
-    """One run's parts, grouped by what uses them: the step, the data, the reported facts; ``base`` is the frozen
-    model that sampling, validation and saving read."""
-
-    cfg: TrainConfig
-    run_dir: Path
-    base: BaseModel
-    parts: StepParts
-    data: TrainData
-    facts: RunFacts
-
-    @property
-    def trained_encoders(self) -> list[int]:
-        return self.cfg.trained_text_encoders(len(self.base.text_encoders))
-
+from training.run.parts import RunFacts, StepParts, StepSettings, TrainData, Trainer
+from training.run.validation import build_validation_set
 
 TEXT_ENCODER_GROUPS = ("text_encoder", "text_encoder_2")
 
@@ -140,11 +65,6 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path, events: EventWriter) -> Ac
 
 def dtype_for(precision: str) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
-
-
-def buckets_for(cfg: TrainConfig, items: list[ImageItem]) -> list[tuple[int, int]]:
-    return assign_buckets([it.size for it in items], resolution=cfg.resolution_wh, enable_bucket=cfg.enable_bucket,
-                          min_reso=cfg.min_bucket_reso, max_reso=cfg.max_bucket_reso, step=cfg.bucket_reso_steps)
 
 
 def make_dataset(cfg: TrainConfig, scan: DatasetScan) -> TrainDataset:

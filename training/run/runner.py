@@ -11,12 +11,14 @@ import sys
 from pathlib import Path
 
 from training.contract.config import TrainConfig
-from training.contract.events import Control, EventWriter, reporting
+from training.contract.control import Control
+from training.contract.events import EventWriter
 from training.contract.layout import RunLayout, lora_name
 from training.data.folder import DatasetScan
 from training.plan.preflight import check_run_dir
 from training.plan.schedule import perform
 from training.run.checkpoints import TrainState, load_state
+from training.run.frame import reporting
 from training.run.loop import Loop, NonFiniteLoss
 from training.run.prepare import prepare
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from training.data.buckets import buckets_for
 from training.data.images import crop_geometry, fit_to_bucket, load_image, to_tensor
 from training.models.conditioning import TextEmbeds, add_time_ids
 from training.models.text import encode_text
@@ -47,8 +48,6 @@ def _encode_image(base: BaseModel, item: ImageItem, bucket: tuple[int, int], cac
 
 def build_validation_set(cfg: TrainConfig, base: BaseModel, items: list[ImageItem], kind: str,
                          cache: LatentCache | None, device) -> ValidationSet:
-    from training.run.prepare import buckets_for
-
     n_steps = base.noise_scheduler.config.num_train_timesteps
     timesteps = torch.tensor([int(f * n_steps) for f in TIMESTEP_FRACTIONS], device=device)
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)

@@ -1,0 +1,69 @@
+"""A preset's ``[preset]`` table: what a presets/*.toml says about itself (name, description, model family, the
+community loss band for the chart), read here once for the UI's preset picker, the CLI's family check and a run's
+``preset.json``. The settings below the table are ordinary config keys (``training.contract.config_io``).
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.contract.config_io import ConfigError
+
+
+def parse_band(value: Any) -> tuple[float, float] | None:
+    """``loss_band = [lo, hi]`` as a tuple, or None when absent or malformed (no band beats a wrong one)."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) and 0 <= lo < hi else None
+
+
+@dataclass(frozen=True)
+class PresetInfo:
+    key: str                # the file's stem, e.g. "sd15-anime"
+    name: str
+    description: str = ""
+    family: str = ""        # "sd1", "sd2", "sdxl", or "" when the preset does not say
+    loss_band: tuple[float, float] | None = None
+
+    @classmethod
+    def from_table(cls, key: str, table: dict[str, Any]) -> PresetInfo:
+        return cls(key=key, name=str(table.get("name") or key), description=str(table.get("description", "")),
+                   family=str(table.get("family") or ""), loss_band=parse_band(table.get("loss_band")))
+
+    @classmethod
+    def read(cls, path: Path) -> PresetInfo | None:
+        """The file's ``[preset]`` table, or None without one; ConfigError (one line) for a file that is not TOML."""
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path.name}: not valid TOML: {err}") from None
+        table = data.get("preset")
+        return cls.from_table(path.stem, table) if isinstance(table, dict) else None
+
+    def record(self) -> dict[str, Any]:
+        """What a run keeps of its preset (``preset.json``): enough to draw the band and check the family."""
+        return {"key": self.key, "name": self.name, "family": self.family,
+                "loss_band": list(self.loss_band) if self.loss_band else None}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> PresetInfo:
+        return cls.from_table(str(record.get("key") or ""), record)
+
+
+def preset_family(paths: list[Path]) -> tuple[str, str] | None:
+    """(preset name, family) from the last of ``paths`` whose ``[preset]`` table names a family, else None."""
+    found = None
+    for path in paths:
+        try:
+            info = PresetInfo.read(path)
+        except (OSError, UnicodeDecodeError, ConfigError):
+            continue  # loading the config has already reported an unreadable file
+        if info is not None and info.family:
+            found = (info.name, info.family)
+    return found
