@@ -50,6 +50,7 @@ def wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float =
     raise AssertionError("no progress")
 
 
+@pytest.mark.slow
 def test_cli_trains_and_exports_a_checked_lora(tmp_path, tiny_sd1, dataset_dir):
     out = tmp_path / "run"
     config = write_config(tmp_path / "run.toml", tiny_sd1, dataset_dir, out, save_every_n_steps=6,
@@ -98,6 +99,7 @@ def test_cli_trains_and_exports_a_checked_lora(tmp_path, tiny_sd1, dataset_dir):
     assert again.returncode == 2 and "already holds a run" in again.stderr
 
 
+@pytest.mark.slow
 def test_stop_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_sd1, dataset_dir):
     common = {"max_train_steps": 24, "save_precision": "float", "lr_scheduler": "cosine", "network_dropout": 0.1}
     straight = tmp_path / "straight"
@@ -130,6 +132,7 @@ def test_stop_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_sd1, datas
         assert (a[key] - b[key]).abs().max() <= 1e-5 * (1 + a[key].abs().max()), key
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
 def test_ctrl_c_saves_lora_and_state(tmp_path, tiny_sd1, dataset_dir):
     out = tmp_path / "run"
@@ -160,6 +163,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_sd1, dataset_dir):
     assert result.returncode == 2 and "missing.safetensors does not exist" in result.stderr
 
 
+@pytest.mark.slow
 def test_corrupt_image_is_skipped_and_named(tmp_path, tiny_sd1, dataset_dir):
     broken = dataset_dir / "2_red" / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
@@ -170,6 +174,7 @@ def test_corrupt_image_is_skipped_and_named(tmp_path, tiny_sd1, dataset_dir):
     assert any("broken.png" in w for w in warnings)
 
 
+@pytest.mark.slow
 def test_a_run_that_failed_before_saving_can_be_retried_in_the_same_folder(tmp_path, tiny_sd1, dataset_dir):
     out = tmp_path / "run"
     not_a_lora = tmp_path / "broken.safetensors"

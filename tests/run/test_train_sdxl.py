@@ -29,6 +29,7 @@ def mixed_sizes(tmp_path) -> Path:
     return folder.parent
 
 
+@pytest.mark.slow
 def test_cli_trains_sdxl_with_both_text_encoders_and_exports_kohya_sdxl(tmp_path, tiny_sdxl, dataset_dir):
     from diffusers import StableDiffusionXLPipeline
     from lora_checks import apply_with_diffusers

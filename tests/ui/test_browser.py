@@ -87,6 +87,7 @@ def step_shown(page) -> int:
     return int(found[1]) if found else 0
 
 
+@pytest.mark.slow
 def test_new_user_journey(page, trained_demo, tmp_path):
     """A new user's first session after trying the demo: the page shows the demo run, its settings load from
     demo.toml, a caption of its dataset is edited, the anime preset trains, stops and resumes to the end, then the

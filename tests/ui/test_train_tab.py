@@ -48,6 +48,7 @@ def captions(gallery: list[dict[str, Any]]) -> list[str]:
 # --- Try the demo: a real run on the tiny random model
 
 
+@pytest.mark.slow
 def test_try_the_demo_fills_the_form_and_says_it_is_a_pipeline_check(trained_demo):
     demo_dir = trained_demo.app.settings.demo_dir
     assert trained_demo.message.startswith(f"**{DEMO_LABEL}.**\n\n**started**"), trained_demo.message
@@ -57,6 +58,7 @@ def test_try_the_demo_fills_the_form_and_says_it_is_a_pipeline_check(trained_dem
     assert trained_demo.values["max_train_steps"] == 48
 
 
+@pytest.mark.slow
 def test_demo_run_reaches_done_with_a_checked_lora(trained_demo):
     assert trained_demo.final["status"].startswith("**done**"), trained_demo.final["log"]
     assert DEMO_LABEL in trained_demo.final["status"] and trained_demo.final["guidance"].startswith("**The run is done")
@@ -72,6 +74,7 @@ def test_demo_run_reaches_done_with_a_checked_lora(trained_demo):
     assert len(events_of(run_dir, "val")) >= 2
 
 
+@pytest.mark.slow
 def test_demo_samples_are_grouped_by_step_newest_first(trained_demo):
     texts = captions(trained_demo.final["samples"])
     assert len(texts) == 6  # 2 prompts at steps 16, 32, 48
@@ -81,6 +84,7 @@ def test_demo_samples_are_grouped_by_step_newest_first(trained_demo):
     assert steps == sorted(steps, reverse=True)
 
 
+@pytest.mark.slow
 def test_demo_in_dry_run_mode_prepares_for_real_and_replays(client, dry_app, trained_demo):
     wait_idle(dry_app)
     # An earlier demo in the data folder is reused, not rebuilt.
