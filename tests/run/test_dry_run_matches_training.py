@@ -7,7 +7,7 @@ from pathlib import Path
 from tiny_models import make_image_dataset
 
 from training.contract.config import TrainConfig
-from training.contract.events import read_events
+from training.contract.events import Checkpoint, read_events
 from training.run.dry_run import STEP_SECONDS_ENV, SYNTHETIC_IMAGES, dry_run
 from training.run.runner import run
 
@@ -39,6 +39,9 @@ def test_dry_run_and_training_validate_sample_and_save_at_the_same_steps(tmp_pat
                 ("val", 10), ("checkpoint", 10)]
     assert points(dry) == expected
     assert points(real) == expected
+    # a save's epoch is the epochs completed by then, in both
+    saves = {name: [(e.step, e.epoch) for e in read_events(name) if isinstance(e, Checkpoint)] for name in (real, dry)}
+    assert saves[real] == saves[dry] == [(3, 0), (5, 1), (6, 1), (9, 1), (10, 2)]
     start = {name: next(e for e in read_events(name) if e["event"] == "start") for name in (real, dry)}
     assert {k: start[real][k] for k in ("total_steps", "total_epochs", "steps_per_epoch")} == {
         k: start[dry][k] for k in ("total_steps", "total_epochs", "steps_per_epoch")}

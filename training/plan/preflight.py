@@ -32,19 +32,25 @@ def preflight(cfg: TrainConfig) -> DatasetScan:
     data = Path(cfg.train_data_dir).expanduser()
     if not data.is_dir():
         raise UserError(f"train_data_dir: folder {data} does not exist")
-    if not cfg.output_dir:
-        raise UserError("output_dir is not set: give the folder where the LoRA and run files go")
-    for key in ("resume", "network_weights"):
-        value = getattr(cfg, key)
-        if value and not Path(value).expanduser().exists():
-            raise UserError(f"{key}: {value} does not exist")
+    if cfg.network_weights and not Path(cfg.network_weights).expanduser().exists():
+        raise UserError(f"network_weights: {cfg.network_weights} does not exist")
     if cfg.network_weights and not cfg.network_weights.lower().endswith(".safetensors"):
         raise UserError(f"network_weights: {cfg.network_weights} is not a .safetensors LoRA file")
+    check_outputs(cfg)
+    return scan_dataset(data, cfg.caption_extension)
+
+
+def check_outputs(cfg: TrainConfig) -> None:
+    """What every run needs, a dry run too: a folder to write into, a real state to resume from, prompts for the
+    samples it is told to make."""
+    if not cfg.output_dir:
+        raise UserError("output_dir is not set: give the folder where the LoRA and run files go")
+    if cfg.resume and not Path(cfg.resume).expanduser().exists():
+        raise UserError(f"resume: {cfg.resume} does not exist")
     if cfg.resume and not is_state_dir(Path(cfg.resume)):
         raise UserError(f"resume: {cfg.resume} is not a saved state folder (no train_state.json in it)")
     if (cfg.sample_every_n_steps or cfg.sample_every_n_epochs) and not cfg.sample_prompts:
         raise UserError("sample_every_n_steps/epochs is set but sample_prompts is empty: add prompts or unset it")
-    return scan_dataset(data, cfg.caption_extension)
 
 
 def preset_mismatch(family: str, model: str, preset_name: str, wanted: str | None) -> str | None:

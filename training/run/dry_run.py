@@ -28,7 +28,7 @@ from training.contract.events import EventWriter
 from training.contract.layout import STATE_FILE, RunLayout, sample_file_name
 from training.contract.lora_check import SelfCheck
 from training.contract.prompts import load_prompts
-from training.plan.preflight import check_run_dir
+from training.plan.preflight import check_outputs, check_run_dir
 from training.plan.schedule import Schedule, perform
 from training.run.frame import reporting
 from training.run.metrics import LossEMA, Throughput
@@ -67,17 +67,11 @@ def step_seconds() -> float:
 
 def check_config(cfg: TrainConfig) -> int:
     """The parts of preflight that need neither the base model nor the dataset; returns the step to resume at."""
-    if not cfg.output_dir:
-        raise UserError("output_dir is not set: give the folder where the LoRA and run files go")
-    if (cfg.sample_every_n_steps or cfg.sample_every_n_epochs) and not cfg.sample_prompts:
-        raise UserError("sample_every_n_steps/epochs is set but sample_prompts is empty: add prompts or unset it")
+    check_outputs(cfg)
     check_run_dir(cfg, Path(cfg.output_dir))
     if not cfg.resume:
         return 0
-    state_file = Path(cfg.resume) / STATE_FILE
-    if not state_file.is_file():
-        raise UserError(f"resume: {cfg.resume} is not a saved state folder (no train_state.json in it)")
-    return int(json.loads(state_file.read_text(encoding="utf-8")).get("global_step", 0))
+    return int(json.loads((Path(cfg.resume) / STATE_FILE).read_text(encoding="utf-8")).get("global_step", 0))
 
 
 def write_placeholder_lora(path: Path, metadata: dict[str, str]) -> None:
