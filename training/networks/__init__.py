@@ -1,0 +1,2 @@
+"""The adapters injected into the base model's UNet and text encoders (``lora``: peft LoRA on the attention
+projections)."""
