@@ -84,6 +84,11 @@ def test_epoch_of_a_step_is_one_based():
     assert [s.epoch_of(step) for step in (0, 1, 5, 6, 10, 11, 12)] == [1, 1, 1, 2, 2, 3, 3]
 
 
+def test_a_save_counts_the_epoch_its_step_ends_as_done():
+    s = schedule(max_train_steps=12)  # 5 steps per epoch
+    assert [s.epochs_done(step) for step in (1, 4, 5, 6, 10, 12)] == [0, 0, 1, 1, 2, 2]
+
+
 def test_requested_save_always_keeps_the_state():
     assert schedule(max_train_steps=10).requested_save(7) == Action(SAVE, "cat-step00000007", with_state=True)
 

@@ -25,23 +25,23 @@ def test_dry_run_and_training_validate_sample_and_save_at_the_same_steps(tmp_pat
     cfg = TrainConfig(pretrained_model_name_or_path=str(tiny_sd1), train_data_dir=str(data), resolution="64",
                       min_bucket_reso=64, max_bucket_reso=128, network_dim=4, network_alpha=4.0, mixed_precision="no",
                       seed=5, network_train_unet_only=True, train_batch_size=4, max_train_epochs=2,
-                      validation_split=0, validation_every_n_steps=4, save_every_n_steps=3, save_every_n_epochs=1,
+                      validation_split=0, validation_every_n_steps=4, save_every_n_steps=5, save_every_n_epochs=1,
                       sample_every_n_steps=7, sample_every_n_epochs=1, sample_prompts="a red circle --s 2")
     real, dry = tmp_path / "real", tmp_path / "dry"
     assert run(cfg.model_copy(update={"output_dir": str(real)})) == "done"
     assert dry_run(cfg.model_copy(update={"output_dir": str(dry)})) == "done"
 
-    # validation every 4 steps and at the end, saves every 3 steps and after epoch 1 (of 5 steps), samples at step 7
-    # and after each epoch, the final LoRA at step 10
-    expected = [("val", 0), ("step", 1), ("step", 2), ("step", 3), ("checkpoint", 3), ("step", 4), ("val", 4),
-                ("step", 5), ("checkpoint", 5), ("sample", 5), ("step", 6), ("checkpoint", 6), ("step", 7),
-                ("sample", 7), ("step", 8), ("val", 8), ("step", 9), ("checkpoint", 9), ("step", 10), ("sample", 10),
-                ("val", 10), ("checkpoint", 10)]
+    # validation every 4 steps and at the end; after step 5, which ends epoch 1 (of 5 steps), the per-step save and
+    # the per-epoch one, then the epoch's sample; a sample at step 7; after step 10 the epoch's sample, the last
+    # validation and the final LoRA (no per-step or per-epoch file at the end)
+    expected = [("val", 0), ("step", 1), ("step", 2), ("step", 3), ("step", 4), ("val", 4), ("step", 5),
+                ("checkpoint", 5), ("checkpoint", 5), ("sample", 5), ("step", 6), ("step", 7), ("sample", 7),
+                ("step", 8), ("val", 8), ("step", 9), ("step", 10), ("sample", 10), ("val", 10), ("checkpoint", 10)]
     assert points(dry) == expected
     assert points(real) == expected
-    # a save's epoch is the epochs completed by then, in both
+    # a save's epoch is the epochs completed by then, in both: the step save at step 5 ends epoch 1 too
     saves = {name: [(e.step, e.epoch) for e in read_events(name) if isinstance(e, Checkpoint)] for name in (real, dry)}
-    assert saves[real] == saves[dry] == [(3, 0), (5, 1), (6, 1), (9, 1), (10, 2)]
+    assert saves[real] == saves[dry] == [(5, 1), (5, 1), (10, 2)]
     start = {name: next(e for e in read_events(name) if e["event"] == "start") for name in (real, dry)}
     assert {k: start[real][k] for k in ("total_steps", "total_epochs", "steps_per_epoch")} == {
         k: start[dry][k] for k in ("total_steps", "total_epochs", "steps_per_epoch")}

@@ -66,6 +66,11 @@ class Schedule:
         """The 1-based epoch a step trains in (step 0 counts as epoch 1)."""
         return (max(step, 1) - 1) // self.steps_per_epoch + 1
 
+    def epochs_done(self, step: int) -> int:
+        """Epochs completed once ``step`` has trained: a save's epoch (the checkpoint event's, the file's ss_epoch).
+        A step that ends an epoch completes it, also when its save comes before the loop moves to the next epoch."""
+        return step // self.steps_per_epoch
+
     def is_done(self, step: int) -> bool:
         return step >= self.total_steps
 

@@ -48,7 +48,7 @@ def training_facts(tr: Trainer, state: TrainState) -> dict[str, Any]:
         "num_train_images": facts.scan.num_train_images,
         "num_batches_per_epoch": facts.schedule.batches_per_epoch,
         "num_epochs": facts.schedule.total_epochs,
-        "epoch": state.epoch,
+        "epoch": tr.facts.schedule.epochs_done(state.global_step),
         "steps": state.global_step,
         "max_train_steps": facts.schedule.total_steps,
         "tag_frequency": facts.scan.tag_frequency(),

@@ -164,11 +164,6 @@ class DryRun:
                          images_per_s=round(self.speed.images_per_second(), 3), elapsed=round(now - self.t0, 1),
                          eta=round(self.speed.eta(total - self.step), 1), peak_mem_gb=None)
 
-    @property
-    def epochs_done(self) -> int:
-        """Epochs completed by now, as the real loop's TrainState.epoch (the checkpoint event's epoch)."""
-        return self.step // self.schedule.steps_per_epoch
-
     def after_step(self) -> bool:
         """The schedule's work, then the control flags, in the real loop's order; True when a stop was requested."""
         step, schedule = self.step, self.schedule
@@ -205,7 +200,7 @@ class DryRun:
                                       "ss_network_dim": str(self.cfg.network_dim), "loraforge_dry_run": "true"})
         self.last_checkpoint = str(path)
         check = SelfCheck.placeholder()
-        self.events.emit("checkpoint", step=self.step, epoch=self.epochs_done, path=str(path),
+        self.events.emit("checkpoint", step=self.step, epoch=self.schedule.epochs_done(self.step), path=str(path),
                          check=check.summary(), check_result=check.to_event())
         if with_state:
             self.save_state(name)
@@ -215,7 +210,7 @@ class DryRun:
     def save_state(self, name: str) -> Path:
         state_dir = self.layout.state_dir(name)
         state_dir.mkdir(parents=True, exist_ok=True)
-        state = {"global_step": self.step, "epoch": self.epochs_done, "dry_run": True,
+        state = {"global_step": self.step, "epoch": self.schedule.epochs_done(self.step), "dry_run": True,
                  "last_checkpoint": self.last_checkpoint}
         write_atomic(state_dir / STATE_FILE, json.dumps(state, indent=1))
         self.events.emit("state_saved", step=self.step, path=str(state_dir))

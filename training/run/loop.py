@@ -211,7 +211,8 @@ class Loop:
             path, check = save_lora_file(tr, self.state, name)
             self.state.last_checkpoint = str(path)
             # epoch: epochs completed at save time, as in the file's ss_epoch (not the step events' 1-based epoch)
-            self.events.emit("checkpoint", step=self.state.global_step, epoch=self.state.epoch, path=str(path),
+            epoch = self.schedule.epochs_done(self.state.global_step)
+            self.events.emit("checkpoint", step=self.state.global_step, epoch=epoch, path=str(path),
                              check=check.summary(), check_result=check.to_event())
         if with_state:
             self.state.ema = vars(self.ema).copy()
