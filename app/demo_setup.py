@@ -15,11 +15,11 @@ from app.form import config_to_values
 from app.settings import Settings
 from training.contract.config_io import load_config
 from training.contract.errors import UserError
-from training.contract.services import DEMO_LABEL
+from training.contract.layout import JOB_FILE
+from training.contract.services import DEMO_CONFIG, DEMO_LABEL
 
 __all__ = ["DEMO_LABEL", "demo_values", "is_demo_run", "prepare"]
 PREPARE_TIMEOUT_S = 600.0
-CONFIG_NAME = "demo.toml"
 
 
 def prepare_command(demo_dir: Path) -> list[str]:
@@ -41,7 +41,7 @@ def prepare(settings: Settings, timeout: float = PREPARE_TIMEOUT_S) -> Path:
     if out.returncode != 0:
         last = next((ln for ln in reversed(out.stderr.splitlines()) if ln.strip()), f"exit status {out.returncode}")
         raise UserError(last.removeprefix("error: "))
-    config = demo_dir / CONFIG_NAME
+    config = demo_dir / DEMO_CONFIG
     if not config.is_file():
         raise UserError(f"the demo preparation ended without writing {config}")
     return config
@@ -59,7 +59,7 @@ def is_demo_run(run_dir: Path, settings: Settings) -> bool:
     import tomllib
 
     try:
-        job = tomllib.loads((run_dir / "job.toml").read_text(encoding="utf-8"))
+        job = tomllib.loads((run_dir / JOB_FILE).read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError):
         return False
     model = str((job.get("model") or {}).get("pretrained_model_name_or_path") or "")

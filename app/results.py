@@ -21,6 +21,7 @@ from training.contract import st_header
 from training.contract.atomic import atomic_path, write_atomic
 from training.contract.errors import UserError
 from training.contract.events import Checkpoint, Done, read_events
+from training.contract.layout import RunLayout
 from training.contract.lora_check import SelfCheck
 
 SETTINGS_FILE = "ui-settings.json"
@@ -111,7 +112,7 @@ def run_choices(supervisor: JobSupervisor) -> list[tuple[str, str]]:
     """(label, value) per run, newest first: ``name · stamp · status · n saves``."""
     choices = []
     for s in supervisor.discover():
-        count = sum(1 for _ in s.run_dir.glob("*.safetensors"))
+        count = sum(1 for _ in RunLayout(s.run_dir).loras())
         label = f"{s.output_name} · {s.run_id} · {s.status} · {count} save{'' if count == 1 else 's'}"
         choices.append((label, run_value(supervisor.data_dir, s.run_dir)))
     return choices
@@ -126,7 +127,7 @@ def run_saves(run_dir: Path) -> list[SaveInfo]:
     done = {Path(e.path).name for e in events if isinstance(e, Done) and e.path}
     by_name = {Path(e.path).name: e for e in events if isinstance(e, Checkpoint) and e.path}
     saves = []
-    for path in run_dir.glob("*.safetensors"):
+    for path in RunLayout(run_dir).loras():
         event = by_name.get(path.name)  # None: a file this run's events do not name (copied in, or older)
         try:
             size = path.stat().st_size

@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.contract.layout import RunLayout
 from training.models.families import ASSETS, TOKENIZER_DIR
 
 
@@ -158,6 +159,7 @@ def make_image_dataset(root: Path, concepts: dict[str, int] | None = None, size=
 # --- the demo folder: model/, dataset/<repeats>_<concept>/, demo.toml
 
 DEMO_LABEL = "Pipeline check on a tiny random model — not a useful LoRA"
+DEMO_CONFIG = "demo.toml"  # in the demo folder: the run settings, pointing at the model and dataset beside it
 BUNDLED_DATASET = ASSETS / "demo_dataset" / "lfbot"  # made by assets/demo_dataset/build.py
 CONCEPT_FOLDER = "2_lfbot"  # kohya folder name: 2 repeats of the concept "lfbot"
 MODEL_MARKER = "loraforge-demo.json"  # written last into the model folder: its presence means "complete"
@@ -283,7 +285,7 @@ def prepare_demo(root: Path) -> PreparedDemo:
     root.mkdir(parents=True, exist_ok=True)
     built = prepare_model(root / "model")
     copied = prepare_dataset(root / "dataset")
-    config = root / "demo.toml"
+    config = root / DEMO_CONFIG
     text = demo_toml(root / "model", root / "dataset", root / "run")
     if not config.is_file() or config.read_text(encoding="utf-8") != text:
         write_atomic(config, text)
@@ -293,7 +295,7 @@ def prepare_demo(root: Path) -> PreparedDemo:
 def fresh_run_dir(root: Path) -> Path:
     """root/run, or root/run-2, run-3, ...: the trainer never reuses a folder that holds a run."""
     out, n = root / "run", 1
-    while (out / "events.jsonl").exists():
+    while RunLayout(out).events.exists():
         n += 1
         out = root / f"run-{n}"
     return out

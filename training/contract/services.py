@@ -12,7 +12,7 @@ Importing it costs no torch (a test imports all of ``app/`` with torch made unim
 from training.compare import MAX_STEPS as COMPARE_MAX_STEPS
 from training.compare import parse_strengths
 from training.data.folder import CONCEPT_DIR, IMAGE_EXTENSIONS, concept_folders, image_files
-from training.demo import DEMO_LABEL
+from training.demo import DEMO_CONFIG, DEMO_LABEL
 from training.models.detect import FAMILY_LABELS, detect_family
 from training.plan.dataset_check import check_dataset, md_escape
 from training.plan.preflight import looks_like_path, preflight, preset_mismatch
@@ -21,6 +21,7 @@ from training.run.dry_run import check_config as dry_run_preflight
 __all__ = [
     "COMPARE_MAX_STEPS",
     "CONCEPT_DIR",
+    "DEMO_CONFIG",
     "DEMO_LABEL",
     "FAMILY_LABELS",
     "IMAGE_EXTENSIONS",

@@ -19,6 +19,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from training.contract.config import TrainConfig
 from training.contract.errors import UserError
 from training.contract.events import EventWriter
+from training.contract.layout import LATENT_CACHE_DIR
 from training.data.buckets import bucket_table, buckets_for
 from training.data.dataset import TrainDataset, collate
 from training.data.folder import DatasetScan, ImageItem, scan_dataset
@@ -218,7 +219,7 @@ def build_caches(cfg: TrainConfig, base: BaseModel, data: LoadedData, run_dir: P
     base.vae.to(device)
     if cfg.cache_latents:
         events.emit("status", phase="caching_latents", msg=f"encoding {len(data.train_items)} images with the VAE")
-        cache_dir = run_dir.parent / ".latent_cache" if cfg.cache_latents_to_disk else None
+        cache_dir = run_dir.parent / LATENT_CACHE_DIR if cfg.cache_latents_to_disk else None
         latent_cache = LatentCache(base.vae, cache_dir, device, base.vae.dtype)
         val_buckets = buckets_for(cfg, data.val_items)
         val_jobs = [(it.path, b, False) for it, b in zip(data.val_items, val_buckets, strict=True)]
