@@ -61,6 +61,14 @@ def dry_app(tmp_path_factory) -> Iterator[UiApp]:
             os.environ["LORAFORGE_DRY_RUN_STEP_SECONDS"] = previous
 
 
+@pytest.fixture(scope="module")
+def client(dry_app):
+    """gradio_client on the dry-run app (a module may serve its own app and override this)."""
+    from gradio_client import Client
+
+    return Client(dry_app.url, verbose=False)
+
+
 @pytest.fixture(scope="session")
 def real_app(tmp_path_factory) -> Iterator[UiApp]:
     """Runs are real trainer processes (the tiny demo model trains on the CPU in seconds). One app for the session:

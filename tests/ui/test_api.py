@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import pytest
 from gradio_client import Client
-from ui_helpers import NOISE_FILTERS, serve, stop_all, wait_for
+from ui_helpers import NOISE_FILTERS, wait_for
 
 from app.runs import pid_alive, replay
 
 pytestmark = [pytest.mark.filterwarnings(f) for f in NOISE_FILTERS]
 
 SHORT_RUN = {"max_train_steps": 40, "sample_prompts": "a cat", "sample_every_n_steps": 20}
-
-
-@pytest.fixture(scope="module")
-def client(dry_app):
-    return Client(dry_app.url, verbose=False)
 
 
 def newest_runs(supervisor):
@@ -95,21 +90,12 @@ def test_save_toml_refuses_paths_outside_data_dir(client, dry_app):
     assert "python -m training --config" in text
 
 
-@pytest.fixture
-def real_app(tmp_path):
-    ui, demo = serve(tmp_path, dry_run=False)
-    try:
-        yield ui
-    finally:
-        stop_all(ui.supervisor)
-        demo.close()
-
-
 def test_real_mode_checks_the_model_and_dataset_paths(real_app, tmp_path):
     client = Client(real_app.url, verbose=False)
+    runs_before = len(real_app.supervisor.discover())
     text = client.predict(pretrained_model_name_or_path="", api_name="/start_run")[0]
     assert text.startswith("**Not started:**") and "pretrained_model_name_or_path is not set" in text
     text = client.predict(pretrained_model_name_or_path=str(tmp_path / "nope.safetensors"),
                           api_name="/start_run")[0]
     assert "does not exist" in text
-    assert not real_app.supervisor.discover()  # nothing was started or queued
+    assert len(real_app.supervisor.discover()) == runs_before  # nothing was started or queued

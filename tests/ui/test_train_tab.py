@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gradio_client import Client
 from ui_helpers import NOISE_FILTERS, UiApp, run_of, show, wait_for
 
 from app.demo_setup import DEMO_LABEL
@@ -20,11 +19,6 @@ from training.contract.events import read_events
 pytestmark = [pytest.mark.filterwarnings(f) for f in NOISE_FILTERS]
 
 FIELDS = [s.name for s in field_specs()]
-
-
-@pytest.fixture(scope="module")
-def client(dry_app) -> Client:
-    return Client(dry_app.url, verbose=False)
 
 
 def wait_idle(app: UiApp) -> None:
