@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from timing import scaled
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,6 +142,6 @@ for mod in pkgutil.walk_packages(app.__path__, "app."):
     importlib.import_module(mod.name)
 print("ok", len(sys.modules))
 """
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=scaled(120))
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("ok")

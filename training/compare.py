@@ -116,6 +116,7 @@ def check_job(args: argparse.Namespace) -> CompareJob:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"--out {out.parent}: cannot create the folder ({err.strerror or err})") from None
+    check_family_before_loading(cfg.pretrained_model_name_or_path, lora)
     return CompareJob(cfg, lora, args.prompt.strip(), args.negative, args.seed, parse_strengths(args.strengths),
                       args.steps, args.cfg_scale, args.sampler or cfg.sample_sampler, out)
 
@@ -145,6 +146,24 @@ def check_family(metadata: dict[str, str], family: Any) -> None:
         made_for = metadata.get("ss_base_model_version") or ("SD2.x" if marker == "True" else "SD1.x")
         raise UserError(f"made for {made_for} (ss_v2 = {marker}), but the run's base model is {family.name}; "
                         f"compare it on a base of its own family")
+
+
+def check_family_before_loading(model: str, lora: Path) -> None:
+    """check_family from the two files' headers, torch-free, so a LoRA of another family is refused in a second.
+    A hub id or a model whose header says nothing is left to the same check after loading (in render)."""
+    from training.contract import st_header
+    from training.models.detect import detect_family
+    from training.models.families import FAMILIES
+
+    try:
+        metadata = st_header.read_header(lora)[0].get("__metadata__") or {}
+        family = FAMILIES[detect_family(Path(model).expanduser())]
+    except (OSError, ValueError, KeyError, UserError):
+        return
+    try:
+        check_family(metadata, family)
+    except UserError as err:
+        raise UserError(f"--lora {lora.name}: {err}") from None
 
 
 def compute_dtype(cfg: TrainConfig, device: Any) -> Any:

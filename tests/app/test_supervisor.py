@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from timing import scaled
 
 from app.runs import UNEXPECTED_END, pid_alive, terminate_group
 from app.supervisor import JobSupervisor, RunSnapshot
@@ -184,7 +185,7 @@ def test_terminate_group_kills_a_child_that_ignores_sigterm_and_its_grandchildre
         grandchild = int(proc.stdout.readline())
         started = time.monotonic()
         terminate_group(proc.pid, lambda: proc.poll() is None, kill_after_s=0.5)
-        assert proc.wait(timeout=5) == -signal.SIGKILL and time.monotonic() - started < 5
+        assert proc.wait(timeout=scaled(5)) == -signal.SIGKILL and time.monotonic() - started < scaled(5)
         deadline = time.monotonic() + 5
         while pid_alive(grandchild) and time.monotonic() < deadline:
             time.sleep(0.05)

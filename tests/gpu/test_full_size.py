@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from timing import scaled
 
 pytestmark = pytest.mark.gpu
 
@@ -24,7 +25,7 @@ SDXL_BUDGET = ("--family", "sdxl", "--rank", "16", "--precision", "bf16", "--gra
 
 def run_bench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "training.bench", *args], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=scaled(600))
 
 
 @functools.cache

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from PIL import Image
+from timing import scaled
 
 from training.__main__ import env_report
 from training.contract.config_io import config_from_dict
@@ -33,7 +34,7 @@ def test_bundled_dataset_is_small_captioned_and_varied():
 
 def test_committed_images_are_what_the_build_script_draws(tmp_path):
     subprocess.run([sys.executable, str(BUNDLED_DATASET.parent / "build.py"), str(tmp_path)], check=True,
-                   capture_output=True, timeout=60)
+                   capture_output=True, timeout=scaled(60))
     written = sorted(tmp_path.glob("*.png"))
     assert sorted(p.name for p in written) == sorted(p.name for p in BUNDLED_DATASET.glob("*.png"))
     for path in written:
@@ -61,7 +62,7 @@ def test_env_report_words_each_case():
 
 def test_env_report_json_from_the_cli():
     out = subprocess.run([sys.executable, "-m", "training", "--env-report", "--json"], capture_output=True,
-                         text=True, timeout=120, cwd=ROOT, check=True)
+                         text=True, timeout=scaled(120), cwd=ROOT, check=True)
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert {"python", "torch", "cuda", "gpus", "mps", "error"} <= set(info)
     assert info["python"].count(".") == 2 and isinstance(info["gpus"], list)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from timing import scaled
 
 from training.contract.config import TrainConfig
 from training.contract.config_io import save_config
@@ -39,7 +40,7 @@ def child_env(step_seconds: float) -> dict[str, str]:
 
 
 def run_dry(job: Path, *extra: str, step_seconds: float = 0.002) -> subprocess.CompletedProcess:
-    return subprocess.run(dry_run_cmd(job, *extra), capture_output=True, text=True, timeout=30,
+    return subprocess.run(dry_run_cmd(job, *extra), capture_output=True, text=True, timeout=scaled(30),
                           env=child_env(step_seconds), cwd=ROOT)
 
 
@@ -110,7 +111,7 @@ def test_control_flags_sample_save_and_stop(tmp_path):
         wait_for_event(run, "state_saved")
         wait_for_event(run, "sample")
         Control(run).request("stop")
-        assert proc.wait(timeout=10) == 0, proc.stderr.read()
+        assert proc.wait(timeout=scaled(10)) == 0, proc.stderr.read()
     finally:
         proc.kill()
         proc.wait()
@@ -138,7 +139,7 @@ def test_sigterm_stops_like_the_real_run(tmp_path):
     try:
         wait_for_event(tmp_path / "run", "step")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=scaled(10)) == 0
     finally:
         proc.kill()
         proc.wait()
@@ -178,10 +179,10 @@ def test_a_dry_run_never_imports_torch(tmp_path):
              "print(code, heavy)\n")
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=child_env(0.001),
-                         cwd=ROOT, timeout=30)
+                         cwd=ROOT, timeout=scaled(30))
     assert out.stdout.strip().splitlines()[-1] == "0 []", out.stderr
     assert read_events(tmp_path / "run")[-1]["event"] == "done"
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < scaled(10)  # no model, no dataset: a UI test's run is seconds
 
 
 def test_importing_the_dry_run_module_pulls_no_torch():

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from lora_checks import apply_with_diffusers
 from safetensors.torch import load_file
+from timing import scaled
 
 from training.contract.control import Control
 from training.contract.events import read_events
@@ -30,8 +31,8 @@ def write_config(path: Path, model: Path, data: Path, out: Path, **extra) -> Pat
 
 
 def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True, timeout=300,
-                          **kwargs)
+    return subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True,
+                          timeout=scaled(300), **kwargs)
 
 
 def start_cli(*args: str) -> subprocess.Popen:
@@ -111,7 +112,7 @@ def test_stop_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_sd1, datas
     proc = start_cli("--config", str(config))
     wait_for_step(stopped, 5, proc)
     Control(stopped).request("stop")  # what the UI's Stop button does
-    assert proc.wait(timeout=120) == 0
+    assert proc.wait(timeout=scaled(120)) == 0
     last = read_events(stopped)[-1]
     assert last["event"] == "stopped" and 5 <= last["step"] < 24
     assert Path(last["last_checkpoint"]).is_file() and Path(last["state"]).is_dir()
@@ -140,7 +141,7 @@ def test_ctrl_c_saves_lora_and_state(tmp_path, tiny_sd1, dataset_dir):
                                                   max_train_steps=100000)))
     wait_for_step(out, 3, proc)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 0
+    assert proc.wait(timeout=scaled(120)) == 0
     last = read_events(out)[-1]
     assert last["event"] == "stopped"
     assert Path(last["last_checkpoint"]).is_file()

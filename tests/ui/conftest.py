@@ -15,6 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # ui_helpers, whatever the import mode
 
+from timing import ms
 from ui_helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -116,7 +117,7 @@ def page():
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.set_default_timeout(30_000)
+            page.set_default_timeout(ms(30))
             yield page
         finally:
             browser.close()

@@ -10,7 +10,8 @@ import re
 
 import pytest
 from PIL import Image
-from ui_helpers import ARTIFACTS, NOISE_FILTERS, fill
+from timing import ms
+from ui_helpers import ARTIFACTS, NOISE_FILTERS, fill, run_of, wait_for
 
 pytestmark = [pytest.mark.e2e, *(pytest.mark.filterwarnings(f) for f in NOISE_FILTERS)]
 
@@ -50,7 +51,7 @@ def test_preset_dry_run_end_to_end(page, dry_app):
     fill(page, "#cfg-output_name input", "anime-e2e")
     page.locator("#run-picker input").click()
     page.get_by_role("option", name=re.compile(r"^anime-e2e · .*")).first.click()
-    expect(page.locator("#run-status")).to_contain_text("done", timeout=90_000)
+    expect(page.locator("#run-status")).to_contain_text("done", timeout=ms(90))
     expect(page.locator("#run-progress")).to_contain_text("step 100/100")
     expect(page.locator("#loss-chart")).to_be_visible()
     expect(page.locator("#loss-chart img, #loss-chart svg").first).to_be_visible()
@@ -65,12 +66,20 @@ def test_preset_dry_run_end_to_end(page, dry_app):
     expect(page.locator("#results-report")).to_contain_text("dry run")  # a dry run's files are placeholders
 
 
-def test_reload_reattaches_to_the_finished_run(page, dry_app):
+def test_reload_reattaches_to_the_finished_run(page, dry_app, client):
+    """A run finished while no page was open (started through the API here): a fresh page shows it."""
     from playwright.sync_api import expect
 
+    from app.runs import replay
+
+    wait_for(lambda: not dry_app.supervisor.poll().active)
+    run_dir = run_of(client.predict(output_name="reattach", max_train_steps=10, sample_prompts="a cat",
+                                    sample_every_n_steps=5, api_name="/start_run")[0])
+    wait_for(lambda: replay(run_dir).terminal == "done")
     page.goto(dry_app.url)
     open_tab(page, "Train")
     expect(page.locator("#run-status")).to_contain_text("done")
+    expect(page.locator("#run-status")).to_contain_text("reattach")
     expect(page.locator("#samples img").first).to_be_visible()
 
 
@@ -146,18 +155,18 @@ def test_new_user_journey(page, trained_demo, tmp_path):
     fill(page, "#cfg-output_name input", "journey")
     page.locator("#start-btn").click()
     expect(page.locator("#start-message")).to_contain_text("started")
-    expect(page.locator("#run-progress")).to_contain_text(re.compile(r"step ([3-9]|\d\d)/40"), timeout=120_000)
+    expect(page.locator("#run-progress")).to_contain_text(re.compile(r"step ([3-9]|\d\d)/40"), timeout=ms(120))
     first_chart = chart_image(page)
-    expect(page.locator("#samples img").first).to_be_visible(timeout=120_000)
-    expect(page.locator("#run-progress")).not_to_contain_text(f"step {step_shown(page)}/40", timeout=60_000)
+    expect(page.locator("#samples img").first).to_be_visible(timeout=ms(120))
+    expect(page.locator("#run-progress")).not_to_contain_text(f"step {step_shown(page)}/40", timeout=ms(60))
     assert chart_image(page) != first_chart, "the loss chart did not change while training"
     page.locator("#stop-btn").click()
-    expect(page.locator("#run-status")).to_contain_text("stopped", timeout=120_000)
+    expect(page.locator("#run-status")).to_contain_text("stopped", timeout=ms(120))
     stopped_at = step_shown(page)
     assert 0 < stopped_at < 40
     page.locator("#resume-btn").click()
     expect(page.locator("#start-message")).to_contain_text("started")
-    expect(page.locator("#run-status")).to_contain_text("done", timeout=180_000)
+    expect(page.locator("#run-status")).to_contain_text("done", timeout=ms(180))
     expect(page.locator("#run-progress")).to_contain_text("step 40/40")
     page.screenshot(path=str(ARTIFACTS / "tab-train.png"), full_page=True)
 
@@ -169,7 +178,7 @@ def test_new_user_journey(page, trained_demo, tmp_path):
     expect(page.locator("#results-report")).to_contain_text("modules matched")
     fill(page, "#compare-steps input", "4")
     page.locator("#compare-btn").click()
-    expect(page.locator("#compare-grid img").first).to_be_visible(timeout=120_000)
+    expect(page.locator("#compare-grid img").first).to_be_visible(timeout=ms(120))
     with page.expect_download() as download:
         page.locator("#results-download a").first.click()
     lora = tmp_path / download.value.suggested_filename

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client
+from timing import scaled
 from ui_helpers import NOISE_FILTERS, wait_for
 
 from app.console import SHARE_HINT, LineFilter
@@ -108,14 +109,14 @@ def test_launch_prints_the_url_and_the_device_and_never_offers_share(tmp_path):
         seconds = time.monotonic() - started
         url = f"http://127.0.0.1:{port}/"
         assert url in ready and str(tmp_path / "data") in ready
-        with urllib.request.urlopen(url, timeout=10) as page:
+        with urllib.request.urlopen(url, timeout=scaled(10)) as page:
             assert page.status == 200 and b"LoraForge" in page.read()
-        assert seconds < 30, f"the page took {seconds:.1f} s to come up"
+        assert seconds < scaled(30), f"the page took {seconds:.1f} s to come up"
         wait_for(lambda: any(ln.startswith("Device: ") for ln in lines), timeout=120)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=scaled(20))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from timing import scaled
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
@@ -65,7 +67,8 @@ def stop_all(supervisor) -> None:
 
 
 def wait_for(predicate, timeout: float = 30.0, every: float = 0.2):
-    deadline = time.monotonic() + timeout
+    """The predicate's first truthy value, polled until ``timeout`` seconds (times the test time factor)."""
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         value = predicate()
         if value:
