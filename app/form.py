@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from training.contract.config import SECTIONS, TrainConfig, field_section
-from training.contract.config_io import ConfigError, allowed_values, config_from_dict, read_toml
+from training.contract.config import SECTIONS, Bounds, TrainConfig, field_bounds, field_section
+from training.contract.config_io import ConfigError, config_from_dict, read_toml
 from training.contract.presets import PresetInfo
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -38,8 +38,7 @@ class FieldSpec:
     optional: bool
     integer: bool = False
     choices: tuple[str, ...] = ()
-    minimum: float | None = None
-    maximum: float | None = None
+    bounds: Bounds | None = None  # number: its limits, inclusive or not, as the config enforces them
     info: str = ""
 
 
@@ -53,31 +52,20 @@ def _unwrap(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
-def _limits(metadata: list[Any]) -> tuple[float | None, float | None]:
-    lo = hi = None
-    for m in metadata:
-        for attr in ("ge", "gt"):
-            lo = getattr(m, attr, None) if getattr(m, attr, None) is not None else lo
-        for attr in ("le", "lt"):
-            hi = getattr(m, attr, None) if getattr(m, attr, None) is not None else hi
-    return lo, hi
-
-
 def field_specs() -> list[FieldSpec]:
     """Every TrainConfig field, in declaration order."""
     specs = []
     for name, info in TrainConfig.model_fields.items():
         inner, optional = _unwrap(info.annotation)
-        allowed = allowed_values(name)
-        tip = f"{info.description} ({allowed})" if allowed and not allowed.startswith("one of") else info.description
+        bounds = field_bounds(name)
+        tip = f"{info.description} (allowed: {bounds.text()})" if bounds else info.description
         common = {"name": name, "section": field_section(name), "optional": optional, "info": tip or ""}
         if typing.get_origin(inner) is Literal:
             specs.append(FieldSpec(kind="choice", choices=typing.get_args(inner), **common))
         elif inner is bool:
             specs.append(FieldSpec(kind="tristate" if optional else "checkbox", **common))
         elif inner in (int, float):
-            lo, hi = _limits(info.metadata)
-            specs.append(FieldSpec(kind="number", integer=inner is int, minimum=lo, maximum=hi, **common))
+            specs.append(FieldSpec(kind="number", integer=inner is int, bounds=bounds, **common))
         else:
             specs.append(FieldSpec(kind="text", **common))
     return specs
@@ -104,7 +92,7 @@ def make_component(spec: FieldSpec, value: Any) -> Any:
         return gr.Checkbox(**common)
     if spec.kind == "number":
         # Limits go in the tooltip, not gr.Number(minimum=...): Gradio's own range error does not name the field,
-        # while the config check answers "network_dim = 0 is invalid ... (allowed 1 to 1024)".
+        # while the config check answers "network_dim = 0 is invalid ... (allowed: 1 <= x <= 1024)".
         return gr.Number(precision=0 if spec.integer else None, **common)
     return gr.Textbox(max_lines=1, **common)
 

@@ -20,7 +20,8 @@ def test_registry_covers_every_field():
     assert kinds["enable_bucket"] == "checkbox"
     assert kinds["network_dim"] == "number"
     dim = next(s for s in specs if s.name == "network_dim")
-    assert (dim.minimum, dim.maximum, dim.integer) == (1, 1024, True)
+    assert (dim.bounds.low, dim.bounds.high, dim.integer) == (1, 1024, True)
+    assert "(allowed: 1 <= x <= 1024)" in dim.info
 
 
 def test_components_build_for_every_field():
