@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from training.contract.config import SECTIONS, TrainConfig, field_section
-from training.contract.config_io import ConfigError, allowed_values, config_from_dict, read_toml
+from training.contract.config import SECTIONS, Bounds, TrainConfig, field_bounds, field_section
+from training.contract.config_io import ConfigError, config_from_dict, read_toml
 from training.contract.presets import PresetInfo
+from training.contract.services import FAMILY_LABELS, lora_size, total_steps, trained_parts
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 # What the user brings, not what a preset chooses: picking a preset never overwrites these. (v_parameterization is
@@ -38,8 +39,7 @@ class FieldSpec:
     optional: bool
     integer: bool = False
     choices: tuple[str, ...] = ()
-    minimum: float | None = None
-    maximum: float | None = None
+    bounds: Bounds | None = None  # number: its limits, inclusive or not, as the config enforces them
     info: str = ""
 
 
@@ -53,31 +53,20 @@ def _unwrap(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
-def _limits(metadata: list[Any]) -> tuple[float | None, float | None]:
-    lo = hi = None
-    for m in metadata:
-        for attr in ("ge", "gt"):
-            lo = getattr(m, attr, None) if getattr(m, attr, None) is not None else lo
-        for attr in ("le", "lt"):
-            hi = getattr(m, attr, None) if getattr(m, attr, None) is not None else hi
-    return lo, hi
-
-
 def field_specs() -> list[FieldSpec]:
     """Every TrainConfig field, in declaration order."""
     specs = []
     for name, info in TrainConfig.model_fields.items():
         inner, optional = _unwrap(info.annotation)
-        allowed = allowed_values(name)
-        tip = f"{info.description} ({allowed})" if allowed and not allowed.startswith("one of") else info.description
+        bounds = field_bounds(name)
+        tip = f"{info.description} (allowed: {bounds.text()})" if bounds else info.description
         common = {"name": name, "section": field_section(name), "optional": optional, "info": tip or ""}
         if typing.get_origin(inner) is Literal:
             specs.append(FieldSpec(kind="choice", choices=typing.get_args(inner), **common))
         elif inner is bool:
             specs.append(FieldSpec(kind="tristate" if optional else "checkbox", **common))
         elif inner in (int, float):
-            lo, hi = _limits(info.metadata)
-            specs.append(FieldSpec(kind="number", integer=inner is int, minimum=lo, maximum=hi, **common))
+            specs.append(FieldSpec(kind="number", integer=inner is int, bounds=bounds, **common))
         else:
             specs.append(FieldSpec(kind="text", **common))
     return specs
@@ -104,7 +93,7 @@ def make_component(spec: FieldSpec, value: Any) -> Any:
         return gr.Checkbox(**common)
     if spec.kind == "number":
         # Limits go in the tooltip, not gr.Number(minimum=...): Gradio's own range error does not name the field,
-        # while the config check answers "network_dim = 0 is invalid ... (allowed 1 to 1024)".
+        # while the config check answers "network_dim = 0 is invalid ... (allowed: 1 <= x <= 1024)".
         return gr.Number(precision=0 if spec.integer else None, **common)
     return gr.Textbox(max_lines=1, **common)
 
@@ -162,10 +151,41 @@ class Preset(PresetInfo):
     settings: dict[str, Any] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)  # key -> the file's inline comment: why this value
 
+    def config(self) -> TrainConfig:
+        """Defaults with the preset's settings on top; ConfigError (one line) for a broken preset."""
+        cfg, _notes = config_from_dict(self.settings, f"{self.key}.toml")
+        return cfg
+
     def values(self) -> dict[str, Any]:
         """The form values: defaults with the preset's settings on top (USER_FIELDS included: callers skip them)."""
-        cfg, _notes = config_from_dict(self.settings, f"{self.key}.toml")
-        return config_to_values(cfg)
+        return config_to_values(self.config())
+
+    def figures(self) -> str:
+        """What the preset's settings make, computed from them: the LoRA file's size for the preset's family and the
+        run's steps for the dataset size it was made for."""
+        try:
+            cfg = self.config()
+        except ConfigError:
+            return ""
+        out = []
+        if self.family in FAMILY_LABELS:
+            size = lora_size(cfg, self.family)
+            out.append(f"LoRA file ≈ {size.megabytes:.1f} MB (rank {cfg.network_dim}, "
+                       f"{trained_parts(cfg, self.family)}, {cfg.save_precision}).")
+        if self.images_per_epoch:
+            out.append(steps_text(cfg, self.images_per_epoch))
+        return " ".join(out)
+
+
+def steps_text(cfg: TrainConfig, images: tuple[int, int]) -> str:
+    """``200–400 images × repeats per epoch ÷ batch 2 × 10 epochs ≈ 1,000–2,000 steps``, from the config."""
+    if not cfg.max_train_epochs:
+        return f"Run length: {cfg.max_train_steps:,} steps (max_train_steps), whatever the dataset's size."
+    counts = sorted(set(images))
+    accumulated = f" ÷ {cfg.gradient_accumulation_steps} accumulated" if cfg.gradient_accumulation_steps > 1 else ""
+    return (f"Run length: {'–'.join(map(str, counts))} images × repeats per epoch ÷ batch {cfg.train_batch_size}"
+            f"{accumulated} × {cfg.max_train_epochs} epochs ≈ "
+            f"{'–'.join(f'{total_steps(cfg, n):,}' for n in counts)} steps.")
 
 
 def load_preset(path: Path) -> Preset:

@@ -21,16 +21,24 @@ if TYPE_CHECKING:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training", description="Train a Stable Diffusion LoRA.")
+    parser = argparse.ArgumentParser(
+        prog="python -m training", description="Train a Stable Diffusion LoRA.",
+        epilog="Every option and its limits: docs/options.md. Exit status: 0 done or stopped on request, 1 training "
+               "failed, 2 bad input (reported before any model loads), 130 aborted by a second Ctrl+C.")
     parser.add_argument("--config", type=Path, action="append", default=[],
-                        help="TOML file with the training options (kohya key names); repeat to layer files, "
-                             "e.g. --config presets/sd15-anime.toml --config my-run.toml (later files win)")
+                        help="TOML file with the training options (kohya key names), required except with "
+                             "--env-report; repeat to layer files, e.g. --config presets/sd15-anime.toml "
+                             "--config my-run.toml (later files win)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one option, e.g. --set max_train_steps=200 (TOML value syntax)")
+                        help="override one option, e.g. --set max_train_steps=200 (TOML value syntax; a value that "
+                             "is not TOML is taken as text, e.g. a path); repeatable, wins over the files")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the config, then replay a synthetic run into output_dir without loading torch "
-                             "or a model (for UI tests; pace: LORAFORGE_DRY_RUN_STEP_SECONDS, default 0.02 s/step)")
-    parser.add_argument("--env-report", action="store_true", help="print Python, torch and GPU versions and exit")
+                             "or a model and without checking the model or dataset paths (for UI tests; pace: "
+                             "LORAFORGE_DRY_RUN_STEP_SECONDS, default 0.02 s/step)")
+    parser.add_argument("--env-report", action="store_true",
+                        help="print the Python and torch versions and the GPUs torch sees (name, memory, bf16), "
+                             "then exit")
     parser.add_argument("--json", action="store_true", help="with --env-report: one JSON object (for the UI)")
     return parser.parse_args(argv)
 

@@ -20,11 +20,12 @@ import contextlib
 import json
 import sys
 import time
+import typing
 from typing import TYPE_CHECKING
 
 import torch
 
-from training.contract.config import TrainConfig
+from training.contract.config import Optimizer, TrainConfig
 from training.models.families import SD1, SDXL, Family
 
 if TYPE_CHECKING:
@@ -188,19 +189,27 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--family", choices=sorted(BENCH_FAMILIES), default="sd1")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--resolution", type=int, default=None, help="pixels (default: the family's, 512 / 1024)")
-    parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--precision", choices=["no", "fp16", "bf16"], default="bf16")
-    parser.add_argument("--optimizer", default="AdamW", help="AdamW, AdamW8bit, Adafactor, Lion, Prodigy")
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.bench", description=__doc__.split("\n")[0],
+        epilog="Prints one JSON line (images/s, s/step, peak GPU memory). Exit status 1 with one line on stderr for "
+               "a non-finite loss, LoRA layers that got no gradient, or running out of GPU memory; 2 for bad "
+               "arguments.")
+    parser.add_argument("--family", choices=sorted(BENCH_FAMILIES), default="sd1",
+                        help="full-size UNet to build (default %(default)s)")
+    parser.add_argument("--batch", type=int, default=1, help="images per step (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=50, help="timed steps (default %(default)s)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps before them (default %(default)s)")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="pixels, a multiple of 64 (default: the family's, 512 / 1024)")
+    parser.add_argument("--rank", type=int, default=16, help="LoRA rank, alpha is half of it (default %(default)s)")
+    parser.add_argument("--precision", choices=["no", "fp16", "bf16"], default="bf16",
+                        help="mixed precision (default %(default)s); without a CUDA GPU fp16 runs as no (float32)")
+    parser.add_argument("--optimizer", choices=typing.get_args(Optimizer), default="AdamW",
+                        help="(default %(default)s)")
+    parser.add_argument("--compile", action="store_true", help="compile the UNet with torch.compile")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     parser.add_argument("--memory-cap-gib", type=float, default=None,
-                        help="let the CUDA allocator use at most this much, as on a smaller card")
+                        help="let the CUDA allocator use at most this many GiB, as on a smaller card (CUDA only)")
     args = parser.parse_args(argv)
     args.resolution = args.resolution or BENCH_FAMILIES[args.family].default_resolution
     if args.resolution % 64 or args.resolution < 64:

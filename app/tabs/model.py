@@ -152,9 +152,12 @@ def family_text(model: str, record: dict[str, Any] | None) -> tuple[str | None, 
 
 
 def preset_text(preset: Preset, model: str) -> str:
-    """The preset's description and loss band, and a line when it was made for another family than the model."""
+    """The preset's description, loss band and computed figures (LoRA file size, steps), and a line when it was made
+    for another family than the model."""
     band = f" Usual loss band: {preset.loss_band[0]:g}–{preset.loss_band[1]:g}." if preset.loss_band else ""
     text = f"**{preset.name}** ({FAMILY_NAMES.get(preset.family, preset.family)}): {preset.description}{band}"
+    figures = preset.figures()
+    text += f"\n\n{figures}" if figures else ""
     mismatch = family_problem(model, preset.record())
     return text + (f"\n\n**Does not fit the base model:** {mismatch}." if mismatch else "")
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from training.contract.config import TrainConfig
-from training.contract.config_io import ConfigError, config_to_toml, load_config
+from training.contract.config_io import ConfigError, config_from_dict, config_to_toml, load_config
 from training.plan.preflight import preflight
 
 
@@ -50,7 +52,7 @@ def test_unknown_key_suggests_the_right_one(tmp_path):
 
 def test_invalid_value_names_key_value_and_range(tmp_path):
     message = error_of(tmp_path, "[network]\nnetwork_dim = 0")
-    assert "network_dim = 0" in message and "1 to 1024" in message
+    assert "network_dim = 0" in message and "(allowed: 1 <= x <= 1024)" in message
 
 
 def test_bad_choice_lists_the_choices(tmp_path):
@@ -162,3 +164,75 @@ def test_text_encoder_lr_pair_round_trips_through_toml_and_bad_values_name_the_k
     assert "text_encoder_lr = 'fast' is invalid: must be a number, or two numbers" in error_of(
         tmp_path, 'text_encoder_lr = "fast"')
     assert "each value must be between 0 and 10" in error_of(tmp_path, "text_encoder_lr = -1.0")
+
+
+# --- the allowed range, as the options doc, an error message and the form's tooltip word it ---------------------
+RANGE = re.compile(r"^(?:(?P<lo>-?[\d.e+-]+) (?P<lo_op><=|<) x(?: (?P<hi_op><=|<) (?P<hi>-?[\d.e+-]+))?"
+                   r"|(?P<one_op>>=|>|<=|<) (?P<one>-?[\d.e+-]+))$")
+PROBE_BASE = {"min_bucket_reso": 64, "max_bucket_reso": 8192}  # so the bucket pair never refuses a probe itself
+
+
+def admitted_by_text(text: str, value: float) -> bool:
+    """Whether the worded range (``1 <= x <= 1024``, ``> 0``, ``0 <= x < 1``) admits ``value``."""
+    m = RANGE.match(text)
+    assert m, f"not a range: {text!r}"
+    ops = {"<=": lambda a, b: a <= b, "<": lambda a, b: a < b, ">=": lambda a, b: a >= b, ">": lambda a, b: a > b}
+    if m["one_op"]:
+        return ops[m["one_op"]](value, float(m["one"]))
+    below = ops[m["hi_op"]](value, float(m["hi"])) if m["hi_op"] else True
+    return ops[m["lo_op"]](float(m["lo"]), value) and below
+
+
+def types_of(name: str) -> set:
+    annotation = TrainConfig.model_fields[name].annotation
+    return {annotation, *getattr(annotation, "__args__", ())}
+
+
+def numeric_fields() -> list[str]:
+    """Fields of a plain number type that declare limits."""
+    return [name for name, info in TrainConfig.model_fields.items() if {int, float} & types_of(name) and info.metadata]
+
+
+def probes(name: str, text: str) -> list[float]:
+    """Each bound, from the field's declared limits and from the words, with a value just either side of it."""
+    step = 1 if int in types_of(name) else 1e-6
+    declared = [getattr(m, a) for m in TrainConfig.model_fields[name].metadata for a in ("ge", "gt", "le", "lt")
+                if getattr(m, a, None) is not None]
+    worded = [float(n) for n in re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", text)]
+    return sorted({b + d for b in declared + worded for d in (-step, 0, step)})
+
+
+def accepted(name: str, value: float) -> bool:
+    try:
+        TrainConfig.model_validate(PROBE_BASE | {name: value})
+    except ValidationError:
+        return False
+    return True
+
+
+def worded_ranges(name: str) -> dict[str, str]:
+    """The range as each place words it: the options doc's row, the form's tooltip, the message refusing a value."""
+    from app.form import field_specs
+    from training.options_doc import options_markdown
+
+    row = next(line for line in options_markdown().splitlines() if line.startswith(f"| `{name}` |"))
+    tooltip = next(s.info for s in field_specs() if s.name == name)
+    outside = next(v for v in (-1e9, 1e9) if not accepted(name, v))
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(PROBE_BASE | {name: outside})
+    return {"doc": row.split(" | ")[2],
+            "form": re.search(r"\(allowed: (.+)\)$", tooltip)[1],
+            "message": re.search(r"\(allowed: (.+)\)$", str(err.value))[1]}
+
+
+@pytest.mark.parametrize("name", numeric_fields())
+def test_the_worded_range_admits_exactly_what_the_config_accepts(name):
+    for where, text in worded_ranges(name).items():
+        for value in probes(name, text):
+            assert admitted_by_text(text, value) == accepted(name, value), f"{where} says {text!r}; {name} = {value}"
+
+
+def test_exclusive_bounds_are_worded_as_exclusive():
+    assert worded_ranges("network_alpha")["doc"] == "> 0"
+    assert worded_ranges("network_dropout")["message"] == "0 <= x < 1"
+    assert worded_ranges("learning_rate")["form"] == "0 < x <= 10"

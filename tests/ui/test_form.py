@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import re
 import tomllib
 
 import pytest
 from ui_helpers import NOISE_FILTERS
 
-from app.form import config_to_values, default_values, field_specs, list_presets, values_to_config
+from app.form import PRESETS_DIR, config_to_values, default_values, field_specs, list_presets, values_to_config
 from training.contract.config import TrainConfig
 
 
@@ -20,7 +22,8 @@ def test_registry_covers_every_field():
     assert kinds["enable_bucket"] == "checkbox"
     assert kinds["network_dim"] == "number"
     dim = next(s for s in specs if s.name == "network_dim")
-    assert (dim.minimum, dim.maximum, dim.integer) == (1, 1024, True)
+    assert (dim.bounds.low, dim.bounds.high, dim.integer) == (1, 1024, True)
+    assert "(allowed: 1 <= x <= 1024)" in dim.info
 
 
 def test_components_build_for_every_field():
@@ -160,3 +163,27 @@ def test_the_pages_save_and_load_toml_keep_a_pair(dry_app):
     assert loaded[names.index("text_encoder_lr")] == "1e-05, 5e-06"
     text = client.predict(text_encoder_lr="abc", config_file="bad.toml", api_name="/save_toml")
     assert text.startswith("**Not saved:**") and "text_encoder_lr = 'abc' is invalid" in text and "\n" not in text
+
+
+def test_each_preset_shows_its_file_size_and_steps_computed_from_its_settings():
+    """The size is the one the engine computes for the preset's family and rank (checked against the real models in
+    tests/plan/test_estimates.py); the steps are images x repeats / batch x epochs, worked out here."""
+    from app.tabs.model import preset_text
+    from training.contract.services import lora_size
+
+    for preset in list_presets():
+        cfg, text = preset.config(), preset.figures()
+        parts = "UNet only" if cfg.network_train_unet_only else "UNet + text encoder"
+        assert f"LoRA file ≈ {lora_size(cfg, preset.family).megabytes:.1f} MB (rank {cfg.network_dim}, {parts}" in text
+        batch, epochs = preset.settings["train_batch_size"], preset.settings["max_train_epochs"]
+        steps = sorted({epochs * math.ceil(n / batch) for n in preset.images_per_epoch})
+        assert text.endswith("≈ " + "–".join(f"{s:,}" for s in steps) + " steps."), text
+        assert text in preset_text(preset, "")
+
+
+def test_preset_files_write_no_figure_of_their_own():
+    """File sizes and step counts are computed from the settings; a hand-written one in a preset goes stale."""
+    for path in sorted(PRESETS_DIR.glob("*.toml")):
+        comments = [line.partition("#")[2] for line in path.read_text(encoding="utf-8").splitlines()]
+        figures = [c for c in comments if re.search(r"\d\s*MB\b|\d\s*k?\s*steps\b", c)]
+        assert figures == [], f"{path.name}: {figures}"

@@ -7,6 +7,7 @@ Torch-free on purpose: the UI imports this module.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -257,3 +258,38 @@ def field_section(name: str) -> str:
     extra = TrainConfig.model_fields[name].json_schema_extra
     assert isinstance(extra, dict)
     return str(extra["section"])
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A numeric field's limits as pydantic enforces them: ``gt``/``lt`` exclude the bound, ``ge``/``le`` include it."""
+
+    low: float | None = None
+    low_inclusive: bool = True
+    high: float | None = None
+    high_inclusive: bool = True
+
+    def text(self) -> str:
+        """The range in one form for the options doc, the error message and the form's tooltip: ``1 <= x <= 1024``,
+        ``> 0``, ``0 <= x < 1``."""
+        low = f"{self.low:g} {'<=' if self.low_inclusive else '<'} " if self.low is not None else ""
+        high = f" {'<=' if self.high_inclusive else '<'} {self.high:g}" if self.high is not None else ""
+        if low and high:
+            return f"{low}x{high}"
+        if low:
+            return f"{'>=' if self.low_inclusive else '>'} {self.low:g}"
+        return high.strip()
+
+
+def field_bounds(name: str) -> Bounds | None:
+    """The numeric limits declared on a field (``opt(..., ge=1, le=1024)``), or None when it declares none."""
+    limits: dict[str, Any] = {}
+    for item in TrainConfig.model_fields[name].metadata:
+        for attr in ("ge", "gt", "le", "lt"):
+            if getattr(item, attr, None) is not None:
+                limits[attr] = getattr(item, attr)
+    if not limits:
+        return None
+    low = limits.get("ge", limits.get("gt"))
+    high = limits.get("le", limits.get("lt"))
+    return Bounds(low, "gt" not in limits, high, "lt" not in limits)

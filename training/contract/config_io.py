@@ -15,7 +15,7 @@ import tomli_w
 from pydantic import ValidationError
 
 from training.contract.atomic import write_atomic
-from training.contract.config import SCHEMA_VERSION, SECTIONS, TrainConfig, field_section
+from training.contract.config import SCHEMA_VERSION, SECTIONS, TrainConfig, field_bounds, field_section
 from training.contract.errors import UserError
 
 # kohya options that mean nothing here: accepted so kohya users' files work, mentioned once, ignored.
@@ -93,22 +93,12 @@ def reject_unknown(flat: dict[str, Any], source: str) -> list[str]:
 
 
 def allowed_values(name: str) -> str:
-    """Human description of what a field accepts, from its type and limits."""
-    info = TrainConfig.model_fields[name]
-    choices = getattr(info.annotation, "__args__", None)
+    """Human description of what a field accepts, from its type and limits: ``one of ...`` or its bounds."""
+    choices = getattr(TrainConfig.model_fields[name].annotation, "__args__", None)
     if choices and all(isinstance(c, str) for c in choices):
         return "one of " + ", ".join(choices)
-    lo = hi = None
-    for m in info.metadata:
-        lo = getattr(m, "ge", None) if getattr(m, "ge", None) is not None else lo
-        lo = getattr(m, "gt", None) if getattr(m, "gt", None) is not None else lo
-        hi = getattr(m, "le", None) if getattr(m, "le", None) is not None else hi
-        hi = getattr(m, "lt", None) if getattr(m, "lt", None) is not None else hi
-    if lo is not None and hi is not None:
-        return f"allowed {lo} to {hi}"
-    if lo is not None:
-        return f"allowed from {lo}"
-    return ""
+    bounds = field_bounds(name)
+    return bounds.text() if bounds else ""
 
 
 def validation_message(err: ValidationError, flat: dict[str, Any], source: str) -> str:
@@ -119,7 +109,7 @@ def validation_message(err: ValidationError, flat: dict[str, Any], source: str) 
         return f"{source}: {msg}"
     allowed = allowed_values(key) if key in TrainConfig.model_fields else ""
     value = flat.get(key, first.get("input"))
-    return f"{source}: {key} = {value!r} is invalid: {msg}" + (f" ({allowed})" if allowed else "")
+    return f"{source}: {key} = {value!r} is invalid: {msg}" + (f" (allowed: {allowed})" if allowed else "")
 
 
 def config_from_dict(flat: dict[str, Any], source: str = "config") -> tuple[TrainConfig, list[str]]:

@@ -1,6 +1,7 @@
 """A preset's ``[preset]`` table: what a presets/*.toml says about itself (name, description, model family, the
-community loss band for the chart), read here once for the UI's preset picker, the CLI's family check and a run's
-``preset.json``. The settings below the table are ordinary config keys (``training.contract.config_io``).
+community loss band for the chart, the dataset size it is sized for), read here once for the UI's preset picker,
+the CLI's family check and a run's ``preset.json``. The settings below the table are ordinary config keys
+(``training.contract.config_io``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ def parse_band(value: Any) -> tuple[float, float] | None:
     return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) and 0 <= lo < hi else None
 
 
+def parse_count_range(value: Any) -> tuple[int, int] | None:
+    """``images_per_epoch = 100`` or ``[200, 400]`` as (low, high), or None when absent or malformed."""
+    values = value if isinstance(value, list) else [value]
+    if len(values) not in (1, 2) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        return None
+    return (values[0], values[-1]) if values[0] <= values[-1] else None
+
+
 @dataclass(frozen=True)
 class PresetInfo:
     key: str                # the file's stem, e.g. "sd15-anime"
@@ -30,11 +39,13 @@ class PresetInfo:
     description: str = ""
     family: str = ""        # "sd1", "sd2", "sdxl", or "" when the preset does not say
     loss_band: tuple[float, float] | None = None
+    images_per_epoch: tuple[int, int] | None = None  # the dataset size (images x repeats) the preset is sized for
 
     @classmethod
     def from_table(cls, key: str, table: dict[str, Any]) -> PresetInfo:
         return cls(key=key, name=str(table.get("name") or key), description=str(table.get("description", "")),
-                   family=str(table.get("family") or ""), loss_band=parse_band(table.get("loss_band")))
+                   family=str(table.get("family") or ""), loss_band=parse_band(table.get("loss_band")),
+                   images_per_epoch=parse_count_range(table.get("images_per_epoch")))
 
     @classmethod
     def read(cls, path: Path) -> PresetInfo | None:
