@@ -41,16 +41,17 @@ def test_validation_loss_falls_when_overfitting_a_few_images(tmp_path, tiny_sd1)
     assert losses[-1] < 0.8 * losses[0], losses
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_lora(tmp_path, tiny_sd1, dataset_dir, monkeypatch):
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_loss_stops_and_keeps_the_last_good_lora(tmp_path, tiny_sd1, dataset_dir, monkeypatch, bad):
     real_loss = loop_module.per_sample_loss
     calls = {"n": 0}
 
-    def loss_that_goes_nan(*args, **kwargs):
+    def loss_that_goes_bad(*args, **kwargs):
         calls["n"] += 1
         loss = real_loss(*args, **kwargs)
-        return loss * float("nan") if calls["n"] > 12 else loss
+        return loss * bad if calls["n"] > 12 else loss
 
-    monkeypatch.setattr(loop_module, "per_sample_loss", loss_that_goes_nan)
+    monkeypatch.setattr(loop_module, "per_sample_loss", loss_that_goes_bad)
     out = tmp_path / "run"
     with pytest.raises(TrainingFailed, match="NaN"):
         run(config(tiny_sd1, dataset_dir, out, max_train_steps=40, validation_every_n_steps=0))
