@@ -99,9 +99,8 @@ def _weights(pipe) -> dict[str, torch.Tensor]:
     return out
 
 
-def _expected_delta(sd: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+def _expected_delta(sd: dict[str, torch.Tensor], name: str, scale: float) -> torch.Tensor:
     down, up = sd[f"{name}.lora_down.weight"].float(), sd[f"{name}.lora_up.weight"].float()
-    scale = float(sd[f"{name}.alpha"]) / down.shape[0]
     if down.ndim == 4:  # conv LoRA: down conv followed by the 1x1 up conv
         return scale * (up[:, :, 0, 0] @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:])
     return scale * (up @ down)
@@ -112,11 +111,20 @@ def _module_weight_key(name: str, table: dict) -> str:
     return f"{'unet' if component == 'unet' else f'te{component}'}.{path}.weight"
 
 
-def apply_with_diffusers(pipe, path: Path, family: str) -> tuple[set[str], set[str], float, list[str]]:
+def configured_scale(events: list) -> dict[str, float]:
+    """The run's configured network_dim and network_alpha from its start event, as apply_with_diffusers takes them."""
+    config = next(e for e in events if e["event"] == "start")["config"]
+    return {"rank": config["network_dim"], "alpha": config["network_alpha"]}
+
+
+def apply_with_diffusers(pipe, path: Path, family: str, *, rank: int,
+                         alpha: float) -> tuple[set[str], set[str], float, list[str]]:
     """Load a kohya file with diffusers' ``load_lora_weights``, fuse it at scale 1 and compare every weight.
 
+    ``rank`` and ``alpha`` are the configured network_dim and network_alpha: the expected delta's scale comes from
+    them, never from the file's own ``.alpha`` tensors, so a wrong alpha written into the file is caught.
     Returns (weights that changed, weights the file's modules should change, worst relative error of a fused delta
-    against (alpha/r)·up@down, diffusers/peft log lines).
+    against (alpha/rank)·up@down, diffusers/peft log lines).
     """
     from safetensors.torch import load_file
 
@@ -135,6 +143,6 @@ def apply_with_diffusers(pipe, path: Path, family: str) -> tuple[set[str], set[s
     worst = 0.0
     for name in names:
         key = _module_weight_key(name, table)
-        delta, want = after[key] - before[key], _expected_delta(sd, name)
+        delta, want = after[key] - before[key], _expected_delta(sd, name, alpha / rank)
         worst = max(worst, float(torch.linalg.norm(delta - want) / torch.linalg.norm(want)))
     return changed, {_module_weight_key(n, table) for n in names}, worst, lines

@@ -1,4 +1,5 @@
-"""The loss chart: expected artists, robust to NaN and spikes, renders headless to PNG."""
+"""The loss chart: it plots the events it is given (raw, smoothed, validation, band), robust to NaN and spikes,
+renders headless to PNG."""
 
 from __future__ import annotations
 
@@ -35,6 +36,57 @@ def png_bytes(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def line_data(fig: Figure, gid: str) -> tuple[list[float], list[float]]:
+    line = artist(fig, gid)
+    return [float(x) for x in line.get_xdata()], [float(y) for y in line.get_ydata()]
+
+
+def band_y_extent(fig: Figure) -> tuple[float, float]:
+    """The band's bottom and top in data units (axhspan spans the axes' width, y in data)."""
+    band = artist(fig, "band")
+    return band.get_y(), band.get_y() + band.get_height()
+
+
+def zero_phase_reference(values: list[float], beta: float = 0.98) -> list[float]:
+    """A bias-corrected EMA run forwards, then backwards over its result, written out here as the oracle."""
+    forward, average = [], 0.0
+    for n, v in enumerate(values, 1):
+        average = beta * average + (1 - beta) * v
+        forward.append(average / (1 - beta**n))
+    backward, average = [], 0.0
+    for n, v in enumerate(reversed(forward), 1):
+        average = beta * average + (1 - beta) * v
+        backward.append(average / (1 - beta**n))
+    return backward[::-1]
+
+
+def test_lines_plot_the_events_values():
+    data, band = steps(300), (0.08, 0.14)
+    fig = loss_figure(data, VALS, band)
+    assert line_data(fig, "raw") == ([e["step"] for e in data], [e["loss"] for e in data])
+    assert line_data(fig, "smoothed") == ([e["step"] for e in data], [e["smoothed"] for e in data])
+    assert line_data(fig, "val") == ([v["step"] for v in VALS], [v["loss"] for v in VALS])
+    assert band_y_extent(fig) == band
+
+
+def test_zero_phase_line_is_the_forward_backward_ema_of_the_losses():
+    data = steps(300)
+    xs, ys = line_data(loss_figure(data, [], None, zero_phase=True), "smoothed")
+    assert xs == [e["step"] for e in data]
+    assert ys == pytest.approx(zero_phase_reference([e["loss"] for e in data]), rel=1e-12)
+
+
+def test_non_finite_points_are_left_out_and_the_rest_kept_in_place():
+    data = steps(20)
+    data[3]["loss"], data[7]["loss"], data[9]["smoothed"] = "nan", float("inf"), float("nan")
+    vals = [*VALS, {"event": "val", "step": 600, "loss": "inf", "kind": "held-out"}]
+    fig = loss_figure(data, vals, None)
+    kept = [e for e in data if e["step"] not in (4, 8)]
+    assert line_data(fig, "raw") == ([e["step"] for e in kept], [e["loss"] for e in kept])
+    assert line_data(fig, "smoothed")[0] == [e["step"] for e in data if e["step"] != 10]
+    assert line_data(fig, "val") == ([v["step"] for v in VALS], [v["loss"] for v in VALS])
 
 
 def test_figure_has_raw_smoothed_validation_and_band():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
@@ -44,10 +45,115 @@ def test_wide_image_follows_kohyas_arithmetic(buckets):
     assert assign_bucket((3000, 4000), buckets, RES, 64) == (448, 576)
 
 
-def test_image_above_area_that_would_need_upscaling_on_one_side(buckets):
-    # 530x500 is larger than 512x512 in area, but nearest bucket 512x512 would stretch its height.
-    w, h = assign_bucket((530, 500), buckets, RES, 64)
-    assert w <= 530 and h <= 500 and w % 64 == 0 and h % 64 == 0 and w * h <= 512 * 512
+# --- kohya's rules, re-implemented here as the oracle (sd-scripts: model_util.make_bucket_resolutions,
+# train_util.BucketManager.select_bucket and round_to_steps). Our rule: kohya's nearest-aspect bucket when the image
+# covers it (kohya's default mode, which then only downscales), else kohya's bucket_no_upscale size from the image.
+
+
+def kohya_bucket_list(resolution, min_size, max_size, step):
+    max_area = resolution[0] * resolution[1]
+    square = int(math.sqrt(max_area) // step) * step
+    resos = {(square, square)}
+    for width in range(min_size, max_size + 1, step):
+        height = min(max_size, int((max_area // width) // step) * step)
+        if height >= min_size:
+            resos |= {(width, height), (height, width)}
+    return sorted(resos)
+
+
+def kohya_round_to_steps(x, step):
+    x = int(x + 0.5)
+    return x - x % step
+
+
+def kohya_nearest_bucket(size, resos):
+    """kohya's default mode: the exact size if it is a bucket, else the first bucket of least aspect error."""
+    if size in resos:
+        return size
+    errors = [abs(w / h - size[0] / size[1]) for w, h in resos]
+    return resos[errors.index(min(errors))]
+
+
+def kohya_no_upscale_bucket(size, max_area, step):
+    """kohya's bucket_no_upscale: an image above max_area is shrunk to it (rounding whichever side keeps the aspect
+    closer), then the size is floored to steps."""
+    width, height = size
+    aspect = width / height
+    resized = size
+    if width * height > max_area:
+        resized_w = math.sqrt(max_area * aspect)
+        resized_h = max_area / resized_w
+        w_rounded = kohya_round_to_steps(resized_w, step)
+        aspect_w = w_rounded / kohya_round_to_steps(w_rounded / aspect, step)
+        h_rounded = kohya_round_to_steps(resized_h, step)
+        aspect_h = kohya_round_to_steps(h_rounded * aspect, step) / h_rounded
+        if abs(aspect_w - aspect) < abs(aspect_h - aspect):
+            resized = (w_rounded, int(w_rounded / aspect + 0.5))
+        else:
+            resized = (int(h_rounded * aspect + 0.5), h_rounded)
+    return resized[0] - resized[0] % step, resized[1] - resized[1] % step
+
+
+def kohya_bucket(size, resolution, min_size=256, max_size=1024, step=64):
+    nearest = kohya_nearest_bucket(size, kohya_bucket_list(resolution, min_size, max_size, step))
+    if size[0] >= nearest[0] and size[1] >= nearest[1]:
+        return nearest
+    return kohya_no_upscale_bucket(size, resolution[0] * resolution[1], step)
+
+
+def our_bucket(size, resolution, min_size=256, max_size=1024, step=64):
+    return assign_buckets([size], resolution=resolution, min_reso=min_size, max_reso=max_size, step=step)[0]
+
+
+def test_bucket_list_is_kohyas():
+    for resolution, min_size, max_size in [(RES, 256, 1024), ((1024, 1024), 256, 2048), ((768, 512), 320, 1536)]:
+        assert make_buckets(resolution, min_size, max_size, 64) == kohya_bucket_list(resolution, min_size,
+                                                                                     max_size, 64)
+
+
+@pytest.mark.parametrize("size", [
+    (1024, 512), (3000, 4000), (2000, 900), (900, 2000),  # wide and tall, shrunk into a listed bucket
+    (900, 280),  # wide, small enough to fit its nearest bucket
+    (530, 500),  # above the area but not covering 512x512: shrunk from the image (448x448, not 512x448)
+    (1474, 180), (178, 1756),  # very wide/tall and above the area: kohya's shrink rounding, not a crop
+    (134, 2143), (2143, 134),
+])
+def test_buckets_match_kohya_at_512(size):
+    assert our_bucket(size, RES) == kohya_bucket(size, RES)
+
+
+def test_very_tall_oversized_image_gets_kohyas_bucket():
+    # The oracle against the number kohya's trainer prints for this image: rounding the height keeps the aspect
+    # closer (128/2048 vs 128/1984), so the bucket is 128x2048.
+    assert kohya_bucket((134, 2143), RES) == (128, 2048)
+    assert our_bucket((134, 2143), RES) == (128, 2048)
+    assert our_bucket((2143, 134), RES) == (2048, 128)
+
+
+def test_oversized_image_is_shrunk_to_the_area():
+    for size in [(530, 500), (1474, 180), (700, 400)]:
+        w, h = our_bucket(size, RES)
+        assert w * h <= 512 * 512 and (w, h) == kohya_no_upscale_bucket(size, 512 * 512, 64)
+
+
+def test_aspect_midway_between_two_buckets_takes_kohyas_first():
+    # 1410x3008 is 15:32, midway between 448x1024 (14:32) and 512x1024 (16:32); kohya's argmin takes the first.
+    assert kohya_bucket((1410, 3008), (1024, 1024)) == (448, 1024)
+    assert our_bucket((1410, 3008), (1024, 1024)) == (448, 1024)
+
+
+def test_many_sizes_and_settings_match_kohya():
+    rng = random.Random(0)
+    settings = [(RES, 256, 1024), ((768, 768), 320, 1536), ((1024, 1024), 256, 2048), ((768, 512), 256, 2048)]
+    checked = 0
+    while checked < 3000:
+        size = (rng.randint(64, 5000), rng.randint(64, 5000))
+        if not 1 / 12 < size[0] / size[1] < 12:  # kohya divides by zero on a side rounded to 0 steps
+            continue
+        resolution, min_size, max_size = rng.choice(settings)
+        assert our_bucket(size, resolution, min_size, max_size) == kohya_bucket(size, resolution, min_size,
+                                                                                max_size), (size, resolution)
+        checked += 1
 
 
 def test_without_bucketing_everything_goes_to_resolution():

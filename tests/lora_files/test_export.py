@@ -32,7 +32,7 @@ def test_diffusers_applies_every_module_at_the_right_scale(tmp_path, family, ran
     peft_pipe = lora_pipeline(family, rank, alpha, extra)
     path, _, _ = export_file(peft_pipe, family, tmp_path / "lora.safetensors")
     fresh = build_tiny_pipeline(family)  # same seed -> same base weights as peft_pipe
-    changed, expected, worst, lines = apply_with_diffusers(fresh, path, family)
+    changed, expected, worst, lines = apply_with_diffusers(fresh, path, family, rank=rank, alpha=alpha)
     assert not [ln for ln in lines if "No LoRA keys" in ln or "unexpected" in ln.lower()], lines
     assert changed == expected
     components = {"unet", "te0"} | ({"te1"} if family == "sdxl" else set())  # SDXL: UNet, TE1 and TE2 all fused

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lora_checks import apply_with_diffusers
+from lora_checks import apply_with_diffusers, configured_scale
 from safetensors.torch import load_file
 from timing import scaled
 
@@ -83,7 +83,7 @@ def test_cli_trains_and_exports_a_checked_lora(tmp_path, tiny_sd1, dataset_dir):
     from diffusers import StableDiffusionPipeline
 
     changed, expected, worst, lines = apply_with_diffusers(StableDiffusionPipeline.from_pretrained(tiny_sd1),
-                                                           out / "lora.safetensors", "sd1")
+                                                           out / "lora.safetensors", "sd1", **configured_scale(events))
     assert changed == expected and len(expected) == len(lora) // 3 and worst <= 2e-3
     assert not [ln for ln in lines if "No LoRA keys" in ln or "unexpected" in ln.lower()]
     assert (out / "job.toml").is_file() and (out / "lora-step00000006-state" / "train_state.json").is_file()

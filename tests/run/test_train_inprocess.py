@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from tiny_models import make_image_dataset
 
@@ -41,16 +42,17 @@ def test_validation_loss_falls_when_overfitting_a_few_images(tmp_path, tiny_sd1)
     assert losses[-1] < 0.8 * losses[0], losses
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_lora(tmp_path, tiny_sd1, dataset_dir, monkeypatch):
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_loss_stops_and_keeps_the_last_good_lora(tmp_path, tiny_sd1, dataset_dir, monkeypatch, bad):
     real_loss = loop_module.per_sample_loss
     calls = {"n": 0}
 
-    def loss_that_goes_nan(*args, **kwargs):
+    def loss_that_goes_bad(*args, **kwargs):
         calls["n"] += 1
         loss = real_loss(*args, **kwargs)
-        return loss * float("nan") if calls["n"] > 12 else loss
+        return loss * bad if calls["n"] > 12 else loss
 
-    monkeypatch.setattr(loop_module, "per_sample_loss", loss_that_goes_nan)
+    monkeypatch.setattr(loop_module, "per_sample_loss", loss_that_goes_bad)
     out = tmp_path / "run"
     with pytest.raises(TrainingFailed, match="NaN"):
         run(config(tiny_sd1, dataset_dir, out, max_train_steps=40, validation_every_n_steps=0))
@@ -108,3 +110,21 @@ def test_without_latent_cache_images_load_in_worker_processes(tmp_path, tiny_sd1
     assert run(cfg) == "done"
     steps = [e for e in read_events(out) if e["event"] == "step"]
     assert len(steps) == 6 and all(math.isfinite(e["loss"]) for e in steps)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a user without a CUDA GPU gets")
+def test_default_bf16_on_a_cpu_trains_in_float32_and_says_so(tmp_path, tiny_sd1, dataset_dir):
+    """bf16 is the default precision; on a CPU the run falls back to float32 (bf16 autocast on most CPUs is slower
+    and only a pipeline check runs there), warns once, and the LoRA states the precision it really trained in."""
+    out = tmp_path / "run"
+    assert run(config(tiny_sd1, dataset_dir, out, mixed_precision="bf16", max_train_steps=4)) == "done"
+    events = read_events(out)
+    warnings = [e for e in events if e["event"] == "warning" and e["code"] == "no_gpu"]
+    assert len(warnings) == 1 and "float32" in warnings[0]["msg"] and "instead of bf16" in warnings[0]["msg"]
+    assert next(e for e in events if e["event"] == "start")["config"]["mixed_precision"] == "bf16"  # the choice kept
+    checkpoint = [e for e in events if e["event"] == "checkpoint"][-1]
+    matched, _, total = checkpoint["check"].split()[:3]
+    assert matched == total and events[-1]["event"] == "done"
+    with safe_open(str(out / "lora.safetensors"), "pt") as f:
+        assert f.metadata()["ss_mixed_precision"] == "no"
+    assert all(torch.isfinite(t.float()).all() for t in load_file(str(out / "lora.safetensors")).values())

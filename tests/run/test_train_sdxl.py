@@ -32,7 +32,7 @@ def mixed_sizes(tmp_path) -> Path:
 @pytest.mark.slow
 def test_cli_trains_sdxl_with_both_text_encoders_and_exports_kohya_sdxl(tmp_path, tiny_sdxl, dataset_dir):
     from diffusers import StableDiffusionXLPipeline
-    from lora_checks import apply_with_diffusers
+    from lora_checks import apply_with_diffusers, configured_scale
 
     out = tmp_path / "run"
     config = write_config(tmp_path / "run.toml", tiny_sdxl, dataset_dir, out, max_train_steps=8,
@@ -76,7 +76,7 @@ def test_cli_trains_sdxl_with_both_text_encoders_and_exports_kohya_sdxl(tmp_path
     assert untrained == {f"lora_te1_text_model_encoder_layers_2_self_attn_{leaf}"
                          for leaf in ("q_proj", "k_proj", "v_proj", "out_proj")}
     pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl)
-    changed, expected, worst, lines = apply_with_diffusers(pipe, path, "sdxl")
+    changed, expected, worst, lines = apply_with_diffusers(pipe, path, "sdxl", **configured_scale(events))
     assert len(expected) == len(modules) and worst <= 2e-3
     assert changed == expected - {k for k in expected if k.startswith("te0.encoder.layers.2.")}
     assert not [ln for ln in lines if "No LoRA keys" in ln or "unexpected" in ln.lower()]

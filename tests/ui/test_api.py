@@ -7,6 +7,7 @@ from gradio_client import Client
 from ui_helpers import NOISE_FILTERS, wait_for
 
 from app.runs import pid_alive, replay
+from training.contract.events import read_events
 
 pytestmark = [pytest.mark.filterwarnings(f) for f in NOISE_FILTERS]
 
@@ -61,6 +62,11 @@ def test_stop_then_resume(client, dry_app):
     resumed = wait_for(lambda: (snap := sup.poll()).run_dir != stopped.run_dir and snap.step > stopped.step and snap,
                        timeout=30)
     assert resumed.state.pid
+    # The new run continues from the stop: it starts at the stopped step, from the state folder the stop saved.
+    stop_event = read_events(stopped.run_dir)[-1]
+    assert stop_event["event"] == "stopped" and stop_event["state"] == stopped.state.state_path
+    start = next(e for e in read_events(resumed.run_dir) if e["event"] == "start")
+    assert start["start_step"] == stop_event["step"] and start["resumed_from"] == stop_event["state"]
     client.predict(api_name="/stop_run")
     wait_for(lambda: sup.poll().status == "stopped", timeout=30)
 

@@ -51,24 +51,25 @@ def assign_bucket(size: tuple[int, int], buckets: Sequence[Bucket], resolution: 
 
     If the image does not cover the chosen bucket in both directions (fitting would upscale it), the bucket is
     computed from the image instead, as kohya's ``bucket_no_upscale`` does: the image's size floored to multiples of
-    ``step`` (at least one ``step``), shrunk first if that would exceed the resolution's area.
+    ``step`` (at least one ``step``), the image shrunk first if it is larger than the resolution's area.
     """
     w, h = size
     aspect = w / h
-    # Ties (rare) go to the larger bucket: more pixels for the same crop.
-    bucket = min(buckets, key=lambda b: (abs(b[0] / b[1] - aspect), -b[0] * b[1]))
+    # An aspect midway between two buckets (a 15:32 image between 448x1024 and 512x1024) goes to the first in
+    # (w, h) order, as kohya's argmin does: the same images land in the same buckets as in kohya.
+    bucket = min(buckets, key=lambda b: abs(b[0] / b[1] - aspect))
     if w >= bucket[0] and h >= bucket[1]:
         return bucket
     return _bucket_from_image(size, resolution[0] * resolution[1], step)
 
 
 def _bucket_from_image(size: tuple[int, int], max_area: int, step: int) -> Bucket:
-    """The image's own size floored to ``step`` (kohya's ``bucket_no_upscale``); if that exceeds ``max_area``, first
-    shrink to the area the way kohya's ``select_bucket`` does."""
+    """The image's own size floored to ``step`` (kohya's ``bucket_no_upscale``); if the image is larger than
+    ``max_area``, first shrink it to the area the way kohya's ``select_bucket`` does. The test is on the image's area,
+    not the floored size's, as in kohya: 1474x180 at 512 px is shrunk to 1024x128, not cropped to 1472x128."""
     w, h = size
-    floored = (max(step, w - w % step), max(step, h - h % step))
-    if floored[0] * floored[1] <= max_area:
-        return floored
+    if w * h <= max_area:
+        return max(step, w - w % step), max(step, h - h % step)
     aspect = w / h
     rw = math.sqrt(max_area * aspect)
     bw, bh = _round_to_step(rw, step), _round_to_step(max_area / rw, step)
