@@ -50,6 +50,34 @@ def test_image_above_area_that_would_need_upscaling_on_one_side(buckets):
     assert w <= 530 and h <= 500 and w % 64 == 0 and h % 64 == 0 and w * h <= 512 * 512
 
 
+def test_image_narrower_than_its_bucket_is_not_stretched(buckets):
+    # Aspect 1.54 is nearest 640x384, which is wider than the image: the bucket comes from the image, floored.
+    assert assign_bucket((600, 390), buckets, RES, 64) == (576, 384)
+
+
+@pytest.mark.parametrize(("size", "expected"), [
+    # Aspect 10: the largest step-multiple size of exactly that aspect within 512x512 is 1280x128 (1920x192 is over).
+    ((2000, 200), (1280, 128)),
+    # Aspect 1/12: 128x1536 keeps it exactly (1536 / 128 = 12), and 192x2304 is over the area.
+    ((250, 3000), (128, 1536)),
+])
+def test_extreme_image_above_the_area_shrinks_to_its_own_aspect(buckets, size, expected):
+    w, h = assign_bucket(size, buckets, RES, 64)
+    assert (w, h) == expected
+    assert w * h <= 512 * 512 and w / h == pytest.approx(size[0] / size[1])
+
+
+def test_equal_aspect_ties_go_to_the_larger_bucket():
+    assert assign_bucket((1000, 500), [(256, 128), (512, 256)], RES, 64) == (512, 256)
+    assert assign_bucket((1000, 500), [(512, 256), (256, 128)], RES, 64) == (512, 256)
+
+
+def test_bucketing_is_on_by_default_with_kohyas_limits():
+    assert assign_buckets([(1024, 512)], resolution=512) == [(704, 320)]
+    # max_bucket_reso 1024 caps the long side even where the area would allow more.
+    assert assign_buckets([(300, 1200)], resolution=1024) == [(256, 1024)]
+
+
 def test_without_bucketing_everything_goes_to_resolution():
     assert assign_buckets([(300, 200), (2000, 900)], resolution=512, enable_bucket=False) == [(512, 512)] * 2
     assert assign_buckets([(300, 200)], resolution=(768, 512), enable_bucket=False) == [(768, 512)]
@@ -60,6 +88,9 @@ def test_bad_settings_are_user_errors():
         make_buckets(RES, 256, 1024, 60)
     with pytest.raises(UserError, match="min_bucket_reso"):
         make_buckets(RES, 1024, 256, 64)
+    with pytest.raises(UserError, match="bucket_reso_steps"):
+        make_buckets(RES, 256, 1024, 0)
+    assert make_buckets(RES, 512, 512, 64) == [(512, 512)]  # min equal to max is one size, not an error
 
 
 def test_bucket_table_lists_each_bucket():
