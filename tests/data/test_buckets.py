@@ -67,6 +67,36 @@ def test_extreme_image_above_the_area_shrinks_to_its_own_aspect(buckets, size, e
     assert w * h <= 512 * 512 and w / h == pytest.approx(size[0] / size[1])
 
 
+def kohya_select_bucket(w: int, h: int, max_area: int, step: int) -> tuple[int, int]:
+    """kohya's BucketManager.select_bucket for an image above the area (bucket_no_upscale), written out here."""
+    def round_to_steps(x: float) -> int:
+        x = int(x + 0.5)
+        return x - x % step
+
+    ar = w / h
+    rw = math.sqrt(max_area * ar)
+    rh = max_area / rw
+    bw, bh = round_to_steps(rw), round_to_steps(rh)
+    ar_w = bw / round_to_steps(bw / ar)
+    ar_h = round_to_steps(bh * ar) / bh
+    size = (bw, int(bw / ar + 0.5)) if abs(ar_w - ar) < abs(ar_h - ar) else (int(bh * ar + 0.5), bh)
+    return size[0] - size[0] % step, size[1] - size[1] % step
+
+
+# The last four land within half a pixel of a rounding edge, where kohya rounds rather than truncates.
+@pytest.mark.parametrize("size", [(1999, 211), (3001, 170), (170, 2900), (2400, 230), (211, 1999), (1408, 196),
+                                  (1408, 199), (1415, 250), (250, 1415)])
+def test_shrinking_follows_kohyas_select_bucket(buckets, size):
+    assert assign_bucket(size, buckets, RES, 64) == kohya_select_bucket(*size, 512 * 512, 64)
+
+
+def test_non_square_resolution_uses_its_own_area():
+    area = 768 * 512
+    square = max(s for s in range(64, 1025, 64) if s * s <= area)  # 576
+    assert assign_buckets([(1000, 1000), (2200, 255)], resolution=(768, 512)) == [
+        (square, square), kohya_select_bucket(2200, 255, area, 64)]
+
+
 def test_equal_aspect_ties_go_to_the_larger_bucket():
     assert assign_bucket((1000, 500), [(256, 128), (512, 256)], RES, 64) == (512, 256)
     assert assign_bucket((1000, 500), [(512, 256), (256, 128)], RES, 64) == (512, 256)
@@ -96,6 +126,12 @@ def test_bad_settings_are_user_errors():
 def test_bucket_table_lists_each_bucket():
     table = bucket_table({(512, 512): 10, (704, 320): 3})
     assert "512x512" in table and "704x320" in table and "2.20" in table and "13" in table.splitlines()[-1]
+
+
+def test_bucket_table_rows_go_from_tallest_to_widest_aspect():
+    counts = {(704, 320): 1, (512, 512): 2, (320, 704): 3, (640, 384): 4, (512, 256): 5}
+    rows = [line.split()[0] for line in bucket_table(counts).splitlines()[1:-1]]
+    assert rows == [f"{w}x{h}" for w, h in sorted(counts, key=lambda b: b[0] / b[1])]
 
 
 def _sampler_buckets():

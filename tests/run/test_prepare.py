@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from accelerate import Accelerator
+from safetensors.torch import save_file
 from tiny_models import build_tiny_pipeline
 
 from training.contract.config import TrainConfig
+from training.lora_files.export import kohya_state_dict
 from training.models.families import FAMILIES
 from training.models.loading import BaseModel
 from training.run.parts import StepSettings
@@ -50,9 +52,31 @@ def test_lora_groups_follow_the_config(unet_only):
     assert bool(te_trainable) is not unet_only
 
 
-def test_step_parts_wrap_the_trained_models_with_the_config_s_optimizer():
+def test_network_weights_start_the_lora_from_that_file(tmp_path):
+    cfg = TrainConfig(network_dim=4, network_alpha=2)
+    first = tiny_base()
+    with torch.no_grad():
+        for group in add_networks(cfg, first):
+            for p in group["params"]:
+                p.normal_(generator=torch.Generator().manual_seed(p.numel()))
+    path = tmp_path / "start.safetensors"
+    save_file(kohya_state_dict(first.unet, first.text_encoders, FAMILIES["sd1"], torch.float32), str(path))
+
+    second = tiny_base()
+    groups = add_networks(cfg.model_copy(update={"network_weights": str(path)}), second)
+    for model_a, model_b in ((first.unet, second.unet), (first.text_encoder, second.text_encoder)):
+        lora_a = {n: p for n, p in model_a.named_parameters() if "lora_" in n}
+        lora_b = {n: p for n, p in model_b.named_parameters() if "lora_" in n}
+        assert lora_a.keys() == lora_b.keys() and lora_a
+        assert all(torch.equal(lora_a[n], lora_b[n]) for n in lora_a)
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(
+        p.numel() for m in (second.unet, second.text_encoder) for n, p in m.named_parameters() if "lora_" in n)
+
+
+@pytest.mark.parametrize("unet_only", [False, True])
+def test_step_parts_wrap_the_trained_models_with_the_config_s_optimizer(unet_only):
     cfg = TrainConfig(network_dim=4, network_alpha=2, unet_lr=3e-4, text_encoder_lr=5e-5, lr_scheduler="constant",
-                      seed=11, noise_offset=0.1)
+                      seed=11, noise_offset=0.1, network_train_unet_only=unet_only)
     base = tiny_base()
     groups = add_networks(cfg, base)
     accelerator = Accelerator(cpu=True)
@@ -61,10 +85,12 @@ def test_step_parts_wrap_the_trained_models_with_the_config_s_optimizer():
                              text_cache=None, weight_dtype=torch.float32)
 
     assert parts.accelerator is accelerator
-    assert [g["lr"] for g in parts.optimizer.param_groups] == [3e-4, 5e-5]
+    lrs = [3e-4] if unet_only else [3e-4, 5e-5]
+    assert [g["lr"] for g in parts.optimizer.param_groups] == lrs
     assert isinstance(parts.optimizer.optimizer, torch.optim.AdamW)
-    assert parts.lr_scheduler.get_last_lr() == [3e-4, 5e-5]
-    assert parts.trained_models == [parts.unet, parts.text_encoders[0]] and len(parts.text_encoders) == 1
+    assert parts.lr_scheduler.get_last_lr() == lrs
+    assert parts.trained_models == [parts.unet] + ([] if unet_only else [parts.text_encoders[0]])
+    assert len(parts.text_encoders) == 1
     assert parts.unet(torch.zeros(1, 4, 8, 8), torch.tensor([1]), torch.zeros(1, 77, 32)).sample.shape[1] == 4
     assert [id(p) for p in parts.params] == [id(p) for g in groups for p in g["params"]]
     assert parts.generator.initial_seed() == 11
