@@ -341,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     names = list(TARGETS) if args.all else args.modules
     unknown = [n for n in names if n not in TARGETS]
     if unknown or not names:
-        parser.error(f"name modules among {', '.join(TARGETS)} or pass --all (unknown: {', '.join(unknown)})")
+        prefix = f"unknown {', '.join(unknown)}; " if unknown else ""
+        parser.error(f"{prefix}name modules among {', '.join(TARGETS)} or pass --all")
     if args.list:
         for name in names:
             list_mutants(name)
