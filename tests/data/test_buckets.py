@@ -156,6 +156,73 @@ def test_many_sizes_and_settings_match_kohya():
         checked += 1
 
 
+def test_image_whose_floored_size_has_exactly_the_area_keeps_it(buckets):
+    w, h = 133, 2065
+    floored = (w - w % 64, h - h % 64)  # 128 x 2048 = 512 x 512
+    assert floored[0] * floored[1] == 512 * 512
+    assert assign_bucket((w, h), buckets, RES, 64) == floored
+
+
+def test_image_narrower_than_its_bucket_is_not_stretched(buckets):
+    # Aspect 1.54 is nearest 640x384, which is wider than the image: the bucket comes from the image, floored.
+    assert assign_bucket((600, 390), buckets, RES, 64) == (576, 384)
+
+
+@pytest.mark.parametrize(("size", "expected"), [
+    # Aspect 10: the largest step-multiple size of exactly that aspect within 512x512 is 1280x128 (1920x192 is over).
+    ((2000, 200), (1280, 128)),
+    # Aspect 1/12: 128x1536 keeps it exactly (1536 / 128 = 12), and 192x2304 is over the area.
+    ((250, 3000), (128, 1536)),
+])
+def test_extreme_image_above_the_area_shrinks_to_its_own_aspect(buckets, size, expected):
+    w, h = assign_bucket(size, buckets, RES, 64)
+    assert (w, h) == expected
+    assert w * h <= 512 * 512 and w / h == pytest.approx(size[0] / size[1])
+
+
+def kohya_select_bucket(w: int, h: int, max_area: int, step: int) -> tuple[int, int]:
+    """kohya's BucketManager.select_bucket for an image above the area (bucket_no_upscale), written out here."""
+    def round_to_steps(x: float) -> int:
+        x = int(x + 0.5)
+        return x - x % step
+
+    ar = w / h
+    rw = math.sqrt(max_area * ar)
+    rh = max_area / rw
+    bw, bh = round_to_steps(rw), round_to_steps(rh)
+    ar_w = bw / round_to_steps(bw / ar)
+    ar_h = round_to_steps(bh * ar) / bh
+    size = (bw, int(bw / ar + 0.5)) if abs(ar_w - ar) < abs(ar_h - ar) else (int(bh * ar + 0.5), bh)
+    return size[0] - size[0] % step, size[1] - size[1] % step
+
+
+# The last four land within half a pixel of a rounding edge, where kohya rounds rather than truncates.
+@pytest.mark.parametrize("size", [(1999, 211), (3001, 170), (170, 2900), (2400, 230), (211, 1999), (1408, 196),
+                                  (1408, 199), (1415, 250), (250, 1415)])
+def test_shrinking_follows_kohyas_select_bucket(buckets, size):
+    assert assign_bucket(size, buckets, RES, 64) == kohya_select_bucket(*size, 512 * 512, 64)
+
+
+def test_non_square_resolution_uses_its_own_area():
+    area = 768 * 512
+    square = max(s for s in range(64, 1025, 64) if s * s <= area)  # 576
+    assert assign_buckets([(1000, 1000), (2200, 255)], resolution=(768, 512)) == [
+        (square, square), kohya_select_bucket(2200, 255, area, 64)]
+
+
+def test_aspect_ties_go_to_the_larger_bucket():
+    assert assign_bucket((1000, 500), [(256, 128), (512, 256)], RES, 64) == (512, 256)
+    assert assign_bucket((1000, 500), [(512, 256), (256, 128)], RES, 64) == (512, 256)
+    # Aspect 1.5 is 1.0 away from both 2.5 and 0.5: the bucket with more pixels wins, not the taller one.
+    assert assign_bucket((900, 600), [(256, 512), (640, 256)], RES, 64) == (640, 256)
+
+
+def test_bucketing_is_on_by_default_with_kohyas_limits():
+    assert assign_buckets([(1024, 512)], resolution=512) == [(704, 320)]
+    # max_bucket_reso 1024 caps the long side even where the area would allow more.
+    assert assign_buckets([(300, 1200)], resolution=1024) == [(256, 1024)]
+
+
 def test_without_bucketing_everything_goes_to_resolution():
     assert assign_buckets([(300, 200), (2000, 900)], resolution=512, enable_bucket=False) == [(512, 512)] * 2
     assert assign_buckets([(300, 200)], resolution=(768, 512), enable_bucket=False) == [(768, 512)]
@@ -166,11 +233,20 @@ def test_bad_settings_are_user_errors():
         make_buckets(RES, 256, 1024, 60)
     with pytest.raises(UserError, match="min_bucket_reso"):
         make_buckets(RES, 1024, 256, 64)
+    with pytest.raises(UserError, match="bucket_reso_steps"):
+        make_buckets(RES, 256, 1024, 0)
+    assert make_buckets(RES, 512, 512, 64) == [(512, 512)]  # min equal to max is one size, not an error
 
 
 def test_bucket_table_lists_each_bucket():
     table = bucket_table({(512, 512): 10, (704, 320): 3})
     assert "512x512" in table and "704x320" in table and "2.20" in table and "13" in table.splitlines()[-1]
+
+
+def test_bucket_table_rows_go_from_tallest_to_widest_aspect():
+    counts = {(704, 320): 1, (512, 512): 2, (320, 704): 3, (640, 384): 4, (512, 256): 5}
+    rows = [line.split()[0] for line in bucket_table(counts).splitlines()[1:-1]]
+    assert rows == [f"{w}x{h}" for w, h in sorted(counts, key=lambda b: b[0] / b[1])]
 
 
 def _sampler_buckets():

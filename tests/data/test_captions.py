@@ -28,6 +28,11 @@ def test_keep_tokens_stay_in_front_while_the_rest_shuffles():
     assert all(o.split(", ")[:2] == ["sks girl", "red hair"] for o in {_run(s, keep_tokens=2) for s in range(10)})
 
 
+def test_without_keep_tokens_any_tag_can_come_first():
+    firsts = {_run(s, keep_tokens=0).split(", ")[0] for s in range(30)}
+    assert len(firsts) > 3
+
+
 def test_shuffle_is_deterministic_for_a_seed():
     assert _run(7) == _run(7)
     assert len({_run(s) for s in range(10)}) > 1

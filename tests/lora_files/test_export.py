@@ -5,6 +5,7 @@ The diffusers check covers SD1, SD2 and SDXL (UNet + TE1 + TE2); SDXL's own name
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -16,7 +17,7 @@ from lora_checks import CASE_IDS, CASES, SD_CASES, apply_with_diffusers, case_id
 from tiny_models import build_tiny_pipeline
 
 from training.contract.errors import UserError
-from training.lora_files.export import LoraMetadata, build_metadata, kohya_state_dict, save_lora
+from training.lora_files.export import LoraMetadata, build_metadata, kohya_state_dict, parse_resolution, save_lora
 from training.models.families import FAMILIES
 from training.networks.lora import UNET_TARGETS
 
@@ -96,6 +97,30 @@ def test_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_saved_metadata_keeps_every_entry_and_a_fresh_hash(tmp_path):
+    sd = {"lora_te_x.alpha": torch.tensor(1.0, dtype=torch.float16)}
+    digest = save_lora(tmp_path / "lora.safetensors", sd, {"ss_output_name": "x", "sshs_model_hash": "stale"})
+    raw = (tmp_path / "lora.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert json.loads(raw[8:8 + n])["__metadata__"] == {"ss_output_name": "x", "sshs_model_hash": digest}
+    assert digest == hashlib.sha256(raw[8 + n:]).hexdigest()
+
+
+def test_metadata_values_must_be_strings(tmp_path):
+    sd = {"lora_te_x.alpha": torch.tensor(1.0, dtype=torch.float16)}
+    with pytest.raises(TypeError, match="metadata values must be strings"):
+        save_lora(tmp_path / "lora.safetensors", sd, {"ss_network_dim": 8})
+
+
+def test_dora_adapters_are_refused_with_a_reason():
+    from peft import LoraConfig, inject_adapter_in_model
+
+    pipe = build_tiny_pipeline("sd1")
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, use_dora=True, target_modules=UNET_TARGETS), pipe.unet)
+    with pytest.raises(UserError, match="DoRA"):
+        kohya_state_dict(pipe.unet, [], FAMILIES["sd1"])
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_tensor_is_refused(tmp_path, bad):
     pipe = lora_pipeline("sd1", 4, 2.0)
@@ -106,6 +131,14 @@ def test_non_finite_tensor_is_refused(tmp_path, bad):
     with pytest.raises(UserError, match="NaN/Inf"):
         save_lora(tmp_path / "lora.safetensors", sd, {})
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, (768, 768)), (512, (512, 512)), ("512", (512, 512)), ("768,512", (768, 512)), ("(640, 384)", (640, 384)),
+    ("1024x768", (1024, 768)), ([640, 384], (640, 384)), ((896,), (896, 896)),
+])
+def test_resolution_is_read_in_every_form_kohya_writes(value, expected):
+    assert parse_resolution(value, 768) == expected
 
 
 def test_metadata_strings_and_family_keys():
@@ -142,3 +175,38 @@ def test_metadata_is_one_record_rendered_once_with_the_run_s_values_where_it_mea
     assert (meta["ss_mixed_precision"], meta["ss_unet_lr"], meta["ss_total_batch_size"]) == ("bf16", "0.0005", "8")
     assert (meta["ss_max_train_steps"], meta["ss_session_id"], meta["ss_batch_size_per_device"]) == ("90", "7", "2")
     assert meta["ss_network_dim"] == "8"  # the network's facts are the file's, never a run fact's
+
+
+def test_network_metadata_states_the_file_s_most_common_rank_and_alpha():
+    def module(name: str, rank: int, alpha: float) -> dict[str, torch.Tensor]:
+        return {f"{name}.lora_down.weight": torch.zeros(rank, 32), f"{name}.lora_up.weight": torch.zeros(16, rank),
+                f"{name}.alpha": torch.tensor(alpha)}
+
+    sd = module("lora_unet_a", 4, 2.0) | module("lora_unet_b", 4, 2.0) | module("lora_unet_c", 2, 1.0)
+    meta = build_metadata({"network_dim": 8, "network_alpha": 4}, FAMILIES["sd1"], {}, state_dict=sd)
+    assert (meta["ss_network_dim"], meta["ss_network_alpha"]) == ("4", "2.0")
+
+
+def test_network_metadata_without_a_file_uses_the_config_or_kohyas_defaults():
+    meta = build_metadata({"network_dim": 8, "network_alpha": 4}, FAMILIES["sd1"], {})
+    assert (meta["ss_network_dim"], meta["ss_network_alpha"]) == ("8", "4")
+    meta = build_metadata({"network_alpha": None, "train_batch_size": 3}, FAMILIES["sd1"], {})
+    assert (meta["ss_network_dim"], meta["ss_network_alpha"]) == ("4", "1.0")
+    assert meta["ss_total_batch_size"] == "3"  # no gradient accumulation stated: one batch per step
+
+
+def test_title_comes_from_the_run_then_the_config_then_the_output_name():
+    family = FAMILIES["sd1"]
+    assert build_metadata({"output_name": "x"}, family, {})["modelspec.title"] == "x"
+    assert build_metadata({"output_name": "x", "title": "t"}, family, {})["modelspec.title"] == "t"
+    assert build_metadata({"output_name": "x", "title": "t"}, family, {"title": "run"})["modelspec.title"] == "run"
+
+
+def test_a_run_without_a_session_id_gets_a_random_32_bit_one():
+    ids = {int(build_metadata({}, FAMILIES["sd1"], {})["ss_session_id"]) for _ in range(50)}
+    assert len(ids) > 45 and max(ids) < 2**32
+
+
+def test_modelspec_date_is_when_training_finished_to_the_second():
+    meta = build_metadata({}, FAMILIES["sd1"], {"training_finished_at": 1.7e9 + 0.25})
+    assert meta["modelspec.date"] == dt.datetime.fromtimestamp(1_700_000_000).isoformat()

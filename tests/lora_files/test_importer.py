@@ -146,3 +146,54 @@ def test_foreign_keys_are_an_error():
     key = next(iter(sd)).partition(".")[0] + ".dora_scale"
     with pytest.raises(UserError, match="dora_scale"):
         _reexport({**sd, key: torch.ones(1)}, "sd1")
+
+
+@pytest.mark.parametrize("part", ["lora_down.weight", "lora_up.weight"])
+def test_a_module_missing_half_its_pair_is_an_error(part):
+    sd = kohya_state_dict(*_models(lora_pipeline("sd1", 4, 2.0)), FAMILIES["sd1"])
+    name = next(iter(sd)).partition(".")[0]
+    del sd[f"{name}.{part}"]
+    with pytest.raises(UserError, match="lacks lora_down or lora_up"):
+        _reexport(sd, "sd1")
+
+
+def test_resuming_with_a_file_that_covers_more_modules_than_the_model_is_an_error():
+    sd = kohya_state_dict(*_models(lora_pipeline("sd1", 4, 2.0, ("proj_in",))), FAMILIES["sd1"])
+    fresh = build_tiny_pipeline("sd1")
+    add_lora(fresh.unet, UNET_TARGETS, 4, 2.0)
+    add_lora(fresh.text_encoder, TEXT_ENCODER_TARGETS, 4, 2.0)
+    with pytest.raises(UserError, match="carries no LoRA adapter"):
+        load_kohya_into_peft(sd, fresh.unet, [fresh.text_encoder], FAMILIES["sd1"])
+
+
+def test_resuming_with_a_module_of_another_width_is_an_error():
+    sd = kohya_state_dict(*_models(lora_pipeline("sd1", 4, 2.0)), FAMILIES["sd1"])
+    up = next(k for k in sd if k.endswith("lora_up.weight"))
+    sd[up] = torch.zeros(sd[up].shape[0] + 1, *sd[up].shape[1:], dtype=sd[up].dtype)
+    fresh = build_tiny_pipeline("sd1")
+    add_lora(fresh.unet, UNET_TARGETS, 4, 2.0)
+    add_lora(fresh.text_encoder, TEXT_ENCODER_TARGETS, 4, 2.0)
+    with pytest.raises(UserError, match="shape mismatch"):
+        load_kohya_into_peft(sd, fresh.unet, [fresh.text_encoder], FAMILIES["sd1"])
+
+
+def test_resume_reports_the_adapter_layers_the_file_leaves_untouched():
+    sd = kohya_state_dict(*_models(lora_pipeline("sd1", 4, 2.0)), FAMILIES["sd1"])
+    name = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_v"
+    partial = {k: v for k, v in sd.items() if not k.startswith(name + ".")}
+    fresh = build_tiny_pipeline("sd1")
+    add_lora(fresh.unet, UNET_TARGETS, 4, 2.0)
+    add_lora(fresh.text_encoder, TEXT_ENCODER_TARGETS, 4, 2.0)
+    report = load_kohya_into_peft(partial, fresh.unet, [fresh.text_encoder], FAMILIES["sd1"])
+    assert report.untouched == ["unet:mid_block.attentions.0.transformer_blocks.0.attn1.to_v"]
+
+
+def test_a_file_path_loads_like_its_tensors(tmp_path):
+    from safetensors.torch import save_file
+
+    sd = kohya_state_dict(*_models(lora_pipeline("sd1", 4, 2.0)), FAMILIES["sd1"])
+    save_file(sd, str(tmp_path / "lora.safetensors"), metadata={"ss_network_dim": "4"})
+    fresh = build_tiny_pipeline("sd1")
+    report = load_kohya_into_peft(tmp_path / "lora.safetensors", fresh.unet, [fresh.text_encoder], FAMILIES["sd1"])
+    assert report.modules == len(sd) // 3
+    _assert_identical(sd, kohya_state_dict(fresh.unet, [fresh.text_encoder], FAMILIES["sd1"]))
