@@ -156,13 +156,6 @@ def test_many_sizes_and_settings_match_kohya():
         checked += 1
 
 
-def test_image_whose_floored_size_has_exactly_the_area_keeps_it(buckets):
-    w, h = 133, 2065
-    floored = (w - w % 64, h - h % 64)  # 128 x 2048 = 512 x 512
-    assert floored[0] * floored[1] == 512 * 512
-    assert assign_bucket((w, h), buckets, RES, 64) == floored
-
-
 def test_image_narrower_than_its_bucket_is_not_stretched(buckets):
     # Aspect 1.54 is nearest 640x384, which is wider than the image: the bucket comes from the image, floored.
     assert assign_bucket((600, 390), buckets, RES, 64) == (576, 384)
@@ -208,13 +201,6 @@ def test_non_square_resolution_uses_its_own_area():
     square = max(s for s in range(64, 1025, 64) if s * s <= area)  # 576
     assert assign_buckets([(1000, 1000), (2200, 255)], resolution=(768, 512)) == [
         (square, square), kohya_select_bucket(2200, 255, area, 64)]
-
-
-def test_aspect_ties_go_to_the_larger_bucket():
-    assert assign_bucket((1000, 500), [(256, 128), (512, 256)], RES, 64) == (512, 256)
-    assert assign_bucket((1000, 500), [(512, 256), (256, 128)], RES, 64) == (512, 256)
-    # Aspect 1.5 is 1.0 away from both 2.5 and 0.5: the bucket with more pixels wins, not the taller one.
-    assert assign_bucket((900, 600), [(256, 512), (640, 256)], RES, 64) == (640, 256)
 
 
 def test_bucketing_is_on_by_default_with_kohyas_limits():
