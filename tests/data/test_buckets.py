@@ -105,6 +105,14 @@ def our_bucket(size, resolution, min_size=256, max_size=1024, step=64):
     return assign_buckets([size], resolution=resolution, min_reso=min_size, max_reso=max_size, step=step)[0]
 
 
+@pytest.mark.parametrize(("size", "resolution"), [((96, 4096), (768, 512)), ((160, 2560), (640, 640)),
+                                                  ((200, 2048), (640, 640))])
+def test_an_image_of_exactly_the_bucket_area_is_floored_not_shrunk(size, resolution):
+    """kohya shrinks only images larger than the area; one of exactly the area is floored to steps."""
+    assert size[0] * size[1] == resolution[0] * resolution[1]
+    assert our_bucket(size, resolution) == kohya_bucket(size, resolution)
+
+
 def test_bucket_list_is_kohyas():
     for resolution, min_size, max_size in [(RES, 256, 1024), ((1024, 1024), 256, 2048), ((768, 512), 320, 1536)]:
         assert make_buckets(resolution, min_size, max_size, 64) == kohya_bucket_list(resolution, min_size,
