@@ -113,6 +113,14 @@ def test_an_image_of_exactly_the_bucket_area_is_floored_not_shrunk(size, resolut
     assert our_bucket(size, resolution) == kohya_bucket(size, resolution)
 
 
+@pytest.mark.parametrize(("size", "resolution", "min_size", "max_size"), [
+    ((256, 1056), (512, 512), 256, 1024),    # as wide as its nearest bucket: that bucket, not a shrink
+    ((2688, 256), (640, 640), 320, 960),     # both roundings of the shrink equally far from the aspect: kohya's first
+])
+def test_edge_sizes_get_kohyas_bucket(size, resolution, min_size, max_size):
+    assert our_bucket(size, resolution, min_size, max_size) == kohya_bucket(size, resolution, min_size, max_size)
+
+
 def test_bucket_list_is_kohyas():
     for resolution, min_size, max_size in [(RES, 256, 1024), ((1024, 1024), 256, 2048), ((768, 512), 320, 1536)]:
         assert make_buckets(resolution, min_size, max_size, 64) == kohya_bucket_list(resolution, min_size,
