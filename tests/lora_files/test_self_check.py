@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import pytest
@@ -221,3 +222,103 @@ def test_verify_full_size_file_on_meta_models(tmp_path):
     report = verify_lora(tmp_path / "full.safetensors", FAMILIES["sd1"], unet, [te])
     assert report.ok, report.problems[:5]
     assert report.summary() == "176 of 176 modules matched"  # 128 UNet + 48 TE
+
+
+# --- the header, the values and the metadata: each defect a loader would trip on is named
+
+MID_TO_K = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_k"
+
+
+def _raw_file(tmp_path: Path, data: bytes) -> Path:
+    path = tmp_path / "raw.safetensors"
+    path.write_bytes(data)
+    return path
+
+
+def _header_only(metadata: dict[str, str]) -> bytes:
+    """A valid safetensors file with no tensors: length, then a JSON header padded to 8 bytes, nothing after it."""
+    header = json.dumps({"__metadata__": metadata}).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header
+
+
+def test_header_length_problems_are_told_apart(exported, tmp_path):
+    family, pipe, good, _ = exported
+    assert any("too short" in p for p in _verify(family, pipe, _raw_file(tmp_path, b"\0" * 7)).problems)
+    eight = _verify(family, pipe, _raw_file(tmp_path, struct.pack("<Q", 0))).problems  # a length, no JSON
+    assert any("does not parse" in p for p in eight) and not any("too short" in p for p in eight)
+    body = good.read_bytes()
+    past_the_end = struct.pack("<Q", len(body)) + body[8:]
+    problems = _verify(family, pipe, _raw_file(tmp_path, past_the_end)).problems
+    assert any(p == f"header length {len(body)} is invalid" for p in problems), problems
+    exact = _verify(family, pipe, _raw_file(tmp_path, _header_only({"a": "b"}))).problems  # header ends the file
+    assert not any("header length" in p or "does not parse" in p for p in exact), exact
+
+
+def test_duplicate_header_keys_are_named(exported, tmp_path):
+    """A header safetensors itself cannot read is a problem in the report, never a traceback."""
+    family, pipe, _, _ = exported
+    header = b'{"__metadata__": {"a": "1"}, "x": 1, "x": 2}'
+    header += b" " * (-len(header) % 8)
+    problems = _verify(family, pipe, _raw_file(tmp_path, struct.pack("<Q", len(header)) + header)).problems
+    assert any(p.startswith("duplicate header keys: ['x']") for p in problems), problems
+    assert any(p.startswith("the tensors cannot be read: ") for p in problems), problems
+
+
+def test_alpha_in_an_unusual_dtype_is_named(exported, tmp_path):
+    family, pipe, good, _ = exported
+
+    def edit(sd):
+        sd[f"{TO_Q}.alpha"] = sd[f"{TO_Q}.alpha"].to(torch.bfloat16)
+
+    problems = _verify(family, pipe, _write_variant(tmp_path, good, edit)).problems
+    assert f"key '{TO_Q}.alpha': alpha dtype BF16, expected F16 or F32" in problems
+
+
+def test_alpha_that_disagrees_with_the_models_scale_is_named(exported, tmp_path):
+    family, pipe, good, _ = exported
+
+    def edit(sd):
+        sd[f"{TO_Q}.alpha"] = sd[f"{TO_Q}.alpha"] * 1.1  # 10% off the scale the model trained with
+
+    problems = _verify(family, pipe, _write_variant(tmp_path, good, edit)).problems
+    assert any(p.startswith(f"module '{TO_Q}': alpha/r = ") for p in problems), problems
+
+
+def test_an_untrained_module_is_a_warning_not_a_problem(exported, tmp_path):
+    family, pipe, good, _ = exported
+    assert not [w for w in _verify(family, pipe, good).warnings if "all zero" in w]
+
+    def edit(sd):
+        sd[f"{TO_Q}.lora_up.weight"] = torch.zeros_like(sd[f"{TO_Q}.lora_up.weight"])
+
+    report = _verify(family, pipe, _write_variant(tmp_path, good, edit))
+    assert f"module '{TO_Q}': lora_up is all zero (untrained)" in report.warnings
+
+
+def test_network_dim_metadata_that_is_not_a_number_is_named(exported, tmp_path):
+    family, pipe, good, _ = exported
+    path = _write_variant(tmp_path, good, lambda sd: None, lambda meta: meta.update(ss_network_dim="sixteen"))
+    problems = _verify(family, pipe, path).problems
+    assert any(p.startswith("metadata 'ss_network_dim' is 'sixteen'") for p in problems), problems
+
+
+@pytest.mark.parametrize("above", [0, 8])
+def test_a_rank_above_the_layers_smaller_side_does_not_fit(exported, tmp_path, above):
+    """The rank of a LoRA on a layer is at most its smaller side (the mid block's cross-attention key, whose input
+    is the text width and output the channel width): a larger rank cannot come from training."""
+    family, _, good, _ = exported
+    bare = build_tiny_pipeline(family)  # no adapter: the scale is not compared, only the shapes
+    layer = bare.unet.get_submodule("mid_block.attentions.0.transformer_blocks.0.attn2.to_k")
+    fan_in, out = layer.in_features, layer.out_features
+    assert fan_in + 8 <= out  # a layer whose sides differ, so "smaller side" is not "either side"
+    rank = fan_in + above
+
+    def edit(sd):
+        sd[f"{MID_TO_K}.lora_down.weight"] = torch.full((rank, fan_in), 0.01, dtype=torch.float16)
+        sd[f"{MID_TO_K}.lora_up.weight"] = torch.full((out, rank), 0.01, dtype=torch.float16)
+        sd[f"{MID_TO_K}.alpha"] = torch.tensor(float(rank) * 0.5, dtype=torch.float16)
+
+    problems = _verify(family, bare, _write_variant(tmp_path, good, edit)).problems
+    shape_problems = [p for p in problems if p.startswith(f"module '{MID_TO_K}': shapes")]
+    assert (shape_problems == []) == (above == 0), problems

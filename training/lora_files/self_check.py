@@ -232,7 +232,12 @@ def verify_lora(path: str | Path, family: Any, unet: nn.Module | None, text_enco
                             len(text_encoders), report)
     _check_openclip(names, family, report)
     ranks, alphas, matched = [], [], []
-    with safe_open(str(path), framework="pt", device="cpu") as fh:
+    try:
+        fh = safe_open(str(path), framework="pt", device="cpu")
+    except Exception as err:  # safetensors' own error types: a header that is JSON but not a tensor table
+        report.problems.append(f"the tensors cannot be read: {str(err).splitlines()[0][:200]}")
+        return report
+    with fh:
         for name in names:
             t = {p: fh.get_tensor(f"{name}.{p}") for p in PARTS if p in modules[name]}
             if name not in resolved or len(t) != len(PARTS):
