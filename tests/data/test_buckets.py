@@ -115,6 +115,7 @@ def test_an_image_of_exactly_the_bucket_area_is_floored_not_shrunk(size, resolut
 
 @pytest.mark.parametrize(("size", "resolution", "min_size", "max_size"), [
     ((256, 1056), (512, 512), 256, 1024),    # as wide as its nearest bucket: that bucket, not a shrink
+    ((1056, 256), (512, 512), 256, 1024),    # as tall as its nearest bucket: the same
     ((2688, 256), (640, 640), 320, 960),     # both roundings of the shrink equally far from the aspect: kohya's first
 ])
 def test_edge_sizes_get_kohyas_bucket(size, resolution, min_size, max_size):

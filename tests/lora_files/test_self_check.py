@@ -322,3 +322,33 @@ def test_a_rank_above_the_layers_smaller_side_does_not_fit(exported, tmp_path, a
     problems = _verify(family, bare, _write_variant(tmp_path, good, edit)).problems
     shape_problems = [p for p in problems if p.startswith(f"module '{MID_TO_K}': shapes")]
     assert (shape_problems == []) == (above == 0), problems
+
+
+# --- the shape rules on a conv layer (LoCon-style modules in imported files) and on a layer LoRA cannot target
+
+def _shapes_fit(target: torch.nn.Module, down_shape: tuple[int, ...], up_shape: tuple[int, ...]) -> tuple[bool, list]:
+    from training.lora_files.self_check import _check_shapes
+
+    report = SelfCheck()
+    rank = down_shape[0]
+    t = {"lora_down.weight": torch.zeros(down_shape), "lora_up.weight": torch.zeros(up_shape),
+         "alpha": torch.tensor(float(rank))}
+    return _check_shapes("m", target, t, report), report.problems
+
+
+def test_a_conv_lora_fits_with_the_kernel_on_down_and_1x1_on_up():
+    conv = torch.nn.Conv2d(8, 16, 3)
+    assert _shapes_fit(conv, (4, 8, 3, 3), (16, 4, 1, 1)) == (True, [])
+    # the rank may reach the smaller of out (16) and in x kernel (8 x 3 x 3 = 72)
+    assert _shapes_fit(conv, (16, 8, 3, 3), (16, 16, 1, 1))[0]
+    for down, up in [((4, 8, 3, 3), (16, 4, 3, 3)),   # up must be 1x1
+                     ((4, 8, 1, 1), (16, 4, 1, 1)),   # down must carry the kernel
+                     ((4, 8, 3, 3), (16, 4)),         # up must be 4-dim like the layer
+                     ((17, 8, 3, 3), (16, 17, 1, 1))]:  # rank above out
+        fits, problems = _shapes_fit(conv, down, up)
+        assert not fits and problems and problems[0].startswith("module 'm': shapes"), (down, up)
+
+
+def test_a_layer_lora_cannot_target_is_named():
+    fits, problems = _shapes_fit(torch.nn.LayerNorm(8), (4, 8), (8, 4))
+    assert not fits and problems == ["module 'm': target is LayerNorm, not Linear/Conv2d"]
