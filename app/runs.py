@@ -35,13 +35,12 @@ from training.contract.events import (
 )
 from training.contract.layout import (
     CANCELLED,
-    EVENTS_FILE,
-    JOB_FILE,
     LOG_FILE,
     PID_FILE,
     PRESET_FILE,
     QUEUED,
     TERMINATED,
+    RunLayout,
 )
 
 RUNS_DIR = "runs"
@@ -184,7 +183,7 @@ def start_state(run_dir: Path) -> RunState:
 def run_dirs(data_dir: Path) -> list[Path]:
     """Run folders under data_dir/runs/<output_name>/<YYYYmmdd-HHMMSS>/, newest first (the names sort by time)."""
     root = data_dir / RUNS_DIR
-    found = [p for p in root.glob("*/*") if p.is_dir() and ((p / JOB_FILE).exists() or (p / EVENTS_FILE).exists())]
+    found = [p for p in root.glob("*/*") if p.is_dir() and RunLayout(p).is_run()]
     return sorted(found, key=lambda p: (p.name, p.parent.name), reverse=True)
 
 
@@ -194,7 +193,7 @@ def run_folder(data_dir: Path, value: str) -> Path:
     root = (data_dir / RUNS_DIR).resolve()
     path = (root / Path(value).expanduser()).resolve()  # an absolute value replaces root
     inside = path.is_relative_to(root) and len(path.relative_to(root).parts) == 2
-    if not inside or not ((path / JOB_FILE).is_file() or (path / EVENTS_FILE).is_file()):
+    if not inside or not RunLayout(path).is_run():
         raise UserError(f"{value} is not a run folder under {root}")
     return path
 

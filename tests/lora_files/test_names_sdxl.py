@@ -182,7 +182,7 @@ def test_an_sdxl_lora_in_kohya_form_passes_the_export_check(sdxl, table, tmp_pat
     save_file(state, tmp_path / "xl.safetensors", metadata=meta)
     report = verify_lora(tmp_path / "xl.safetensors", SDXL, unet, [te1, te2])
     assert report.ok, report.problems[:5]
-    assert report.matched == report.total == 560 + 48 + 128
+    assert report.matched == report.expected == 560 + 48 + 128
 
 
 def test_sdxl_is_chosen_only_by_detection_and_refuses_sd2_flags():

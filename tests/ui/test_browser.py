@@ -190,7 +190,7 @@ def test_new_user_journey(page, trained_demo, tmp_path):
 
     base = load_base_model(str(real_app.settings.demo_dir / "model"))
     report = verify_lora(lora, base.family, base.unet, [base.text_encoder])
-    assert report.ok and report.matched == report.total > 0, report.problems
+    assert report.ok and report.matched == report.expected > 0, report.problems
 
 
 def test_bad_input_says_what_to_fix(page, real_app, tmp_path):

@@ -65,20 +65,12 @@ class RunLayout:
         return self.root / EVENTS_FILE
 
     @property
-    def control(self) -> Path:
-        return self.root / CONTROL_DIR
-
-    @property
     def samples(self) -> Path:
         return self.root / SAMPLE_DIR
 
     @property
     def logs(self) -> Path:
         return self.root / LOGS_DIR
-
-    @property
-    def log(self) -> Path:
-        return self.root / LOG_FILE
 
     def lora(self, name: str) -> Path:
         return self.root / f"{name}{LORA_SUFFIX}"

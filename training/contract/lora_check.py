@@ -49,11 +49,6 @@ class SelfCheck:
         return self.expected - self.matched
 
     @property
-    def total(self) -> int:
-        """The name callers used before ``expected``."""
-        return self.expected
-
-    @property
     def ok(self) -> bool:
         return not self.problems and not self.dry_run
 

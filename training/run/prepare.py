@@ -19,7 +19,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from training.contract.config import TrainConfig
 from training.contract.errors import UserError
 from training.contract.events import EventWriter
-from training.contract.layout import LATENT_CACHE_DIR
+from training.contract.layout import LATENT_CACHE_DIR, RunLayout
 from training.data.buckets import bucket_table, buckets_for
 from training.data.dataset import TrainDataset, collate
 from training.data.folder import DatasetScan, ImageItem, scan_dataset
@@ -55,7 +55,7 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path, events: EventWriter) -> Ac
         log_with.append("tensorboard")
     except ImportError:
         pass
-    logging_dir = Path(cfg.logging_dir) if cfg.logging_dir else run_dir / "logs"
+    logging_dir = Path(cfg.logging_dir) if cfg.logging_dir else RunLayout(run_dir).logs
     return Accelerator(
         mixed_precision=precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
