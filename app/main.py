@@ -33,7 +33,7 @@ def build_app(settings: Settings, supervisor: JobSupervisor | None = None,
     defaults = default_values()
     with gr.Blocks(title=TITLE) as demo:
         ctx = AppContext(settings, supervisor, specs, {s.name: make_component(s, defaults[s.name]) for s in specs},
-                         preset=gr.State(None))
+                         preset=gr.State(None), form_errors=gr.State({}))
         gr.Markdown(f"## {TITLE}" + (" · dry run: runs replay synthetic events" if settings.dry_run else ""))
         device_line = gr.Markdown(device.line, elem_id="device-report")
         device_timer = gr.Timer(2.0, active=not device.ready)  # until the background device check answers

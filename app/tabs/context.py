@@ -65,6 +65,9 @@ class AppContext:
     specs: list[FieldSpec]
     components: dict[str, Any]  # field name -> unrendered Gradio component (rendered by the tabs)
     preset: Any = None  # gr.State: the preset this page last applied, as preset_record() made it (or None)
+    # gr.State: {field name: one-line message} for the form's invalid fields; {} when the form may start a run.
+    # The Model tab's field checks write it; the Train tab's buttons listen to its .change.
+    form_errors: Any = None
     history: RunHistory = field(default_factory=RunHistory)
 
     @property
