@@ -36,6 +36,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="validate the config, then replay a synthetic run into output_dir without loading torch "
                              "or a model and without checking the model or dataset paths (for UI tests; pace: "
                              "LORAFORGE_DRY_RUN_STEP_SECONDS, default 0.02 s/step)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an output_dir that holds an earlier run: its events.jsonl and the "
+                             "LoRA files and -state folders named after output_name are deleted first (without "
+                             "this, such a folder is refused unless resume points into it)")
     parser.add_argument("--env-report", action="store_true",
                         help="print the Python and torch versions and the GPUs torch sees (name, memory, bf16), "
                              "then exit")
@@ -150,25 +154,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         from training.run.dry_run import main as dry_run_main
 
-        return dry_run_main(cfg)
+        return dry_run_main(cfg, overwrite=args.overwrite)
 
     quiet_libraries()
+    from training.run.frame import report_crash
     from training.run.runner import TrainingFailed, run
 
     # Errors during the run were already shown on the console as they went into events.jsonl.
     try:
-        run(cfg, scan=scan)
+        run(cfg, scan=scan, overwrite=args.overwrite)
     except UserError as err:
         if not err.reported:
             print(f"error: {err}", file=sys.stderr)
-        return exit_codes.BAD_INPUT
+        return err.exit_status
     except TrainingFailed:
         return exit_codes.FAILED
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
         return exit_codes.ABORTED
-    except Exception:
-        print(f"the full traceback is in {Path(cfg.output_dir) / 'events.jsonl'}", file=sys.stderr)
+    except Exception as err:
+        report_crash(err)
         return exit_codes.FAILED
     if os.environ.get("RANK", "0") == "0":  # once, not once per GPU
         print(summary(Path(cfg.output_dir)))

@@ -30,7 +30,7 @@ Scheduler = Literal[
 class TrainConfig(BaseModel):
     """Every training option. Invalid values are refused before anything loads."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # NaN is never a setting
 
     # --- model
     pretrained_model_name_or_path: str = opt(

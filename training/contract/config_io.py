@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,21 +75,34 @@ def migrate(flat: dict[str, Any], source: str) -> dict[str, Any]:
     return flat
 
 
-def reject_unknown(flat: dict[str, Any], source: str) -> list[str]:
-    """Drop ignored kohya keys (returning notes about them); refuse unknown or unsupported ones."""
+SET_FLAG = "--set"  # the command line's overrides, named in messages instead of a file
+
+
+def set_text(key: str, value: Any) -> str:
+    """An override as it was typed on the command line: ``--set key=value``."""
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    return f"{SET_FLAG} {key}={text}"
+
+
+def reject_unknown(flat: dict[str, Any], source: str, origins: Mapping[str, str] | None = None) -> list[str]:
+    """Drop ignored kohya keys (returning notes about them); refuse unknown or unsupported ones. ``origins`` says
+    which file (or --set) each key came from, when they came from several."""
     notes = []
     for key in list(flat):
         if key in TrainConfig.model_fields:
             continue
+        origin = (origins or {}).get(key, source)
+        where = set_text(key, flat[key]) if origin == SET_FLAG else f"{origin}: '{key}'"
         if key in IGNORED_KOHYA_KEYS:
-            notes.append(f"{source}: '{key}' ignored: {IGNORED_KOHYA_KEYS[key]}")
+            notes.append(f"{where} ignored: {IGNORED_KOHYA_KEYS[key]}")
             del flat[key]
         elif key in UNSUPPORTED_KOHYA_KEYS:
-            raise ConfigError(f"{source}: '{key}' is a kohya option this trainer does not support yet; remove it")
+            raise ConfigError(f"{where} is a kohya option this trainer does not support yet; remove it")
         else:
             close = difflib.get_close_matches(key, TrainConfig.model_fields, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{source}: unknown key '{key}'{hint}")
+            raise ConfigError(f"{where}: unknown key{hint}" if origin == SET_FLAG
+                              else f"{origin}: unknown key '{key}'{hint}")
     return notes
 
 
@@ -101,25 +115,45 @@ def allowed_values(name: str) -> str:
     return bounds.text() if bounds else ""
 
 
-def validation_message(err: ValidationError, flat: dict[str, Any], source: str) -> str:
-    first = err.errors()[0]
+# pydantic's error kinds that mean "this is not a number at all", whatever the bounds say
+NOT_A_NUMBER = {"finite_number": "not a number", "float_parsing": "not a number", "int_parsing": "not a whole number",
+                "float_type": "not a number", "int_type": "not a whole number"}
+
+
+def error_text(error: Mapping[str, Any]) -> str:
+    if error["type"] == "literal_error":
+        return "not a known choice"
+    return NOT_A_NUMBER.get(error["type"]) or error["msg"].removeprefix("Value error, ")
+
+
+def validation_message(err: ValidationError, flat: dict[str, Any], source: str,
+                       origins: Mapping[str, str] | None = None) -> str:
+    errors = err.errors()
+    # A NaN offered to a field that also takes a list fails both ways; the number's complaint is the one to show.
+    first = next((e for e in errors if e["type"] in NOT_A_NUMBER), errors[0])
     key = str(first["loc"][0]) if first["loc"] else ""
-    msg = "not a known choice" if first["type"] == "literal_error" else first["msg"].removeprefix("Value error, ")
+    msg = error_text(first)
     if not key:
         return f"{source}: {msg}"
     allowed = allowed_values(key) if key in TrainConfig.model_fields else ""
+    allowed = f" (allowed: {allowed})" if allowed else ""
     value = flat.get(key, first.get("input"))
-    return f"{source}: {key} = {value!r} is invalid: {msg}" + (f" (allowed: {allowed})" if allowed else "")
+    origin = (origins or {}).get(key, source)
+    if origin == SET_FLAG:
+        return f"{set_text(key, value)}: {msg}{allowed}"
+    return f"{origin}: {key} = {value!r} is invalid: {msg}{allowed}"
 
 
-def config_from_dict(flat: dict[str, Any], source: str = "config") -> tuple[TrainConfig, list[str]]:
-    """Validate a flat (or sectioned) dict; returns the config and notes about ignored keys."""
+def config_from_dict(flat: dict[str, Any], source: str = "config",
+                     origins: Mapping[str, str] | None = None) -> tuple[TrainConfig, list[str]]:
+    """Validate a flat (or sectioned) dict; returns the config and notes about ignored keys. Messages name
+    ``source``, or for a key listed in ``origins`` the file (or --set) it came from."""
     flat = migrate(flatten_sections(dict(flat), source), source)
-    notes = reject_unknown(flat, source)
+    notes = reject_unknown(flat, source, origins)
     try:
         return TrainConfig.model_validate(flat), notes
     except ValidationError as err:
-        raise ConfigError(validation_message(err, flat, source)) from None
+        raise ConfigError(validation_message(err, flat, source, origins)) from None
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -138,13 +172,18 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 def load_config(path: Path | list[Path], overrides: dict[str, Any] | None = None) -> tuple[TrainConfig, list[str]]:
     """Read TOML files (kohya's or ours; later files override earlier ones, e.g. a preset then a run) and
-    ``overrides`` into one validated TrainConfig."""
+    ``overrides`` (the command line's --set) into one validated TrainConfig. A message about a value names where
+    that value came from: its file, or --set."""
     paths = path if isinstance(path, list) else [path]
     flat: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     for p in paths:
-        flat.update(read_toml(p))
+        data = read_toml(p)
+        flat.update(data)
+        origins.update(dict.fromkeys(data, p.name))
     flat.update(overrides or {})
-    return config_from_dict(flat, "+".join(p.name for p in paths))
+    origins.update(dict.fromkeys(overrides or {}, SET_FLAG))
+    return config_from_dict(flat, "+".join(p.name for p in paths), origins)
 
 
 def config_to_toml(cfg: TrainConfig, preset: str | None = None) -> str:

@@ -10,6 +10,7 @@ the state for resuming sits beside its LoRA as ``<name>-000003-state``.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,9 @@ STATE_SUFFIX = "-state"            # a resumable training state folder beside it
 STATE_FILE = "train_state.json"    # counters and curves inside a state folder
 NOISE_STATE_FILE = "noise_generator.pt"
 LATENT_CACHE_DIR = ".latent_cache"  # beside the run folders (shared by runs on the same images)
+LOCK_FILE = "trainer.lock"         # the run using the folder (pid, start time, host); removed when it ends
+TEMP_SUFFIX = ".tmp"               # files and state folders being written (training.contract.atomic, save_state)
+OLD_STATE_SUFFIX = ".old"          # a state being replaced by a newer save of the same name
 # Written by the UI's supervisor (a terminal run has none of these)
 LOG_FILE = "trainer.log"           # the child's stdout and stderr
 PID_FILE = "trainer.pid"           # liveness before the trainer's start event
@@ -72,6 +76,10 @@ class RunLayout:
     def logs(self) -> Path:
         return self.root / LOGS_DIR
 
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK_FILE
+
     def lora(self, name: str) -> Path:
         return self.root / f"{name}{LORA_SUFFIX}"
 
@@ -80,7 +88,22 @@ class RunLayout:
 
     def state_tmp(self, name: str) -> Path:
         """Where a state is written before it replaces ``state_dir(name)`` (a crash never leaves half a state)."""
-        return self.root / f".{name}{STATE_SUFFIX}.tmp"
+        return self.root / f".{name}{STATE_SUFFIX}{TEMP_SUFFIX}"
+
+    def state_old(self, name: str) -> Path:
+        """Where the earlier state of that name waits while a new one takes its place."""
+        return self.root / f"{name}{STATE_SUFFIX}{OLD_STATE_SUFFIX}"
+
+    def temp_leftovers(self) -> list[Path]:
+        """Temporary files and state folders: a run killed mid-write leaves them (names start with a dot)."""
+        folders = [self.root, self.samples]
+        return sorted(p for folder in folders for p in folder.glob(f".*{TEMP_SUFFIX}"))
+
+    def saves_of(self, output_name: str) -> list[Path]:
+        """The LoRA files and state folders a run named ``output_name`` writes (final, per epoch, per step)."""
+        pattern = re.compile(rf"{re.escape(output_name)}(-\d{{6}}|-step\d{{8}})?"
+                             rf"({re.escape(LORA_SUFFIX)}|{STATE_SUFFIX}|{STATE_SUFFIX}{re.escape(OLD_STATE_SUFFIX)})")
+        return sorted(p for p in self.root.iterdir() if pattern.fullmatch(p.name)) if self.root.is_dir() else []
 
     def loras(self) -> list[Path]:
         return sorted(self.root.glob(f"*{LORA_SUFFIX}"))

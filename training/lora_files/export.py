@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from training.contract.atomic import write_bytes_atomic
+from training.contract.disk_space import ensure_space, no_space, ran_out_of_space
 from training.contract.errors import UserError
 from training.lora_files.names import canonical_name, strip_peft_prefix
 
@@ -105,8 +106,21 @@ def save_lora(path: Path, state_dict: Mapping[str, torch.Tensor], metadata: Mapp
     meta = {k: v for k, v in metadata.items() if k != HASH_KEY}
     digest = data_region_hash(save(tensors, metadata=meta))
     blob = save(tensors, metadata={**meta, HASH_KEY: digest})
-    write_bytes_atomic(Path(path), blob, fsync=True)
+    write_lora_bytes(Path(path), blob)
     return digest
+
+
+def write_lora_bytes(path: Path, blob: bytes) -> None:
+    """The file's bytes, written atomically, after checking they fit; a full disk is one line naming the file (the
+    temp file is removed either way, so the disk is not left full)."""
+    what = f"the LoRA {path.name}"
+    ensure_space(path.parent, what, len(blob))
+    try:
+        write_bytes_atomic(path, blob, fsync=True)
+    except OSError as err:
+        if ran_out_of_space(err, path.parent, len(blob)):
+            raise no_space(path.parent, what, len(blob)) from None
+        raise
 
 
 # --- metadata: the ss_* keys kohya's tools and the WebUIs read, and the modelspec.* keys --------------------------

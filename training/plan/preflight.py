@@ -7,6 +7,7 @@ from pathlib import Path
 from training.contract.config import TrainConfig
 from training.contract.errors import UserError
 from training.contract.layout import RunLayout, is_state_dir
+from training.contract.run_folder import folder_problem
 from training.data.folder import DatasetScan, scan_dataset
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
@@ -45,6 +46,9 @@ def check_outputs(cfg: TrainConfig) -> None:
     samples it is told to make."""
     if not cfg.output_dir:
         raise UserError("output_dir is not set: give the folder where the LoRA and run files go")
+    problem = folder_problem(Path(cfg.output_dir))
+    if problem:
+        raise UserError(problem)
     if cfg.resume and not Path(cfg.resume).expanduser().exists():
         raise UserError(f"resume: {cfg.resume} does not exist")
     if cfg.resume and not is_state_dir(Path(cfg.resume)):
@@ -77,15 +81,24 @@ def check_preset_family(model: str, preset: tuple[str, str] | None) -> None:
         raise UserError(problem)
 
 
-def check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
-    """Never overwrite an earlier run's results: a folder holding a run's LoRA files or states is reused only to
-    resume that run. A folder whose run failed before saving anything can be used again (its log is appended to)."""
+def check_run_dir(cfg: TrainConfig, run_dir: Path, overwrite: bool = False) -> None:
+    """Never overwrite an earlier run's results: a folder holding a run's LoRA files or states, or saves named like
+    this run's, is reused only to resume that run, or with ``overwrite`` (the CLI's --overwrite). A folder whose run
+    failed before saving anything can be used again (its log is appended to)."""
+    if overwrite:
+        if cfg.resume:
+            raise UserError("--overwrite deletes the earlier run's saves and resume continues from one of them: "
+                            "use one or the other")
+        return
     layout = RunLayout(run_dir)
-    if layout.events.exists() and (layout.loras() or layout.state_dirs()):
-        resuming_here = cfg.resume and Path(cfg.resume).resolve().parent == run_dir.resolve()
-        if not resuming_here:
-            raise UserError(f"output_dir {run_dir} already holds a run; choose a new output_dir "
-                            f"or set resume to one of its -state folders")
+    earlier = layout.saves_of(cfg.output_name)
+    if layout.events.exists():
+        earlier = earlier or layout.loras() or layout.state_dirs()
+    resuming_here = cfg.resume and Path(cfg.resume).resolve().parent == run_dir.resolve()
+    if earlier and not resuming_here:
+        shown = ", ".join(p.name for p in earlier[:3]) + (", ..." if len(earlier) > 3 else "")
+        raise UserError(f"output_dir {run_dir} already holds a run ({shown}); choose a new output_dir, set resume "
+                        f"to one of its -state folders, or pass --overwrite to replace it")
 
 
 def advice(cfg: TrainConfig) -> list[tuple[str, str]]:

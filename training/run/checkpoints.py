@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from training.contract.atomic import write_atomic
+from training.contract.disk_space import ensure_space, folder_size, no_space, ran_out_of_space
 from training.contract.errors import UserError
 from training.contract.layout import NOISE_STATE_FILE, STATE_FILE, RunLayout
 from training.contract.lora_check import SelfCheck
@@ -110,25 +111,50 @@ def register_lora_only_state(accelerator) -> None:
 
 def save_state(tr: Trainer, state: TrainState, name: str) -> Path:
     """accelerate's state (LoRA, optimizer, scheduler, RNGs) plus our counters, written to a temporary folder and
-    renamed, so an interrupted save never replaces a good state with a broken one."""
+    renamed, so an interrupted save never replaces a good state with a broken one. A save that cannot fit is
+    refused before it starts; one that fills the disk anyway removes its partial folder and says so in one line."""
     layout, acc = RunLayout(tr.run_dir), tr.parts.accelerator
     final, tmp = layout.state_dir(name), layout.state_tmp(name)
+    needed, what = state_bytes(tr), f"the state {final.name}"
+    ensure_space(tr.run_dir, what, needed)  # on every rank, so all of them stop together
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # left over from a crash during an earlier save
     acc.wait_for_everyone()
-    acc.save_state(str(tmp))
-    acc.wait_for_everyone()  # every rank has written its RNG state before the folder moves
-    state.batches_per_epoch = tr.facts.schedule.batches_per_epoch
+    try:
+        write_state(tr, state, tmp)
+    except Exception as err:
+        full = ran_out_of_space(err, tr.run_dir, needed)  # judged before the partial folder frees its space
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise no_space(tr.run_dir, what, needed) from None
+        raise
     if acc.is_main_process:
-        torch.save(tr.parts.generator.get_state(), tmp / NOISE_STATE_FILE)
-        write_atomic(tmp / STATE_FILE, json.dumps(asdict(state), indent=1))
-        old = final.with_name(final.name + ".old")
+        old = layout.state_old(name)
         if final.exists():
             final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
     return final
+
+
+def write_state(tr: Trainer, state: TrainState, folder: Path) -> None:
+    acc = tr.parts.accelerator
+    acc.save_state(str(folder))
+    acc.wait_for_everyone()  # every rank has written its RNG state before the folder moves
+    state.batches_per_epoch = tr.facts.schedule.batches_per_epoch
+    if acc.is_main_process:
+        torch.save(tr.parts.generator.get_state(), folder / NOISE_STATE_FILE)
+        write_atomic(folder / STATE_FILE, json.dumps(asdict(state), indent=1))
+
+
+def state_bytes(tr: Trainer) -> int:
+    """About how many bytes a state save writes: the LoRA weights and the optimizer's tensors as they are in memory,
+    or the largest state this run saved before, whichever is more."""
+    optimizer_state = getattr(tr.parts.optimizer, "state", {})
+    tensors = [*tr.parts.params, *(t for s in optimizer_state.values() for t in s.values() if torch.is_tensor(t))]
+    in_memory = sum(t.numel() * t.element_size() for t in tensors)
+    return max(in_memory, *(folder_size(d) for d in RunLayout(tr.run_dir).state_dirs()), 0)
 
 
 def load_state(tr: Trainer, state_dir: Path) -> TrainState:

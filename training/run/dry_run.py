@@ -28,9 +28,10 @@ from training.contract.events import EventWriter
 from training.contract.layout import STATE_FILE, RunLayout, sample_file_name
 from training.contract.lora_check import SelfCheck
 from training.contract.prompts import load_prompts
-from training.plan.preflight import check_outputs, check_run_dir
+from training.plan.preflight import check_outputs
 from training.plan.schedule import Schedule, perform
-from training.run.frame import reporting
+from training.run.folder import claimed
+from training.run.frame import report_crash, reporting
 from training.run.metrics import LossEMA, Throughput
 
 STEP_SECONDS_ENV = "LORAFORGE_DRY_RUN_STEP_SECONDS"
@@ -66,9 +67,9 @@ def step_seconds() -> float:
 
 
 def check_config(cfg: TrainConfig) -> int:
-    """The parts of preflight that need neither the base model nor the dataset; returns the step to resume at."""
+    """The parts of preflight that need neither the base model nor the dataset; returns the step to resume at.
+    (Whether output_dir holds an earlier run is checked once the folder is locked: training.run.folder.)"""
     check_outputs(cfg)
-    check_run_dir(cfg, Path(cfg.output_dir))
     if not cfg.resume:
         return 0
     return int(json.loads((Path(cfg.resume) / STATE_FILE).read_text(encoding="utf-8")).get("global_step", 0))
@@ -224,30 +225,34 @@ class DryRun:
         return "stopped"
 
 
-def dry_run(cfg: TrainConfig) -> str:
-    """Validate, then replay a run into cfg.output_dir. Returns "done" or "stopped"; raises UserError for bad input."""
+def dry_run(cfg: TrainConfig, overwrite: bool = False) -> str:
+    """Validate, then replay a run into cfg.output_dir. Returns "done" or "stopped"; raises UserError for bad input.
+    The folder is claimed like a real run's: locked, checked against overwriting, tidied."""
     start_step = check_config(cfg)
     run_dir = Path(cfg.output_dir)
-    events = EventWriter(run_dir, echo=lambda line: print(line, file=sys.stderr, flush=True))
-    control = Control(run_dir)
-    control.clear()
-    with reporting(events, control):
-        return DryRun(cfg, run_dir, events, control, start_step).run()
+    with claimed(cfg, run_dir, overwrite) as notes:
+        events = EventWriter(run_dir, echo=lambda line: print(line, file=sys.stderr, flush=True))
+        control = Control(run_dir)
+        control.clear()
+        with reporting(events, control):
+            for code, msg in notes:
+                events.emit("warning", code=code, msg=msg)
+            return DryRun(cfg, run_dir, events, control, start_step).run()
 
 
-def main(cfg: TrainConfig) -> int:
+def main(cfg: TrainConfig, overwrite: bool = False) -> int:
     """The CLI's --dry-run branch, with the real CLI's exit codes: 0 done/stopped, 1 failed, 2 bad input, 130."""
     try:
-        outcome = dry_run(cfg)
+        outcome = dry_run(cfg, overwrite)
     except UserError as err:
         if not err.reported:
             print(f"error: {err}", file=sys.stderr)
-        return exit_codes.BAD_INPUT
+        return err.exit_status
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
         return exit_codes.ABORTED
     except Exception as err:
-        print(f"error: {type(err).__name__}: {err} (traceback in events.jsonl)", file=sys.stderr)
+        report_crash(err)
         return exit_codes.FAILED
     print(f"dry run {outcome}: {cfg.output_dir}")
     return exit_codes.DONE

@@ -6,6 +6,7 @@ live in ``training.run.loop``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from training.data.folder import DatasetScan
 from training.plan.preflight import check_run_dir
 from training.plan.schedule import perform
 from training.run.checkpoints import TrainState, load_state
+from training.run.folder import claimed
 from training.run.frame import reporting
 from training.run.loop import Loop, NonFiniteLoss
 from training.run.prepare import prepare
@@ -35,22 +37,30 @@ def console(line: str) -> None:
     tqdm.write(line, file=sys.stderr)  # above the progress bar instead of through it
 
 
-def run(cfg: TrainConfig, run_dir: Path | None = None, scan: DatasetScan | None = None) -> str:
+def run(cfg: TrainConfig, run_dir: Path | None = None, scan: DatasetScan | None = None,
+        overwrite: bool = False) -> str:
     """Train according to cfg. Returns "done" or "stopped"; raises UserError for bad input.
 
-    ``scan`` is the dataset scan from preflight, when the caller already made one."""
+    ``scan`` is the dataset scan from preflight, when the caller already made one. ``overwrite`` (--overwrite)
+    replaces an earlier run in the folder instead of refusing it."""
     from accelerate import PartialState
 
     dist = PartialState()  # one process per GPU under `accelerate launch`; sets up the process group early
     run_dir = Path(run_dir or cfg.output_dir)
-    check_run_dir(cfg, run_dir)  # every rank checks before any rank writes
-    dist.wait_for_everyone()
-    events = EventWriter(run_dir, enabled=dist.is_main_process, echo=console)
-    control = Control(run_dir)
-    if dist.is_main_process:
-        control.clear()
-    with reporting(events, control):
-        return _run(cfg, run_dir, events, control, scan)
+    # The main process holds the folder; the others check it too, so bad input stops every rank, not only one.
+    claim = claimed(cfg, run_dir, overwrite) if dist.is_main_process else contextlib.nullcontext([])
+    with claim as notes:
+        if not dist.is_main_process:
+            check_run_dir(cfg, run_dir, overwrite)
+        dist.wait_for_everyone()
+        events = EventWriter(run_dir, enabled=dist.is_main_process, echo=console)
+        control = Control(run_dir)
+        if dist.is_main_process:
+            control.clear()
+        with reporting(events, control):
+            for code, msg in notes:
+                events.emit("warning", code=code, msg=msg)
+            return _run(cfg, run_dir, events, control, scan)
 
 
 def _run(cfg: TrainConfig, run_dir: Path, events: EventWriter, control: Control, scan: DatasetScan | None) -> str:
