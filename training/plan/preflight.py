@@ -96,6 +96,7 @@ def check_run_dir(cfg: TrainConfig, run_dir: Path, overwrite: bool = False) -> N
         earlier = earlier or layout.loras() or layout.state_dirs()
     resuming_here = cfg.resume and Path(cfg.resume).resolve().parent == run_dir.resolve()
     if earlier and not resuming_here:
+        earlier = sorted(earlier, key=lambda p: (p.is_dir(), p.name))  # LoRA files first: what people look for
         shown = ", ".join(p.name for p in earlier[:3]) + (", ..." if len(earlier) > 3 else "")
         raise UserError(f"output_dir {run_dir} already holds a run ({shown}); choose a new output_dir, set resume "
                         f"to one of its -state folders, or pass --overwrite to replace it")
