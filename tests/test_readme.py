@@ -152,9 +152,9 @@ def file_problems(text: str) -> list[str]:
 
 # Where README places each name of layout.py. A new constant there fails test_layout_names_are_all_placed until it
 # is placed here and README says it.
-LISTED = {"JOB_FILE", "CONTROL_DIR", "EVENTS_FILE", "SAMPLE_DIR", "LOGS_DIR"}   # a line of the listing
+LISTED = {"JOB_FILE", "CONTROL_DIR", "EVENTS_FILE", "SAMPLE_DIR", "LOGS_DIR", "LOCK_FILE"}  # a line of the listing
 IN_STATE = {"STATE_FILE", "NOISE_STATE_FILE"}                                    # inside a state folder's line
-SUFFIXES = {"LORA_SUFFIX", "STATE_SUFFIX"}                                       # make up the save names
+SUFFIXES = {"LORA_SUFFIX", "STATE_SUFFIX", "TEMP_SUFFIX", "OLD_STATE_SUFFIX"}  # make up save and temp names
 BESIDE = {"LOG_FILE", "PID_FILE", "QUEUED", "CANCELLED", "TERMINATED", "PRESET_FILE", "LATENT_CACHE_DIR"}
 
 

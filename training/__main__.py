@@ -1,8 +1,8 @@
 """Command line: ``python -m training --config run.toml``.
 
 Exit status (training.contract.exit_codes): 0 done or stopped on request; 1 training failed (reason in events.jsonl
-and on stderr); 2 bad input (unknown key, invalid value, missing file or folder), reported in one line before any
-model loads; 130 aborted by a second Ctrl+C.
+and on stderr; a full disk too); 2 bad input (unknown key, invalid value, missing file or folder, an output_dir that
+cannot be written, is in use or holds an earlier run), reported in one line; 130 aborted by a second Ctrl+C.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m training", description="Train a Stable Diffusion LoRA.",
         epilog="Every option and its limits: docs/options.md. Exit status: 0 done or stopped on request, 1 training "
-               "failed, 2 bad input (reported before any model loads), 130 aborted by a second Ctrl+C.")
+               "failed (a full disk too), 2 bad input or an output_dir that cannot be used (in use by another run, "
+               "holding an earlier run, not writable), 130 aborted by a second Ctrl+C.")
     parser.add_argument("--config", type=Path, action="append", default=[],
                         help="TOML file with the training options (kohya key names), required except with "
                              "--env-report; repeat to layer files, e.g. --config presets/sd15-anime.toml "
