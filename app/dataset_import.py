@@ -101,6 +101,18 @@ def import_files(files: list[Path], datasets_dir: Path, name: str, repeats: int 
     return result
 
 
+def discard_uploads(files: list[Path], upload_dir: Path) -> None:
+    """Delete the web server's copies of uploaded files once imported (or refused), with the folder each one got;
+    a path outside ``upload_dir`` is never touched."""
+    for path in files:
+        path = Path(path)
+        if not path.resolve().is_relative_to(upload_dir.resolve()):
+            continue
+        path.unlink(missing_ok=True)
+        if path.parent.resolve() != upload_dir.resolve():
+            _remove_if_empty(path.parent)
+
+
 def _remove_if_empty(folder: Path) -> None:
     """A dataset folder this import made but filled with nothing would show up as an empty dataset."""
     with contextlib.suppress(OSError):  # not there, or holds files

@@ -17,7 +17,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.dataset_import import import_files
+from app.dataset_import import discard_uploads, import_files
 from app.datasets import (
     DATASETS_DIR,
     PAGE_SIZE,
@@ -323,12 +323,14 @@ def _wire_loading(ctx: AppContext, ui: Ui, datasets_dir: Path) -> None:
                        caption_extension: str = ".txt", generation: int | None = 0) -> tuple[Any, ...]:
         """Import uploaded images, .txt captions or .zip files into <data dir>/datasets/<name>/<repeats>_<concept>
         and make it the run's train_data_dir."""
+        uploaded = [Path(f) for f in files or []]
         try:
-            result = import_files([Path(f) for f in files or []], datasets_dir, name, repeats, concept)
+            result = import_files(uploaded, datasets_dir, name, repeats, concept)
         except (UserError, OSError) as err:
             skipped: list[Any] = [gr.skip() for _ in upload_out]
             skipped[2] = f"**Not imported:** {_reason(err)}"  # the dataset message
-            return tuple(skipped)
+            return tuple(skipped)  # the files stay uploaded: a corrected name or repeats imports them
+        discard_uploads(uploaded, ctx.settings.gradio_dir)
         view = dataset_load(str(result.root), caption_extension)
         message = f"{md_escape(result.message())}\n\n{view[1]}"
         generation = (generation or 0) + 1  # a changed ignore_glob makes the browser re-list: the new folder shows

@@ -349,3 +349,14 @@ def test_an_upload_of_only_bad_images_names_them_and_leaves_no_folder(tmp_path):
     with pytest.raises(UserError, match=r"no images in the upload.*\(skipped: fake\.png \(not an image\)\)"):
         import_files([tmp_path / "fake.png"], tmp_path / "datasets", "x", 1, "c")
     assert list((tmp_path / "datasets").iterdir()) == []
+
+
+def test_discard_uploads_deletes_only_the_servers_copies(tmp_path):
+    uploads = tmp_path / "cache" / "gradio"
+    copy = uploads / "3f9a" / "photo.png"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(png_bytes())
+    own = img(tmp_path / "mine" / "photo.png")
+    dataset_import.discard_uploads([copy, own], uploads)
+    assert not copy.exists() and not copy.parent.exists() and uploads.is_dir()
+    assert own.is_file()  # outside the upload folder: never touched

@@ -3,6 +3,8 @@ image to preview it large and edit its caption, step through the images. Skipped
 
 from __future__ import annotations
 
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -180,3 +182,30 @@ def test_preview_shows_the_clicked_image_large_and_prev_next_step_by_image(page,
     expect(highlighted).to_have_count(0)  # the selected image is on the other page
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "tab-dataset-preview.png"), full_page=True)
+
+
+def test_uploads_stay_in_the_data_folder_and_go_after_the_import(page, dry_app, tmp_path):
+    """Gradio keeps a copy of every upload: it lands under the data folder, never the system temp folder, and is
+    deleted once imported."""
+    from playwright.sync_api import expect
+    from ui_helpers import wait_for
+
+    name = f"upload-{uuid.uuid4().hex[:12]}.png"  # unique: the system temp folder is shared with other runs
+    Image.new("RGB", (96, 64), (10, 120, 200)).save(tmp_path / name)
+    gradio_dir = dry_app.settings.data_dir / "cache" / "gradio"
+    page.goto(dry_app.url)
+    page.locator("#dataset-upload-section").get_by_text("Upload images").click()
+    page.locator("#dataset-upload input[type=file]").set_input_files([tmp_path / name])
+    copies = wait_for(lambda: list(gradio_dir.rglob(name)))
+    assert len(copies) == 1
+    system_copies = Path(tempfile.gettempdir(), "gradio")
+    assert not (system_copies.is_dir() and list(system_copies.rglob(name)))
+
+    page.locator("#dataset-name input").fill("uploaded once")
+    page.locator("#dataset-concept input").fill("sky")
+    page.locator("#dataset-import").click()
+    root = dry_app.settings.data_dir / "datasets" / "uploaded once"
+    expect(page.locator("#dataset-message")).to_contain_text(f"Imported 1 image(s) and 0 caption(s) into {root}")
+    assert (root / "10_sky" / name).is_file()
+    assert not list(gradio_dir.rglob(name))
+    assert not copies[0].parent.exists()  # nor the folder Gradio made for it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -153,3 +154,18 @@ def test_upload_images_and_zip_into_a_managed_dataset(client, tmp_path, dry_app)
     refused = client.predict(files=[handle_file(photo)], name="foxes", repeats=0, concept="fox",
                              api_name="/dataset_upload")
     assert plain(refused[2]) == "**Not imported:** repeats must be a whole number from 1 to 1000, got 0"
+
+
+def test_gradio_keeps_its_files_in_the_data_folder_emptied_at_startup(tmp_path, monkeypatch):
+    from app.main import build_app
+    from app.settings import Settings
+    from app.supervisor import JobSupervisor
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", os.environ.get("GRADIO_TEMP_DIR", ""))  # restored for the served app
+    settings = Settings(data_dir=tmp_path / "data", open_browser=False, dry_run=True)
+    stale = settings.data_dir / "cache" / "gradio" / "0123abcd" / "left-over.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an upload from the last session")
+    build_app(settings, JobSupervisor(settings.data_dir, dry_run=True))
+    assert os.environ["GRADIO_TEMP_DIR"] == str(settings.data_dir / "cache" / "gradio")
+    assert list((settings.data_dir / "cache" / "gradio").iterdir()) == []
