@@ -105,6 +105,8 @@ def test_one_dataset_folder_is_loaded_checked_and_nowhere_else(page, dry_app, tm
     expect(report).to_contain_text(f"no training images in {empty}")
     expect(report).to_contain_text("A dataset folder looks like this")
     expect(report).not_to_contain_text("ready")
+    ARTIFACTS.mkdir(exist_ok=True)
+    report.screenshot(path=str(ARTIFACTS / "dataset-no-images.png"))
 
     page.get_by_role("tab", name="Model & preset").click()
     expect(page.locator("#section-dataset")).to_be_visible()

@@ -169,3 +169,25 @@ def test_gradio_keeps_its_files_in_the_data_folder_emptied_at_startup(tmp_path, 
     build_app(settings, JobSupervisor(settings.data_dir, dry_run=True))
     assert os.environ["GRADIO_TEMP_DIR"] == str(settings.data_dir / "cache" / "gradio")
     assert list((settings.data_dir / "cache" / "gradio").iterdir()) == []
+
+
+def test_upload_names_bad_images_and_refuses_a_zip_bomb(client, tmp_path, dry_app):
+    good = img(tmp_path / "good.png")
+    fake = tmp_path / "fake.png"
+    fake.write_bytes(b"not a picture")
+    out = client.predict(files=[handle_file(good), handle_file(fake)], name="checked", repeats=3, concept="c",
+                         api_name="/dataset_upload")
+    root = dry_app.settings.data_dir / "datasets" / "checked"
+    assert plain(out[2]).startswith(f"Imported 1 image(s) and 0 caption(s) into {root} (3_c); "
+                                    "skipped 1: fake.png (not an image)")
+    assert sorted(p.name for p in (root / "3_c").iterdir()) == ["good.png"]
+
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("big.png", "w") as member:
+        for _ in range(32):
+            member.write(bytes(2**20))
+    refused = client.predict(files=[handle_file(bomb)], name="bombed", repeats=3, concept="c",
+                             api_name="/dataset_upload")
+    assert plain(refused[2]).startswith("**Not imported:** bomb.zip looks like a zip bomb: big.png unpacks to "
+                                        "32.0 MiB")
+    assert not (dry_app.settings.data_dir / "datasets" / "bombed").exists()
