@@ -21,7 +21,9 @@ from training.contract.services import concept_folders, image_files
 
 DATASETS_DIR = "datasets"  # managed datasets live in <data dir>/datasets/<name>/<repeats>_<concept>/
 THUMBS_DIR = Path("cache") / "thumbs"
+PREVIEWS_DIR = Path("cache") / "previews"
 THUMB_PX = 256
+PREVIEW_PX = 1024  # the large preview beside the caption editor
 PAGE_SIZE = 24
 
 
@@ -193,9 +195,10 @@ def page_of(images: list[Path], page: int, size: int = PAGE_SIZE) -> tuple[list[
     return images[(page - 1) * size : page * size], page, pages
 
 
-def thumbnail(image: Path, thumbs_dir: Path) -> Path:
-    """A small JPEG of ``image`` under thumbs_dir (the only folder the browser may read images from), keyed by
-    path, modification time and size so an edited image gets a fresh one. Unreadable images get a placeholder."""
+def thumbnail(image: Path, thumbs_dir: Path, px: int = THUMB_PX) -> Path:
+    """A JPEG of ``image`` at most ``px`` a side under thumbs_dir (inside the data dir, the only folder the browser
+    may read images from), keyed by path, modification time and size so an edited image gets a fresh one.
+    Unreadable images get a placeholder."""
     try:
         st = image.stat()
         key = hashlib.sha1(f"{image.resolve()}\0{st.st_mtime_ns}\0{st.st_size}".encode()).hexdigest()
@@ -206,9 +209,9 @@ def thumbnail(image: Path, thumbs_dir: Path) -> Path:
         return out
     try:
         with Image.open(image) as raw:
-            raw.draft("RGB", (THUMB_PX, THUMB_PX))  # JPEG: decode at reduced size, much faster
+            raw.draft("RGB", (px, px))  # JPEG: decode at reduced size, much faster
             img = ImageOps.exif_transpose(raw)
-            img.thumbnail((THUMB_PX, THUMB_PX))
+            img.thumbnail((px, px))
             img = _flatten(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return _placeholder(thumbs_dir)

@@ -6,6 +6,9 @@ JobSupervisor, so the page is up within seconds and survives a trainer crash.
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -22,16 +25,19 @@ from app.tabs.results import build_results_tab
 from app.tabs.train import build_train_tab
 
 TITLE = "LoraForge"
+# Gradio deletes its copies of uploads and served files older than a day, hourly, and all of them when it stops.
+DELETE_CACHE = (3600, 86400)
 
 
 def build_app(settings: Settings, supervisor: JobSupervisor | None = None,
               device: DeviceProbe | None = None) -> gr.Blocks:
     """The whole UI on one supervisor (one per process: it owns the run queue of settings.data_dir)."""
+    use_gradio_dir(settings.gradio_dir)
     supervisor = supervisor or JobSupervisor(settings.data_dir, dry_run=settings.dry_run)
     device = device or shared_probe()
     specs = field_specs()
     defaults = default_values()
-    with gr.Blocks(title=TITLE) as demo:
+    with gr.Blocks(title=TITLE, delete_cache=DELETE_CACHE) as demo:
         ctx = AppContext(settings, supervisor, specs, {s.name: make_component(s, defaults[s.name]) for s in specs},
                          preset=gr.State(None), form_errors=gr.State({}))
         gr.Markdown(f"## {TITLE}" + (" · dry run: runs replay synthetic events" if settings.dry_run else ""))
@@ -58,6 +64,15 @@ def build_app(settings: Settings, supervisor: JobSupervisor | None = None,
         demo.load(device_report, outputs=[device_line, device_timer], api_name="device_report")
         device_timer.tick(device_report, outputs=[device_line, device_timer], api_visibility="private")
     return demo
+
+
+def use_gradio_dir(folder: Path) -> None:
+    """Make ``folder`` Gradio's temp folder, emptied first: uploads stay inside the data dir instead of the system
+    temp folder, and none left from an earlier session linger. Gradio reads GRADIO_TEMP_DIR when each component is
+    made and when the server starts, so this runs before both."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
 
 
 def launch_options(settings: Settings) -> dict[str, Any]:

@@ -8,6 +8,8 @@ from pathlib import Path
 from app.runs import RUNS_DIR
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# Gradio's own copies of uploads and of the files it serves; Gradio reads the folder from GRADIO_TEMP_DIR.
+GRADIO_DIR = Path("cache") / "gradio"
 
 
 @dataclass
@@ -29,6 +31,11 @@ class Settings:
     @property
     def configs_dir(self) -> Path:
         return self.data_dir / "configs"
+
+    @property
+    def gradio_dir(self) -> Path:
+        """Where Gradio keeps uploads and copies of served files (inside the data dir, not the system temp folder)."""
+        return self.data_dir / GRADIO_DIR
 
     @property
     def demo_dir(self) -> Path:

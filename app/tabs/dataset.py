@@ -1,10 +1,11 @@
 """Dataset: pick, upload and check a training folder; browse it with captions, edit them one by one or in bulk.
 
-The folder's image paths stay server-side (a gr.State per browser session): the gallery only ever gets thumbnails
-from the data dir, and ``gallery.select`` maps its index back to the source image (a handler would get Gradio's
-cache copy, and a caption must be saved beside the original). The folder box and the form's ``train_data_dir`` stay
-in step without a loop: loading here sets train_data_dir, and a train_data_dir change from elsewhere (preset, TOML,
-demo) reloads this tab but never writes it back.
+The dataset folder box IS the form's ``train_data_dir`` field, rendered here and nowhere else: Load, the gallery,
+the upload, *Check dataset* and Start all read that one value. The folder's image paths stay server-side (a
+gr.State per browser session): the gallery only ever gets thumbnails and the preview a larger copy, both from the
+data dir, and a selection maps back to the source image (a handler would get Gradio's cache copy, and a caption
+must be saved beside the original). A change of the box from elsewhere (preset, TOML, demo) or typing reloads the
+view; Load, Enter and leaving the box also write a plain dataset name back as its full path.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from typing import Any
 
 import gradio as gr
 
-from app.dataset_import import import_files
+from app.dataset_import import discard_uploads, import_files
 from app.datasets import (
     DATASETS_DIR,
     PAGE_SIZE,
+    PREVIEW_PX,
+    PREVIEWS_DIR,
     THUMBS_DIR,
     add_trigger,
     find_replace,
@@ -36,7 +39,7 @@ from app.form import values_to_config
 from app.tabs.context import AppContext, form_handler
 from training.contract.config_io import ConfigError
 from training.contract.errors import UserError
-from training.contract.services import CONCEPT_DIR, check_dataset, md_escape
+from training.contract.services import CONCEPT_DIR, NoTrainingImages, check_dataset, md_escape
 
 # The settings the dataset check reads from the form: the same ones decide buckets and steps in the run.
 CHECK_FIELDS = ("train_data_dir", "caption_extension", "resolution", "enable_bucket", "min_bucket_reso",
@@ -46,11 +49,30 @@ LABEL_CHARS = 80
 REPORT_HINT = ("*Check dataset* counts images and steps with the form's settings and looks for problems: small, "
                "duplicate or unreadable images, missing or too long captions.")
 EXPLORER_IGNORE = ("*.txt", "*[.]txt")  # the same pattern twice: switching between them makes the browser re-list
+PREVIEW_HINT = "Click an image in the gallery to see it large and edit its caption"
+# Left and right arrow keys step through the images while the preview is on screen and no text box has the focus.
+ARROW_KEYS_JS = """
+if (!window.loraforgeDatasetKeys) {
+  window.loraforgeDatasetKeys = true;
+  document.addEventListener('keydown', (event) => {
+    const typing = event.target.closest('input, textarea, select, [contenteditable]');
+    if (typing || event.altKey || event.ctrlKey || event.metaKey) {
+      return;
+    }
+    const id = {ArrowLeft: 'dataset-prev', ArrowRight: 'dataset-next'}[event.key];
+    const preview = document.getElementById('dataset-preview');
+    if (id && preview && preview.offsetParent !== null) {
+      event.preventDefault();
+      document.querySelector('#' + id).click();
+    }
+  });
+}
+"""
 
 
 @dataclass
 class Ui:
-    folder: Any
+    folder: Any  # the form's train_data_dir
     load: Any
     message: Any
     explorer: Any
@@ -60,9 +82,13 @@ class Ui:
     upload_concept: Any
     upload_btn: Any
     gallery: Any
-    prev: Any
-    next: Any
+    page_prev: Any
     page: Any
+    page_next: Any
+    preview: Any
+    prev: Any
+    position: Any
+    next: Any
     caption_file: Any
     caption_text: Any
     caption_save: Any
@@ -77,13 +103,19 @@ class Ui:
     tags: Any
     check: Any
     report: Any
-    loaded: Any  # gr.State: {"folder": str, "images": [str], "page": int} or None
+    loaded: Any  # gr.State: {"folder": str, "images": [str], "page": int, "selected": int | None} or None
 
     @property
     def view(self) -> list[Any]:
         """What a (re)load redraws, in the order _view returns it."""
-        return [self.folder, self.message, self.gallery, self.page, self.loaded, self.caption_file,
-                self.caption_text, self.caption_message, self.tags, self.report]
+        return [self.folder, self.message, self.gallery, self.page, self.loaded, *self.selection[3:],
+                self.tags, self.report]
+
+    @property
+    def selection(self) -> list[Any]:
+        """What selecting an image redraws, in the order _selection returns it."""
+        return [self.gallery, self.page, self.loaded, self.preview, self.position, self.caption_file,
+                self.caption_text, self.caption_message]
 
 
 def build_dataset_tab(ctx: AppContext) -> None:
@@ -91,17 +123,18 @@ def build_dataset_tab(ctx: AppContext) -> None:
     datasets_dir.mkdir(parents=True, exist_ok=True)
     ui = _layout(ctx, datasets_dir)
     _wire_loading(ctx, ui, datasets_dir)
+    _wire_browsing(ctx, ui)
     _wire_captions(ctx, ui)
-    _wire_check(ctx, ui)
+    _wire_check(ctx, ui, datasets_dir)
 
 
 def _layout(ctx: AppContext, datasets_dir: Path) -> Ui:
     gr.Markdown("### Dataset\nA folder of images with `.txt` captions beside them; subfolders named like "
-                "`10_mychar` repeat their images 10 times per epoch.")
+                "`10_mychar` repeat their images 10 times per epoch. This folder is the run's `train_data_dir`: "
+                f"any folder on this computer, or the name of a dataset in {datasets_dir}.")
     with gr.Row():
-        folder = gr.Textbox(label="Dataset folder", scale=4, max_lines=1, elem_id="dataset-folder",
-                            placeholder="/path/to/train_data (or the name of a dataset below)",
-                            info=f"Any folder on this computer; a plain name means {datasets_dir}/<name>")
+        with gr.Column(scale=4):
+            folder = ctx.components["train_data_dir"].render()
         load = gr.Button("Load", variant="primary", scale=0, elem_id="dataset-load")
     message = gr.Markdown(elem_id="dataset-message")
     with gr.Accordion("Pick an uploaded dataset", open=False, elem_id="dataset-explorer-section"):
@@ -123,13 +156,19 @@ def _layout(ctx: AppContext, datasets_dir: Path) -> Ui:
             gallery = gr.Gallery(label="Images", interactive=False, columns=6, height=520, object_fit="contain",
                                  allow_preview=False, elem_id="dataset-gallery")
             with gr.Row():
-                prev = gr.Button("◀ Previous", size="sm", elem_id="dataset-prev")
+                page_prev = gr.Button("◀ Page", size="sm", elem_id="dataset-page-prev")
                 page = gr.Markdown(elem_id="dataset-page")
-                nxt = gr.Button("Next ▶", size="sm", elem_id="dataset-next")
+                page_next = gr.Button("Page ▶", size="sm", elem_id="dataset-page-next")
         with gr.Column(scale=2):
-            caption_file = gr.Textbox("", label="Image", interactive=False, max_lines=1, elem_id="caption-file",
-                                      info="Click an image in the gallery to edit its caption")
-            caption_text = gr.Textbox(label="Caption", lines=5, elem_id="caption-text")
+            preview = gr.Image(label="Preview", type="filepath", interactive=False, height=400,
+                               buttons=[], elem_id="dataset-preview")
+            with gr.Row():
+                prev = gr.Button("◀ Previous", size="sm", elem_id="dataset-prev")
+                position = gr.Markdown(PREVIEW_HINT, elem_id="dataset-position")
+                nxt = gr.Button("Next ▶", size="sm", elem_id="dataset-next")
+            gr.HTML("", js_on_load=ARROW_KEYS_JS, elem_id="dataset-keys")
+            caption_file = gr.Textbox("", label="Image", interactive=False, max_lines=1, elem_id="caption-file")
+            caption_text = gr.Textbox(label="Caption", lines=4, elem_id="caption-text")
             caption_save = gr.Button("Save caption", elem_id="caption-save")
             caption_message = gr.Markdown(elem_id="caption-message")
     with gr.Accordion("Caption tools (all images of the folder)", open=True, elem_id="bulk-section"):
@@ -147,30 +186,42 @@ def _layout(ctx: AppContext, datasets_dir: Path) -> Ui:
     check = gr.Button("Check dataset", variant="primary", elem_id="dataset-check-btn")
     report = gr.Markdown(REPORT_HINT, elem_id="dataset-report")
     return Ui(folder, load, message, explorer, upload, upload_name, upload_repeats, upload_concept, upload_btn,
-              gallery, prev, nxt, page, caption_file, caption_text, caption_save, caption_message, trigger,
-              trigger_add, trigger_remove, find, replace, replace_btn, bulk_message, tags, check, report,
-              gr.State(None))
+              gallery, page_prev, page, page_next, preview, prev, position, nxt, caption_file, caption_text,
+              caption_save, caption_message, trigger, trigger_add, trigger_remove, find, replace, replace_btn,
+              bulk_message, tags, check, report, gr.State(None))
 
 
-# --- loading and paging
+# --- loading, paging and the selected image
 
 
 def _open(folder: Path) -> tuple[dict[str, Any], str]:
     listing = list_images(folder)
-    state = {"folder": str(folder), "images": [str(p) for p in listing.images], "page": 1}
+    state = {"folder": str(folder), "images": [str(p) for p in listing.images], "page": 1, "selected": None}
     notes = "".join(f"\n\n{md_escape(n)}" for n in listing.notes)
     return state, f"Loaded `{folder}`: {md_escape(listing.summary())}.{notes}"
 
 
-def _gallery(ctx: AppContext, state: dict[str, Any] | None, ext: str) -> tuple[list[tuple[str, str]], str]:
+def _gallery(ctx: AppContext, state: dict[str, Any] | None, ext: str) -> tuple[Any, str]:
+    """The page's thumbnails (the selected one highlighted when it is on this page) and the page line."""
     if not state:
-        return [], ""
+        return gr.Gallery(value=[], selected_index=None), ""
     folder = Path(state["folder"])
     shown, page, pages = page_of([Path(p) for p in state["images"]], state["page"])
     state["page"] = page
     thumbs = ctx.settings.data_dir / THUMBS_DIR
     items = [(str(thumbnail(p, thumbs)), _label(folder, p, ext)) for p in shown]
-    return items, f"Page {page} of {pages} · {len(state['images'])} image(s)"
+    page_text = f"Page {page} of {pages} · {len(state['images'])} image(s)"
+    # Always say which thumbnail is selected: the browser keeps its highlight at the same index when only the
+    # images change, which would mark an image of another page.
+    return gr.Gallery(value=items, selected_index=_on_page(state)), page_text
+
+
+def _on_page(state: dict[str, Any]) -> int | None:
+    """The selected image's index on the shown page, or None when it is on another page (or none is selected)."""
+    selected = state.get("selected")
+    if selected is None or selected // PAGE_SIZE + 1 != state["page"]:
+        return None
+    return selected % PAGE_SIZE
 
 
 def _label(folder: Path, image: Path, ext: str) -> str:
@@ -182,19 +233,40 @@ def _label(folder: Path, image: Path, ext: str) -> str:
     return f"{image.relative_to(folder)}: {caption}"
 
 
-def _view(ctx: AppContext, text: str, ext: str, state: dict[str, Any] | None, message: str) -> tuple[Any, ...]:
-    items, page_text = _gallery(ctx, state, ext)
-    return text, message, items, page_text, state, "", "", "", _tags(state, ext), REPORT_HINT
+def _selection(ctx: AppContext, state: dict[str, Any] | None, ext: str, position: int | None) -> tuple[Any, ...]:
+    """Select the image at ``position`` (None: none): its large preview and caption, and the gallery page it is on,
+    in the order of ``Ui.selection``."""
+    if not state or position is None or not state["images"]:
+        state = {**state, "selected": None} if state else state
+        gallery, page_text = _gallery(ctx, state, ext)
+        return gallery, page_text, state, None, PREVIEW_HINT, "", "", ""
+    position = min(max(0, position), len(state["images"]) - 1)
+    state = {**state, "selected": position, "page": position // PAGE_SIZE + 1}
+    gallery, page_text = _gallery(ctx, state, ext)
+    image = Path(state["images"][position])
+    preview = str(thumbnail(image, ctx.settings.data_dir / PREVIEWS_DIR, PREVIEW_PX))
+    where = f"Image {position + 1} of {len(state['images'])}"
+    name = str(image.relative_to(state["folder"]))
+    try:
+        return gallery, page_text, state, preview, where, name, read_caption(image, ext), ""
+    except UserError as err:
+        return gallery, page_text, state, preview, where, name, "", f"**Cannot edit:** {_reason(err)}"
 
 
-def _load(ctx: AppContext, text: str, ext: str, datasets_dir: Path) -> tuple[Any, ...]:
-    """The view after loading ``text``; a bad folder empties the gallery and says why in one line."""
+def _view(ctx: AppContext, text: Any, ext: str, state: dict[str, Any] | None, message: str) -> tuple[Any, ...]:
+    gallery, page_text, state, *selected = _selection(ctx, state, ext, None)
+    return (text, message, gallery, page_text, state, *selected, _tags(state, ext), REPORT_HINT)
+
+
+def _load(ctx: AppContext, text: str, ext: str, datasets_dir: Path, write_back: bool = True) -> tuple[Any, ...]:
+    """The view after loading ``text``; a bad folder empties the gallery and says why in one line (the box keeps
+    what was typed). ``write_back``: put the folder's full path in the box."""
     try:
         folder = resolve_folder(text, datasets_dir)
         state, message = _open(folder)
     except (UserError, OSError) as err:
-        return _view(ctx, text, ext, None, f"**Not loaded:** {_reason(err)}")
-    return _view(ctx, str(folder), ext, state, message)
+        return _view(ctx, gr.skip(), ext, None, f"**Not loaded:** {_reason(err)}")
+    return _view(ctx, str(folder) if write_back else gr.skip(), ext, state, message)
 
 
 def _reason(err: Exception) -> str:
@@ -202,7 +274,6 @@ def _reason(err: Exception) -> str:
     if isinstance(err, OSError) and not isinstance(err, UserError):
         return md_escape(f"{err.filename or ''}: {err.strerror or err}".strip(": "))
     return md_escape(str(err))
-
 
 
 def _picked_folder(path: str, datasets_dir: Path) -> Path:
@@ -216,64 +287,101 @@ def _picked_folder(path: str, datasets_dir: Path) -> Path:
 
 def _wire_loading(ctx: AppContext, ui: Ui, datasets_dir: Path) -> None:
     ext = ctx.components["caption_extension"]
-    data_dir_field = ctx.components["train_data_dir"]
 
-    def dataset_load(folder: str, caption_extension: str = ".txt") -> tuple[Any, ...]:
-        """Load a dataset folder into the gallery and make it the run's train_data_dir."""
-        view = _load(ctx, folder, caption_extension, datasets_dir)
-        return (*view, view[0] if view[4] else gr.skip())
+    def dataset_load(train_data_dir: str, caption_extension: str = ".txt") -> tuple[Any, ...]:
+        """Load a dataset folder (the run's train_data_dir) into the gallery; a dataset's plain name becomes its
+        full path."""
+        return _load(ctx, train_data_dir, caption_extension, datasets_dir)
 
-    def follow_form(train_data_dir: str, caption_extension: str, state: dict[str, Any] | None) -> tuple[Any, ...]:
-        # train_data_dir changed elsewhere (preset, TOML, demo): show that folder; never write the field back.
+    def follow(train_data_dir: str, caption_extension: str, state: dict[str, Any] | None) -> tuple[Any, ...]:
+        # The box changed (typing, preset, TOML, demo): show that folder, but never rewrite the box while it changes.
         text = (train_data_dir or "").strip()
         try:
             same = bool(state) and resolve_folder(text, datasets_dir) == Path(state["folder"])
         except UserError:
             same = False
-        if not text or same:
+        if same:
             return tuple(gr.skip() for _ in ui.view)
-        return _load(ctx, text, caption_extension, datasets_dir)
+        if not text:
+            return _view(ctx, gr.skip(), caption_extension, None, "")
+        return _load(ctx, text, caption_extension, datasets_dir, write_back=False)
+
+    def settle(train_data_dir: str) -> Any:
+        # Leaving the box: a dataset's plain name becomes its full path, the value Start and the check receive.
+        try:
+            folder = str(resolve_folder(train_data_dir, datasets_dir))
+        except UserError:
+            return gr.skip()
+        return folder if folder != train_data_dir else gr.skip()
 
     def pick(path: str | None, caption_extension: str) -> tuple[Any, ...]:
         if not path:
-            return tuple(gr.skip() for _ in [*ui.view, data_dir_field])
+            return tuple(gr.skip() for _ in ui.view)
         return dataset_load(str(_picked_folder(path, datasets_dir)), caption_extension)
 
     def dataset_upload(files: list[str] | None, name: str, repeats: float | None, concept: str,
                        caption_extension: str = ".txt", generation: int | None = 0) -> tuple[Any, ...]:
-        """Import uploaded images, .txt captions or .zip files into <data dir>/datasets/<name>/<repeats>_<concept>."""
+        """Import uploaded images, .txt captions or .zip files into <data dir>/datasets/<name>/<repeats>_<concept>
+        and make it the run's train_data_dir."""
+        uploaded = [Path(f) for f in files or []]
         try:
-            result = import_files([Path(f) for f in files or []], datasets_dir, name, repeats, concept)
+            result = import_files(uploaded, datasets_dir, name, repeats, concept)
         except (UserError, OSError) as err:
             skipped: list[Any] = [gr.skip() for _ in upload_out]
             skipped[2] = f"**Not imported:** {_reason(err)}"  # the dataset message
-            return tuple(skipped)
+            return tuple(skipped)  # the files stay uploaded: a corrected name or repeats imports them
+        discard_uploads(uploaded, ctx.settings.gradio_dir)
         view = dataset_load(str(result.root), caption_extension)
         message = f"{md_escape(result.message())}\n\n{view[1]}"
         generation = (generation or 0) + 1  # a changed ignore_glob makes the browser re-list: the new folder shows
         explorer = gr.FileExplorer(ignore_glob=EXPLORER_IGNORE[generation % 2])
         return (None, view[0], message, *view[2:], explorer, generation)
 
+    explorer_gen = gr.State(0)
+    upload_out = [ui.upload, *ui.view, ui.explorer, explorer_gen]
+    ui.load.click(dataset_load, inputs=[ui.folder, ext], outputs=ui.view, api_name="dataset_load")
+    ui.folder.submit(dataset_load, inputs=[ui.folder, ext], outputs=ui.view, api_visibility="private")
+    ui.folder.blur(settle, inputs=ui.folder, outputs=ui.folder, api_visibility="private")
+    ui.folder.change(follow, inputs=[ui.folder, ext, ui.loaded], outputs=ui.view, trigger_mode="always_last",
+                     api_visibility="private")
+    ui.explorer.change(pick, inputs=[ui.explorer, ext], outputs=ui.view, api_visibility="private")
+    ui.upload_btn.click(dataset_upload, inputs=[ui.upload, ui.upload_name, ui.upload_repeats, ui.upload_concept, ext,
+                                                explorer_gen], outputs=upload_out, api_name="dataset_upload")
+
+
+def _wire_browsing(ctx: AppContext, ui: Ui) -> None:
+    ext = ctx.components["caption_extension"]
+
+    def select(state: dict[str, Any] | None, caption_extension: str, evt: gr.SelectData) -> tuple[Any, ...]:
+        if not state or evt.index is None:
+            return tuple(gr.skip() for _ in ui.selection)
+        position = (state["page"] - 1) * PAGE_SIZE + int(evt.index)
+        if position == state.get("selected") or not 0 <= position < len(state["images"]):
+            return tuple(gr.skip() for _ in ui.selection)  # also the echo of a selection set from here
+        return _selection(ctx, state, caption_extension, position)
+
+    def step(state: dict[str, Any] | None, caption_extension: str, delta: int) -> tuple[Any, ...]:
+        """The next or previous image (the first when none is selected), across page boundaries."""
+        if not state:
+            return tuple(gr.skip() for _ in ui.selection)
+        selected = state.get("selected")
+        return _selection(ctx, state, caption_extension, 0 if selected is None else selected + delta)
+
     def turn(state: dict[str, Any] | None, caption_extension: str, delta: int) -> tuple[Any, ...]:
+        """Another page of thumbnails; the selected image stays selected."""
         if not state:
             return gr.skip(), gr.skip(), gr.skip()
         state = {**state, "page": state["page"] + delta}
-        items, page_text = _gallery(ctx, state, caption_extension)
-        return items, page_text, state
+        gallery, page_text = _gallery(ctx, state, caption_extension)
+        return gallery, page_text, state
 
-    outputs = [*ui.view, data_dir_field]
-    explorer_gen = gr.State(0)
-    upload_out = [ui.upload, *outputs, ui.explorer, explorer_gen]
-    ui.load.click(dataset_load, inputs=[ui.folder, ext], outputs=outputs, api_name="dataset_load")
-    ui.folder.submit(dataset_load, inputs=[ui.folder, ext], outputs=outputs, api_visibility="private")
-    data_dir_field.change(follow_form, inputs=[data_dir_field, ext, ui.loaded], outputs=ui.view,
-                          api_visibility="private")
-    ui.explorer.change(pick, inputs=[ui.explorer, ext], outputs=outputs, api_visibility="private")
-    ui.upload_btn.click(dataset_upload, inputs=[ui.upload, ui.upload_name, ui.upload_repeats, ui.upload_concept, ext,
-                                                explorer_gen], outputs=upload_out, api_name="dataset_upload")
+    private = {"api_visibility": "private"}
+    ui.gallery.select(select, inputs=[ui.loaded, ext], outputs=ui.selection, **private)
+    ui.prev.click(lambda s, e: step(s, e, -1), inputs=[ui.loaded, ext], outputs=ui.selection, **private)
+    ui.next.click(lambda s, e: step(s, e, +1), inputs=[ui.loaded, ext], outputs=ui.selection, **private)
     page_out = [ui.gallery, ui.page, ui.loaded]
-    ui.prev.click(lambda s, e: turn(s, e, -1), inputs=[ui.loaded, ext], outputs=page_out, api_visibility="private")
-    ui.next.click(lambda s, e: turn(s, e, +1), inputs=[ui.loaded, ext], outputs=page_out, api_visibility="private")
+    ui.page_prev.click(lambda s, e: turn(s, e, -1), inputs=[ui.loaded, ext], outputs=page_out, **private)
+    ui.page_next.click(lambda s, e: turn(s, e, +1), inputs=[ui.loaded, ext], outputs=page_out, **private)
 
 
 # --- captions: one at a time and in bulk
@@ -295,18 +403,6 @@ def _image_of(state: dict[str, Any] | None, image: str) -> Path:
 
 def _wire_captions(ctx: AppContext, ui: Ui) -> None:
     ext = ctx.components["caption_extension"]
-
-    def select(state: dict[str, Any] | None, caption_extension: str, evt: gr.SelectData) -> tuple[str, str, str]:
-        if not state or evt.index is None:
-            return gr.skip(), gr.skip(), gr.skip()
-        position = (state["page"] - 1) * PAGE_SIZE + int(evt.index)
-        if not 0 <= position < len(state["images"]):
-            return gr.skip(), gr.skip(), gr.skip()
-        image = Path(state["images"][position])
-        try:
-            return str(image.relative_to(state["folder"])), read_caption(image, caption_extension), ""
-        except UserError as err:
-            return str(image.relative_to(state["folder"])), "", f"**Cannot edit:** {_reason(err)}"
 
     def caption_save(image: str, caption: str, caption_extension: str, state: dict[str, Any] | None) -> tuple:
         """Save one image's caption beside it (atomically). ``image`` is its path inside the loaded folder."""
@@ -348,8 +444,6 @@ def _wire_captions(ctx: AppContext, ui: Ui) -> None:
                     caption_extension, image, f"Replaced '{find}' in")
 
     bulk_out = [ui.bulk_message, ui.gallery, ui.tags, ui.caption_text]
-    ui.gallery.select(select, inputs=[ui.loaded, ext], outputs=[ui.caption_file, ui.caption_text, ui.caption_message],
-                      api_visibility="private")
     ui.caption_save.click(caption_save, inputs=[ui.caption_file, ui.caption_text, ext, ui.loaded],
                           outputs=[ui.caption_message, ui.gallery, ui.tags], api_name="caption_save")
     ui.trigger_add.click(bulk_trigger, inputs=[ui.trigger, ext, ui.caption_file, ui.loaded], outputs=bulk_out,
@@ -367,18 +461,30 @@ def _tags(state: dict[str, Any] | None, ext: str) -> list[list[Any]]:
 # --- the check
 
 
-def dataset_report(values: dict[str, Any]) -> str:
-    """Check the dataset with the form's settings: images and repeats per concept, problems, buckets, steps."""
+def dataset_report(values: dict[str, Any], datasets_dir: Path) -> str:
+    """Check the dataset with the form's settings: images and repeats per concept, problems, buckets, steps.
+    A folder without images says so and shows what a dataset folder looks like."""
+    text = (values.get("train_data_dir") or "").strip()
+    if text and not Path(text).expanduser().is_absolute():
+        # A dataset's plain name, as the box and Load take it.
+        values = {**values, "train_data_dir": str(datasets_dir / text)}
     cfg, error = values_to_config(values)
     if cfg is None:
         return f"**Not checked:** {md_escape(error or '')}"
     try:
         return check_dataset(cfg).to_markdown()
+    except NoTrainingImages as err:
+        return err.to_markdown()
     except (UserError, ConfigError, OSError) as err:
         return f"**Not checked:** {_reason(err)}"
 
 
-def _wire_check(ctx: AppContext, ui: Ui) -> None:
+def _wire_check(ctx: AppContext, ui: Ui, datasets_dir: Path) -> None:
     inputs = {name: ctx.components[name] for name in CHECK_FIELDS}
-    ui.check.click(form_handler(dataset_report, list(inputs)), inputs_kwargs=inputs, outputs=ui.report,
+
+    def dataset_check(values: dict[str, Any]) -> str:
+        """Check the dataset folder (train_data_dir) with the form's settings: concepts, problems, buckets, steps."""
+        return dataset_report(values, datasets_dir)
+
+    ui.check.click(form_handler(dataset_check, list(inputs)), inputs_kwargs=inputs, outputs=ui.report,
                    api_name="dataset_check")

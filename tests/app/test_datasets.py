@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import os
 import stat
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -273,3 +275,88 @@ def test_sanitize_keeps_names_inside_one_folder():
     assert sanitize("a/b\\c:d", "name") == "a_b_c_d"
     assert sanitize("Ünïcode ok-1", "name") == "Ünïcode ok-1"
     assert len(sanitize("x" * 300, "name")) == 64
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid PNG header that claims ``width`` x ``height`` pixels with almost no data: a decompression bomb's
+    first bytes, which is all Pillow reads before it knows the size."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b""))
+            + _chunk(b"IEND", b""))
+
+
+def zip_of_zeros(path: Path, member: str, mib: int) -> Path:
+    """A zip whose one member unpacks to ``mib`` MiB of zeros from a few KiB: the shape of a zip bomb."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, zf.open(member, "w") as out:
+        for _ in range(mib):
+            out.write(bytes(2**20))
+    return path
+
+
+def test_zip_bomb_is_refused_before_anything_is_unpacked(tmp_path):
+    bomb = zip_of_zeros(tmp_path / "bomb.zip", "photos/big.png", 64)
+    assert bomb.stat().st_size < 2**20  # 64 MiB from under 1 MiB
+    datasets = tmp_path / "datasets"
+    with pytest.raises(UserError, match=r"bomb\.zip looks like a zip bomb: photos/big\.png unpacks to 64\.0 MiB"):
+        import_files([img(tmp_path / "ok.png"), bomb], datasets, "x", 1, "c")
+    assert not datasets.exists()
+
+
+def test_zip_over_the_size_limit_is_refused_whole(tmp_path, monkeypatch):
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("a.png", png_bytes())
+        zf.writestr("notes.bin", os.urandom(4096))  # not imported, but still unpacked size a bomb could hide in
+    monkeypatch.setattr(dataset_import, "MAX_BYTES", 4096)
+    with pytest.raises(UserError, match=r"set\.zip unpacks to 4\.\d KiB \(the limit is 4\.0 KiB\)"):
+        import_files([archive], tmp_path / "datasets", "x", 1, "c")
+    assert not (tmp_path / "datasets").exists()
+
+
+def test_each_image_is_checked_at_import_and_bad_ones_are_named(tmp_path):
+    up = tmp_path / "upload"
+    up.mkdir()
+    good = img(up / "good.png", caption="fine")
+    (up / "fake.png").write_bytes(b"this is text, not a picture")
+    (up / "fake.txt").write_text("caption of a non-image")
+    (up / "huge.png").write_bytes(png_claiming(40000, 40000))
+    (up / "big.png").write_bytes(png_claiming(10000, 10000))
+    whole = png_bytes((64, 64))
+    archive = up / "more.jpg.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("cut.png", whole[: len(whole) // 2])
+        zf.writestr("inner.png", whole)
+    files = [good, up / "good.txt", up / "fake.png", up / "fake.txt", up / "huge.png", up / "big.png", archive]
+    result = import_files(files, tmp_path / "datasets", "checked", 2, "c")
+
+    concept = tmp_path / "datasets" / "checked" / "2_c"
+    assert sorted(p.name for p in concept.iterdir()) == ["good.png", "good.txt", "inner.png"]
+    assert (result.images, result.captions) == (2, 1)
+    message = result.message()
+    assert "fake.png (not an image)" in message
+    assert "big.png (10000x10000 px, over the limit of 89 megapixels)" in message
+    assert "huge.png (over twice the limit of 89 megapixels: a decompression bomb)" in message
+    assert "cut.png (damaged image: " in message
+    assert "fake.txt" not in message  # the caption goes with its image, which is named already
+
+
+def test_an_upload_of_only_bad_images_names_them_and_leaves_no_folder(tmp_path):
+    (tmp_path / "fake.png").write_bytes(b"text")
+    with pytest.raises(UserError, match=r"no images in the upload.*\(skipped: fake\.png \(not an image\)\)"):
+        import_files([tmp_path / "fake.png"], tmp_path / "datasets", "x", 1, "c")
+    assert list((tmp_path / "datasets").iterdir()) == []
+
+
+def test_discard_uploads_deletes_only_the_servers_copies(tmp_path):
+    uploads = tmp_path / "cache" / "gradio"
+    copy = uploads / "3f9a" / "photo.png"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(png_bytes())
+    own = img(tmp_path / "mine" / "photo.png")
+    dataset_import.discard_uploads([copy, own], uploads)
+    assert not copy.exists() and not copy.parent.exists() and uploads.is_dir()
+    assert own.is_file()  # outside the upload folder: never touched

@@ -15,7 +15,7 @@ from PIL import Image
 from training.contract.config import TrainConfig
 from training.contract.errors import UserError
 from training.data.folder import scan_dataset
-from training.plan.dataset_check import TOKEN_WINDOW, check_dataset, count_tokens
+from training.plan.dataset_check import TOKEN_WINDOW, NoTrainingImages, check_dataset, count_tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -150,9 +150,30 @@ def test_bad_folders_give_one_line(tmp_path):
     with pytest.raises(UserError, match=r"not found: .*missing"):
         check_dataset(cfg_for(tmp_path / "missing"))
     (tmp_path / "empty" / "10_x").mkdir(parents=True)
-    with pytest.raises(UserError, match="no training images found") as err:
+    with pytest.raises(UserError, match="no training images in") as err:
         check_dataset(cfg_for(tmp_path / "empty"))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("layout", [[], ["10_x/"], ["notes.md", "10_x/readme.txt"], ["photos/a.png"]])
+def test_a_folder_without_images_is_never_ready_and_shows_what_a_dataset_looks_like(tmp_path, layout):
+    root = tmp_path / "ds"
+    root.mkdir()
+    for name in layout:
+        if name.endswith("/"):
+            (root / name).mkdir(parents=True)
+        elif name.endswith(".png"):
+            pic(root / name, (64, 64), 1)  # in a folder the trainer ignores: not named like '10_name'
+        else:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text("text")
+    with pytest.raises(NoTrainingImages) as err:
+        check_dataset(cfg_for(root))
+    shown = err.value.to_markdown()
+    assert f"no training images in {root}" in str(err.value) and "ready" not in shown
+    assert "10_mychar/" in shown and "photo1.txt" in shown  # the example layout
+    if layout == ["photos/a.png"]:
+        assert "ignored 1 folder(s)" in shown and "photos" in shown
 
 
 def test_check_stays_torch_free(tmp_path):

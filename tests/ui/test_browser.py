@@ -122,7 +122,7 @@ def test_new_user_journey(page, trained_demo, tmp_path):
     # 2. The Dataset tab follows the form: the demo's dataset is loaded; fix one caption.
     demo_data = real_app.settings.demo_dir / "dataset"
     open_tab(page, "Dataset")
-    expect(page.locator("#dataset-folder textarea, #dataset-folder input").first).to_have_value(str(demo_data))
+    expect(page.locator("#cfg-train_data_dir textarea, #cfg-train_data_dir input").first).to_have_value(str(demo_data))
     page.locator("#dataset-gallery img").first.click()
     caption = page.locator("#caption-text textarea")
     expect(caption).to_have_value(re.compile("^lfbot"))
@@ -200,7 +200,7 @@ def test_bad_input_says_what_to_fix(page, real_app, tmp_path):
 
     page.goto(real_app.url)
     open_tab(page, "Dataset")
-    fill(page, "#dataset-folder textarea, #dataset-folder input", str(tmp_path / "no-such-folder"))
+    fill(page, "#cfg-train_data_dir input", str(tmp_path / "no-such-folder"))
     page.locator("#dataset-load").click()
     expect(page.locator("#dataset-message")).to_contain_text("folder not found")
 
@@ -208,20 +208,21 @@ def test_bad_input_says_what_to_fix(page, real_app, tmp_path):
     xl = write_header_only_safetensors(tmp_path / "xl.safetensors", {"conditioner.embedders.1.x": (4,)})
     empty = tmp_path / "empty"
     empty.mkdir()
+    fill(page, "#cfg-train_data_dir input", str(empty))  # the dataset folder box, on the Dataset tab
     open_tab(page, "Model & preset")
     fill(page, "#cfg-pretrained_model_name_or_path input", str(xl))
     expect(page.locator("#model-family")).to_contain_text("SDXL")
-    fill(page, "#cfg-train_data_dir input", str(empty))
     open_tab(page, "Train")
     runs_before = len(real_app.supervisor.discover())
     page.locator("#start-btn").click()
     expect(page.locator("#start-message")).to_contain_text("no training images found in")
 
-    open_tab(page, "Model & preset")
     images = tmp_path / "images"
     images.mkdir()
     Image.new("RGB", (64, 64), (200, 30, 30)).save(images / "red.png")
+    open_tab(page, "Dataset")
     fill(page, "#cfg-train_data_dir input", str(images))
+    open_tab(page, "Model & preset")
     fill(page, "#cfg-pretrained_model_name_or_path input", "")  # no model yet: every preset is offered
     page.locator("#preset input").click()
     page.get_by_role("option", name="SD2.1-768 photoreal").click()

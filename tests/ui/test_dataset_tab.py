@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -13,14 +14,20 @@ from ui_helpers import NOISE_FILTERS
 
 pytestmark = [pytest.mark.filterwarnings(f) for f in NOISE_FILTERS]
 
-# /dataset_load outputs: folder, message, gallery, page, caption file, caption, caption message, tags, report,
-# train_data_dir (the session state is not part of the API).
-FOLDER, MESSAGE, GALLERY, PAGE, TAGS, DATA_DIR = 0, 1, 2, 3, 7, 9
+# /dataset_load outputs: train_data_dir (the dataset folder box), message, gallery, page, preview, position, caption
+# file, caption, caption message, tags, report (the session state is not part of the API).
+FOLDER, MESSAGE, GALLERY, PAGE, TAGS = 0, 1, 2, 3, 9
 
 
 def plain(markdown: str) -> str:
     """The text a reader sees: messages escape markdown characters of paths (my_cat.png must not turn italic)."""
     return re.sub(r"\\(.)", r"\1", markdown)
+
+
+def shown(gallery: dict) -> list[dict]:
+    """The gallery's images from an output: an update that also says which thumbnail is selected."""
+    assert gallery["selected_index"] is None  # an API call selects nothing
+    return gallery["value"]
 
 
 def img(path: Path, size=(96, 64), colour=(180, 60, 20), caption: str | None = None) -> Path:
@@ -56,11 +63,11 @@ def test_dataset_endpoints_are_public(client):
 
 def test_load_shows_thumbnails_and_sets_train_data_dir(client, dataset, dry_app):
     out = client.predict(str(dataset), api_name="/dataset_load")
-    assert out[FOLDER] == out[DATA_DIR] == str(dataset.resolve())
+    assert out[FOLDER] == str(dataset.resolve())
     assert "3 image(s) in 2 concept folder(s) (10\\_cat ×10: 2, 2\\_dog ×2: 1)" in out[MESSAGE]
-    assert [item["caption"] for item in out[GALLERY]] == ["10_cat/a.png: cat, sitting", "10_cat/b.png: cat, standing",
-                                                         "2_dog/c.png: (no caption)"]
-    for item in out[GALLERY]:
+    assert [item["caption"] for item in shown(out[GALLERY])] == [
+        "10_cat/a.png: cat, sitting", "10_cat/b.png: cat, standing", "2_dog/c.png: (no caption)"]
+    for item in shown(out[GALLERY]):
         with Image.open(item["image"]) as thumb:
             assert max(thumb.size) <= 256  # thumbnails, never the originals
     thumbs = dry_app.settings.data_dir / "cache" / "thumbs"
@@ -72,7 +79,7 @@ def test_load_shows_thumbnails_and_sets_train_data_dir(client, dataset, dry_app)
 def test_bad_folders_give_one_visible_line(client, tmp_path):
     missing = client.predict(str(tmp_path / "nope"), api_name="/dataset_load")
     assert plain(missing[MESSAGE]) == f"**Not loaded:** folder not found: {tmp_path / 'nope'}"
-    assert missing[GALLERY] == [] and not isinstance(missing[DATA_DIR], str)  # the form keeps its folder
+    assert shown(missing[GALLERY]) == [] and not isinstance(missing[FOLDER], str)  # the box keeps what was typed
     (tmp_path / "empty" / "10_x").mkdir(parents=True)
     empty = client.predict(str(tmp_path / "empty"), api_name="/dataset_load")
     assert plain(empty[MESSAGE]).startswith(f"**Not loaded:** no training images in {tmp_path / 'empty'}: put images")
@@ -84,7 +91,7 @@ def test_caption_save_writes_beside_the_image_only_in_the_loaded_folder(client, 
     message, gallery, tags = client.predict(image="2_dog/c.png", caption="dog, lying down", api_name="/caption_save")
     assert message == "Saved c.txt."
     assert (dataset / "2_dog" / "c.txt").read_text(encoding="utf-8") == "dog, lying down"
-    assert gallery[2]["caption"] == "2_dog/c.png: dog, lying down"
+    assert shown(gallery)[2]["caption"] == "2_dog/c.png: dog, lying down"
     assert ["dog", 1] in tags["data"]
 
     assert client.predict(image="", caption="x", api_name="/caption_save")[0] == (
@@ -141,9 +148,46 @@ def test_upload_images_and_zip_into_a_managed_dataset(client, tmp_path, dry_app)
     message = plain(out[2])
     assert message.startswith(f"Imported 2 image(s) and 2 caption(s) into {root} (6_fox)")
     assert "../escape.png (path leaves the zip's folder)" in message
-    assert out[1] == out[10] == str(root)  # the folder box and train_data_dir now point at the new dataset
-    assert len(out[3]) == 2  # gallery
+    assert out[1] == str(root)  # train_data_dir, the dataset folder box, now points at the new dataset
+    assert len(shown(out[3])) == 2  # gallery
 
     refused = client.predict(files=[handle_file(photo)], name="foxes", repeats=0, concept="fox",
                              api_name="/dataset_upload")
     assert plain(refused[2]) == "**Not imported:** repeats must be a whole number from 1 to 1000, got 0"
+
+
+def test_gradio_keeps_its_files_in_the_data_folder_emptied_at_startup(tmp_path, monkeypatch):
+    from app.main import build_app
+    from app.settings import Settings
+    from app.supervisor import JobSupervisor
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", os.environ.get("GRADIO_TEMP_DIR", ""))  # restored for the served app
+    settings = Settings(data_dir=tmp_path / "data", open_browser=False, dry_run=True)
+    stale = settings.data_dir / "cache" / "gradio" / "0123abcd" / "left-over.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an upload from the last session")
+    build_app(settings, JobSupervisor(settings.data_dir, dry_run=True))
+    assert os.environ["GRADIO_TEMP_DIR"] == str(settings.data_dir / "cache" / "gradio")
+    assert list((settings.data_dir / "cache" / "gradio").iterdir()) == []
+
+
+def test_upload_names_bad_images_and_refuses_a_zip_bomb(client, tmp_path, dry_app):
+    good = img(tmp_path / "good.png")
+    fake = tmp_path / "fake.png"
+    fake.write_bytes(b"not a picture")
+    out = client.predict(files=[handle_file(good), handle_file(fake)], name="checked", repeats=3, concept="c",
+                         api_name="/dataset_upload")
+    root = dry_app.settings.data_dir / "datasets" / "checked"
+    assert plain(out[2]).startswith(f"Imported 1 image(s) and 0 caption(s) into {root} (3_c); "
+                                    "skipped 1: fake.png (not an image)")
+    assert sorted(p.name for p in (root / "3_c").iterdir()) == ["good.png"]
+
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("big.png", "w") as member:
+        for _ in range(32):
+            member.write(bytes(2**20))
+    refused = client.predict(files=[handle_file(bomb)], name="bombed", repeats=3, concept="c",
+                             api_name="/dataset_upload")
+    assert plain(refused[2]).startswith("**Not imported:** bomb.zip looks like a zip bomb: big.png unpacks to "
+                                        "32.0 MiB")
+    assert not (dry_app.settings.data_dir / "datasets" / "bombed").exists()

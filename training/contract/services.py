@@ -14,7 +14,7 @@ from training.compare import parse_strengths
 from training.data.folder import CONCEPT_DIR, IMAGE_EXTENSIONS, concept_folders, image_files
 from training.demo import DEMO_CONFIG, DEMO_LABEL
 from training.models.detect import FAMILY_LABELS, detect_family
-from training.plan.dataset_check import check_dataset, md_escape
+from training.plan.dataset_check import NoTrainingImages, check_dataset, md_escape
 from training.plan.estimates import LoraSize, lora_size, total_steps, trained_parts
 from training.plan.preflight import looks_like_path, preflight, preset_mismatch
 from training.run.dry_run import check_config as dry_run_preflight
@@ -27,6 +27,7 @@ __all__ = [
     "FAMILY_LABELS",
     "IMAGE_EXTENSIONS",
     "LoraSize",
+    "NoTrainingImages",
     "check_dataset",
     "concept_folders",
     "detect_family",

@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 from training.contract.config import TrainConfig
 from training.contract.errors import UserError
 from training.data.buckets import Bucket, assign_buckets, batches_per_epoch, bucket_table
-from training.data.folder import DatasetScan, ImageItem, scan_dataset
+from training.data.folder import DatasetScan, ImageItem, concept_folders, image_files, scan_dataset
 from training.plan.schedule import Schedule, split_validation
 
 TOKEN_WINDOW = 75  # CLIP's 77 positions minus the begin and end tokens; later tokens are cut off
@@ -28,6 +28,29 @@ TINY_SHARE = 0.5  # an image with under half the training resolution's pixels le
 SIMILAR_BITS = 4  # difference-hash bits (of 64) two images may differ by and still count as the same picture
 SIMILAR_COLOR = 12.0  # mean 8x8 colour difference (0-255) allowed: flat images of different colours hash alike
 MAX_LISTED = 10  # files named per finding before "and N more"
+# What a dataset folder looks like, shown when a folder has nothing to train on.
+DATASET_LAYOUT = """my_dataset/              the folder to give as train_data_dir
+  10_mychar/             10 = repeats: each image is seen 10 times per epoch
+    photo1.png           jpg, jpeg, png, webp or bmp
+    photo1.txt           its caption, e.g. "mychar, red scarf, outdoors"
+  3_background/          a second concept, 3 repeats (optional)
+    ...
+(or the images and their .txt captions directly in my_dataset/)"""
+
+
+class NoTrainingImages(UserError):
+    """A dataset folder that exists but holds no image the trainer would use; says what a dataset folder is."""
+
+    def __init__(self, folder: Path, notes: list[str] | None = None) -> None:
+        super().__init__(f"no training images in {folder}: put images (jpg, png, webp, bmp) with .txt captions "
+                         "beside them in it, directly or in subfolders named like '10_mychar' (10 = repeats)")
+        self.folder = folder
+        self.notes = notes or []
+
+    def to_markdown(self) -> str:
+        notes = [f"- {md_escape(note)}" for note in self.notes]
+        return "\n".join([f"❌ **{md_escape(str(self))}**", *notes, "", "A dataset folder looks like this:",
+                          "```", DATASET_LAYOUT, "```"])
 
 
 @dataclass(frozen=True)
@@ -166,7 +189,9 @@ def check_dataset(cfg: TrainConfig, scan: DatasetScan | None = None, similar: bo
     a folder without images or impossible bucket settings."""
     if not cfg.train_data_dir.strip():
         raise UserError("train_data_dir is empty: give the folder holding your images (or '10_name' subfolders)")
-    scan = scan or scan_dataset(Path(cfg.train_data_dir), cfg.caption_extension)
+    if scan is None:
+        require_images(Path(cfg.train_data_dir).expanduser())
+        scan = scan_dataset(Path(cfg.train_data_dir), cfg.caption_extension)
     train_items, val_items, val_kind = split_validation(cfg, scan.items)
     held_out = len(val_items) if val_kind == "held-out" else 0  # a train-subset still trains
     item_buckets = _buckets(cfg, scan.items)
@@ -188,6 +213,16 @@ def check_dataset(cfg: TrainConfig, scan: DatasetScan | None = None, similar: bo
         buckets=dict(Counter(item_buckets)),
         plan=plan_steps(cfg, train_items, train_buckets, held_out),
     )
+
+
+def require_images(folder: Path) -> None:
+    """Raise ``NoTrainingImages`` for an existing folder without a single image file where the trainer looks
+    (no image is decoded; a missing folder is left to the scan, which says so)."""
+    if not folder.is_dir():
+        return
+    notes: list[str] = []
+    if not any(image_files(path) for path, _name, _repeats in concept_folders(folder, notes)):
+        raise NoTrainingImages(folder, notes)
 
 
 def _buckets(cfg: TrainConfig, items: list[ImageItem]) -> list[Bucket]:
