@@ -146,6 +146,12 @@ def _to_config_value(spec: FieldSpec, value: Any) -> Any:
     return value
 
 
+def _given(spec: FieldSpec, value: Any) -> bool:
+    """None for a field that cannot be unset means no value came (a field not on this page, an API call that left
+    it out): the config's default applies. An empty number box is given, and its check says it is empty."""
+    return value is not None or spec.optional or spec.kind == "number"
+
+
 def range_words(bounds: Bounds | None) -> str:
     """``> 0 and ≤ 10``, ``≥ 1``: a field's limits as a sentence says them."""
     if bounds is None:
@@ -191,7 +197,7 @@ def form_problems(values: dict[str, Any]) -> dict[str, str]:
     problems: dict[str, str] = {}
     flat: dict[str, Any] = {}
     for name, value in values.items():
-        if name not in specs:
+        if name not in specs or not _given(specs[name], value):
             continue
         if specs[name].kind == "number":
             number, problem = parse_number(specs[name], value)
@@ -256,7 +262,8 @@ def values_to_config(values: dict[str, Any]) -> tuple[TrainConfig | None, str | 
     for name, value in values.items():  # a number's own message says its range and what was given
         if name in specs and specs[name].kind == "number" and (problem := parse_number(specs[name], value)[1]):
             return None, problem
-    flat = {k: _to_config_value(specs[k], v) if k in specs else v for k, v in values.items()}
+    flat = {k: _to_config_value(specs[k], v) if k in specs else v for k, v in values.items()
+            if k not in specs or _given(specs[k], v)}
     try:
         cfg, _notes = config_from_dict(flat, "form")
     except ConfigError as err:

@@ -104,6 +104,7 @@ def _layout(ctx: AppContext, datasets_dir: Path) -> Ui:
                             info=f"Any folder on this computer; a plain name means {datasets_dir}/<name>")
         load = gr.Button("Load", variant="primary", scale=0, elem_id="dataset-load")
     message = gr.Markdown(elem_id="dataset-message")
+    ctx.components["train_data_dir"].render()  # the run's dataset field lives here, not on the Model tab
     with gr.Accordion("Pick an uploaded dataset", open=False, elem_id="dataset-explorer-section"):
         explorer = gr.FileExplorer(root_dir=datasets_dir, file_count="single", ignore_glob=EXPLORER_IGNORE[0],
                                    label=f"Datasets in {datasets_dir}: open one with ▶, tick its '.' (or an image)",

@@ -65,7 +65,7 @@ def build_model_tab(ctx: AppContext) -> FormRestore:
     errors = {name: gr.Markdown(visible=False, elem_id=f"err-{name}", elem_classes=["field-error"], render=False)
               for name in shown_fields(ctx)}
     for section, (basic, advanced) in layout(ctx).items():
-        with gr.Accordion(SECTION_TITLES[section], open=section in OPEN_SECTIONS, elem_id=f"section-{section}"):
+        with gr.Accordion(section.capitalize(), open=section in OPEN_SECTIONS, elem_id=f"section-{section}"):
             render_fields(ctx, basic, errors, family_info)
             if advanced:
                 with gr.Accordion("Advanced", open=False, elem_id=f"advanced-{section}"):
@@ -206,10 +206,7 @@ class FormRestore:
     check_outputs: list[Any]
 
 
-# Sections as the page shows them. Each shows its common fields first and folds the rest under "Advanced".
-SECTION_TITLES = {"model": "Model and output", "dataset": "Dataset options", "network": "Network (LoRA size)",
-                  "optimizer": "Optimizer and learning rates", "training": "Training length and speed",
-                  "sample": "Sample images", "save": "Saving", "logging": "Logging"}
+# Each section shows its common fields first and folds the rest under "Advanced".
 BASIC_FIELDS = {
     "model": ("pretrained_model_name_or_path", "output_name", "clip_skip"),
     "dataset": ("resolution", "enable_bucket", "shuffle_caption", "keep_tokens"),
