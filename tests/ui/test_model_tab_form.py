@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from ui_helpers import ARTIFACTS, NOISE_FILTERS, fill, run_of, serve, stop_all, wait_for
 
+MODEL = "#cfg-pretrained_model_name_or_path input"
 pytestmark = [pytest.mark.e2e, *(pytest.mark.filterwarnings(f) for f in NOISE_FILTERS)]
 
 
@@ -30,7 +31,7 @@ def app(tmp_path):
 def open_model_tab(page, url: str) -> None:
     page.goto(url)
     page.get_by_role("tab", name="Model & preset").click()
-    page.locator("#cfg-pretrained_model_name_or_path input").wait_for()
+    page.locator(MODEL).wait_for()
 
 
 def open_section(page, section: str, advanced: bool = False) -> None:
@@ -101,7 +102,7 @@ def test_an_unreadable_base_model_is_refused_at_the_field_and_on_start(page, app
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\x01 not a model")
     open_model_tab(page, app.url)
-    fill(page, "#cfg-pretrained_model_name_or_path input", str(broken))
+    fill(page, MODEL, str(broken))
     expect(page.locator("#err-pretrained_model_name_or_path")).to_contain_text("broken.safetensors")
     page.get_by_role("tab", name="Train").click()
     page.locator("#start-btn").click()
@@ -114,20 +115,21 @@ def test_an_unreadable_base_model_is_refused_at_the_field_and_on_start(page, app
     assert app.supervisor.discover() == []
 
 
-def test_the_form_and_its_preset_come_back_after_a_reload_and_a_restart(page, app):
+def test_the_form_and_its_preset_come_back_after_a_reload_and_a_restart(page, app, tmp_path):
     from playwright.sync_api import expect
 
+    model = str(tmp_path / "my-model.safetensors")
     open_model_tab(page, app.url)
     page.locator("#preset input").click()
     page.get_by_role("option", name="SD1.5 anime").click()
     expect(page.locator("#cfg-clip_skip input")).to_have_value("2")
-    fill(page, "#cfg-output_name input", "kept-name")
+    fill(page, MODEL, model)
     open_section(page, "network")
     fill(page, "#cfg-network_dim input", "48")
 
     page.reload()
     page.get_by_role("tab", name="Model & preset").click()
-    expect(page.locator("#cfg-output_name input")).to_have_value("kept-name")
+    expect(page.locator(MODEL)).to_have_value(model)
     expect(page.locator("#preset input")).to_have_value("SD1.5 anime")
     expect(page.locator("#preset-info")).to_contain_text("SD1.5 anime")
     open_section(page, "network")
@@ -138,7 +140,7 @@ def test_the_form_and_its_preset_come_back_after_a_reload_and_a_restart(page, ap
     ui, demo = serve(data_dir, dry_run=True)
     try:
         open_model_tab(page, ui.url)
-        expect(page.locator("#cfg-output_name input")).to_have_value("kept-name")
+        expect(page.locator(MODEL)).to_have_value(model)
         expect(page.locator("#preset input")).to_have_value("SD1.5 anime")
         expect(page.locator("#cfg-clip_skip input")).to_have_value("2")
     finally:
@@ -160,12 +162,11 @@ def test_save_toml_writes_the_forms_output_dir_not_a_loaded_runs_folder(page, ap
     fill(page, "#config-path textarea", str(job))
     page.locator("#load-toml").click()
     expect(page.locator("#config-message")).to_contain_text("Loaded")
-    expect(page.locator("#cfg-output_name input")).to_have_value("old")
     fill(page, "#config-path textarea", "again.toml")
     page.locator("#save-toml").click()
     expect(page.locator("#config-message")).to_contain_text("Saved")
     saved = tomllib.loads((app.settings.configs_dir / "again.toml").read_text(encoding="utf-8"))
-    assert saved["save"]["output_name"] == "old"
+    assert saved["save"]["output_name"] == "old"  # the loaded settings are saved again
     assert Path(saved["save"].get("output_dir", "")) != run_dir
 
 
