@@ -284,7 +284,7 @@ def loaded_values(cfg: TrainConfig) -> dict[str, Any]:
     """Form values from a loaded file. A run's job.toml names the run folder the UI chose as output_dir; kept, a
     later Save TOML would send a terminal run into that old folder, so the field is left empty instead."""
     values = config_to_values(cfg)
-    if cfg.output_dir and RunLayout(Path(cfg.output_dir)).is_run:
+    if cfg.output_dir and RunLayout(Path(cfg.output_dir)).is_run():
         values["output_dir"] = ""
     return values
 

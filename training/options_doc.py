@@ -17,13 +17,13 @@ def options_markdown() -> str:
              "are for grouping only (kohya's own section names work too).", ""]
     for section in SECTIONS:
         names = [n for n in TrainConfig.model_fields if field_section(n) == section]
-        lines += [f"## [{section}]", "", "| key | label in the UI | default | allowed | why |",
+        lines += [f"## [{section}]", "", "| key | default | allowed | why | label in the UI |",
                   "|---|---|---|---|---|"]
         for name in names:
             field = TrainConfig.model_fields[name]
             default = "unset" if field.default is None else f"`{field.default!r}`".replace("|", "\\|")
             allowed = allowed_values(name).replace("|", "\\|")
-            lines.append(f"| `{name}` | {field_title(name)} | {default} | {allowed} | {field.description} |")
+            lines.append(f"| `{name}` | {default} | {allowed} | {field.description} | {field_title(name)} |")
         lines.append("")
     lines += ["## kohya keys this trainer does not use", "",
               "kohya options that mean nothing here are ignored with a note. Options for features this trainer "
