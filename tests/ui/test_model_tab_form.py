@@ -224,3 +224,40 @@ def test_a_cpu_only_machine_says_what_replaces_bf16_and_the_8bit_optimizer(page,
     page.locator("#cfg-optimizer_type input").click()
     page.get_by_role("option", name="AdamW", exact=True).click()
     expect(note).not_to_contain_text("AdamW8bit")
+
+
+def test_form_errors_follow_the_fields_as_they_are_typed(page, tmp_path):
+    """AppContext.form_errors, which the Start button follows, holds every invalid field while there is one and is
+    empty once the form may start. The page under test shows the State in a JSON box, as the Train tab reads it."""
+    import gradio as gr
+    from playwright.sync_api import expect
+
+    from app.main import build_app, launch_options
+    from app.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "data", open_browser=False, dry_run=True)
+    demo = build_app(settings)
+    empty_states = [b for b in demo.blocks.values() if isinstance(b, gr.State) and b.value == {}]
+    assert len(empty_states) == 1  # AppContext.form_errors: the page's only State that starts as {}
+    errors = empty_states[0]
+    with demo:
+        shown = gr.JSON(elem_id="form-errors-view")
+        errors.change(lambda value: value or {"none": True}, errors, shown)
+    demo.queue()
+    _, url, _ = demo.launch(**launch_options(settings) | {"server_port": None, "prevent_thread_lock": True,
+                                                           "quiet": True})
+    try:
+        open_model_tab(page, url)
+        open_section(page, "optimizer")
+        view = page.locator("#form-errors-view")
+        fill(page, "#cfg-unet_lr input", "abc")
+        expect(view).to_contain_text("unet_lr: 'abc' is not a number")
+        fill(page, "#cfg-learning_rate input", "-1")
+        expect(view).to_contain_text("learning_rate must be > 0")
+        expect(view).to_contain_text("unet_lr")
+        fill(page, "#cfg-unet_lr input", "")
+        fill(page, "#cfg-learning_rate input", "0.0001")
+        expect(view).to_contain_text("none")
+        expect(view).not_to_contain_text("learning_rate")
+    finally:
+        demo.close()
