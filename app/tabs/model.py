@@ -148,7 +148,24 @@ def build_model_tab(ctx: AppContext) -> FormRestore:
     save_btn.click(form_handler(save_toml, list(save_inputs)), inputs_kwargs=save_inputs, outputs=message,
                    api_name="save_toml")
     load_btn.click(load_toml, inputs=path_box, outputs=[*form, message], api_name="load_toml")
+    return wire_form_state(ctx, presets, FormParts(preset, applied, preset_info, device_note, errors))
 
+
+@dataclass
+class FormParts:
+    """The Model tab's components that the checks and the saved form update besides the fields."""
+
+    preset: Any  # the preset dropdown
+    applied: Any  # gr.State: the key of the preset this page last applied
+    preset_info: Any
+    device_note: Any
+    errors: dict[str, Any]  # field name -> the message box under it
+
+
+def wire_form_state(ctx: AppContext, presets: dict[str, Preset], parts: FormParts) -> FormRestore:
+    """Check the form on every change (messages under the fields, ctx.form_errors, the CPU note) and save it; the
+    returned FormRestore puts it back on page load."""
+    form, preset, errors = ctx.form_inputs, parts.preset, parts.errors
     restored = gr.State(False)  # set by the page load: edits are saved only once the saved form is back
     watched = {*form, preset, ctx.preset, restored}
     shown = list(errors)
@@ -175,11 +192,11 @@ def build_model_tab(ctx: AppContext) -> FormRestore:
         note = device_text({"optimizer_type": optimizer, "mixed_precision": precision})
         return note, gr.Timer(active=not ctx.device.ready)
 
-    check_outputs = [ctx.form_errors, *(errors[n] for n in shown), device_note]
+    check_outputs = [ctx.form_errors, *(errors[n] for n in shown), parts.device_note]
     gr.on([c.change for c in form] + [preset.change], check_form, inputs=watched, outputs=check_outputs,
           trigger_mode="always_last", show_progress="hidden", api_visibility="private")
     note_timer.tick(refresh_note, inputs=[ctx.components["optimizer_type"], ctx.components["mixed_precision"]],
-                    outputs=[device_note, note_timer], api_visibility="private", show_progress="hidden")
+                    outputs=[parts.device_note, note_timer], api_visibility="private", show_progress="hidden")
 
     def restore() -> tuple[Any, ...]:
         """The form as last left (a reload, another tab, a restart of the app), with its preset."""
@@ -188,10 +205,9 @@ def build_model_tab(ctx: AppContext) -> FormRestore:
         picked = presets.get(key or "") or presets.get((record or {}).get("key") or "")
         model = str(values.get("pretrained_model_name_or_path") or "")
         info = preset_text(picked, model) if picked else gr.skip()
-        applied_key = (record or {}).get("key") if record else None
-        return (*fill, key if key in presets else None, record, applied_key, info, True)
+        return (*fill, key if key in presets else None, record, (record or {}).get("key"), info, True)
 
-    return FormRestore(restore, [*form, preset, ctx.preset, applied, preset_info, restored],
+    return FormRestore(restore, [*form, preset, ctx.preset, parts.applied, parts.preset_info, restored],
                        check_form, watched, check_outputs)
 
 
