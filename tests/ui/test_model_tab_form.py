@@ -69,6 +69,7 @@ def test_opening_sections_leaves_unset_numbers_unset_and_start_works(page, app):
 
 
 def test_number_checks_show_at_the_field_and_refuse_start(page, app):
+    from gradio_client import Client
     from playwright.sync_api import expect
 
     open_model_tab(page, app.url)
@@ -93,6 +94,12 @@ def test_number_checks_show_at_the_field_and_refuse_start(page, app):
     fill(page, "#cfg-unet_lr input", "")
     expect(page.locator("#err-learning_rate")).to_be_hidden()
     expect(page.locator("#err-unet_lr")).to_be_hidden()
+
+    client = Client(app.url, verbose=False)  # the API's Start words it the same way
+    text = client.predict(learning_rate="abc", api_name="/start_run")[0]
+    assert text == "**Not started:** learning_rate: 'abc' is not a number; give a number > 0 and ≤ 10"
+    text = client.predict(max_train_epochs="0", api_name="/start_run")[0]
+    assert text == "**Not started:** max_train_epochs must be ≥ 1; you gave 0"
 
 
 def test_an_unreadable_base_model_is_refused_at_the_field_and_on_start(page, app, tmp_path):
