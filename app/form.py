@@ -228,9 +228,12 @@ def _config_problems(flat: dict[str, Any]) -> dict[str, str]:
         found: dict[str, str] = {}
         for item in err.errors():
             key = str(item["loc"][0]) if item["loc"] else _named_field(item["msg"])
-            msg = "not a known choice" if item["type"] == "literal_error" else item["msg"].removeprefix(
-                "Value error, ")
-            allowed = allowed_values(key) if key in TrainConfig.model_fields else ""
+            why = item["msg"].removeprefix("Value error, ")
+            msg = "not a known choice" if item["type"] == "literal_error" else why
+            if key not in TrainConfig.model_fields:  # a rule about the whole config that names no field
+                found.setdefault(key, msg)
+                continue
+            allowed = allowed_values(key)
             text = f"{key} = {flat.get(key)!r} is invalid: {msg}" + (f" (allowed: {allowed})" if allowed else "")
             found.setdefault(key, text)
         return found
