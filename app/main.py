@@ -15,7 +15,7 @@ import gradio as gr
 
 from app.console import without_share_hint
 from app.device import DeviceProbe, shared_probe
-from app.form import default_values, field_specs, make_component
+from app.form import default_values, field_specs, key_css, make_component
 from app.settings import Settings
 from app.supervisor import JobSupervisor
 from app.tabs.context import AppContext
@@ -27,6 +27,15 @@ from app.tabs.train import build_train_tab
 TITLE = "LoraForge"
 # Gradio deletes its copies of uploads and served files older than a day, hourly, and all of them when it stops.
 DELETE_CACHE = (3600, 86400)
+# Help text as readable as the labels (Gradio's default is pale); each field's config key in small monospace
+# beside its friendly label (key_css); a field's check message in red under it.
+CSS = """
+.info-text { color: var(--body-text-color) !important; opacity: 0.85; }
+[id^="cfg-"] [data-testid="block-info"]::after, [id^="cfg-"] .label-text::after {
+  font-family: var(--font-mono); font-size: 0.78em; font-weight: normal; margin-left: 0.6em; opacity: 0.75; }
+.field-error { color: #c62828; font-size: 0.9em; }
+.field-error p { color: #c62828 !important; margin: 0; }
+"""
 
 
 def build_app(settings: Settings, supervisor: JobSupervisor | None = None,
@@ -39,7 +48,7 @@ def build_app(settings: Settings, supervisor: JobSupervisor | None = None,
     defaults = default_values()
     with gr.Blocks(title=TITLE, delete_cache=DELETE_CACHE) as demo:
         ctx = AppContext(settings, supervisor, specs, {s.name: make_component(s, defaults[s.name]) for s in specs},
-                         preset=gr.State(None), form_errors=gr.State({}))
+                         preset=gr.State(None), form_errors=gr.State({}), device=device)
         gr.Markdown(f"## {TITLE}" + (" · dry run: runs replay synthetic events" if settings.dry_run else ""))
         device_line = gr.Markdown(device.line, elem_id="device-report")
         device_timer = gr.Timer(2.0, active=not device.ready)  # until the background device check answers
@@ -47,12 +56,15 @@ def build_app(settings: Settings, supervisor: JobSupervisor | None = None,
             with gr.Tab("Dataset", id="dataset"):
                 build_dataset_tab(ctx)
             with gr.Tab("Model & preset", id="model"):
-                build_model_tab(ctx)
+                form = build_model_tab(ctx)
             with gr.Tab("Train", id="train"):
                 attach = build_train_tab(ctx)
             with gr.Tab("Results", id="results") as results_tab:
                 results = build_results_tab(ctx)
         demo.load(attach.fn, outputs=attach.outputs, api_visibility="private")
+        # The saved form comes back, then its checks fill form_errors (which the Start button follows).
+        demo.load(form.fn, outputs=form.outputs, api_visibility="private").then(
+            form.check, inputs=form.check_inputs, outputs=form.check_outputs, api_visibility="private")
         # Opening Results re-lists the runs (a run may have finished since), keeping the one picked.
         results_tab.select(results.fn, inputs=results.inputs, outputs=results.outputs, api_visibility="private")
         demo.load(results.fn, inputs=results.inputs, outputs=results.outputs, api_visibility="private")
@@ -81,7 +93,7 @@ def launch_options(settings: Settings) -> dict[str, Any]:
     servable beyond cwd."""
     return {"server_name": settings.host, "server_port": settings.port, "auth": settings.auth,
             "inbrowser": settings.open_browser, "allowed_paths": [str(settings.data_dir)], "share": settings.share,
-            "run_history": False}
+            "run_history": False, "css": CSS + key_css(field_specs())}
 
 
 def launch(settings: Settings) -> None:

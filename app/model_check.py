@@ -70,3 +70,22 @@ def preset_mismatch(family: str, model: str, preset: dict[str, Any] | None) -> s
     preset = preset or {}
     wanted = preset.get("family")
     return training_preset_mismatch(family, model, str(preset.get("name", wanted)), wanted)
+
+
+def model_problem(model: str) -> str | None:
+    """Why Start must refuse this base model, or None: a file that exists but that the family check cannot read
+    (not a .safetensors/.ckpt, a broken header). The line under the model path already says so; a run started
+    anyway would fail later, after loading. A missing path is the preflight's to report (a dry run needs none)."""
+    from training.contract.services import detect_family
+
+    model = (model or "").strip()
+    if not model or not looks_like_path(model):
+        return None
+    path = Path(model).expanduser()
+    if not path.exists():
+        return None
+    try:
+        detect_family(path)
+    except UserError as err:
+        return str(err)
+    return None

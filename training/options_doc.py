@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from training.contract.config import SECTIONS, TrainConfig, field_section
+from training.contract.config import SECTIONS, TrainConfig, field_section, field_title
 from training.contract.config_io import IGNORED_KOHYA_KEYS, UNSUPPORTED_KOHYA_KEYS, allowed_values
 
 
@@ -17,12 +17,13 @@ def options_markdown() -> str:
              "are for grouping only (kohya's own section names work too).", ""]
     for section in SECTIONS:
         names = [n for n in TrainConfig.model_fields if field_section(n) == section]
-        lines += [f"## [{section}]", "", "| key | default | allowed | why |", "|---|---|---|---|"]
+        lines += [f"## [{section}]", "", "| key | default | allowed | why | label in the UI |",
+                  "|---|---|---|---|---|"]
         for name in names:
             field = TrainConfig.model_fields[name]
             default = "unset" if field.default is None else f"`{field.default!r}`".replace("|", "\\|")
             allowed = allowed_values(name).replace("|", "\\|")
-            lines.append(f"| `{name}` | {default} | {allowed} | {field.description} |")
+            lines.append(f"| `{name}` | {default} | {allowed} | {field.description} | {field_title(name)} |")
         lines.append("")
     lines += ["## kohya keys this trainer does not use", "",
               "kohya options that mean nothing here are ignored with a note. Options for features this trainer "

@@ -68,6 +68,7 @@ class AppContext:
     # gr.State: {field name: one-line message} for the form's invalid fields; {} when the form may start a run.
     # The Model tab's field checks write it; the Train tab's buttons listen to its .change.
     form_errors: Any = None
+    device: Any = None  # app.device.DeviceProbe: its line says whether this computer has a CUDA GPU
     history: RunHistory = field(default_factory=RunHistory)
 
     @property

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +15,21 @@ from app.form import (
     USER_FIELDS,
     FieldSpec,
     Preset,
-    config_to_values,
+    bitsandbytes_installed,
+    cpu_fallback_note,
+    form_problems,
     list_presets,
+    load_form,
+    loaded_values,
     presets_for_family,
+    save_form,
     values_to_config,
 )
 from app.model_check import CLIP_SKIP_SDXL, FAMILY_NAMES, detect_model_family, family_problem, preset_mismatch
 from app.tabs.context import AppContext, form_handler
 from training.contract.config_io import ConfigError, load_config, save_config
 
-OPEN_SECTIONS = ("model", "dataset")  # what most people change; the rest stays folded
-TRAIN_TAB_FIELDS = ("output_name", "train_data_dir")  # rendered elsewhere: Train tab (next to Start), Dataset tab
+OPEN_SECTIONS = ("model",)  # what everyone sets; the rest stays folded
 
 
 def config_path(ctx: AppContext, text: str) -> tuple[Path | None, str | None]:
@@ -43,7 +50,7 @@ def cli_command(path: Path) -> str:
     return f"```\npython -m training --config {shlex.quote(str(path))}\n```"
 
 
-def build_model_tab(ctx: AppContext) -> None:
+def build_model_tab(ctx: AppContext) -> FormRestore:
     all_presets = list_presets()
     presets = {p.key: p for p in all_presets}
     with gr.Row():
@@ -51,14 +58,18 @@ def build_model_tab(ctx: AppContext) -> None:
                              info="Fills the form with a starting point; you can change any value after. Once the "
                                   "base model is set, only presets made for its family are offered.",
                              elem_id="preset", scale=1)
-        preset_info = gr.Markdown("Pick a preset, or fill the settings yourself.", elem_id="preset-info")
+        with gr.Column(scale=2):
+            preset_info = gr.Markdown("Pick a preset, or fill the settings yourself.", elem_id="preset-info")
+            device_note = gr.Markdown(elem_id="device-note")
     family_info = gr.Markdown(elem_id="model-family", render=False)
-    for section, names in _sections(ctx).items():
+    errors = {name: gr.Markdown(visible=False, elem_id=f"err-{name}", elem_classes=["field-error"], render=False)
+              for name in shown_fields(ctx)}
+    for section, (basic, advanced) in layout(ctx).items():
         with gr.Accordion(section.capitalize(), open=section in OPEN_SECTIONS, elem_id=f"section-{section}"):
-            for name in names:
-                ctx.components[name].render()
-                if name == "pretrained_model_name_or_path":
-                    family_info.render()
+            render_fields(ctx, basic, errors, family_info)
+            if advanced:
+                with gr.Accordion("Advanced", open=False, elem_id=f"advanced-{section}"):
+                    render_fields(ctx, advanced, errors, family_info)
     with gr.Row():
         path_box = gr.Textbox(value=str(ctx.settings.configs_dir / "my-run.toml"), label="Config file",
                               info=f"A .toml file under {ctx.settings.data_dir}", elem_id="config-path", scale=3)
@@ -123,7 +134,7 @@ def build_model_tab(ctx: AppContext) -> None:
                 error = str(err)
         if cfg is None:
             return (*(gr.skip() for _ in ctx.specs), f"**Not loaded:** {error}")
-        values = config_to_values(cfg)
+        values = loaded_values(cfg)
         return (*(values[s.name] for s in ctx.specs), f"Loaded {path}.\n{cli_command(path)}")
 
     form = ctx.form_inputs
@@ -137,6 +148,139 @@ def build_model_tab(ctx: AppContext) -> None:
     save_btn.click(form_handler(save_toml, list(save_inputs)), inputs_kwargs=save_inputs, outputs=message,
                    api_name="save_toml")
     load_btn.click(load_toml, inputs=path_box, outputs=[*form, message], api_name="load_toml")
+    return wire_form_state(ctx, presets, FormParts(preset, applied, preset_info, device_note, errors))
+
+
+@dataclass
+class FormParts:
+    """The Model tab's components that the checks and the saved form update besides the fields."""
+
+    preset: Any  # the preset dropdown
+    applied: Any  # gr.State: the key of the preset this page last applied
+    preset_info: Any
+    device_note: Any
+    errors: dict[str, Any]  # field name -> the message box under it
+
+
+def wire_form_state(ctx: AppContext, presets: dict[str, Preset], parts: FormParts) -> FormRestore:
+    """Check the form on every change (messages under the fields, ctx.form_errors, the CPU note) and save it; the
+    returned FormRestore puts it back on page load."""
+    form, preset, errors = ctx.form_inputs, parts.preset, parts.errors
+    restored = gr.State(False)  # set by the page load: edits are saved only once the saved form is back
+    watched = {*form, preset, ctx.preset, restored}
+    shown = list(errors)
+    has_bnb = bitsandbytes_installed()
+    note_timer = gr.Timer(2.0, active=not ctx.device.ready)  # the note needs the device check's answer
+
+    def check_form(data: dict[Any, Any]) -> tuple[Any, ...]:
+        """Every field's check, shown beside it and shared as form_errors; the note on what this computer uses
+        instead; and the form saved for the next page load."""
+        values = {s.name: data[ctx.components[s.name]] for s in ctx.specs}
+        problems = form_problems(values)
+        if data[restored]:
+            with contextlib.suppress(OSError):  # the saved form is a convenience: a full disk must not break typing
+                save_form(ctx.settings.data_dir, values, data[preset], data[ctx.preset])
+        boxes = (gr.update(value=f"⚠ {problems[n]}", visible=True) if n in problems else
+                 gr.update(value="", visible=False) for n in shown)
+        return (problems, *boxes, device_text(values))
+
+    def device_text(values: dict[str, Any]) -> str:
+        return cpu_fallback_note(values.get("optimizer_type"), values.get("mixed_precision"), ctx.device.line,
+                                 has_bnb)
+
+    def refresh_note(optimizer: str, precision: str) -> tuple[str, Any]:
+        note = device_text({"optimizer_type": optimizer, "mixed_precision": precision})
+        return note, gr.Timer(active=not ctx.device.ready)
+
+    check_outputs = [ctx.form_errors, *(errors[n] for n in shown), parts.device_note]
+    gr.on([c.change for c in form] + [preset.change], check_form, inputs=watched, outputs=check_outputs,
+          trigger_mode="always_last", show_progress="hidden", api_visibility="private")
+    note_timer.tick(refresh_note, inputs=[ctx.components["optimizer_type"], ctx.components["mixed_precision"]],
+                    outputs=[parts.device_note, note_timer], api_visibility="private", show_progress="hidden")
+
+    def restore() -> tuple[Any, ...]:
+        """The form as last left (a reload, another tab, a restart of the app), with its preset."""
+        values, key, record = load_form(ctx.settings.data_dir)
+        fill = (values[s.name] if s.name in values else gr.skip() for s in ctx.specs)
+        picked = presets.get(key or "") or presets.get((record or {}).get("key") or "")
+        model = str(values.get("pretrained_model_name_or_path") or "")
+        info = preset_text(picked, model) if picked else gr.skip()
+        return (*fill, key if key in presets else None, record, (record or {}).get("key"), info, True)
+
+    return FormRestore(restore, [*form, preset, ctx.preset, parts.applied, parts.preset_info, restored],
+                       check_form, watched, check_outputs)
+
+
+@dataclass
+class FormRestore:
+    """What main.py wires to demo.load: put the saved form back, then check it (form_errors for the buttons)."""
+
+    fn: Callable[[], tuple[Any, ...]]
+    outputs: list[Any]
+    check: Callable[[dict[Any, Any]], tuple[Any, ...]]
+    check_inputs: set[Any]
+    check_outputs: list[Any]
+
+
+# Each section shows its common fields first and folds the rest under "Advanced".
+BASIC_FIELDS = {
+    "model": ("pretrained_model_name_or_path", "output_name", "clip_skip"),
+    "dataset": ("resolution", "enable_bucket", "shuffle_caption", "keep_tokens"),
+    "network": ("network_dim", "network_alpha", "network_train_unet_only"),
+    "optimizer": ("optimizer_type", "learning_rate", "lr_scheduler", "unet_lr", "text_encoder_lr"),
+    "training": ("max_train_epochs", "max_train_steps", "train_batch_size", "mixed_precision",
+                 "gradient_checkpointing", "min_snr_gamma"),
+    "sample": ("sample_prompts", "sample_every_n_epochs", "sample_every_n_steps"),
+    "save": ("save_every_n_epochs", "save_precision", "save_state"),
+}
+MOVED = {"output_name": "model", "logging_dir": "save"}  # shown in another section than its TOML one
+OTHER_TABS = ("train_data_dir",)  # the Dataset tab shows it, beside the folder it loads
+WIDE = ("pretrained_model_name_or_path", "sample_prompts")  # long paths and prompt text: a row of their own
+PER_ROW = 3
+
+
+def shown_fields(ctx: AppContext) -> list[str]:
+    return [s.name for s in ctx.specs if s.name not in OTHER_TABS]
+
+
+def layout(ctx: AppContext) -> dict[str, tuple[list[str], list[str]]]:
+    """section -> (basic fields, advanced fields), every field of the form once (those of OTHER_TABS aside); a
+    field added to the config and not named in BASIC_FIELDS lands in its section's Advanced."""
+    sections: dict[str, tuple[list[str], list[str]]] = {}
+    for name in shown_fields(ctx):
+        section = MOVED.get(name) or next(s.section for s in ctx.specs if s.name == name)
+        basic, advanced = sections.setdefault(section, ([], []))
+        (basic if name in BASIC_FIELDS.get(section, ()) else advanced).append(name)
+    for section, (basic, _) in sections.items():
+        basic.sort(key=BASIC_FIELDS.get(section, ()).index)
+    return sections
+
+
+def render_fields(ctx: AppContext, names: list[str], errors: dict[str, Any], family_info: Any) -> None:
+    """Fields in rows of PER_ROW (WIDE ones alone), each with its message box under it."""
+    row: list[str] = []
+    for name in [*names, None]:
+        if name is not None and name not in WIDE:
+            row.append(name)
+            if len(row) < PER_ROW:
+                continue
+        if row:
+            with gr.Row(equal_height=False):
+                for item in row:
+                    with gr.Column(min_width=220):
+                        ctx.components[item].render()
+                        errors[item].render()
+            row = []
+        if name in WIDE:
+            render_wide(ctx, name, errors, family_info)
+
+
+def render_wide(ctx: AppContext, name: str, errors: dict[str, Any], family_info: Any) -> None:
+    ctx.components[name].render()
+    errors[name].render()
+    if name == "pretrained_model_name_or_path":
+        family_info.render()
+    # sample_prompts: the sample-prompt editor goes right here, under its field.
 
 
 def preset_choices(presets: list[Preset], family: str | None) -> list[tuple[str, str]]:
@@ -175,9 +319,3 @@ def preset_info_line(preset: Preset, spec: FieldSpec) -> str:
     return f"{preset.name}: {reason}" if reason else spec.info
 
 
-def _sections(ctx: AppContext) -> dict[str, list[str]]:
-    grouped: dict[str, list[str]] = {}
-    for spec in ctx.specs:
-        if spec.name not in TRAIN_TAB_FIELDS:
-            grouped.setdefault(spec.section, []).append(spec.name)
-    return grouped

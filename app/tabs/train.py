@@ -18,7 +18,7 @@ import gradio as gr
 
 from app import demo_setup
 from app.compare import compare_active
-from app.form import values_to_config
+from app.form import first_problem, values_to_config
 from app.guidance import diagnose
 from app.model_check import family_problem
 from app.plots import loss_figure
@@ -63,7 +63,7 @@ def start_job(ctx: AppContext, values: dict[str, Any], preset: dict[str, Any] | 
     cfg, error = values_to_config(values)
     if cfg is None:
         return f"**Not started:** {error}"
-    error = check_paths(ctx, cfg) or (None if ctx.settings.dry_run else
+    error = first_problem(values) or check_paths(ctx, cfg) or (None if ctx.settings.dry_run else
                                       family_problem(cfg.pretrained_model_name_or_path or "", preset))
     if error:
         return f"**Not started:** {error}"
@@ -183,7 +183,6 @@ def try_demo(ctx: AppContext) -> tuple[dict[str, Any] | None, str, bool]:
 
 def build_train_tab(ctx: AppContext) -> Attach:
     with gr.Row():
-        ctx.components["output_name"].render()
         start = gr.Button("Start", variant="primary", elem_id="start-btn", scale=0)
         stop = gr.Button("Stop", variant="stop", elem_id="stop-btn", scale=0)
         resume = gr.Button("Resume", elem_id="resume-btn", scale=0)

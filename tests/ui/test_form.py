@@ -34,7 +34,7 @@ def test_components_build_for_every_field():
     defaults = default_values()
     with gr.Blocks():
         comps = {s.name: make_component(s, defaults[s.name]) for s in field_specs()}
-    assert comps["network_dim"].label == "network_dim"
+    assert comps["network_dim"].label == "Rank" and comps["network_dim"].elem_id == "cfg-network_dim"
     assert "rank" in comps["network_dim"].info.lower()
 
 
@@ -142,7 +142,7 @@ def test_sdxl_presets_are_valid_configs_for_1024_px_unet_only():
     anime, photo = presets["sdxl-anime"].values(), presets["sdxl-photoreal"].values()
     assert (anime["network_dim"], anime["network_alpha"]) == (16, 8)
     assert anime["shuffle_caption"] is True and anime["keep_tokens"] == 1
-    assert (photo["network_dim"], photo["network_alpha"], photo["unet_lr"]) == (32, 16, 1e-4)
+    assert (photo["network_dim"], photo["network_alpha"], photo["unet_lr"]) == (32, 16, "0.0001")  # unet_lr: text
     assert photo["noise_offset"] == 0.0357 and photo["shuffle_caption"] is False
 
 

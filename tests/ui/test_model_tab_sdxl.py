@@ -48,6 +48,7 @@ def test_sdxl_model_filters_presets_and_a_family_switch_shows_the_mismatch(page,
     expect(page.locator("#model-family")).to_contain_text("Detected SDXL base model")
     expect(offered_presets(page)).to_have_text(names("SDXL anime", "SDXL photoreal"))
     page.get_by_role("option", name="SDXL anime").click()
+    page.locator("#section-dataset > button").click()  # folded: most people never change it
     expect(page.locator("#cfg-resolution input")).to_have_value("1024")
     expect(page.locator("#preset-info")).to_contain_text("SDXL anime (SDXL)")
     expect(page.locator("#cfg-clip_skip")).to_contain_text("penultimate layer of both text encoders")

@@ -16,9 +16,10 @@ SCHEMA_VERSION = 1
 SECTIONS = ("model", "dataset", "network", "optimizer", "training", "sample", "save", "logging")
 
 
-def opt(default: Any, section: str, why: str, **limits: Any) -> Any:
-    """A config field: default, TOML section, the reason shown to users, and pydantic limits."""
-    return Field(default, description=why, json_schema_extra={"section": section}, **limits)
+def opt(default: Any, section: str, title: str, why: str, **limits: Any) -> Any:
+    """A config field: default, TOML section, the friendly label the form shows beside the key, the reason shown
+    to users, and pydantic limits."""
+    return Field(default, title=title, description=why, json_schema_extra={"section": section}, **limits)
 
 
 Optimizer = Literal["AdamW", "AdamW8bit", "Prodigy", "Lion", "Adafactor"]
@@ -34,122 +35,168 @@ class TrainConfig(BaseModel):
 
     # --- model
     pretrained_model_name_or_path: str = opt(
-        "", "model", "Base model: a diffusers folder, a single .safetensors/.ckpt file, or a hub id when online.")
+        "", "model", "Base model",
+        "Base model: a diffusers folder, a single .safetensors/.ckpt file, or a hub id when online.")
     v2: bool | None = opt(
-        None, "model", "SD2.x base (OpenCLIP text encoder). Leave unset to detect it from the checkpoint.")
+        None, "model", "SD2.x model",
+        "SD2.x base (OpenCLIP text encoder). Leave unset to detect it from the checkpoint.")
     v_parameterization: bool | None = opt(
-        None, "model", "v-prediction base (SD2.x 768-v). Leave unset to read it from the model's scheduler.")
+        None, "model", "v-prediction",
+        "v-prediction base (SD2.x 768-v). Leave unset to read it from the model's scheduler.")
     clip_skip: int = opt(
-        1, "model", "Use the text encoder's n-th last layer: 2 for NovelAI-lineage anime SD1.5 models, else 1. "
+        1, "model", "CLIP skip",
+        "Use the text encoder's n-th last layer: 2 for NovelAI-lineage anime SD1.5 models, else 1. "
         "SDXL always uses the penultimate layer (1 and 2 are the same there).", ge=1, le=12)
     vae: str | None = opt(
-        None, "model", "A separate VAE (.safetensors file or diffusers folder) to encode images, e.g. an fp16-fixed "
+        None, "model", "Separate VAE",
+        "A separate VAE (.safetensors file or diffusers folder) to encode images, e.g. an fp16-fixed "
         "SDXL VAE; unset uses the base model's.")
 
     # --- dataset
     train_data_dir: str = opt(
-        "", "dataset", "Folder of images with .txt captions; subfolders named '10_name' repeat their images 10x.")
-    caption_extension: str = opt(".txt", "dataset", "Extension of the caption file next to each image.")
+        "", "dataset", "Dataset folder",
+        "Folder of images with .txt captions; subfolders named '10_name' repeat their images 10x.")
+    caption_extension: str = opt(".txt", "dataset", "Caption file extension",
+        "Extension of the caption file next to each image.")
     resolution: str = opt(
-        "512", "dataset", "Training size 'W' or 'W,H'; bucket area is W*H. 512 for SD1.5, 768 for SD2 768-v.")
+        "512", "dataset", "Resolution",
+        "Training size 'W' or 'W,H'; bucket area is W*H. 512 for SD1.5, 768 for SD2 768-v.")
     enable_bucket: bool = opt(
-        True, "dataset", "Group images by aspect ratio instead of cropping everything square.")
-    min_bucket_reso: int = opt(256, "dataset", "Smallest bucket side in pixels.", ge=64, le=4096)
-    max_bucket_reso: int = opt(1024, "dataset", "Largest bucket side in pixels.", ge=64, le=8192)
-    bucket_reso_steps: int = opt(64, "dataset", "Bucket sides are multiples of this (64 is safe for every UNet).",
+        True, "dataset", "Aspect-ratio buckets", "Group images by aspect ratio instead of cropping everything square.")
+    min_bucket_reso: int = opt(256, "dataset", "Smallest bucket side",
+        "Smallest bucket side in pixels.", ge=64, le=4096)
+    max_bucket_reso: int = opt(1024, "dataset", "Largest bucket side", "Largest bucket side in pixels.", ge=64, le=8192)
+    bucket_reso_steps: int = opt(64, "dataset", "Bucket side step",
+        "Bucket sides are multiples of this (64 is safe for every UNet).",
                                  ge=8, le=256)
     shuffle_caption: bool = opt(
-        False, "dataset", "Shuffle comma-separated tags each step (for booru-tag captions).")
+        False, "dataset", "Shuffle caption tags", "Shuffle comma-separated tags each step (for booru-tag captions).")
     keep_tokens: int = opt(
-        0, "dataset", "Keep this many leading tags in place when shuffling (e.g. the trigger word).", ge=0, le=75)
+        0, "dataset", "Tags kept in place",
+        "Keep this many leading tags in place when shuffling (e.g. the trigger word).", ge=0, le=75)
     caption_dropout_rate: float = opt(
-        0.0, "dataset", "Share of steps trained with an empty caption (helps unconditional guidance).", ge=0, le=1)
+        0.0, "dataset", "Caption dropout",
+        "Share of steps trained with an empty caption (helps unconditional guidance).", ge=0, le=1)
     flip_aug: bool = opt(
-        False, "dataset", "Random horizontal flips: doubles variety, wrong for asymmetric subjects or text.")
+        False, "dataset", "Horizontal flips",
+        "Random horizontal flips: doubles variety, wrong for asymmetric subjects or text.")
     cache_latents: bool = opt(
-        True, "dataset", "Encode images with the VAE once instead of every step: faster, less memory.")
+        True, "dataset", "Cache latents", "Encode images with the VAE once instead of every step: faster, less memory.")
     cache_latents_to_disk: bool = opt(
-        False, "dataset", "Also keep cached latents on disk (.latent_cache beside the run folder) for later runs.")
+        False, "dataset", "Cache latents on disk",
+        "Also keep cached latents on disk (.latent_cache beside the run folder) for later runs.")
     cache_text_encoder_outputs: bool = opt(
-        True, "dataset", "Encode each caption once when the text encoders are frozen and captions are not shuffled; "
+        True, "dataset", "Cache text-encoder outputs",
+        "Encode each caption once when the text encoders are frozen and captions are not shuffled; "
         "the encoders then leave the GPU (saves ~1.6 GB on SDXL).")
     validation_split: float = opt(
-        0.0, "dataset", "Share of images held out for the validation loss; 0 uses a fixed training subset.",
+        0.0, "dataset", "Validation share",
+        "Share of images held out for the validation loss; 0 uses a fixed training subset.",
         ge=0, le=0.5)
     validation_every_n_steps: int | None = opt(
-        None, "dataset", "Steps between validation-loss checks; unset picks about 20 points per run, 0 turns off.",
+        None, "dataset", "Validate every N steps",
+        "Steps between validation-loss checks; unset picks about 20 points per run, 0 turns off.",
         ge=0)
 
     # --- network
-    network_dim: int = opt(16, "network", "LoRA rank: capacity and file size grow with it.", ge=1, le=1024)
+    network_dim: int = opt(16, "network", "Rank", "LoRA rank: capacity and file size grow with it.", ge=1, le=1024)
     network_alpha: float = opt(
-        8.0, "network", "Strength scale is alpha / rank (kohya convention); half the rank is a common choice.", gt=0)
-    network_dropout: float = opt(0.0, "network", "Dropout inside the LoRA layers (regularisation).", ge=0, lt=1)
+        8.0, "network", "Alpha",
+        "Strength scale is alpha / rank (kohya convention); half the rank is a common choice.", gt=0)
+    network_dropout: float = opt(0.0, "network", "LoRA dropout",
+        "Dropout inside the LoRA layers (regularisation).", ge=0, lt=1)
     network_train_unet_only: bool = opt(
-        False, "network", "Train only the UNet; leaves the text encoder untouched (and lets its outputs be cached).")
+        False, "network", "Train UNet only",
+        "Train only the UNet; leaves the text encoder untouched (and lets its outputs be cached).")
     network_weights: str | None = opt(
-        None, "network", "Start from an existing kohya-format LoRA file of the same rank.")
+        None, "network", "Start from LoRA file", "Start from an existing kohya-format LoRA file of the same rank.")
 
     # --- optimizer
     optimizer_type: Optimizer = opt(
-        "AdamW", "optimizer", "AdamW is the reference; AdamW8bit saves memory; Prodigy finds its own step size.")
-    learning_rate: float = opt(1e-4, "optimizer", "Learning rate for parts without their own.", gt=0, le=10)
-    unet_lr: float | None = opt(None, "optimizer", "UNet learning rate (unset: learning_rate).", gt=0, le=10)
+        "AdamW", "optimizer", "Optimizer",
+        "AdamW is the reference; AdamW8bit saves memory; Prodigy finds its own step size.")
+    learning_rate: float = opt(1e-4, "optimizer", "Learning rate",
+        "Learning rate for parts without their own.", gt=0, le=10)
+    unet_lr: float | None = opt(None, "optimizer", "UNet learning rate",
+        "UNet learning rate (unset: learning_rate).", gt=0, le=10)
     text_encoder_lr: float | list[float] | None = opt(
-        None, "optimizer", "Text-encoder learning rate, usually a fifth to half of the UNet's (unset: learning_rate). "
+        None, "optimizer", "Text-encoder learning rate",
+        "Text-encoder learning rate, usually a fifth to half of the UNet's (unset: learning_rate). "
         "SDXL: one value for both encoders, or two ('TE1, TE2'); 0 leaves that encoder untrained.")
-    lr_scheduler: Scheduler = opt("cosine", "optimizer", "How the learning rate changes over the run.")
+    lr_scheduler: Scheduler = opt("cosine", "optimizer", "Learning-rate schedule",
+        "How the learning rate changes over the run.")
     lr_warmup_steps: float = opt(
-        0, "optimizer", "Warm-up steps (a value below 1 is a share of all steps), avoids early spikes.", ge=0)
-    lr_scheduler_num_cycles: int = opt(1, "optimizer", "Restarts for cosine_with_restarts.", ge=1, le=100)
-    max_grad_norm: float = opt(1.0, "optimizer", "Clip gradients to this norm (0 turns clipping off).", ge=0)
+        0, "optimizer", "Warm-up",
+        "Warm-up steps (a value below 1 is a share of all steps), avoids early spikes.", ge=0)
+    lr_scheduler_num_cycles: int = opt(1, "optimizer", "Restart cycles",
+        "Restarts for cosine_with_restarts.", ge=1, le=100)
+    max_grad_norm: float = opt(1.0, "optimizer", "Gradient clipping",
+        "Clip gradients to this norm (0 turns clipping off).", ge=0)
 
     # --- training
-    train_batch_size: int = opt(1, "training", "Images per step on each GPU.", ge=1, le=256)
+    train_batch_size: int = opt(1, "training", "Batch size", "Images per step on each GPU.", ge=1, le=256)
     gradient_accumulation_steps: int = opt(
-        1, "training", "Steps whose gradients add up before one update: a larger batch without the memory.",
+        1, "training", "Gradient accumulation",
+        "Steps whose gradients add up before one update: a larger batch without the memory.",
         ge=1, le=1024)
-    max_train_steps: int = opt(1600, "training", "Length of the run in optimizer steps.", ge=1)
+    max_train_steps: int = opt(1600, "training", "Training steps", "Length of the run in optimizer steps.", ge=1)
     max_train_epochs: int | None = opt(
-        None, "training", "Length in epochs (one pass over images x repeats); overrides max_train_steps.", ge=1)
-    seed: int = opt(42, "training", "Seed for noise, shuffling and captions: the same seed repeats the run.", ge=0)
+        None, "training", "Training epochs",
+        "Length in epochs (one pass over images x repeats); overrides max_train_steps.", ge=1)
+    seed: int = opt(42, "training", "Seed",
+        "Seed for noise, shuffling and captions: the same seed repeats the run.", ge=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = opt(
-        "bf16", "training", "bf16 avoids fp16 overflow (NaN); use fp16 on GPUs without bf16 (GTX 10xx/RTX 20xx).")
+        "bf16", "training", "Mixed precision",
+        "bf16 avoids fp16 overflow (NaN); use fp16 on GPUs without bf16 (GTX 10xx/RTX 20xx).")
     gradient_checkpointing: bool = opt(
-        False, "training", "Recompute activations in the backward pass: much less memory, about 25% slower.")
+        False, "training", "Gradient checkpointing",
+        "Recompute activations in the backward pass: much less memory, about 25% slower.")
     min_snr_gamma: float | None = opt(
-        None, "training", "Min-SNR loss weighting (5 is the paper's value): steadier training. Unset turns it off.",
+        None, "training", "Min-SNR gamma",
+        "Min-SNR loss weighting (5 is the paper's value): steadier training. Unset turns it off.",
         gt=0, le=100)
     noise_offset: float = opt(
-        0.0, "training", "Adds a per-channel offset to the noise so the LoRA can learn darker darks (0.05-0.1).",
+        0.0, "training", "Noise offset",
+        "Adds a per-channel offset to the noise so the LoRA can learn darker darks (0.05-0.1).",
         ge=0, le=1)
     max_data_loader_n_workers: int = opt(
-        2, "training", "Background processes that load images when latents are not cached.", ge=0, le=64)
+        2, "training", "Data-loader workers",
+        "Background processes that load images when latents are not cached.", ge=0, le=64)
     torch_compile: bool = opt(
-        False, "training", "Compile the UNet with torch.compile: faster steps after a slow first one (CUDA).")
+        False, "training", "torch.compile",
+        "Compile the UNet with torch.compile: faster steps after a slow first one (CUDA).")
 
     # --- sample
     sample_prompts: str | None = opt(
-        None, "sample", "Prompt file (one a line; kohya options --n --w --h --d --l --s) or prompts split by ';'.")
-    sample_every_n_steps: int | None = opt(None, "sample", "Make sample images every N steps.", ge=1)
-    sample_every_n_epochs: int | None = opt(None, "sample", "Make sample images every N epochs.", ge=1)
+        None, "sample", "Sample prompts",
+        "Prompt file (one a line; kohya options --n --w --h --d --l --s) or prompts split by ';'.")
+    sample_every_n_steps: int | None = opt(None, "sample", "Sample every N steps",
+        "Make sample images every N steps.", ge=1)
+    sample_every_n_epochs: int | None = opt(None, "sample", "Sample every N epochs",
+        "Make sample images every N epochs.", ge=1)
     sample_sampler: Literal["ddim", "euler", "euler_a", "dpmsolver++"] = opt(
-        "euler_a", "sample", "Sampler for sample images.")
+        "euler_a", "sample", "Sampler", "Sampler for sample images.")
 
     # --- save
-    output_dir: str = opt("", "save", "Run folder: the LoRA files, samples, state and event log go here.")
-    output_name: str = opt("lora", "save", "File name of the LoRA (without .safetensors); A1111 shows it as alias.",
+    output_dir: str = opt("", "save", "Output folder (terminal runs)",
+        "Run folder: the LoRA files, samples, state and event log go here.")
+    output_name: str = opt("lora", "save", "LoRA name",
+        "File name of the LoRA (without .safetensors); A1111 shows it as alias.",
                            min_length=1, max_length=200)
     save_precision: Literal["fp16", "bf16", "float"] = opt(
-        "fp16", "save", "Precision of the saved LoRA; fp16 loads everywhere and halves the size.")
-    save_every_n_epochs: int | None = opt(None, "save", "Also save the LoRA every N epochs.", ge=1)
-    save_every_n_steps: int | None = opt(None, "save", "Also save the LoRA every N steps.", ge=1)
+        "fp16", "save", "Saved precision", "Precision of the saved LoRA; fp16 loads everywhere and halves the size.")
+    save_every_n_epochs: int | None = opt(None, "save", "Save every N epochs",
+        "Also save the LoRA every N epochs.", ge=1)
+    save_every_n_steps: int | None = opt(None, "save", "Save every N steps", "Also save the LoRA every N steps.", ge=1)
     save_state: bool = opt(
-        False, "save", "Save the full training state with each save so the run can be resumed exactly.")
-    resume: str | None = opt(None, "save", "Resume from a saved state folder (<output_name>-...-state).")
+        False, "save", "Save training state",
+        "Save the full training state with each save so the run can be resumed exactly.")
+    resume: str | None = opt(None, "save", "Resume from state",
+        "Resume from a saved state folder (<output_name>-...-state).")
 
     # --- logging
-    logging_dir: str | None = opt(None, "logging", "TensorBoard log folder (unset: <output_dir>/logs).")
+    logging_dir: str | None = opt(None, "logging", "TensorBoard folder",
+        "TensorBoard log folder (unset: <output_dir>/logs).")
 
     @field_validator("resolution", mode="before")
     @classmethod
@@ -252,6 +299,11 @@ class TrainConfig(BaseModel):
     def trains_text_encoder(self) -> bool:
         """Whether any text encoder is trained (SDXL's second counts: a model with one ignores it)."""
         return bool(self.trained_text_encoders(2))
+
+
+def field_title(name: str) -> str:
+    """The field's label for people ("Learning rate"); the key itself stays the name in files and on the CLI."""
+    return TrainConfig.model_fields[name].title or name
 
 
 def field_section(name: str) -> str:
