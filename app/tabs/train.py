@@ -93,7 +93,8 @@ def progress_text(snap: RunSnapshot) -> str:
 
 
 def guidance_text(record: RunRecord, snap: RunSnapshot) -> str:
-    d = diagnose(record.steps, record.vals, record.band, snap.total_steps, record.error)
+    error = record.error or ({"msg": snap.error or "the run failed"} if snap.status == "failed" else None)
+    d = diagnose(record.steps, record.vals, record.band, snap.total_steps, error)
     best = f" Best save by validation: step {d.best_step}." if d.best_step is not None else ""
     headline = d.headline
     if d.state == "learning" and snap.status in ("done", "stopped"):  # its headline says "Training is running"
@@ -138,8 +139,9 @@ class RunView:
         mark = {"run": str(snap.run_dir), "version": record.version, "samples": len(snap.sample_paths),
                 "status": snap.status}
         old = seen if seen and seen.get("run") == mark["run"] else {}
-        chart = (loss_figure(record.steps, record.vals, record.band) if old.get("version") != mark["version"]
-                 else gr.skip())
+        failure = snap.error or "the run failed" if snap.status == "failed" else None
+        chart = (loss_figure(record.steps, record.vals, record.band, failure=failure)
+                 if old.get("version") != mark["version"] else gr.skip())
         gallery = (self.galleries.get(snap.run_dir, mark["samples"]) if old.get("samples") != mark["samples"]
                    else gr.skip())
         picker = gr.update(choices=run_choices(self.ctx.supervisor)) if old.get("status") != snap.status else gr.skip()
