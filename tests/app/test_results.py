@@ -394,3 +394,46 @@ def test_a_run_without_samples_copies_the_lora_and_says_there_is_no_preview(tmp_
     copied = copy_to_webui(run_dir, run_saves(run_dir)[-1], str(webui))
     assert copied.preview is None and "no preview" in copied.text()
     assert sorted(p.name for p in webui.iterdir()) == ["mylora.safetensors"]
+
+
+def test_train_and_results_tabs_agree_on_every_save_of_a_real_dry_run(tmp_path):
+    """The trainer's own events (dry run: per-epoch saves, step saves inside an epoch, the final save): at each
+    checkpoint the Train tab's "last save" names the same step and epochs done as the Results tab's row and report."""
+    import os
+    import subprocess
+    import sys
+
+    from timing import scaled
+
+    from app.results import saves_table
+    from training.contract.events import Checkpoint
+    from training.run.dry_run import STEP_SECONDS_ENV
+
+    root = Path(__file__).resolve().parents[2]
+    job = tmp_path / "job.toml"
+    save_config(TrainConfig(output_dir=str(tmp_path / "run"), output_name="ep", max_train_epochs=3,
+                            train_batch_size=4, save_every_n_epochs=1, save_every_n_steps=7), job)
+    subprocess.run([sys.executable, "-m", "training", "--config", str(job), "--dry-run"], check=True, cwd=root,
+                   env=dict(os.environ, **{STEP_SECONDS_ENV: "0.001", "PYTHONPATH": str(root)}),
+                   capture_output=True, timeout=scaled(60))
+    run_dir, state, train_tab = tmp_path / "run", RunState(), {}
+    for event in read_events(run_dir):
+        state.apply(event)
+        if isinstance(event, Checkpoint):
+            train_tab[Path(event.path).name] = progress_text(RunSnapshot(run_dir, "running", [], False, state))
+    saves = run_saves(run_dir)
+    rows = {row[0]: row for row in saves_table(saves)}
+    assert sorted(train_tab) == sorted(rows) == sorted(
+        ["ep-000001.safetensors", "ep-step00000007.safetensors", "ep-000002.safetensors",
+         "ep-step00000014.safetensors", "ep.safetensors"])
+    for save in saves:
+        said = save.at.text()  # "step 7, 1 epoch done"
+        assert train_tab[save.path.name].endswith(f"last save: {said}")
+        assert rows[save.path.name][2:4] == [save.step, save.epoch]
+        assert f"({said})" in format_report(lora_report(save.path, save.check, save.check_result), save)
+    # per-epoch files carry the epoch count in their name: the same number both tabs show
+    assert [(s.path.name, s.kind, s.epoch) for s in saves if "step" not in s.path.name] == [
+        ("ep-000001.safetensors", "epoch 1", 1), ("ep-000002.safetensors", "epoch 2", 2),
+        ("ep.safetensors", "final", 3)]
+    mid_epoch = "ep-step00000007.safetensors"  # inside epoch 2: one epoch done, in both tabs
+    assert rows[mid_epoch][3] == 1 and "step 7, 1 epoch done" in train_tab[mid_epoch]
