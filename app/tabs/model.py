@@ -19,6 +19,7 @@ from app.form import (
 )
 from app.model_check import CLIP_SKIP_SDXL, FAMILY_NAMES, detect_model_family, family_problem, preset_mismatch
 from app.tabs.context import AppContext, form_handler
+from app.tabs.prompt_editor import build_prompt_editor
 from training.contract.config_io import ConfigError, load_config, save_config
 
 OPEN_SECTIONS = ("model", "dataset")  # what most people change; the rest stays folded
@@ -59,6 +60,8 @@ def build_model_tab(ctx: AppContext) -> None:
                 ctx.components[name].render()
                 if name == "pretrained_model_name_or_path":
                     family_info.render()
+                if name == "sample_prompts":
+                    build_prompt_editor(ctx, ctx.components[name])
     with gr.Row():
         path_box = gr.Textbox(value=str(ctx.settings.configs_dir / "my-run.toml"), label="Config file",
                               info=f"A .toml file under {ctx.settings.data_dir}", elem_id="config-path", scale=3)

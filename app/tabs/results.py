@@ -30,6 +30,7 @@ from app.results import (
     saves_table,
 )
 from app.tabs.context import AppContext
+from app.tensorboard import shared_boards
 from training.contract.errors import UserError
 
 SAVE_HEADERS = ["File", "Kind", "Step", "Epochs done", "Size", "Self-check"]  # epochs: app.runs.SavePoint
@@ -59,6 +60,9 @@ def build_results_tab(ctx: AppContext) -> ResultsRefresh:
                            allow_custom_value=True)
         download = gr.File(label="Download", interactive=False, elem_id="results-download", scale=2)
     report = gr.Markdown("Pick a run.", elem_id="results-report")
+    with gr.Row():
+        board_btn = gr.Button("Open TensorBoard", elem_id="tensorboard-btn", scale=0)
+        board_message = gr.Markdown(elem_id="tensorboard-message")
     with gr.Accordion("Before / after", open=True, elem_id="section-compare"):
         gr.Markdown("The run's base model renders one prompt with the same seed at each LoRA strength: "
                     "0 is the base model alone, 1 the LoRA as trained. Not while a training run is active.")
@@ -145,12 +149,21 @@ def build_results_tab(ctx: AppContext) -> ResultsRefresh:
             return f"{copied.text()} The folder could not be remembered: {err.strerror or err}."
         return f"{copied.text()} Refresh the WebUI's LoRA list to see it."
 
+    def open_tensorboard(run_value: str | None) -> str:
+        """A link to TensorBoard on the picked run's logs (started once per run, then reused)."""
+        try:
+            url = shared_boards().open(resolve_run(data_dir, run_value))
+        except (UserError, OSError) as err:
+            return f"**No TensorBoard:** {err}"
+        return f"TensorBoard for this run: [{url}]({url}) (served on this computer only)"
+
     view = [saves, save, download, report, prompt]
     refresh.click(results_runs, inputs=[run, prompt, folder], outputs=[run, *view, folder], api_name="results_runs")
     run.input(show_run, inputs=[run, prompt], outputs=view, api_visibility="private")
     save.input(results_report, inputs=[run, save], outputs=[download, report], api_name="results_report")
     generate.click(compare, inputs=[run, save, prompt, seed, steps, strengths], outputs=[grid, compare_message],
                    api_name="compare")
+    board_btn.click(open_tensorboard, inputs=run, outputs=board_message, api_name="open_tensorboard")
     copy.click(copy_save, inputs=[run, save, folder, overwrite], outputs=copy_message, api_name="copy_lora")
     return ResultsRefresh(results_runs, [run, prompt, folder], [run, *view, folder])
 

@@ -40,8 +40,9 @@ from training.contract.errors import UserError
 POLL_SECONDS = 1.0
 STATUS_ELEM = "run-status"
 IDLE_TEXT = "No run yet. Fill the form (or pick a preset) and press Start, or press **Try the demo**."
-DEMO_INFO = ("**Try the demo** trains a tiny random-weight model on a small bundled dataset in about a minute on a "
-             "CPU: a check that training works on this computer, not a useful LoRA.")
+DEMO_INFO = ("**Try the demo** trains a tiny random-weight model on a small bundled dataset: about 20 s on an idle "
+             "2-core CPU, a few minutes when other programs keep the CPU busy. A check that training works on this "
+             "computer, not a useful LoRA.")
 
 
 def check_paths(ctx: AppContext, cfg: TrainConfig) -> str | None:
@@ -247,7 +248,7 @@ def build_train_tab(ctx: AppContext) -> Attach:
         return request_now(ctx, "save")
 
     def demo_run() -> tuple[Any, ...]:
-        """Try the demo: a tiny random model and a sample dataset, trained in about a minute (a pipeline check)."""
+        """Try the demo: a tiny random model and a sample dataset, trained in seconds to minutes (a pipeline check)."""
         values, text, started = try_demo(ctx)
         fill = (gr.skip() for _ in ctx.specs) if values is None else (values[s.name] for s in ctx.specs)
         if not started:
