@@ -40,9 +40,9 @@ from training.contract.errors import UserError
 POLL_SECONDS = 1.0
 STATUS_ELEM = "run-status"
 IDLE_TEXT = "No run yet. Fill the form (or pick a preset) and press Start, or press **Try the demo**."
-DEMO_INFO = ("**Try the demo** trains a tiny random-weight model on a small bundled dataset: about 20 s on an idle "
-             "2-core CPU, a few minutes when other programs keep the CPU busy. A check that training works on this "
-             "computer, not a useful LoRA.")
+DEMO_INFO = ("**Try the demo** trains a tiny random-weight model on a small bundled dataset: 15–30 s on an idle "
+             "2-core CPU (the first press also builds the model), several minutes when other programs keep the CPU "
+             "busy. A check that training works on this computer, not a useful LoRA.")
 
 
 def check_paths(ctx: AppContext, cfg: TrainConfig) -> str | None:
@@ -140,7 +140,7 @@ class RunView:
         mark = {"run": str(snap.run_dir), "version": record.version, "samples": len(snap.sample_paths),
                 "status": snap.status}
         old = seen if seen and seen.get("run") == mark["run"] else {}
-        failure = snap.error or "the run failed" if snap.status == "failed" else None
+        failure = (snap.error or "the run failed") if snap.status == "failed" else None
         chart = (loss_figure(record.steps, record.vals, record.band, failure=failure)
                  if old.get("version") != mark["version"] else gr.skip())
         gallery = (self.galleries.get(snap.run_dir, mark["samples"]) if old.get("samples") != mark["samples"]
