@@ -13,8 +13,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-MIN_POINTS = 10  # fewer step points than this cannot show a trend
 RECENT_FRAC, RECENT_MIN = 0.2, 10  # divergence looks at the last 20% of points: recent enough to react
+# No reading before the curve can support one: the recent-trend fit needs RECENT_MIN points and as many before
+# them to stand against, and the first fifth of a run (warm-up, the first fast fall) says little about the rest.
+MIN_POINTS, MIN_PROGRESS = 2 * RECENT_MIN, 0.2
 DIVERGE_REL, DIVERGE_T = 0.10, 4.0  # a rise of >10% over the window, 4 standard errors from flat (polled often)
 PLATEAU_FRAC, PLATEAU_MIN = 0.4, 30  # a plateau must be long: the last 40% of points, at least 30 of them
 PLATEAU_REL, PLATEAU_BOUND = 0.03, 0.06  # fitted change <3%, and confidently <6% (noise can hide a slow fall)
@@ -28,7 +30,7 @@ FALLING_T = -2.0  # slope at least 2 standard errors below zero counts as "still
 
 @dataclass
 class Diagnosis:
-    state: str  # waiting | nan | diverging | overfitting | plateau | in_band | above_band_falling | above_band
+    state: str  # waiting | failed | nan | diverging | overfitting | plateau | in_band | above_band_falling | above_band
     #             | below_band | learning
     headline: str
     advice: str
@@ -203,16 +205,39 @@ def _band_reading(level: float, band: tuple[float, float], trend: Trend | None) 
     return Diagnosis("in_band", f"Smoothed loss {level:.4g} is inside the usual band.", "Keep training." + note)
 
 
+def steps_still_needed(xs: list[int], total_steps: int | None) -> int:
+    """How many more steps before the curve supports a reading: MIN_POINTS points and MIN_PROGRESS of the run."""
+    short_of_points = MIN_POINTS - len(xs)
+    short_of_progress = math.ceil(MIN_PROGRESS * total_steps) - (xs[-1] if xs else 0) if total_steps else 0
+    return max(short_of_points, short_of_progress, 0)
+
+
+def _too_early(needed: int) -> Diagnosis:
+    return Diagnosis("waiting", f"Too early to judge: {needed} more step{'' if needed == 1 else 's'}.",
+                     f"The curve supports advice only after {MIN_POINTS} steps and {MIN_PROGRESS:.0%} of the run; "
+                     "until then the early fall and the noise of each step say nothing about the settings.")
+
+
+def _check_failed(error: dict | None) -> Diagnosis | None:
+    """A run that ended with an error: its reason is the reading, not the curve's shape."""
+    if not error or error.get("code") == "non_finite_loss":
+        return None
+    reason = str(error.get("msg") or "the trainer stopped with an error").strip()
+    return Diagnosis("failed", f"The run failed: {reason.splitlines()[0]}",
+                     "The curve up to the failure stays below; the log under it has the details.")
+
+
 def diagnose(steps: list[dict], vals: list[dict], band: tuple[float, float] | None, total_steps: int | None,
              error: dict | None = None) -> Diagnosis:
-    """The single most urgent reading of the run so far. Order = urgency: broken weights, then too little data,
-    then problems that need action now (diverging, overfitting, plateau), then the band, then "learning"."""
-    found = _check_nan(steps, vals, error)
+    """The single most urgent reading of the run so far. Order = urgency: broken weights, a failure, then too little
+    data, then problems that need action now (diverging, overfitting, plateau), then the band, then "learning"."""
+    found = _check_nan(steps, vals, error) or _check_failed(error)
     if found:
         return found
     xs, ys = finite_series(steps, "loss")
-    if len(xs) < MIN_POINTS:
-        return Diagnosis("waiting", "Waiting for more steps.", f"The curve says nothing before {MIN_POINTS} steps.")
+    needed = steps_still_needed(xs, total_steps)
+    if needed:
+        return _too_early(needed)
     progress = _progress(xs[-1], total_steps)
     found = (_check_diverging(xs, ys, steps, vals, progress) or _check_overfitting(vals)
              or _check_plateau(xs, ys, vals, progress))

@@ -19,6 +19,8 @@ T = TypeVar("T")
 RAW_COLOR = SMOOTH_COLOR = "tab:blue"  # same hue: the smoothed line reads as the trend of the faint raw one
 VAL_COLOR, BEST_COLOR, BAND_COLOR = "tab:orange", "tab:red", "tab:green"
 CLIP_PERCENTILES = (2, 98)  # one spike (or a NaN-adjacent blow-up) must not flatten the rest of the curve
+FAILURE_COLOR = "tab:red"
+FAILURE_CHARS = 90  # the title holds one line of the reason; the log under the chart has all of it
 
 
 def downsample(points: list[T], max_points: int) -> list[T]:
@@ -47,7 +49,8 @@ def smooth_series(values: list[float], beta: float = 0.98) -> list[float]:
 
 
 def _y_limits(raw: list[float], extra: list[float], log_scale: bool) -> tuple[float, float] | None:
-    """Percentile-clipped raw range, widened to keep the validation points and the band in view."""
+    """Percentile-clipped range of the losses, widened to keep the validation points in view. The preset's band is
+    not part of it: a band far from the curve would squash the curve into a flat line (the band is clipped instead)."""
     if not raw:
         return None
     lo, hi = (float(v) for v in np.percentile(raw, CLIP_PERCENTILES))
@@ -57,6 +60,30 @@ def _y_limits(raw: list[float], extra: list[float], log_scale: bool) -> tuple[fl
         return lo / 1.15, max(hi, lo) * 1.15
     pad = (hi - lo) * 0.05 or abs(hi) * 0.05 or 0.05
     return lo - pad, hi + pad
+
+
+def _draw_band(ax: Axes, band: tuple[float, float], limits: tuple[float, float]) -> None:
+    """The band's part inside the loss range; when none of it is inside, a note says on which side it lies."""
+    label = f"{band[0]:g}–{band[1]:g}: rule of thumb, not a target"
+    lo, hi = max(band[0], limits[0]), min(band[1], limits[1])
+    if lo < hi:
+        ax.axhspan(lo, hi, color=BAND_COLOR, alpha=0.12, lw=0, gid="band", label=label)
+        return
+    side = "below" if band[1] <= limits[0] else "above"
+    ax.text(0.99, 0.02 if side == "below" else 0.98, f"usual band {band[0]:g}–{band[1]:g}: {side} the curve",
+            ha="right", va="bottom" if side == "below" else "top", transform=ax.transAxes, color=BAND_COLOR,
+            fontsize="small", gid="band_note")
+
+
+def _show_failure(ax: Axes, failure: str, has_points: bool) -> None:
+    """A failed run says so where the chart is read, instead of a band or a "waiting" note that no longer applies."""
+    first_line = failure.strip().splitlines()[0] if failure.strip() else "the run failed"
+    if len(first_line) > FAILURE_CHARS:
+        first_line = first_line[: FAILURE_CHARS - 1] + "…"
+    ax.set_title(f"Run failed: {first_line}", color=FAILURE_COLOR, fontsize="medium", loc="left")
+    if not has_points:
+        ax.text(0.5, 0.5, "the run failed before its first step", ha="center", va="center", transform=ax.transAxes,
+                color=FAILURE_COLOR, gid="failure_note")
 
 
 def _plot_steps(ax: Axes, steps: list[dict], max_points: int, zero_phase: bool) -> list[float]:
@@ -87,29 +114,32 @@ def _plot_vals(ax: Axes, vals: list[dict]) -> list[float]:
 
 
 def loss_figure(steps: list[dict], vals: list[dict], band: tuple[float, float] | None, max_points: int = 2000,
-                log_scale: bool = False, zero_phase: bool = False) -> Figure:
+                log_scale: bool = False, zero_phase: bool = False, failure: str | None = None) -> Figure:
     """Raw and smoothed training loss, validation markers with the minimum starred, and the preset's band.
 
-    zero_phase swaps the live (causal) EMA from the events for a lag-free view of the history."""
-    fig = Figure(figsize=(8, 4), layout="constrained")
+    zero_phase swaps the live (causal) EMA from the events for a lag-free view of the history. failure (the reason a
+    run failed) replaces the band and the "waiting" note with the reason, in the title."""
+    fig = Figure(figsize=(8, 4.6), layout="constrained")
     ax = fig.add_subplot()
     raw = _plot_steps(ax, steps, max_points, zero_phase)
     extra = _plot_vals(ax, vals)
-    if band:
-        ax.axhspan(band[0], band[1], color=BAND_COLOR, alpha=0.12, lw=0, gid="band",
-                   label=f"{band[0]:g}–{band[1]:g}: rule of thumb, not a target")
-        extra += list(band)
     if log_scale:
         ax.set_yscale("log")
     limits = _y_limits(raw, [v for v in extra if math.isfinite(v) and (v > 0 or not log_scale)], log_scale)
     if limits:
         ax.set_ylim(*limits)
-    else:
+    if failure is not None:
+        _show_failure(ax, failure, bool(limits))
+    elif not limits:
         ax.text(0.5, 0.5, "waiting for the first steps", ha="center", va="center", transform=ax.transAxes,
-                color="gray")
+                color="gray", gid="waiting")
+    elif band:
+        _draw_band(ax, band, limits)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.25)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper right", fontsize="small")
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:  # below the axes: inside, it would cover the newest points at the right edge
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), 3), fontsize="small",
+                   frameon=False)
     return fig

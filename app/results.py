@@ -6,6 +6,7 @@ alpha tensor. The before/after grid is app/compare.py.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -18,9 +19,9 @@ from typing import Any
 from app.runs import RUNS_DIR, SavePoint, run_folder
 from app.supervisor import JobSupervisor
 from training.contract import st_header
-from training.contract.atomic import atomic_path, write_atomic
+from training.contract.atomic import atomic_path, write_atomic, write_bytes_atomic
 from training.contract.errors import UserError
-from training.contract.events import Checkpoint, Done, read_events
+from training.contract.events import Checkpoint, Done, Sample, read_events
 from training.contract.layout import RunLayout
 from training.contract.lora_check import SelfCheck
 
@@ -32,6 +33,7 @@ ALPHA_FORMATS = {"F16": "<e", "F32": "<f", "F64": "<d"}
 LEGACY_CHECK_RE = re.compile(r"(\d+) of (\d+) modules matched")
 EPOCH_SAVE_RE = re.compile(r"-(\d{6})$")  # kohya's per-epoch save name, <output_name>-000003
 PROBLEMS_SHOWN = 5
+PREVIEW_SUFFIX = ".preview.png"
 
 
 @dataclass
@@ -139,6 +141,12 @@ def run_saves(run_dir: Path) -> list[SaveInfo]:
         saves.append(SaveInfo(path, at.step, at.epochs_done, size, check,
                               path.name in done or path.stem == _output_name(run_dir), result))
     return sorted(saves, key=lambda s: (s.final, s.step if s.step is not None else -1, s.path.name))
+
+
+def save_of(run_dir: Path, path: Path) -> SaveInfo:
+    """One save of the run by its path, as run_saves lists it (a bare record if it vanished meanwhile)."""
+    found = next((s for s in run_saves(run_dir) if s.path == path), None)
+    return found or SaveInfo(path, None, None, 0, None, final=False)
 
 
 def _output_name(run_dir: Path) -> str:
@@ -297,9 +305,8 @@ def _cell(value: Any) -> str:
 
 # --- copy to a WebUI folder ---------------------------------------------------------------------------------------
 
-def copy_lora(src: Path, folder_text: str | None, overwrite: bool = False) -> Path:
-    """Copy a LoRA into a WebUI's models/Lora folder: a temp file in that folder, then a rename, so the WebUI never
-    lists a half-copied file. The folder must exist; an existing file is replaced only when asked."""
+def webui_folder(folder_text: str | None) -> Path:
+    """The WebUI's Lora folder the user typed: an absolute path to a folder that exists."""
     if not folder_text or not folder_text.strip():
         raise UserError("give the WebUI's Lora folder, e.g. /path/to/stable-diffusion-webui/models/Lora")
     folder = Path(folder_text.strip()).expanduser()
@@ -307,14 +314,94 @@ def copy_lora(src: Path, folder_text: str | None, overwrite: bool = False) -> Pa
         raise UserError(f"{folder}: give the full path of the WebUI's Lora folder")
     if not folder.is_dir():
         raise UserError(f"{folder}: folder not found; create it or fix the path (the WebUI's models/Lora)")
-    dest = folder / src.name
+    return folder
+
+
+def _check_target(dest: Path, src: Path, overwrite: bool) -> None:
     if dest.exists() and dest.resolve() == src.resolve():
         raise UserError(f"{dest} is the file itself")
     if dest.exists() and not overwrite:
         raise UserError(f"{dest} already exists; tick 'Overwrite' to replace it")
+
+
+def copy_lora(src: Path, folder_text: str | None, overwrite: bool = False) -> Path:
+    """Copy a LoRA into a WebUI's models/Lora folder: a temp file in that folder, then a rename, so the WebUI never
+    lists a half-copied file. The folder must exist; an existing file is replaced only when asked."""
+    dest = webui_folder(folder_text) / src.name
+    _check_target(dest, src, overwrite)
     with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
     return dest
+
+
+def preview_name(lora: Path) -> str:
+    """``<name>.preview.png``: the card image A1111, Forge and ComfyUI-Manager show beside a LoRA of that name."""
+    return f"{lora.stem}{PREVIEW_SUFFIX}"
+
+
+def preview_source(run_dir: Path, save: SaveInfo) -> Path | None:
+    """The save's preview: the first prompt's image of the newest sample round made at or before the save's step
+    (any round, for a file no checkpoint event names). None when the run made no sample by then."""
+    rounds = [e for e in read_events(run_dir) if isinstance(e, Sample) and e.paths]
+    if save.step is not None:
+        rounds = [e for e in rounds if e.step is not None and e.step <= save.step]
+    samples = RunLayout(run_dir).samples
+    for event in sorted(rounds, key=lambda e: e.step or 0, reverse=True):
+        first = samples / Path(event.paths[0]).name  # by name: the run folder may have moved since
+        if first.is_file():
+            return first
+    return None
+
+
+def png_bytes(src: Path) -> bytes | None:
+    """The image as PNG: a PNG as is, any other format converted (the WebUIs look for ``.preview.png`` only). None
+    when it cannot be read: a broken sample must not stop the LoRA's copy."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if src.suffix.lower() == ".png":
+            return src.read_bytes()
+        with Image.open(src) as image:
+            out = io.BytesIO()
+            image.save(out, format="PNG")
+            return out.getvalue()
+    except (UnidentifiedImageError, OSError):
+        return None
+
+
+@dataclass
+class WebuiCopy:
+    """What a copy to a WebUI folder wrote: the LoRA, and its preview when the run had a sample for it."""
+
+    lora: Path
+    preview: Path | None = None
+    preview_from: Path | None = None  # the sample image the preview was made from
+    skipped: str = ""  # why there is no preview
+
+    def text(self) -> str:
+        if self.preview is None:
+            return f"Copied to `{self.lora}` (no preview: {self.skipped})."
+        source = f" (from sample `{self.preview_from.name}`)" if self.preview_from else ""
+        return f"Copied to `{self.lora}`, with the preview `{self.preview.name}`{source}."
+
+
+def copy_to_webui(run_dir: Path, save: SaveInfo, folder_text: str | None, overwrite: bool = False) -> WebuiCopy:
+    """Copy a save and its preview image into a WebUI's Lora folder. Both targets are checked before anything is
+    written, so a refusal leaves the folder as it was; each file lands atomically."""
+    folder = webui_folder(folder_text)
+    result = WebuiCopy(folder / save.path.name, skipped="the run made no sample image by this save")
+    sample = preview_source(run_dir, save)
+    image = png_bytes(sample) if sample else None
+    if sample and image is None:
+        result.skipped = f"the sample image {sample.name} cannot be read"
+    _check_target(result.lora, save.path, overwrite)
+    if image is not None:
+        result.preview, result.preview_from = folder / preview_name(save.path), sample
+        _check_target(result.preview, sample, overwrite)
+    copy_lora(save.path, str(folder), overwrite)
+    if image is not None:
+        write_bytes_atomic(result.preview, image)
+    return result
 
 
 def load_ui_settings(data_dir: Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -48,6 +49,9 @@ UNEXPECTED_END = "the trainer process ended unexpectedly"
 TERMINAL_STATUS = {"done": "done", "stopped": "stopped", "error": "failed"}
 ACTIVE_STATUSES = ("starting", "running")
 KILL_AFTER_S = 5.0  # after SIGTERM to a run's process group, how long before SIGKILL
+# The trainer writes eta 0 until it has timed two read-backs, and the first steps (warm-up) run slow: an ETA is shown
+# only once it was measured over this many steps of the current start.
+ETA_MIN_STEPS = 5
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,8 @@ class RunState:
     total_steps: int | None = None
     epoch: int = 0
     total_epochs: int | None = None
-    eta: float | None = None
+    eta: float | None = None  # seconds left, None until measured (ETA_MIN_STEPS)
+    steps_timed: int = 0  # step events since the last start event
     images_per_s: float | None = None
     loss: Any = None  # float, or "nan"/"inf" as written by EventWriter
     smoothed: Any = None
@@ -105,19 +110,25 @@ class RunState:
         """A snapshot that later events do not change."""
         return replace(self, sample_paths=list(self.sample_paths), warnings=list(self.warnings))
 
+    def measured_eta(self, event: Step) -> float | None:
+        """The step's ETA once it is a measurement: timed over enough steps and not the 0 written before any."""
+        measured = self.steps_timed >= ETA_MIN_STEPS and bool(event.images_per_s)
+        return event.eta if measured and event.eta else None
+
     def apply(self, event: Event) -> None:
         match event:
             case Start():  # a resume writes a new start into the same folder: the earlier ending no longer counts
                 self.started, self.pid, self.start_t = True, event.pid, event.t
                 self.total_steps, self.total_epochs = event.total_steps, event.total_epochs
-                self.step = event.start_step or 0
+                self.step, self.steps_timed, self.eta = event.start_step or 0, 0, None
                 self.terminal = self.error = self.final_path = None
             case Status():
                 self.phase, self.msg = event.phase, event.msg
             case Step():
                 self.step, self.epoch = event.step, event.epoch if event.epoch is not None else self.epoch
                 self.loss, self.smoothed = event.loss, event.smoothed
-                self.eta, self.images_per_s = event.eta, event.images_per_s
+                self.steps_timed += 1
+                self.eta, self.images_per_s = self.measured_eta(event), event.images_per_s
             case Val():
                 self.val_loss = event.loss
             case Sample():
@@ -356,7 +367,9 @@ def describe(status: str, state: RunState, error: str | None, position: int | No
 
 
 def eta_text(seconds: float) -> str:
-    return f"ETA {int(seconds) // 60}m {int(seconds) % 60:02d}s"
+    """Rounded up: a run with 0.4 s left is not done, so it never reads "0m 00s"."""
+    whole = math.ceil(seconds)
+    return f"ETA {whole // 60}m {whole % 60:02d}s"
 
 
 def terminate_group(pid: int, alive: Callable[[], bool], kill_after_s: float = KILL_AFTER_S) -> None:

@@ -1,4 +1,4 @@
-"""The demo: a tiny random-weight base model and a small bundled dataset, trained end to end in under a minute on a CPU.
+"""The demo: a tiny random-weight base model and a small bundled dataset, trained end to end on a CPU.
 
     python -m training.demo                  # prepare ./demo-run, then train into a fresh demo-run/run-N folder
     python -m training.demo --prepare DIR    # only write DIR/model, DIR/dataset/2_lfbot and DIR/demo.toml
@@ -162,6 +162,7 @@ DEMO_LABEL = "Pipeline check on a tiny random model — not a useful LoRA"
 DEMO_CONFIG = "demo.toml"  # in the demo folder: the run settings, pointing at the model and dataset beside it
 BUNDLED_DATASET = ASSETS / "demo_dataset" / "lfbot"  # made by assets/demo_dataset/build.py
 CONCEPT_FOLDER = "2_lfbot"  # kohya folder name: 2 repeats of the concept "lfbot"
+DEMO_SAMPLE = "--w 64 --h 64 --s 6"  # per sample prompt: the smallest size the sampler makes, few steps
 MODEL_MARKER = "loraforge-demo.json"  # written last into the model folder: its presence means "complete"
 MODEL_VERSION = 1  # bump when build_tiny_pipeline changes, so older demo folders get a fresh model
 MODEL_FILES = ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
@@ -170,8 +171,10 @@ MODEL_FILES = ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_m
 
 
 def demo_settings(model: Path, data: Path, out: Path) -> dict[str, dict[str, object]]:
-    """The demo's config by section, sized for a CPU: 96 px in three aspect buckets, 48 steps, samples, validation
-    points and saves every few steps, so every part of a real run shows up within seconds."""
+    """The demo's config by section, sized for a CPU: 96 px in three aspect buckets, 48 steps, validation points and
+    saves every few steps, so every part of a real run shows up within seconds. Samples are the costly part on a
+    busy CPU (each one a full denoising loop), so there are two rounds, halfway and at the end, of two small images
+    with few steps: enough to see that sampling works, not to judge the LoRA."""
     return {
         "model": {"pretrained_model_name_or_path": model.as_posix()},
         "dataset": {"train_data_dir": data.as_posix(), "resolution": "96", "enable_bucket": True,
@@ -182,9 +185,9 @@ def demo_settings(model: Path, data: Path, out: Path) -> dict[str, dict[str, obj
         "optimizer": {"optimizer_type": "AdamW", "learning_rate": 1e-3, "lr_scheduler": "constant"},
         "training": {"train_batch_size": 2, "max_train_steps": 48, "mixed_precision": "no", "seed": 1,
                      "max_data_loader_n_workers": 0},
-        "sample": {"sample_prompts": "lfbot, robot, white background --s 12;"
-                                     "lfbot, robot, arms up, outdoors, sky, grass --d 7 --s 12",
-                   "sample_every_n_steps": 16, "sample_sampler": "euler_a"},
+        "sample": {"sample_prompts": f"lfbot, robot, white background {DEMO_SAMPLE};"
+                                     f"lfbot, robot, arms up, outdoors, sky, grass --d 7 {DEMO_SAMPLE}",
+                   "sample_every_n_steps": 24, "sample_sampler": "euler_a"},
         "save": {"output_dir": out.as_posix(), "output_name": "demo", "save_every_n_steps": 16},
     }
 

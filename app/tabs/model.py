@@ -27,6 +27,7 @@ from app.form import (
 )
 from app.model_check import CLIP_SKIP_SDXL, FAMILY_NAMES, detect_model_family, family_problem, preset_mismatch
 from app.tabs.context import AppContext, form_handler
+from app.tabs.prompt_editor import build_prompt_editor
 from training.contract.config_io import ConfigError, load_config, save_config
 
 OPEN_SECTIONS = ("model",)  # what everyone sets; the rest stays folded
@@ -280,7 +281,8 @@ def render_wide(ctx: AppContext, name: str, errors: dict[str, Any], family_info:
     errors[name].render()
     if name == "pretrained_model_name_or_path":
         family_info.render()
-    # sample_prompts: the sample-prompt editor goes right here, under its field.
+    if name == "sample_prompts":
+        build_prompt_editor(ctx, ctx.components[name])
 
 
 def preset_choices(presets: list[Preset], family: str | None) -> list[tuple[str, str]]:

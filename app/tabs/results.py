@@ -17,7 +17,7 @@ from app.compare import CompareRequest, default_prompt, run_compare
 from app.results import (
     WEBUI_FOLDER_KEY,
     SaveInfo,
-    copy_lora,
+    copy_to_webui,
     format_report,
     load_ui_settings,
     lora_report,
@@ -25,10 +25,12 @@ from app.results import (
     resolve_save,
     run_choices,
     run_saves,
+    save_of,
     save_ui_setting,
     saves_table,
 )
 from app.tabs.context import AppContext
+from app.tensorboard import shared_boards
 from training.contract.errors import UserError
 
 SAVE_HEADERS = ["File", "Kind", "Step", "Epochs done", "Size", "Self-check"]  # epochs: app.runs.SavePoint
@@ -58,6 +60,9 @@ def build_results_tab(ctx: AppContext) -> ResultsRefresh:
                            allow_custom_value=True)
         download = gr.File(label="Download", interactive=False, elem_id="results-download", scale=2)
     report = gr.Markdown("Pick a run.", elem_id="results-report")
+    with gr.Row():
+        board_btn = gr.Button("Open TensorBoard", elem_id="tensorboard-btn", scale=0)
+        board_message = gr.Markdown(elem_id="tensorboard-message")
     with gr.Accordion("Before / after", open=True, elem_id="section-compare"):
         gr.Markdown("The run's base model renders one prompt with the same seed at each LoRA strength: "
                     "0 is the base model alone, 1 the LoRA as trained. Not while a training run is active.")
@@ -128,20 +133,29 @@ def build_results_tab(ctx: AppContext) -> ResultsRefresh:
             return
         yield str(path), f"Grid saved as `{path}`."
 
-    def copy_to_webui(run_value: str | None, save_name: str | None, folder_text: str, replace: bool) -> str:
-        """Copy the chosen save into the WebUI's Lora folder (remembered in ui-settings.json)."""
+    def copy_save(run_value: str | None, save_name: str | None, folder_text: str, replace: bool) -> str:
+        """Copy the chosen save and its preview image into the WebUI's Lora folder (remembered in ui-settings.json)."""
         try:
-            src = resolve_save(resolve_run(data_dir, run_value), save_name)
-            dest = copy_lora(src, folder_text, overwrite=bool(replace))
+            run_dir = resolve_run(data_dir, run_value)
+            src = resolve_save(run_dir, save_name)
+            copied = copy_to_webui(run_dir, save_of(run_dir, src), folder_text, overwrite=bool(replace))
         except UserError as err:
             return f"**Not copied:** {err}"
         except OSError as err:
             return f"**Not copied:** {err.filename or folder_text}: {err.strerror or err}"
         try:
-            save_ui_setting(data_dir, WEBUI_FOLDER_KEY, str(dest.parent))
+            save_ui_setting(data_dir, WEBUI_FOLDER_KEY, str(copied.lora.parent))
         except OSError as err:
-            return f"Copied to `{dest}` (the folder could not be remembered: {err.strerror or err})."
-        return f"Copied to `{dest}`. Refresh the WebUI's LoRA list to see it."
+            return f"{copied.text()} The folder could not be remembered: {err.strerror or err}."
+        return f"{copied.text()} Refresh the WebUI's LoRA list to see it."
+
+    def open_tensorboard(run_value: str | None) -> str:
+        """A link to TensorBoard on the picked run's logs (started once per run, then reused)."""
+        try:
+            url = shared_boards().open(resolve_run(data_dir, run_value))
+        except (UserError, OSError) as err:
+            return f"**No TensorBoard:** {err}"
+        return f"TensorBoard for this run: [{url}]({url}) (served on this computer only)"
 
     view = [saves, save, download, report, prompt]
     refresh.click(results_runs, inputs=[run, prompt, folder], outputs=[run, *view, folder], api_name="results_runs")
@@ -149,7 +163,8 @@ def build_results_tab(ctx: AppContext) -> ResultsRefresh:
     save.input(results_report, inputs=[run, save], outputs=[download, report], api_name="results_report")
     generate.click(compare, inputs=[run, save, prompt, seed, steps, strengths], outputs=[grid, compare_message],
                    api_name="compare")
-    copy.click(copy_to_webui, inputs=[run, save, folder, overwrite], outputs=copy_message, api_name="copy_lora")
+    board_btn.click(open_tensorboard, inputs=run, outputs=board_message, api_name="open_tensorboard")
+    copy.click(copy_save, inputs=[run, save, folder, overwrite], outputs=copy_message, api_name="copy_lora")
     return ResultsRefresh(results_runs, [run, prompt, folder], [run, *view, folder])
 
 

@@ -40,8 +40,9 @@ from training.contract.errors import UserError
 POLL_SECONDS = 1.0
 STATUS_ELEM = "run-status"
 IDLE_TEXT = "No run yet. Fill the form (or pick a preset) and press Start, or press **Try the demo**."
-DEMO_INFO = ("**Try the demo** trains a tiny random-weight model on a small bundled dataset in about a minute on a "
-             "CPU: a check that training works on this computer, not a useful LoRA.")
+DEMO_INFO = ("**Try the demo** trains a tiny random-weight model on a small bundled dataset: 15–30 s on an idle "
+             "2-core CPU (the first press also builds the model), several minutes when other programs keep the CPU "
+             "busy. A check that training works on this computer, not a useful LoRA.")
 
 
 def check_paths(ctx: AppContext, cfg: TrainConfig) -> str | None:
@@ -93,7 +94,8 @@ def progress_text(snap: RunSnapshot) -> str:
 
 
 def guidance_text(record: RunRecord, snap: RunSnapshot) -> str:
-    d = diagnose(record.steps, record.vals, record.band, snap.total_steps, record.error)
+    error = record.error or ({"msg": snap.error or "the run failed"} if snap.status == "failed" else None)
+    d = diagnose(record.steps, record.vals, record.band, snap.total_steps, error)
     best = f" Best save by validation: step {d.best_step}." if d.best_step is not None else ""
     headline = d.headline
     if d.state == "learning" and snap.status in ("done", "stopped"):  # its headline says "Training is running"
@@ -138,8 +140,9 @@ class RunView:
         mark = {"run": str(snap.run_dir), "version": record.version, "samples": len(snap.sample_paths),
                 "status": snap.status}
         old = seen if seen and seen.get("run") == mark["run"] else {}
-        chart = (loss_figure(record.steps, record.vals, record.band) if old.get("version") != mark["version"]
-                 else gr.skip())
+        failure = (snap.error or "the run failed") if snap.status == "failed" else None
+        chart = (loss_figure(record.steps, record.vals, record.band, failure=failure)
+                 if old.get("version") != mark["version"] else gr.skip())
         gallery = (self.galleries.get(snap.run_dir, mark["samples"]) if old.get("samples") != mark["samples"]
                    else gr.skip())
         picker = gr.update(choices=run_choices(self.ctx.supervisor)) if old.get("status") != snap.status else gr.skip()
@@ -244,7 +247,7 @@ def build_train_tab(ctx: AppContext) -> Attach:
         return request_now(ctx, "save")
 
     def demo_run() -> tuple[Any, ...]:
-        """Try the demo: a tiny random model and a sample dataset, trained in about a minute (a pipeline check)."""
+        """Try the demo: a tiny random model and a sample dataset, trained in seconds to minutes (a pipeline check)."""
         values, text, started = try_demo(ctx)
         fill = (gr.skip() for _ in ctx.specs) if values is None else (values[s.name] for s in ctx.specs)
         if not started:

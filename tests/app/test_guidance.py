@@ -101,7 +101,7 @@ def test_rising_curve_is_diverging():
 
 def test_early_sharp_validation_rise_is_diverging():
     vals = val_events([(50, 0.10), (100, 0.09), (150, 0.12)])
-    d = diagnose(step_events(lambda s: 0.12, 150), vals, None, 1000)
+    d = diagnose(step_events(lambda s: 0.12, 150), vals, None, 600)  # a quarter of the run: early, not too early
     assert d.state == "diverging" and d.best_step == 100
 
 
@@ -121,9 +121,12 @@ def test_error_event_is_nan_and_names_the_last_good_save():
     assert d.state == "nan" and "57" in d.headline and "run-000050.safetensors" in d.advice
 
 
-def test_other_errors_are_not_nan():
-    error = {"event": "error", "msg": "CUDA out of memory"}
-    assert diagnose(step_events(decay, 100), [], None, 1000, error).state != "nan"
+@pytest.mark.parametrize("n", [0, 5, 500])
+def test_other_errors_are_a_failure_whatever_the_curve(n):
+    error = {"event": "error", "msg": "CUDA out of memory. Tried to allocate 2 GiB\n(more lines)"}
+    d = diagnose(step_events(decay, n), [], BAND, 1000, error)
+    assert d.state == "failed" and d.headline == "The run failed: CUDA out of memory. Tried to allocate 2 GiB"
+    assert "Waiting" not in d.headline + d.advice and "Too early" not in d.headline
 
 
 def test_too_few_points_is_waiting():

@@ -7,6 +7,7 @@ import io
 import math
 
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from app.plots import downsample, loss_figure, smooth_series
@@ -68,7 +69,8 @@ def test_lines_plot_the_events_values():
     assert line_data(fig, "raw") == ([e["step"] for e in data], [e["loss"] for e in data])
     assert line_data(fig, "smoothed") == ([e["step"] for e in data], [e["smoothed"] for e in data])
     assert line_data(fig, "val") == ([v["step"] for v in VALS], [v["loss"] for v in VALS])
-    assert band_y_extent(fig) == band
+    lo, hi = fig.axes[0].get_ylim()
+    assert band_y_extent(fig) == (max(band[0], lo), min(band[1], hi))  # the band's part inside the loss range
 
 
 def test_zero_phase_line_is_the_forward_backward_ema_of_the_losses():
@@ -111,9 +113,53 @@ def test_a_spike_does_not_flatten_the_plot():
     assert hi < 1.0 and lo > 0.0
 
 
-def test_y_limits_keep_validation_and_band_in_view():
-    lo, hi = loss_figure(steps(500), VALS, (0.05, 0.3)).axes[0].get_ylim()
-    assert lo <= 0.05 and hi >= 0.3
+def test_y_limits_keep_validation_in_view():
+    vals = [*VALS, {"event": "val", "step": 550, "loss": 0.3, "kind": "held-out"}]
+    lo, hi = loss_figure(steps(500), vals, None).axes[0].get_ylim()
+    assert lo <= 0.11 and hi >= 0.3
+
+
+def test_a_band_far_from_the_curve_does_not_squash_it():
+    """The y-range comes from the losses; the band is drawn clipped to it, or named in a note when outside."""
+    data = steps(500)
+    losses = [e["loss"] for e in data]
+    plain = loss_figure(data, [], None).axes[0].get_ylim()
+    for band in ((0.5, 0.9), (0.0, 0.02)):
+        fig = loss_figure(data, [], band)
+        assert fig.axes[0].get_ylim() == plain
+        assert artist(fig, "band") is None
+        note = next(t for t in fig.axes[0].texts if t.get_gid() == "band_note")
+        assert f"{band[0]:g}–{band[1]:g}" in note.get_text()
+        assert ("above" if band[0] > 0.2 else "below") in note.get_text()
+    fig = loss_figure(data, [], (0.15, 3.0))
+    lo, hi = fig.axes[0].get_ylim()
+    assert (lo, hi) == plain and hi - lo < 0.2 and hi > max(losses) * 0.9
+    assert band_y_extent(fig) == (0.15, hi)
+
+
+def overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_the_legend_does_not_cover_the_plot():
+    fig = loss_figure(steps(500), VALS, (0.08, 0.14))
+    FigureCanvasAgg(fig).draw()  # lays the figure out, as rendering it for the browser does
+    ax = fig.axes[0]
+    legend = ax.get_legend() or fig.legends[0]
+    renderer = fig.canvas.get_renderer()
+    assert len(legend.get_texts()) == 5  # raw, smoothed, validation, lowest validation, band
+    assert not overlap(legend.get_window_extent(renderer), ax.get_window_extent(renderer))
+
+
+@pytest.mark.parametrize("n", [0, 5, 300])
+def test_a_failed_run_shows_the_failure_not_the_band_or_waiting(n):
+    fig = loss_figure(steps(n), [], (0.08, 0.14), failure="CUDA out of memory. Tried to allocate 2 GiB\nmore")
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert "Run failed: CUDA out of memory. Tried to allocate 2 GiB" in ax.get_title(loc="left")
+    assert artist(fig, "band") is None and not any("waiting" in t for t in texts)
+    assert ("failed before its first step" in " ".join(texts)) == (n == 0)
+    assert png_bytes(fig)[:4] == b"\x89PNG"
 
 
 def test_non_finite_values_do_not_crash():

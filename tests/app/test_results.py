@@ -321,3 +321,119 @@ def test_compare_waits_for_the_gpu_while_a_training_run_is_active(tmp_path, monk
     assert not supervisor.poll(handle.run_dir).running
     check_compare(request(run_dir), supervisor)  # free again: nothing refuses
 
+
+
+def run_with_samples(data_dir: Path) -> Path:
+    """A run whose trainer made two sample rounds (two prompts each) and saved after each: the round at step 10 as
+    PNG, the one at step 20 as JPEG (a sampler that writes another format), saved at steps 10 and 20."""
+    from PIL import Image
+
+    run_dir = data_dir / "runs" / "prev" / "20240401-120000"
+    (run_dir / "sample").mkdir(parents=True)
+    events = EventWriter(run_dir)
+    events.emit("start", run_id=run_dir.name, pid=1, total_steps=20, total_epochs=2)
+    for step, suffix, colours in ((10, "png", ("red", "blue")), (20, "jpg", ("green", "white"))):
+        paths = []
+        for i, colour in enumerate(colours):
+            path = run_dir / "sample" / f"prev_{step:06d}_{i:02d}_20240401120000_{i}.{suffix}"
+            Image.new("RGB", (48, 32), colour).save(path)
+            paths.append(str(path))
+        events.emit("sample", step=step, paths=paths)
+        lora = write_lora(run_dir / ("prev.safetensors" if step == 20 else f"prev-step{step:08d}.safetensors"))
+        events.emit("checkpoint", step=step, epoch=step // 10, path=str(lora), check="7 of 7 modules matched")
+    events.emit("done", path=str(run_dir / "prev.safetensors"), step=20)
+    events.close()
+    return run_dir
+
+
+def test_copy_to_webui_brings_the_saves_preview_image(tmp_path):
+    from PIL import Image
+
+    from app.results import copy_to_webui
+
+    run_dir = run_with_samples(tmp_path / "data")
+    webui = tmp_path / "webui" / "models" / "Lora"
+    webui.mkdir(parents=True)
+    mid, final = run_saves(run_dir)
+
+    copied = copy_to_webui(run_dir, mid, str(webui))
+    first_sample_at_10 = run_dir / "sample" / "prev_000010_00_20240401120000_0.png"
+    assert copied.preview == webui / "prev-step00000010.preview.png"
+    assert copied.preview.read_bytes() == first_sample_at_10.read_bytes()
+    assert (webui / mid.path.name).read_bytes() == mid.path.read_bytes()
+    assert "prev-step00000010.preview.png" in copied.text() and first_sample_at_10.name in copied.text()
+
+    copied = copy_to_webui(run_dir, final, str(webui))
+    with Image.open(webui / "prev.preview.png") as image:  # the JPEG sample, converted
+        assert image.format == "PNG" and image.size == (48, 32) and image.getpixel((5, 5))[1] > 100  # green
+    assert sorted(p.name for p in webui.iterdir()) == sorted([
+        "prev-step00000010.safetensors", "prev-step00000010.preview.png", "prev.safetensors", "prev.preview.png"])
+
+
+def test_an_existing_preview_is_replaced_only_when_asked(tmp_path):
+    from app.results import copy_to_webui
+
+    run_dir = run_with_samples(tmp_path / "data")
+    webui = tmp_path / "Lora"
+    webui.mkdir()
+    mid = run_saves(run_dir)[0]
+    (webui / "prev-step00000010.preview.png").write_bytes(b"the user's own picture")
+    with pytest.raises(UserError, match=r"prev-step00000010\.preview\.png already exists.*Overwrite"):
+        copy_to_webui(run_dir, mid, str(webui))
+    assert sorted(p.name for p in webui.iterdir()) == ["prev-step00000010.preview.png"]  # nothing copied
+    copy_to_webui(run_dir, mid, str(webui), overwrite=True)
+    assert (webui / "prev-step00000010.preview.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_run_without_samples_copies_the_lora_and_says_there_is_no_preview(tmp_path):
+    from app.results import copy_to_webui
+
+    run_dir = make_run(tmp_path / "data")
+    webui = tmp_path / "Lora"
+    webui.mkdir()
+    copied = copy_to_webui(run_dir, run_saves(run_dir)[-1], str(webui))
+    assert copied.preview is None and "no preview" in copied.text()
+    assert sorted(p.name for p in webui.iterdir()) == ["mylora.safetensors"]
+
+
+def test_train_and_results_tabs_agree_on_every_save_of_a_real_dry_run(tmp_path):
+    """The trainer's own events (dry run: per-epoch saves, step saves inside an epoch, the final save): at each
+    checkpoint the Train tab's "last save" names the same step and epochs done as the Results tab's row and report."""
+    import os
+    import subprocess
+    import sys
+
+    from timing import scaled
+
+    from app.results import saves_table
+    from training.contract.events import Checkpoint
+    from training.run.dry_run import STEP_SECONDS_ENV
+
+    root = Path(__file__).resolve().parents[2]
+    job = tmp_path / "job.toml"
+    save_config(TrainConfig(output_dir=str(tmp_path / "run"), output_name="ep", max_train_epochs=3,
+                            train_batch_size=4, save_every_n_epochs=1, save_every_n_steps=7), job)
+    subprocess.run([sys.executable, "-m", "training", "--config", str(job), "--dry-run"], check=True, cwd=root,
+                   env=dict(os.environ, **{STEP_SECONDS_ENV: "0.001", "PYTHONPATH": str(root)}),
+                   capture_output=True, timeout=scaled(60))
+    run_dir, state, train_tab = tmp_path / "run", RunState(), {}
+    for event in read_events(run_dir):
+        state.apply(event)
+        if isinstance(event, Checkpoint):
+            train_tab[Path(event.path).name] = progress_text(RunSnapshot(run_dir, "running", [], False, state))
+    saves = run_saves(run_dir)
+    rows = {row[0]: row for row in saves_table(saves)}
+    assert sorted(train_tab) == sorted(rows) == sorted(
+        ["ep-000001.safetensors", "ep-step00000007.safetensors", "ep-000002.safetensors",
+         "ep-step00000014.safetensors", "ep.safetensors"])
+    for save in saves:
+        said = save.at.text()  # "step 7, 1 epoch done"
+        assert train_tab[save.path.name].endswith(f"last save: {said}")
+        assert rows[save.path.name][2:4] == [save.step, save.epoch]
+        assert f"({said})" in format_report(lora_report(save.path, save.check, save.check_result), save)
+    # per-epoch files carry the epoch count in their name: the same number both tabs show
+    assert [(s.path.name, s.kind, s.epoch) for s in saves if "step" not in s.path.name] == [
+        ("ep-000001.safetensors", "epoch 1", 1), ("ep-000002.safetensors", "epoch 2", 2),
+        ("ep.safetensors", "final", 3)]
+    mid_epoch = "ep-step00000007.safetensors"  # inside epoch 2: one epoch done, in both tabs
+    assert rows[mid_epoch][3] == 1 and "step 7, 1 epoch done" in train_tab[mid_epoch]

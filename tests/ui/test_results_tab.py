@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.filterwarnings(f) for f in NOISE_FILTERS]
 
 RUN = "tiny/20240101-120000"
 STEP_SAVE, FINAL_SAVE = "tiny-step00000010.safetensors", "tiny.safetensors"
+SAMPLE = "tiny_000010_00_20240101120000_3.png"
 
 
 def finished_run(data_dir: Path, model: Path, value: str = RUN) -> Path:
@@ -32,6 +33,10 @@ def finished_run(data_dir: Path, model: Path, value: str = RUN) -> Path:
                 run_dir / "job.toml")
     events = EventWriter(run_dir)
     events.emit("start", run_id=run_dir.name, pid=1, total_steps=20, total_epochs=2)
+    (run_dir / "sample").mkdir()
+    sample = run_dir / "sample" / SAMPLE
+    Image.new("RGB", (64, 64), "red").save(sample)
+    events.emit("sample", step=10, paths=[str(sample)])
     for step, name, seed in ((10, STEP_SAVE, 1), (20, FINAL_SAVE, 2)):
         export_file(lora_pipeline("sd1", 4, 2.0, seed=seed), "sd1", run_dir / name)
         events.emit("checkpoint", step=step, epoch=step // 10, path=str(run_dir / name),
@@ -107,6 +112,9 @@ def test_copy_to_a_webui_folder_is_remembered_and_never_overwrites_silently(clie
     webui.mkdir(parents=True)
     done = client.predict(RUN, FINAL_SAVE, str(webui), False, api_name="/copy_lora")
     assert done.startswith("Copied to") and (webui / FINAL_SAVE).read_bytes() == (run_dir / FINAL_SAVE).read_bytes()
+    preview = webui / "tiny.preview.png"  # the newest sample by that save, where WebUIs look for its card image
+    assert preview.read_bytes() == (run_dir / "sample" / SAMPLE).read_bytes()
+    assert "with the preview `tiny.preview.png`" in done
     settings = json.loads((Path(ui.settings.data_dir) / SETTINGS_FILE).read_text(encoding="utf-8"))
     assert settings["webui_lora_folder"] == str(webui)
     *_, folder = client.predict(RUN, "", "", api_name="/results_runs")
