@@ -22,7 +22,7 @@ from app.tabs.context import AppContext, form_handler
 from training.contract.config_io import ConfigError, load_config, save_config
 
 OPEN_SECTIONS = ("model", "dataset")  # what most people change; the rest stays folded
-TRAIN_TAB_FIELDS = ("output_name",)  # shown on the Train tab, next to Start
+TRAIN_TAB_FIELDS: tuple[str, ...] = ()  # shown on the Train tab, next to Start
 
 
 def config_path(ctx: AppContext, text: str) -> tuple[Path | None, str | None]:
