@@ -162,6 +162,7 @@ class JobSupervisor:
         self._replays: dict[Path, tuple[tuple[int, int], RunState]] = {}
         self._queue_thread: threading.Thread | None = None
         self._queue_stop = threading.Event()
+        self._closing = False  # the UI is closing: nothing more starts in this process
         self.discover()
 
     # --- starting
@@ -210,7 +211,7 @@ class JobSupervisor:
         if self._active is not None and self._alive(self._track(self._active)):
             return
         self._active = None
-        queue = self.queue_order()
+        queue = [] if self._closing else self.queue_order()
         if queue:
             self._launch(queue[0])
 
@@ -381,7 +382,8 @@ class JobSupervisor:
                     running.append(row)
                 else:
                     finished.append(row)
-            queued.sort(key=lambda r: (not r.held, r.position or 0))
+            in_order = queued_runs(self.data_dir)
+            queued.sort(key=lambda r: (not r.held, in_order.index(r.run_dir) if r.run_dir in in_order else 0))
             return queued + running + finished[:recent]
 
     # --- the queue thread and closing
@@ -413,6 +415,7 @@ class JobSupervisor:
         if how is None:
             return
         with self._lock:
+            self._closing = True
             running = [s.run_dir for s in self.discover() if s.running]
             waiting = len(queued_runs(self.data_dir))
         for run_dir in running:
