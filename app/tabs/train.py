@@ -243,7 +243,7 @@ def build_train_tab(ctx: AppContext) -> Attach:
         pending.append(event)
         return event
 
-    with gr.Group(elem_id="queue-view"):
+    with gr.Group(elem_classes=["queue-view"]):
         queue = build_queue_view(ctx, message, refresh_controls)
     chart = gr.Plot(label="Loss", elem_id="loss-chart")
     guidance = gr.Markdown(elem_id="guidance")
