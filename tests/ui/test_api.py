@@ -21,8 +21,8 @@ def newest_runs(supervisor):
 def test_public_endpoints(client):
     api = client.view_api(return_format="dict", print_info=False)
     names = set(api["named_endpoints"])
-    assert {"/start_run", "/queue_run", "/stop_run", "/resume_run", "/sample_now", "/save_now", "/try_demo", "/show_run",
-            "/device_report"} <= names
+    assert {"/start_run", "/queue_run", "/stop_run", "/resume_run", "/sample_now", "/save_now", "/try_demo",
+            "/show_run", "/device_report"} <= names
     assert not any("poll" in n or "attach" in n for n in names)  # the timer's tick stays private
     params = {p["parameter_name"] for p in api["named_endpoints"]["/start_run"]["parameters"]}
     assert {"pretrained_model_name_or_path", "max_train_steps", "output_name"} <= params
