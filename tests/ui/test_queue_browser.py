@@ -151,3 +151,26 @@ def test_load_this_runs_settings_fills_the_form_from_its_job(page, dry_app):
     expect(page.locator("#start-message")).to_contain_text(run.name)
     assert field_value(page, "caption_extension") == ".caption"
     settle(dry_app)
+
+
+@pytest.mark.slow
+def test_try_the_demo_leaves_the_users_form_as_it_was(page, dry_app):
+    """Item 6: the demo runs with its own settings; what the user typed stays, and the demo's sample prompts
+    never reach the form. (Slow: the demo's tiny model is built for real, in a child process.)"""
+    from playwright.sync_api import expect
+
+    settle(dry_app)
+    page.goto(dry_app.url)
+    open_tab(page, "Model & preset")
+    fill(page, "#cfg-caption_extension input", ".mine")
+    fill(page, "#cfg-pretrained_model_name_or_path input", "/my/models/base.safetensors")
+    page.locator("#section-sample").get_by_text("Sample", exact=True).first.click()
+    fill(page, "#cfg-sample_prompts input, #cfg-sample_prompts textarea", "my own prompt")
+    open_tab(page, "Train")
+    page.locator("#demo-btn").click()
+    expect(page.locator("#start-message")).to_contain_text("Your form was left as it was", timeout=ms(300))
+    open_tab(page, "Model & preset")
+    assert field_value(page, "caption_extension") == ".mine"
+    assert field_value(page, "pretrained_model_name_or_path") == "/my/models/base.safetensors"
+    assert field_value(page, "sample_prompts") == "my own prompt"
+    settle(dry_app)
