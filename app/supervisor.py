@@ -235,10 +235,13 @@ class JobSupervisor:
             return count
 
     def busy(self) -> bool:
-        """A run is alive, or a job waits to start after it: a new Start would queue."""
+        """A run is going, or a job waits to start after it: a new Start would queue. A run that wrote its last event
+        is over even while its process exits (start() waits for that)."""
         with self._lock:
-            active = self._active is not None and self._alive(self._track(self._active))
-            return active or bool(self.queue_order())
+            active = self._active
+            going = (active is not None and self._alive(self._track(active))
+                     and self._replayed(active).terminal is None)
+            return going or bool(self.queue_order())
 
     def _launch(self, run_dir: Path) -> None:
         (run_dir / QUEUED).unlink(missing_ok=True)  # first, so a spawn failure cannot retry forever

@@ -62,8 +62,14 @@ def check_paths(ctx: AppContext, cfg: TrainConfig) -> str | None:
     return None
 
 
-def start_job(ctx: AppContext, values: dict[str, Any], preset: dict[str, Any] | None = None) -> str:
-    """Validate the form and start (or queue) the run. Returns the status line to show."""
+BUSY_TEXT = ("**Not started:** a run is already going; press **Queue another run** to run these settings after "
+             "it.")
+
+
+def start_job(ctx: AppContext, values: dict[str, Any], preset: dict[str, Any] | None = None,
+              only_when_idle: bool = False) -> str:
+    """Validate the form and start (or queue) the run. Returns the status line to show. ``only_when_idle``: refuse
+    instead of queueing while a run is going (Start; a second press must not queue a duplicate)."""
     cfg, error = values_to_config(values)
     if cfg is None:
         return f"**Not started:** {error}"
@@ -71,6 +77,8 @@ def start_job(ctx: AppContext, values: dict[str, Any], preset: dict[str, Any] | 
                                       family_problem(cfg.pretrained_model_name_or_path or "", preset))
     if error:
         return f"**Not started:** {error}"
+    if only_when_idle and ctx.supervisor.busy():
+        return BUSY_TEXT
     if compare_active():  # one GPU job at a time: the grid would share the GPU's memory with the run
         return "**Not started:** a before/after grid is being made (Results tab); press Start again when it is done"
     try:
@@ -272,17 +280,14 @@ def build_train_tab(ctx: AppContext) -> Attach:
     def start_run(values: dict[str, Any]) -> tuple[str, Any, Any]:
         """Start a training run with these settings. Refused while a run is going (a second press of Start must
         not queue a duplicate): Queue another run is the deliberate way to queue."""
-        if ctx.supervisor.busy():
-            return ("**Not started:** a run is already going; press **Queue another run** to run these settings "
-                    "after it.", gr.skip(), gr.skip())
-        return queue_run(values)
+        return queue_run(values, only_when_idle=True)
 
-    def queue_run(values: dict[str, Any]) -> tuple[str, Any, Any]:
+    def queue_run(values: dict[str, Any], only_when_idle: bool = False) -> tuple[str, Any, Any]:
         """Start a training run with these settings (unset ones: the form's values), or queue it behind the active
         run."""
         values.pop("picked", None)
         preset = values.pop("preset", None)
-        text = start_job(ctx, values, preset)
+        text = start_job(ctx, values, preset, only_when_idle)
         if text.startswith("**Not"):
             return text, gr.skip(), gr.skip()
         return text, gr.Timer(POLL_SECONDS, active=True), following()
