@@ -50,7 +50,8 @@ def settle(app) -> None:
     for summary in app.supervisor.discover():
         if summary.status in ("queued", "starting", "running"):
             app.supervisor.stop(summary.run_dir, grace_s=10)
-    wait_for(lambda: not app.supervisor.busy(), timeout=60)
+    wait_for(lambda: not any(s.status in ("queued", "starting", "running") for s in app.supervisor.discover()),
+             timeout=60)
     for summary in app.supervisor.discover():
         pid = replay(summary.run_dir).pid
         if pid:
