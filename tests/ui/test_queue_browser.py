@@ -175,3 +175,37 @@ def test_try_the_demo_leaves_the_users_form_as_it_was(page, dry_app):
     assert field_value(page, "pretrained_model_name_or_path") == "/my/models/base.safetensors"
     assert field_value(page, "sample_prompts") == "my own prompt"
     settle(dry_app)
+
+
+def test_jobs_queued_before_a_restart_wait_for_start_queue(page, tmp_path, monkeypatch):
+    """Item 19: jobs left queued when the UI closed are listed after the restart as waiting for the user, and start
+    only when Start queue is pressed."""
+    from playwright.sync_api import expect
+    from ui_helpers import STEP_SECONDS, serve, stop_all
+
+    from app.supervisor import JobSupervisor
+    from training.contract.config import TrainConfig
+
+    monkeypatch.setenv("LORAFORGE_DRY_RUN_STEP_SECONDS", STEP_SECONDS)
+    data = tmp_path / "data"
+    before = JobSupervisor(data, dry_run=True)  # the UI before the restart
+    running = before.start(TrainConfig(output_name="before", max_train_steps=5000))
+    left = before.start(TrainConfig(output_name="left", max_train_steps=10))
+    before.stop(running.run_dir, grace_s=10)
+    # Watched through the files: a poll() of the old supervisor would start the queued job.
+    wait_for(lambda: replay(running.run_dir).terminal == "stopped" and not pid_alive(running.pid), timeout=60)
+    assert (left.run_dir / "queued").is_file()
+
+    ui, demo = serve(data, dry_run=True)  # the restart
+    try:
+        page.goto(ui.url)
+        open_tab(page, "Train")
+        expect(row(page, left.run_dir)).to_contain_text("queued (waiting for you since the restart)")
+        expect(page.locator("#queue-start-held")).to_be_visible()
+        assert (left.run_dir / "queued").is_file()  # the page's polling did not start it
+        page.locator("#queue-start-held").click()
+        expect(row(page, left.run_dir)).to_contain_text("done", timeout=ms(60))
+        expect(page.locator("#queue-start-held")).to_be_hidden()
+    finally:
+        stop_all(ui.supervisor)
+        demo.close()
