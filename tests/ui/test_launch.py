@@ -170,3 +170,16 @@ def test_launch_runs_the_queue_unattended_and_sigterm_stops_the_run_with_its_rea
     assert f"third · {runs['third'].name}: {third.status_text}" in output
     fourth = after.poll(runs["fourth"])
     assert fourth.status == "queued" and fourth.status_text == "queued (waiting for you since the restart)"
+
+
+def test_the_served_queue_idles_without_spinning(tmp_path):
+    """Item 17: Gradio's queue loop would look for events every 1 ms with nothing to do; launch() makes it 50 ms
+    (tests/ui/idle_cpu.py measures the whole process: docs/benchmarks.md)."""
+    from app.main import build_app, calm_idle_queue
+    from app.settings import Settings
+    from app.supervisor import JobSupervisor
+
+    settings = Settings(data_dir=tmp_path, open_browser=False, dry_run=True)
+    demo = build_app(settings, JobSupervisor(tmp_path, dry_run=True)).queue(default_concurrency_limit=1)
+    calm_idle_queue(demo)
+    assert demo._queue.sleep_when_free >= 0.05 and demo._queue.progress_update_sleep_when_free >= 0.1
