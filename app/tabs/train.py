@@ -1,5 +1,9 @@
-"""Train: Start / Stop / Resume, Sample now / Save now, Try the demo, and the live view of a run, polled from its
-folder with gr.Timer.
+"""Train: Start / Queue another run / Stop / Resume, Sample now / Save now, Try the demo, the queue view
+(app/tabs/queue.py), and the live view of a run, polled from its folder with gr.Timer.
+
+Every button is enabled only when it applies (control_states in train_view.py): Start while nothing runs or waits
+and the form is valid, so a second press cannot queue a duplicate; Stop, Sample now and Save now while the shown run
+runs, and they act on the shown run; Resume for a shown run stopped with a state.
 
 No generator streams the run (it would hold a queue worker for hours and belong to one browser session): the
 trainer is a child process, the Timer re-reads its events, and a page reload or a second tab re-attaches through
