@@ -357,8 +357,10 @@ class JobSupervisor:
             summaries = []
             for run_dir in run_dirs(self.data_dir):
                 popen = self._tracked[run_dir].popen if run_dir in self._tracked else None
-                alive = self._is_alive(run_dir, RunState(), popen)
-                state = self._replayed(run_dir)
+                # A finished or queued run needs no process check (the runs list is read on every page poll).
+                settled = settled_status(run_dir, self._replayed(run_dir)) is not None
+                alive = not settled and self._is_alive(run_dir, RunState(), popen)
+                state = self._replayed(run_dir)  # after the check: a process found dead has written all it will
                 status, error = self._verdict(run_dir, state, popen, alive)
                 if status in ACTIVE_STATUSES and self._active is None:
                     self._active = run_dir  # re-attach: the next poll() returns its events from the beginning
