@@ -204,3 +204,22 @@ def test_the_page_polls_slowly_when_nothing_runs_and_every_second_while_a_run_go
     finally:
         client.predict(api_name="/stop_run")
         wait_idle(dry_app)
+
+
+# --- the queue: Cancel all queued
+
+
+def test_cancel_all_queued_cancels_the_waiting_jobs_and_leaves_the_running_run(client, dry_app):
+    wait_idle(dry_app)
+    running = run_of(client.predict(output_name="keeps-running", max_train_steps=2000, api_name="/start_run")[0])
+    waiting = [client.predict(output_name=f"waits-{n}", max_train_steps=5, api_name="/queue_run")[0] for n in (1, 2)]
+    assert all(text.startswith("**queued**") for text in waiting), waiting
+    try:
+        message = client.predict(api_name="/cancel_queued")
+        assert message == "Cancelled 2 queued runs.", message
+        statuses = {s.output_name: s.status for s in dry_app.supervisor.discover()}
+        assert statuses["waits-1"] == statuses["waits-2"] == "cancelled"
+        assert dry_app.supervisor.poll(running).status in ("starting", "running")
+    finally:
+        client.predict(api_name="/stop_run")
+        wait_idle(dry_app)
