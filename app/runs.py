@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from training.contract.atomic import write_atomic
 from training.contract.errors import UserError
 from training.contract.events import (
     Checkpoint,
@@ -36,6 +37,7 @@ from training.contract.events import (
 )
 from training.contract.layout import (
     CANCELLED,
+    CLOSED,
     LOG_FILE,
     PID_FILE,
     PRESET_FILE,
@@ -340,8 +342,20 @@ def failure_message(run_dir: Path, exit_code: int | None = None) -> str:
         reason = next((ln for ln in reversed(tail.splitlines()) if ln.startswith("error: ")), "")
         if reason:
             return reason.removeprefix("error: ")
-    code = f" (exit status {exit_code})" if exit_code is not None else ""
-    return f"{UNEXPECTED_END}{code}" + (f"; last lines of {LOG_FILE}:\n{tail}" if tail else "")
+    return f"{UNEXPECTED_END}{exit_text(exit_code)}" + (f"; last lines of {LOG_FILE}:\n{tail}" if tail else "")
+
+
+def exit_text(exit_code: int | None) -> str:
+    """How a process ended, for a failure line: a negative status is the signal that ended it (POSIX)."""
+    if exit_code is None:
+        return ""
+    if exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = f"signal {-exit_code}"
+        return f": ended by signal {name} (exit status {exit_code})"
+    return f" (exit status {exit_code})"
 
 
 def describe(status: str, state: RunState, error: str | None, position: int | None) -> str:
@@ -400,3 +414,25 @@ def _wait(alive: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while alive() and time.monotonic() < deadline:
         time.sleep(0.1)
+
+
+# --- the queue and closing the UI (JobSupervisor's queue view and shutdown)
+
+HELD_TEXT = "queued (waiting for you since the restart)"
+
+
+def mark_closed(run_dir: Path, how: str) -> None:
+    """Note that the UI stopped this run because the UI itself was closed (``how``: "Ctrl+C", "SIGTERM")."""
+    write_atomic(run_dir / CLOSED, how)
+
+
+def closed_text(run_dir: Path, state: RunState) -> str | None:
+    """The status line of a run the closing UI stopped, or None when it was not stopped that way."""
+    try:
+        how = (run_dir / CLOSED).read_text(encoding="utf-8").strip() or "closed"
+    except OSError:
+        return None
+    if state.terminal != "stopped":
+        return None
+    saved = f"the LoRA and state were saved at step {state.step}" if state.state_path else "nothing was saved"
+    return f"stopped: LoraForge was closed ({how}); {saved}"

@@ -18,17 +18,21 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from app.runs import (
     ACTIVE_STATUSES,
+    HELD_TEXT,
     RUNS_DIR,
     RunState,
     RunSummary,
+    closed_text,
     describe,
     failure_message,
+    mark_closed,
     pid_alive,
     pid_reference,
     queued_runs,
@@ -56,6 +60,9 @@ from training.contract.layout import (
 )
 
 EXIT_GRACE_S = 10.0  # how long a Start waits for a finished run's process to exit before queueing behind it
+QUEUE_TICK_S = 1.0  # how often the queue thread looks whether the active run has ended
+CLOSE_GRACE_S = 60.0  # closing the UI: how long a run gets to save its LoRA and state before its group is ended
+RECENT_RUNS = 6  # finished runs the queue view lists below the queued and running ones
 
 
 @dataclass
@@ -80,6 +87,7 @@ class RunSnapshot:
     state: RunState
     error: str | None = None
     queue_position: int | None = None
+    held: bool = False  # queued before the UI restarted: waits until the user starts the queue
 
     @property
     def running(self) -> bool:
@@ -104,7 +112,26 @@ class RunSnapshot:
 
     @property
     def status_text(self) -> str:
-        return describe(self.status, self.state, self.error, self.queue_position)
+        if self.held and self.status == "queued":
+            return HELD_TEXT
+        closed = closed_text(self.run_dir, self.state) if self.status == "stopped" else None
+        return closed or describe(self.status, self.state, self.error, self.queue_position)
+
+
+@dataclass
+class QueueRow:
+    """One line of the queue view: a queued, running or recently finished run, and what can be done to it."""
+
+    run_dir: Path
+    status: str
+    text: str  # the status line, as RunSnapshot.status_text
+    position: int | None = None  # queued: 1 = next
+    held: bool = False
+    resumable: bool = False  # stopped with a saved state
+
+    @property
+    def label(self) -> str:
+        return f"{self.run_dir.parent.name} · {self.run_dir.name}"
 
 
 @dataclass
@@ -130,6 +157,12 @@ class JobSupervisor:
         self._tracked: dict[Path, _Tracked] = {}
         self._active: Path | None = None
         self._lock = threading.RLock()  # Gradio runs handlers (tick, Start, Stop) on several threads
+        # Jobs queued by an earlier UI process are not started behind the user's back: they wait for release_held().
+        self._held: set[Path] = set(queued_runs(self.data_dir))
+        self._replays: dict[Path, tuple[tuple[int, int], RunState]] = {}
+        self._queue_thread: threading.Thread | None = None
+        self._queue_stop = threading.Event()
+        self._closing = False  # the UI is closing: nothing more starts in this process
         self.discover()
 
     # --- starting
@@ -174,13 +207,41 @@ class JobSupervisor:
             time.sleep(0.1)
 
     def _advance_queue(self) -> None:
-        """Start the oldest queued job when no run is active."""
+        """Start the oldest queued job when no run is active (jobs held since a restart wait)."""
         if self._active is not None and self._alive(self._track(self._active)):
             return
         self._active = None
-        queue = queued_runs(self.data_dir)
+        queue = [] if self._closing else self.queue_order()
         if queue:
             self._launch(queue[0])
+
+    def queue_order(self) -> list[Path]:
+        """The queued jobs that will start, in order (not those held since a restart)."""
+        return [run_dir for run_dir in queued_runs(self.data_dir) if run_dir not in self._held]
+
+    def held(self) -> list[Path]:
+        """Jobs queued before this UI process started, still waiting for the user to start the queue."""
+        with self._lock:
+            self._held &= set(queued_runs(self.data_dir))
+            return sorted(self._held)
+
+    def release_held(self) -> int:
+        """Start the queue: the jobs held since the restart join it (the oldest starts when nothing runs).
+        Returns how many were released."""
+        with self._lock:
+            count = len(self.held())
+            self._held.clear()
+            self._advance_queue()
+            return count
+
+    def busy(self) -> bool:
+        """A run is going, or a job waits to start after it: a new Start would queue. A run that wrote its last event
+        is over even while its process exits (start() waits for that)."""
+        with self._lock:
+            active = self._active
+            going = (active is not None and self._alive(self._track(active))
+                     and self._replayed(active).terminal is None)
+            return going or bool(self.queue_order())
 
     def _launch(self, run_dir: Path) -> None:
         (run_dir / QUEUED).unlink(missing_ok=True)  # first, so a spawn failure cannot retry forever
@@ -208,6 +269,7 @@ class JobSupervisor:
             if (run_dir / QUEUED).exists():
                 (run_dir / QUEUED).unlink(missing_ok=True)
                 (run_dir / CANCELLED).touch()
+                self._held.discard(run_dir)
                 return "cancelled"
             tracked = self._track(run_dir)
             if not self._alive(tracked):
@@ -261,9 +323,10 @@ class JobSupervisor:
             events, status, error = self._refresh(tracked)
             changed = bool(events) or status != tracked.last_status
             tracked.last_status = status
-            queue = queued_runs(self.data_dir) if status == "queued" else []
+            queue = self.queue_order() if status == "queued" else []
             position = queue.index(run_dir) + 1 if run_dir in queue else None
-            return RunSnapshot(run_dir, status, events, changed, tracked.state.copy(), error, position)
+            return RunSnapshot(run_dir, status, events, changed, tracked.state.copy(), error, position,
+                               held=run_dir in self._held)
 
     def _refresh(self, tracked: _Tracked) -> tuple[list[Event], str, str | None]:
         alive = self._alive(tracked)  # before reading: a process found dead has written all it ever will
@@ -294,15 +357,103 @@ class JobSupervisor:
             summaries = []
             for run_dir in run_dirs(self.data_dir):
                 popen = self._tracked[run_dir].popen if run_dir in self._tracked else None
-                alive = self._is_alive(run_dir, RunState(), popen)
-                state = replay(run_dir)
+                # A finished or queued run needs no process check (the runs list is read on every page poll).
+                settled = settled_status(run_dir, self._replayed(run_dir)) is not None
+                alive = not settled and self._is_alive(run_dir, RunState(), popen)
+                state = self._replayed(run_dir)  # after the check: a process found dead has written all it will
                 status, error = self._verdict(run_dir, state, popen, alive)
                 if status in ACTIVE_STATUSES and self._active is None:
                     self._active = run_dir  # re-attach: the next poll() returns its events from the beginning
                 summaries.append(summarize(run_dir, state, status, error))
             return summaries
 
+    def overview(self, recent: int = RECENT_RUNS) -> list[QueueRow]:
+        """The queue view: queued jobs in start order (held ones first), the running run, then the newest finished
+        runs. Each row names its own run folder, so a button on it acts on that run only."""
+        with self._lock:
+            order = self.queue_order()
+            queued, running, finished = [], [], []
+            for summary in self.discover():
+                run_dir = summary.run_dir
+                state = self._replayed(run_dir)
+                held = run_dir in self._held and summary.status == "queued"
+                position = order.index(run_dir) + 1 if run_dir in order else None
+                snap = RunSnapshot(run_dir, summary.status, [], False, state, summary.error, position, held)
+                row = QueueRow(run_dir, summary.status, snap.status_text, position, held,
+                               summary.status == "stopped" and bool(state.state_path))
+                if summary.status == "queued":
+                    queued.append(row)
+                elif summary.running:
+                    running.append(row)
+                else:
+                    finished.append(row)
+            in_order = queued_runs(self.data_dir)
+            queued.sort(key=lambda r: (not r.held, in_order.index(r.run_dir) if r.run_dir in in_order else 0))
+            return queued + running + finished[:recent]
+
+    # --- the queue thread and closing
+    def run_queue(self, every_s: float = QUEUE_TICK_S) -> None:
+        """Advance the queue from a thread of this process, so queued jobs start when the active run ends whether or
+        not a page is open (a page's polling only shows the queue). close() stops the thread."""
+        with self._lock:
+            if self._queue_thread is not None:
+                return
+            self._queue_stop.clear()
+            self._queue_thread = threading.Thread(target=self._queue_loop, args=(every_s,), daemon=True,
+                                                  name="run queue")
+            self._queue_thread.start()
+
+    def _queue_loop(self, every_s: float) -> None:
+        while not self._queue_stop.wait(every_s):
+            with self._lock:
+                self._advance_queue()
+
+    def close(self, how: str | None = None, grace_s: float = CLOSE_GRACE_S,
+              echo: Callable[[str], None] = print) -> None:
+        """Stop the queue thread. With ``how`` (the UI is being closed: "Ctrl+C", "SIGTERM"), also stop the running
+        run so it saves its LoRA and state, waiting up to grace_s before its process group is ended; queued jobs
+        stay queued and wait for the user at the next start. Says what it did through echo."""
+        self._queue_stop.set()
+        thread, self._queue_thread = self._queue_thread, None
+        if thread is not None:
+            thread.join(timeout=10)
+        if how is None:
+            return
+        with self._lock:
+            self._closing = True
+            running = [s.run_dir for s in self.discover() if s.running]
+            waiting = len(queued_runs(self.data_dir))
+        for run_dir in running:
+            self._close_run(run_dir, how, grace_s, echo)
+        if waiting:
+            echo(f"{waiting} queued run{'s' if waiting != 1 else ''} stay queued: the next start of LoraForge lists "
+                 f"them for you to start or cancel.")
+
+    def _close_run(self, run_dir: Path, how: str, grace_s: float, echo: Callable[[str], None]) -> None:
+        mark_closed(run_dir, how)
+        echo(f"Stopping {run_dir} (it saves its LoRA and state; up to {grace_s:g} s)...")
+        self.stop(run_dir, grace_s=grace_s)
+        tracked = self._track(run_dir)
+        deadline = time.monotonic() + grace_s + 15  # the stop thread ends the group after grace_s
+        while self._alive(tracked) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        snap = self.poll(run_dir)
+        echo(f"{run_dir.parent.name} · {run_dir.name}: {snap.status_text}")
+
     # --- helpers
+    def _replayed(self, run_dir: Path) -> RunState:
+        """replay(), re-read only when events.jsonl changed: the queue view lists runs on every page poll."""
+        try:
+            stat = (run_dir / EVENTS_FILE).stat()
+            key = (stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            key = (-1, -1)
+        cached = self._replays.get(run_dir)
+        if cached is None or cached[0] != key:
+            cached = (key, replay(run_dir))
+            self._replays[run_dir] = cached
+        return cached[1]
+
     def _track(self, run_dir: Path) -> _Tracked:
         if run_dir not in self._tracked:
             self._tracked[run_dir] = _Tracked(run_dir, EventReader(run_dir / EVENTS_FILE))

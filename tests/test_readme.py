@@ -155,7 +155,7 @@ def file_problems(text: str) -> list[str]:
 LISTED = {"JOB_FILE", "CONTROL_DIR", "EVENTS_FILE", "SAMPLE_DIR", "LOGS_DIR", "LOCK_FILE"}  # a line of the listing
 IN_STATE = {"STATE_FILE", "NOISE_STATE_FILE"}                                    # inside a state folder's line
 SUFFIXES = {"LORA_SUFFIX", "STATE_SUFFIX", "TEMP_SUFFIX", "OLD_STATE_SUFFIX"}  # make up save and temp names
-BESIDE = {"LOG_FILE", "PID_FILE", "QUEUED", "CANCELLED", "TERMINATED", "PRESET_FILE", "LATENT_CACHE_DIR"}
+BESIDE = {"LOG_FILE", "PID_FILE", "QUEUED", "CANCELLED", "TERMINATED", "CLOSED", "PRESET_FILE", "LATENT_CACHE_DIR"}
 
 
 def layout_names() -> dict[str, str]:

@@ -20,6 +20,18 @@ FOLLOW_LABEL = "Active or newest run"
 PROMPT_CHARS = 60  # gallery captions: the start of the prompt is enough to tell them apart
 
 
+CONTROL_NAMES = ("start", "queue", "stop", "resume", "sample", "save")  # the Train tab's buttons, in output order
+
+
+def control_states(shown: RunSnapshot, busy: bool, form_ok: bool) -> dict[str, bool]:
+    """Which Train-tab buttons may be pressed. ``shown``: the run the page shows; ``busy``: a run is going or
+    queued to start (then Start would only queue a duplicate; Queue another run is the deliberate way);
+    ``form_ok``: the form has no invalid field."""
+    running = shown.status in ("starting", "running")
+    return {"start": form_ok and not busy, "queue": form_ok and busy, "stop": running, "sample": running,
+            "save": running, "resume": form_ok and shown.status == "stopped" and bool(shown.state.state_path)}
+
+
 def progress_bar(snap: RunSnapshot) -> str:
     """An HTML bar for step/total (inline styles: nothing to add to the page's CSS). Empty before the start."""
     s = snap.state

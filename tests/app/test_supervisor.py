@@ -140,6 +140,7 @@ def test_a_killed_trainer_is_failed_with_the_log_tail(make_supervisor):
     snap = poll_until(sup, handle.run_dir, lambda s: s.status == "failed")
     assert not snap.running
     assert snap.error.startswith(UNEXPECTED_END) and "trainer.log" in snap.error
+    assert "ended by signal SIGKILL" in snap.error  # how it ended, not only that it did
     assert "-m training --config" in snap.error and "--dry-run" in snap.error  # from the log's tail
     assert "failed" in snap.status_text
 
@@ -256,3 +257,92 @@ def test_start_right_after_a_run_ended_starts_instead_of_queueing(tmp_path):
     second = sup.start(job(10, name="second"))
     assert second.status == "starting", second
     poll_until(sup, second.run_dir, lambda s: s.status == "stopped")
+
+
+# --- the queue runs unattended, survives a restart as a list the user confirms, and closing the UI stops runs
+
+
+def wait_files(predicate: Callable[[], object], timeout: float = 30) -> object:
+    """Wait on the run folder's files only: nothing here polls the supervisor, so only its own thread acts."""
+    deadline = time.monotonic() + scaled(timeout)
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"not reached within {timeout} s")
+
+
+def test_the_queue_advances_with_no_page_polling(make_supervisor):
+    from app.runs import replay
+
+    sup = make_supervisor()
+    sup.run_queue(every_s=0.1)
+    try:
+        first = sup.start(job(20, name="first"))
+        second = sup.start(job(5, name="second"))
+        assert second.status == "queued"
+        assert wait_files(lambda: replay(second.run_dir).terminal == "done")  # nobody called poll()
+        assert replay(first.run_dir).terminal == "done"
+    finally:
+        sup.close()
+    assert sup._queue_thread is None
+
+
+def test_jobs_queued_before_a_restart_wait_until_the_user_starts_the_queue(make_supervisor):
+    from app.runs import HELD_TEXT
+
+    old = make_supervisor()
+    running = old.start(job(5000, name="long"))
+    queued = [old.start(job(3, name=f"after-{n}")) for n in (1, 2)]
+    assert old.stop(running.run_dir, grace_s=20) == "stopping"
+    wait_files(lambda: not pid_alive(running.pid))
+
+    new = make_supervisor()  # the UI restarted with two jobs in the queue and nothing running
+    snap = new.poll(queued[0].run_dir)  # a poll would start the next job if it were not held
+    assert snap.status == "queued" and snap.held and snap.status_text == HELD_TEXT
+    assert new.held() == sorted(q.run_dir for q in queued) and not new.busy()
+    rows = new.overview()
+    assert [r.run_dir for r in rows[:2]] == [q.run_dir for q in queued] and all(r.held for r in rows[:2])
+    assert new.stop(queued[1].run_dir) == "cancelled" and new.held() == [queued[0].run_dir]
+    assert new.release_held() == 1
+    assert poll_until(new, queued[0].run_dir, lambda s: s.status == "done").step == 3
+    assert new.poll(queued[1].run_dir).status == "cancelled"
+
+
+def test_overview_lists_queued_running_and_finished_runs_each_with_its_own_folder(make_supervisor):
+    sup = make_supervisor()
+    done = sup.start(job(3, name="done-one"))
+    poll_until(sup, done.run_dir, lambda s: s.status == "done")
+    running = sup.start(job(5000, name="busy"))
+    poll_until(sup, running.run_dir, lambda s: s.status == "running")
+    later = [sup.start(job(3, name=f"later-{n}")) for n in (1, 2)]
+    rows = {r.run_dir: r for r in sup.overview()}
+    assert [(rows[q.run_dir].status, rows[q.run_dir].position) for q in later] == [("queued", 1), ("queued", 2)]
+    assert rows[later[1].run_dir].text == "queued (position 2)" and rows[running.run_dir].status == "running"
+    assert rows[done.run_dir].status == "done" and not rows[done.run_dir].resumable
+    assert [r.run_dir for r in sup.overview()][:3] == [later[0].run_dir, later[1].run_dir, running.run_dir]
+    assert sup.stop(later[0].run_dir) == "cancelled"  # the named job only: the running run goes on
+    assert sup.poll(running.run_dir).status == "running"
+    assert sup.stop(running.run_dir, grace_s=20) == "stopping"
+    stopped = poll_until(sup, running.run_dir, lambda s: s.status == "stopped")
+    assert {r.run_dir: r for r in sup.overview()}[running.run_dir].resumable and stopped.state.state_path
+    sup.stop(later[1].run_dir)
+
+
+@posix_only
+def test_closing_the_ui_stops_the_running_run_and_says_how_it_ended(make_supervisor):
+    sup = make_supervisor()
+    handle = sup.start(job(5000, name="closing"))
+    waiting = sup.start(job(3, name="waiting"))
+    poll_until(sup, handle.run_dir, lambda s: s.status == "running" and s.step > 2)
+    said: list[str] = []
+    sup.close("SIGTERM", grace_s=20, echo=said.append)
+    assert not pid_alive(handle.pid)
+    snap = make_supervisor().poll(handle.run_dir)  # as the next start of the UI reads it
+    assert snap.status == "stopped"
+    assert snap.status_text == f"stopped: LoraForge was closed (SIGTERM); the LoRA and state were saved at step " \
+                               f"{snap.step}"
+    assert any(line.endswith(snap.status_text) for line in said), said
+    assert any("1 queued run stay" in line for line in said), said
+    assert (waiting.run_dir / "queued").is_file()  # left for the user to confirm at the next start

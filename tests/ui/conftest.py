@@ -93,14 +93,14 @@ def trained_demo(real_app) -> DemoOutcome:
     watches it (through /show_run), timed from the press like a new user would. The only demo that trains."""
     from gradio_client import Client
 
-    from app.form import field_specs
+    from app.demo_setup import demo_values
+    from training.contract.services import DEMO_CONFIG
 
     client = Client(real_app.url, verbose=False)
-    fields = [s.name for s in field_specs()]
     seen: dict[str, Any] = {}
     started = time.monotonic()
-    result = client.predict(api_name="/try_demo")
-    values, message = dict(zip(fields, result[: len(fields)], strict=True)), result[len(fields)]
+    message = client.predict(api_name="/try_demo")[0]  # the demo runs with its own settings, not the form's
+    values = demo_values(real_app.settings.demo_dir / DEMO_CONFIG)
     run_of(message)  # started, else there is nothing to wait for
     final = wait_for(lambda: drawn_until_ended(client, seen), timeout=240, every=1.0)
     seconds = time.monotonic() - started

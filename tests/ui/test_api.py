@@ -21,8 +21,8 @@ def newest_runs(supervisor):
 def test_public_endpoints(client):
     api = client.view_api(return_format="dict", print_info=False)
     names = set(api["named_endpoints"])
-    assert {"/start_run", "/stop_run", "/resume_run", "/sample_now", "/save_now", "/try_demo", "/show_run",
-            "/device_report"} <= names
+    assert {"/start_run", "/queue_run", "/stop_run", "/resume_run", "/sample_now", "/save_now", "/try_demo",
+            "/show_run", "/device_report"} <= names
     assert not any("poll" in n or "attach" in n for n in names)  # the timer's tick stays private
     params = {p["parameter_name"] for p in api["named_endpoints"]["/start_run"]["parameters"]}
     assert {"pretrained_model_name_or_path", "max_train_steps", "output_name"} <= params
@@ -31,7 +31,9 @@ def test_public_endpoints(client):
 def test_dry_run_reaches_done_and_second_start_queues(client, dry_app):
     first = client.predict(output_name="first", **SHORT_RUN, api_name="/start_run")[0]
     assert first.startswith("**started**"), first
-    second = client.predict(output_name="second", **SHORT_RUN, api_name="/start_run")[0]
+    again = client.predict(output_name="second", **SHORT_RUN, api_name="/start_run")[0]
+    assert again.startswith("**Not started:**") and "Queue another run" in again, again  # no duplicate by Start
+    second = client.predict(output_name="second", **SHORT_RUN, api_name="/queue_run")[0]
     assert second.startswith("**queued**") and "position 1" in second, second
 
     sup = dry_app.supervisor

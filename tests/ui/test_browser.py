@@ -21,6 +21,11 @@ def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
 
 
+def open_section(page, section: str) -> None:
+    """Unfold a section of the Model & preset tab's form (output_name lives in "save")."""
+    page.locator(f"#section-{section}").get_by_text(section.capitalize(), exact=True).first.click()
+
+
 def test_preset_dry_run_end_to_end(page, dry_app):
     from playwright.sync_api import expect
 
@@ -41,16 +46,16 @@ def test_preset_dry_run_end_to_end(page, dry_app):
     fill(page, "#cfg-sample_every_n_epochs input", "5")
     page.screenshot(path=str(ARTIFACTS / "tab-model.png"), full_page=True)
 
-    open_tab(page, "Train")
+    open_section(page, "save")
     fill(page, "#cfg-output_name input", "anime-e2e")
+    open_tab(page, "Train")
     page.locator("#start-btn").click()
     expect(page.locator("#start-message")).to_contain_text("started")
-    fill(page, "#cfg-output_name input", "anime-e2e-second")
-    page.locator("#start-btn").click()  # one GPU run at a time: the second waits its turn
+    page.locator("#queue-btn").click()  # one GPU run at a time: a second one waits its turn, visibly
     expect(page.locator("#start-message")).to_contain_text("queued (position 1)")
-    fill(page, "#cfg-output_name input", "anime-e2e")
+    expect(page.locator(".queue-row").filter(has_text="queued (position 1)")).to_be_visible()
     page.locator("#run-picker input").click()
-    page.get_by_role("option", name=re.compile(r"^anime-e2e · .*")).first.click()
+    page.get_by_role("option", name=re.compile(r"^anime-e2e · .*")).last.click()  # the older of the two
     expect(page.locator("#run-status")).to_contain_text("done", timeout=ms(90))
     expect(page.locator("#run-progress")).to_contain_text("step 100/100")
     expect(page.locator("#loss-chart")).to_be_visible()
@@ -151,8 +156,9 @@ def test_new_user_journey(page, trained_demo, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "tab-model.png"), full_page=True)
 
     # 4. Train: the chart grows and samples appear; Stop saves; Resume finishes from the saved state.
-    open_tab(page, "Train")
+    open_section(page, "save")
     fill(page, "#cfg-output_name input", "journey")
+    open_tab(page, "Train")
     page.locator("#start-btn").click()
     expect(page.locator("#start-message")).to_contain_text("started")
     expect(page.locator("#run-progress")).to_contain_text(re.compile(r"step ([3-9]|\d\d)/40"), timeout=ms(120))

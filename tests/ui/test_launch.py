@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import signal
 import socket
 import subprocess
@@ -124,3 +125,61 @@ def test_launch_prints_the_url_and_the_device_and_never_offers_share(tmp_path):
     output = "".join(lines)
     assert f"Running on local URL:  http://127.0.0.1:{port}" in output
     assert "share=True" not in output and "public link" not in output
+
+
+@pytest.mark.slow
+def test_launch_runs_the_queue_unattended_and_sigterm_stops_the_run_with_its_reason(tmp_path):
+    """No page is open: launch.py's own thread starts each queued job when the one before ends. SIGTERM to
+    launch.py stops the running run so it saves its LoRA and state, and the run's status then says why it stopped;
+    the job still queued waits for the user at the next start."""
+    from app.runs import replay
+    from app.supervisor import JobSupervisor
+
+    port, data = free_port(), tmp_path / "data"
+    env = dict(os.environ, LORAFORGE_DRY_RUN_STEP_SECONDS="0.05")
+    proc = subprocess.Popen([sys.executable, "launch.py", "--dry-run", "--no-browser", "--port", str(port),
+                             "--data-dir", str(data)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any(ln.startswith("LoraForge is ready") for ln in lines), timeout=60)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        texts = [client.predict(output_name="first", max_train_steps=20, api_name="/start_run")[0],
+                 client.predict(output_name="second", max_train_steps=5, api_name="/queue_run")[0],
+                 client.predict(output_name="third", max_train_steps=5000, api_name="/queue_run")[0],
+                 client.predict(output_name="fourth", max_train_steps=5, api_name="/queue_run")[0]]
+        assert texts[0].startswith("**started**") and all(t.startswith("**queued**") for t in texts[1:]), texts
+        runs = {name: next((data / "runs" / name).iterdir()) for name in ("first", "second", "third", "fourth")}
+        wait_for(lambda: replay(runs["second"]).terminal == "done", timeout=60)  # nobody polled: launch.py did
+        wait_for(lambda: replay(runs["third"]).step > 2, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=scaled(60)) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=5)
+    output = "".join(lines)
+    assert "Closing LoraForge (SIGTERM)" in output and "1 queued run stay queued" in output, output
+    after = JobSupervisor(data, dry_run=True)  # the next start of LoraForge
+    third = after.poll(runs["third"])
+    assert third.status == "stopped" and third.state.state_path
+    assert third.status_text.startswith("stopped: LoraForge was closed (SIGTERM); the LoRA and state were saved")
+    assert f"third · {runs['third'].name}: {third.status_text}" in output
+    fourth = after.poll(runs["fourth"])
+    assert fourth.status == "queued" and fourth.status_text == "queued (waiting for you since the restart)"
+
+
+def test_the_served_queue_idles_without_spinning(tmp_path):
+    """Item 17: Gradio's queue loop would look for events every 1 ms with nothing to do; launch() makes it 50 ms
+    (tests/ui/idle_cpu.py measures the whole process: docs/benchmarks.md)."""
+    from app.main import build_app, calm_idle_queue
+    from app.settings import Settings
+    from app.supervisor import JobSupervisor
+
+    settings = Settings(data_dir=tmp_path, open_browser=False, dry_run=True)
+    demo = build_app(settings, JobSupervisor(tmp_path, dry_run=True)).queue(default_concurrency_limit=1)
+    calm_idle_queue(demo)
+    assert demo._queue.sleep_when_free >= 0.05 and demo._queue.progress_update_sleep_when_free >= 0.1

@@ -11,15 +11,12 @@ import pytest
 from ui_helpers import NOISE_FILTERS, UiApp, run_of, show, wait_for
 
 from app.demo_setup import DEMO_LABEL
-from app.form import field_specs
 from app.runs import pid_alive, replay
 from app.tabs.train_view import FOLLOW, run_choices
+from training.contract.config_io import load_config
 from training.contract.events import read_events
 
 pytestmark = [pytest.mark.filterwarnings(f) for f in NOISE_FILTERS]
-
-FIELDS = [s.name for s in field_specs()]
-
 
 def wait_idle(app: UiApp) -> None:
     """No run active, and every trainer process gone: a stopped run writes "stopped" just before it exits, and a
@@ -43,13 +40,13 @@ def captions(gallery: list[dict[str, Any]]) -> list[str]:
 
 
 @pytest.mark.slow
-def test_try_the_demo_fills_the_form_and_says_it_is_a_pipeline_check(trained_demo):
+def test_try_the_demo_runs_its_own_settings_and_says_it_is_a_pipeline_check(trained_demo):
     demo_dir = trained_demo.app.settings.demo_dir
     assert trained_demo.message.startswith(f"**{DEMO_LABEL}.**\n\n**started**"), trained_demo.message
-    assert trained_demo.values["pretrained_model_name_or_path"] == str(demo_dir / "model")
-    assert trained_demo.values["train_data_dir"] == str(demo_dir / "dataset")  # the Dataset tab follows this field
-    assert trained_demo.values["output_name"] == "demo" and trained_demo.values["output_dir"] == ""
-    assert trained_demo.values["max_train_steps"] == 48
+    assert "Your form was left as it was" in trained_demo.message
+    job = load_config(run_of(trained_demo.message) / "job.toml")[0]
+    assert job.pretrained_model_name_or_path == str(demo_dir / "model") and job.output_name == "demo"
+    assert job.train_data_dir == str(demo_dir / "dataset") and job.max_train_steps == 48
 
 
 @pytest.mark.slow
@@ -83,7 +80,7 @@ def test_demo_in_dry_run_mode_prepares_for_real_and_replays(client, dry_app, tra
     wait_idle(dry_app)
     # An earlier demo in the data folder is reused, not rebuilt.
     shutil.copytree(trained_demo.app.settings.demo_dir, dry_app.settings.demo_dir)
-    run_dir = run_of(client.predict(api_name="/try_demo")[len(FIELDS)])
+    run_dir = run_of(client.predict(api_name="/try_demo")[0])
     demo_toml = (dry_app.settings.demo_dir / "demo.toml").read_text(encoding="utf-8")
     assert str(dry_app.settings.demo_dir / "model") in demo_toml  # rewritten for this data folder
     wait_for(lambda: replay(run_dir).terminal == "done", timeout=60)
@@ -98,7 +95,7 @@ def test_demo_failure_is_one_line(client, dry_app):
         demo_dir.rename(aside)
     demo_dir.write_text("a file where the demo folder goes", encoding="utf-8")
     try:
-        message = client.predict(api_name="/try_demo")[len(FIELDS)]
+        message = client.predict(api_name="/try_demo")[0]
     finally:
         demo_dir.unlink()
         if aside.exists():
@@ -186,3 +183,43 @@ def test_run_picker_shows_any_run_and_a_new_start_follows_again(client, dry_app)
     result = client.predict(output_name="pick-c", max_train_steps=10, api_name="/start_run")
     assert result[0].startswith("**started**") and result[-1]["value"] == FOLLOW
     wait_idle(dry_app)
+
+
+# --- polling: slow when idle
+
+
+def test_the_page_polls_slowly_when_nothing_runs_and_every_second_while_a_run_goes(client, dry_app):
+    """Item 17: the page's timer ticks every 5 s while nothing runs or waits (only to notice a run started
+    elsewhere), every second while one does."""
+    from app.tabs.train import IDLE_POLL_SECONDS, POLL_SECONDS
+
+    wait_idle(dry_app)
+    idle = show(client, FOLLOW)["timer"]
+    assert idle.get("value") == IDLE_POLL_SECONDS and idle.get("active") is True, idle
+    run_dir = run_of(client.predict(output_name="polled", max_train_steps=2000, api_name="/start_run")[0])
+    try:
+        wait_for(lambda: replay(run_dir).step >= 1, timeout=30)
+        busy = show(client, FOLLOW)["timer"]
+        assert busy.get("value") == POLL_SECONDS and busy.get("active") is True, busy
+    finally:
+        client.predict(api_name="/stop_run")
+        wait_idle(dry_app)
+
+
+# --- the queue: Cancel all queued
+
+
+def test_cancel_all_queued_cancels_the_waiting_jobs_and_leaves_the_running_run(client, dry_app):
+    wait_idle(dry_app)
+    running = run_of(client.predict(output_name="keeps-running", max_train_steps=2000, api_name="/start_run")[0])
+    waiting = [client.predict(output_name=f"waits-{n}", max_train_steps=5, api_name="/queue_run")[0] for n in (1, 2)]
+    assert all(text.startswith("**queued**") for text in waiting), waiting
+    try:
+        message = client.predict(api_name="/cancel_queued")
+        assert message == "Cancelled 2 queued runs.", message
+        statuses = {s.output_name: s.status for s in dry_app.supervisor.discover()}
+        assert statuses["waits-1"] == statuses["waits-2"] == "cancelled"
+        assert dry_app.supervisor.poll(running).status in ("starting", "running")
+    finally:
+        client.predict(api_name="/stop_run")
+        wait_idle(dry_app)

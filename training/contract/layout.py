@@ -36,6 +36,7 @@ PID_FILE = "trainer.pid"           # liveness before the trainer's start event
 QUEUED = "queued"                  # job.toml waits for the active run to end; holds the time it was queued
 CANCELLED = "cancelled"            # a queued job removed before it started
 TERMINATED = "terminated"          # the supervisor ended the process group after a stop's grace; holds the reason
+CLOSED = "closed"                  # the UI stopped the run because it was closed (Ctrl+C, SIGTERM); holds how
 PRESET_FILE = "preset.json"        # the preset the run started from (name, family, loss band)
 
 
