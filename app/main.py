@@ -67,8 +67,12 @@ def build_app(settings: Settings, supervisor: JobSupervisor | None = None,
             attach.controls, inputs=attach.controls_inputs, outputs=attach.controls_outputs,
             api_visibility="private")
         # The saved form comes back, then its checks fill form_errors (which the Start button follows).
+        # A marker once it is back: the browser tests wait for it before typing (a field typed into earlier would be
+        # overwritten by the restore).
+        form_ready = gr.HTML("", elem_id="form-ready", padding=False)
         demo.load(form.fn, outputs=form.outputs, api_visibility="private").then(
-            form.check, inputs=form.check_inputs, outputs=form.check_outputs, api_visibility="private")
+            form.check, inputs=form.check_inputs, outputs=form.check_outputs, api_visibility="private").then(
+            lambda: '<span data-ready="1"></span>', outputs=form_ready, api_visibility="private")
         # Opening Results re-lists the runs (a run may have finished since), keeping the one picked.
         results_tab.select(results.fn, inputs=results.inputs, outputs=results.outputs, api_visibility="private")
         demo.load(results.fn, inputs=results.inputs, outputs=results.outputs, api_visibility="private")

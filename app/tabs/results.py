@@ -85,27 +85,32 @@ def build_results_tab(ctx: AppContext) -> ResultsRefresh:
             copy = gr.Button("Copy", elem_id="copy-btn", scale=0)
         copy_message = gr.Markdown(elem_id="copy-message")
 
-    def show_run(run_value: str | None, prompt_text: str) -> tuple[Any, ...]:
-        """Saves table, file picker, download and report of one run (the final save picked)."""
+    def show_run(run_value: str | None, prompt_text: str, prefilled: str | None = None) -> tuple[Any, ...]:
+        """Saves table, file picker, download and report of one run (the final save picked). The compare prompt
+        follows the run shown (its first sample prompt) until the user types their own: ``prefilled`` is the text
+        this page last put there, so one run's prompt (the demo's, say) never stays behind for another run."""
         try:
             run_dir = resolve_run(data_dir, run_value)
         except UserError as err:
-            return [], gr.Dropdown(choices=[], value=None), None, f"**No run:** {err}", gr.skip()
+            return [], gr.Dropdown(choices=[], value=None), None, f"**No run:** {err}", gr.skip(), gr.skip()
         found = run_saves(run_dir)
         names = [s.path.name for s in reversed(found)]  # newest first; the final save is last in found
         picked = found[-1] if found else None
         text, path = _report(picked) if picked else ("This run has no saved LoRA yet.", None)
-        fill = default_prompt(run_dir) if not (prompt_text or "").strip() else gr.skip()
-        return saves_table(found), gr.Dropdown(choices=names, value=names[0] if names else None), path, text, fill
+        typed = (prompt_text or "").strip() not in ("", (prefilled or "").strip())
+        fill = gr.skip() if typed else default_prompt(run_dir)
+        return (saves_table(found), gr.Dropdown(choices=names, value=names[0] if names else None), path, text, fill,
+                gr.skip() if typed else fill)
 
-    def results_runs(run_value: str | None = None, prompt_text: str = "", folder_text: str = "") -> tuple[Any, ...]:
+    def results_runs(run_value: str | None = None, prompt_text: str = "", folder_text: str = "",
+                     prefilled: str | None = None) -> tuple[Any, ...]:
         """Re-list the runs (newest first) and show the picked one, else the newest."""
         choices = _choices(ctx)
         values = [v for _, v in choices]
         picked = run_value if run_value in values else (values[0] if values else None)
         remembered = load_ui_settings(data_dir).get(WEBUI_FOLDER_KEY, "")
         folder_value = remembered if not (folder_text or "").strip() and remembered else gr.skip()
-        return gr.Dropdown(choices=choices, value=picked), *show_run(picked, prompt_text), folder_value
+        return gr.Dropdown(choices=choices, value=picked), *show_run(picked, prompt_text, prefilled), folder_value
 
     def results_report(run_value: str | None, save_name: str | None) -> tuple[Any, str]:
         """The chosen save as a download, and its self-check report."""
@@ -157,15 +162,17 @@ def build_results_tab(ctx: AppContext) -> ResultsRefresh:
             return f"**No TensorBoard:** {err}"
         return f"TensorBoard for this run: [{url}]({url}) (served on this computer only)"
 
-    view = [saves, save, download, report, prompt]
-    refresh.click(results_runs, inputs=[run, prompt, folder], outputs=[run, *view, folder], api_name="results_runs")
-    run.input(show_run, inputs=[run, prompt], outputs=view, api_visibility="private")
+    prefilled = gr.State("")  # the compare prompt as this page last filled it from a run
+    view = [saves, save, download, report, prompt, prefilled]
+    refresh.click(results_runs, inputs=[run, prompt, folder, prefilled], outputs=[run, *view, folder],
+                  api_name="results_runs")
+    run.input(show_run, inputs=[run, prompt, prefilled], outputs=view, api_visibility="private")
     save.input(results_report, inputs=[run, save], outputs=[download, report], api_name="results_report")
     generate.click(compare, inputs=[run, save, prompt, seed, steps, strengths], outputs=[grid, compare_message],
                    api_name="compare")
     board_btn.click(open_tensorboard, inputs=run, outputs=board_message, api_name="open_tensorboard")
     copy.click(copy_save, inputs=[run, save, folder, overwrite], outputs=copy_message, api_name="copy_lora")
-    return ResultsRefresh(results_runs, [run, prompt, folder], [run, *view, folder])
+    return ResultsRefresh(results_runs, [run, prompt, folder, prefilled], [run, *view, folder])
 
 
 def _choices(ctx: AppContext) -> list[tuple[str, str]]:

@@ -37,6 +37,30 @@ def pytest_collection_modifyitems(config, items):
 
 
 @contextlib.contextmanager
+def gradio_dir_of(ui: UiApp) -> Iterator[None]:
+    """Gradio reads GRADIO_TEMP_DIR process-wide, where it writes each file it serves; each app sets it to its own
+    data folder when built (one app per process in real use). Several apps share this test process, so while one is
+    under test the variable points at that app's folder, else its files would land where it may not serve them."""
+    previous = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(ui.settings.gradio_dir)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            os.environ["GRADIO_TEMP_DIR"] = previous
+
+
+@pytest.fixture(autouse=True)
+def _gradio_dir_of_the_app_under_test(request) -> Iterator[None]:
+    app_fixture = next((n for n in ("real_app", "dry_app") if n in request.fixturenames), None)
+    if app_fixture is None:
+        yield
+        return
+    with gradio_dir_of(request.getfixturevalue(app_fixture)):
+        yield
+
+
+@contextlib.contextmanager
 def served(data_dir: Path, dry_run: bool) -> Iterator[UiApp]:
     """The app on data_dir until the block ends; then no trainer child is left running."""
     ui, demo = serve(data_dir, dry_run=dry_run)
@@ -99,10 +123,11 @@ def trained_demo(real_app) -> DemoOutcome:
     client = Client(real_app.url, verbose=False)
     seen: dict[str, Any] = {}
     started = time.monotonic()
-    message = client.predict(api_name="/try_demo")[0]  # the demo runs with its own settings, not the form's
-    values = demo_values(real_app.settings.demo_dir / DEMO_CONFIG)
-    run_of(message)  # started, else there is nothing to wait for
-    final = wait_for(lambda: drawn_until_ended(client, seen), timeout=240, every=1.0)
+    with gradio_dir_of(real_app):
+        message = client.predict(api_name="/try_demo")[0]  # the demo runs with its own settings, not the form's
+        values = demo_values(real_app.settings.demo_dir / DEMO_CONFIG)
+        run_of(message)  # started, else there is nothing to wait for
+        final = wait_for(lambda: drawn_until_ended(client, seen), timeout=240, every=1.0)
     seconds = time.monotonic() - started
     # Measured, not asserted: 25-45 s on a quiet 2-core CPU, several times that when other processes want the cores.
     print(f"Try the demo: press to done in {seconds:.1f} s")

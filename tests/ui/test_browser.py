@@ -11,7 +11,7 @@ import re
 import pytest
 from PIL import Image
 from timing import ms
-from ui_helpers import ARTIFACTS, NOISE_FILTERS, fill, run_of, wait_for
+from ui_helpers import ARTIFACTS, NOISE_FILTERS, fill, open_app, run_of, wait_for
 
 pytestmark = [pytest.mark.e2e, *(pytest.mark.filterwarnings(f) for f in NOISE_FILTERS)]
 
@@ -30,7 +30,7 @@ def test_preset_dry_run_end_to_end(page, dry_app):
     from playwright.sync_api import expect
 
     ARTIFACTS.mkdir(exist_ok=True)
-    page.goto(dry_app.url)
+    open_app(page, dry_app.url)
     expect(page.get_by_role("tab", name="Train")).to_be_visible()
 
     open_tab(page, "Model & preset")
@@ -81,7 +81,7 @@ def test_reload_reattaches_to_the_finished_run(page, dry_app, client):
     run_dir = run_of(client.predict(output_name="reattach", max_train_steps=10, sample_prompts="a cat",
                                     sample_every_n_steps=5, api_name="/start_run")[0])
     wait_for(lambda: replay(run_dir).terminal == "done")
-    page.goto(dry_app.url)
+    open_app(page, dry_app.url)
     open_tab(page, "Train")
     expect(page.locator("#run-status")).to_contain_text("done")
     expect(page.locator("#run-status")).to_contain_text("reattach")
@@ -111,7 +111,7 @@ def test_new_user_journey(page, trained_demo, tmp_path):
 
     real_app = trained_demo.app
     ARTIFACTS.mkdir(exist_ok=True)
-    page.goto(real_app.url)
+    open_app(page, real_app.url)
     expect(page.locator("#device-report")).to_contain_text(re.compile("CPU|GPU"))
 
     # 1. The finished demo run is what the Train tab shows; its settings come back from demo.toml.
@@ -204,7 +204,7 @@ def test_bad_input_says_what_to_fix(page, real_app, tmp_path):
     from playwright.sync_api import expect
     from ui_helpers import ATTN2_K, write_header_only_safetensors
 
-    page.goto(real_app.url)
+    open_app(page, real_app.url)
     open_tab(page, "Dataset")
     fill(page, "#cfg-train_data_dir input", str(tmp_path / "no-such-folder"))
     page.locator("#dataset-load").click()

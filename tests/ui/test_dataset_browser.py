@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from ui_helpers import ARTIFACTS, NOISE_FILTERS
+from ui_helpers import ARTIFACTS, NOISE_FILTERS, open_app
 
 pytestmark = [pytest.mark.e2e, *(pytest.mark.filterwarnings(f) for f in NOISE_FILTERS)]
 BOX = "#cfg-train_data_dir input, #cfg-train_data_dir textarea"  # the dataset folder: the form's train_data_dir
@@ -29,7 +29,7 @@ def test_click_an_image_edit_and_save_its_caption(page, dry_app, tmp_path):
     from playwright.sync_api import expect
 
     dataset = make_dataset(tmp_path / "foxes")
-    page.goto(dry_app.url)
+    open_app(page, dry_app.url)
     page.locator(BOX).first.fill(str(dataset))
     page.locator("#dataset-load").click()
     expect(page.locator("#dataset-message")).to_contain_text("3 image(s) in 1 concept folder(s)")
@@ -61,7 +61,7 @@ def test_upload_then_pick_the_dataset_in_the_explorer(page, dry_app, tmp_path):
     from playwright.sync_api import expect
 
     source = make_dataset(tmp_path / "src") / "10_fox"
-    page.goto(dry_app.url)
+    open_app(page, dry_app.url)
     page.locator("#dataset-upload-section").get_by_text("Upload images").click()
     page.locator("#dataset-upload input[type=file]").set_input_files([source / "a.png", source / "a.txt"])
     page.locator("#dataset-name input").fill("browser set")
@@ -88,7 +88,7 @@ def test_one_dataset_folder_is_loaded_checked_and_nowhere_else(page, dry_app, tm
     dataset = make_dataset(tmp_path / "foxes")
     empty = tmp_path / "empty"
     (empty / "10_fox").mkdir(parents=True)
-    page.goto(dry_app.url)
+    open_app(page, dry_app.url)
     box = page.locator(BOX).first
     expect(box).to_be_visible()  # on the Dataset tab, the first one shown
     assert page.locator("#dataset-folder").count() == 0
@@ -129,7 +129,7 @@ def test_preview_shows_the_clicked_image_large_and_prev_next_step_by_image(page,
     from app.datasets import PAGE_SIZE
 
     dataset = make_many(tmp_path / "cats", PAGE_SIZE + 6)
-    page.goto(dry_app.url)
+    open_app(page, dry_app.url)
     page.locator(BOX).first.fill(str(dataset))
     page.locator("#dataset-load").click()
     expect(page.locator("#dataset-page")).to_contain_text("Page 1 of 2")
@@ -195,7 +195,7 @@ def test_uploads_stay_in_the_data_folder_and_go_after_the_import(page, dry_app, 
     name = f"upload-{uuid.uuid4().hex[:12]}.png"  # unique: the system temp folder is shared with other runs
     Image.new("RGB", (96, 64), (10, 120, 200)).save(tmp_path / name)
     gradio_dir = dry_app.settings.data_dir / "cache" / "gradio"
-    page.goto(dry_app.url)
+    open_app(page, dry_app.url)
     page.locator("#dataset-upload-section").get_by_text("Upload images").click()
     page.locator("#dataset-upload input[type=file]").set_input_files([tmp_path / name])
     copies = wait_for(lambda: list(gradio_dir.rglob(name)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from ui_helpers import NOISE_FILTERS
+from ui_helpers import NOISE_FILTERS, open_app
 
 from training.contract.events import EventWriter
 
@@ -31,7 +31,7 @@ def test_a_failed_run_shows_its_failure_instead_of_waiting(page, dry_app):
     from playwright.sync_api import expect
 
     failed_run(dry_app.settings.data_dir)
-    page.goto(dry_app.url)
+    open_app(page, dry_app.url)
     page.get_by_role("tab", name="Train").click()
     page.locator("#run-picker input").click()
     page.get_by_role("option", name=re.compile(r"^oom · ")).first.click()

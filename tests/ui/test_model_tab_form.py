@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from ui_helpers import ARTIFACTS, NOISE_FILTERS, fill, run_of, serve, stop_all, wait_for
+from ui_helpers import ARTIFACTS, NOISE_FILTERS, fill, open_app, run_of, serve, stop_all, wait_for
 
 MODEL = "#cfg-pretrained_model_name_or_path input"
 pytestmark = [pytest.mark.e2e, *(pytest.mark.filterwarnings(f) for f in NOISE_FILTERS)]
@@ -29,7 +29,7 @@ def app(tmp_path):
 
 
 def open_model_tab(page, url: str) -> None:
-    page.goto(url)
+    open_app(page, url)
     page.get_by_role("tab", name="Model & preset").click()
     page.locator(MODEL).wait_for()
 
@@ -85,8 +85,7 @@ def test_number_checks_show_at_the_field_and_refuse_start(page, app):
     expect(page.locator("#err-learning_rate")).to_contain_text("learning_rate must be > 0 and ≤ 10; you gave -1")
 
     page.get_by_role("tab", name="Train").click()
-    page.locator("#start-btn").click()
-    expect(page.locator("#start-message")).to_contain_text("Not started: learning_rate must be > 0 and ≤ 10")
+    expect(page.locator("#start-btn")).to_be_disabled()  # the messages are at the fields; Start waits for a fix
     assert app.supervisor.discover() == []
 
     page.get_by_role("tab", name="Model & preset").click()  # fixed: the messages go
@@ -112,9 +111,7 @@ def test_an_unreadable_base_model_is_refused_at_the_field_and_on_start(page, app
     fill(page, MODEL, str(broken))
     expect(page.locator("#err-pretrained_model_name_or_path")).to_contain_text("broken.safetensors")
     page.get_by_role("tab", name="Train").click()
-    page.locator("#start-btn").click()
-    expect(page.locator("#start-message")).to_contain_text("Not started:")
-    expect(page.locator("#start-message")).to_contain_text("broken.safetensors")
+    expect(page.locator("#start-btn")).to_be_disabled()
 
     client = Client(app.url, verbose=False)  # the API's Start makes the same check
     text = client.predict(pretrained_model_name_or_path=str(broken), api_name="/start_run")[0]
@@ -234,8 +231,8 @@ def test_a_cpu_only_machine_says_what_replaces_bf16_and_the_8bit_optimizer(page,
 
 
 def test_form_errors_follow_the_fields_as_they_are_typed(page, tmp_path):
-    """AppContext.form_errors, which the Start button follows, holds every invalid field while there is one and is
-    empty once the form may start. The page under test shows the State in a JSON box, as the Train tab reads it."""
+    """AppContext.form_errors holds every invalid field while there is one and is empty once the form may start;
+    the Train tab's Start button is off while it holds any. The page under test shows the State in a JSON box."""
     import gradio as gr
     from playwright.sync_api import expect
 
@@ -262,9 +259,14 @@ def test_form_errors_follow_the_fields_as_they_are_typed(page, tmp_path):
         fill(page, "#cfg-learning_rate input", "-1")
         expect(view).to_contain_text("learning_rate must be > 0")
         expect(view).to_contain_text("unet_lr")
+        page.get_by_role("tab", name="Train").click()
+        expect(page.locator("#start-btn")).to_be_disabled()  # Start follows form_errors
+        page.get_by_role("tab", name="Model & preset").click()
         fill(page, "#cfg-unet_lr input", "")
         fill(page, "#cfg-learning_rate input", "0.0001")
         expect(view).to_contain_text("none")
         expect(view).not_to_contain_text("learning_rate")
+        page.get_by_role("tab", name="Train").click()
+        expect(page.locator("#start-btn")).to_be_enabled()
     finally:
         demo.close()

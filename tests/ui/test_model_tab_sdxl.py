@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from ui_helpers import ARTIFACTS, ATTN2_K, NOISE_FILTERS, fill, write_header_only_safetensors
+from ui_helpers import ARTIFACTS, ATTN2_K, NOISE_FILTERS, fill, open_app, write_header_only_safetensors
 
 pytestmark = [pytest.mark.e2e, *(pytest.mark.filterwarnings(f) for f in NOISE_FILTERS)]
 
@@ -40,7 +40,7 @@ def test_sdxl_model_filters_presets_and_a_family_switch_shows_the_mismatch(page,
         "conditioner.embedders.1.model.ln_final.weight": (1280,), ATTN2_K: (640, 2048)})
     sd15 = write_header_only_safetensors(tmp_path / "sd15.safetensors", {ATTN2_K: (320, 768)})
 
-    page.goto(dry_app.url)
+    open_app(page, dry_app.url)
     page.get_by_role("tab", name="Model & preset").click()
 
     # An SDXL model: the family shows and only SDXL presets are offered.

@@ -4,7 +4,7 @@ rewrites the field in kohya's syntax."""
 from __future__ import annotations
 
 import pytest
-from ui_helpers import NOISE_FILTERS, fill
+from ui_helpers import NOISE_FILTERS, fill, open_app
 
 pytestmark = [pytest.mark.e2e, *(pytest.mark.filterwarnings(f) for f in NOISE_FILTERS)]
 
@@ -28,7 +28,7 @@ def edit_cell(page, row: int, column: int, text: str) -> None:
 def test_editing_a_row_rewrites_the_sample_prompts_field(page, dry_app):
     from playwright.sync_api import expect
 
-    page.goto(dry_app.url)
+    open_app(page, dry_app.url)
     page.get_by_role("tab", name="Model & preset").click()
     page.locator("#section-sample").get_by_text("Sample", exact=True).first.click()
     fill(page, FIELD, TYPED)

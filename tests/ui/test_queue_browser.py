@@ -6,7 +6,7 @@ import re
 
 import pytest
 from timing import ms
-from ui_helpers import NOISE_FILTERS, fill, wait_for
+from ui_helpers import NOISE_FILTERS, fill, open_app, wait_for
 
 from app.runs import pid_alive, replay
 
@@ -69,7 +69,7 @@ def test_double_start_runs_once_and_buttons_follow_the_run(page, dry_app):
 
     settle(dry_app)
     before = all_runs(dry_app)
-    page.goto(dry_app.url)
+    open_app(page, dry_app.url)
     open_tab(page, "Train")
     expect(page.locator("#start-btn")).to_be_enabled()
     for name in ("#stop-btn", "#sample-now-btn", "#save-now-btn", "#resume-btn", "#queue-btn"):
@@ -100,7 +100,7 @@ def test_queue_view_buttons_act_on_their_own_run(page, dry_app):
 
     settle(dry_app)
     before = all_runs(dry_app)
-    page.goto(dry_app.url)
+    open_app(page, dry_app.url)
     open_tab(page, "Train")
     page.locator("#start-btn").click()
     expect(page.locator("#queue-btn")).to_be_enabled()
@@ -128,7 +128,7 @@ def test_load_this_runs_settings_fills_the_form_from_its_job(page, dry_app):
 
     settle(dry_app)
     before = all_runs(dry_app)
-    page.goto(dry_app.url)
+    open_app(page, dry_app.url)
     open_tab(page, "Model & preset")
     fill(page, "#cfg-caption_extension input", ".caption")
     open_tab(page, "Train")
@@ -161,7 +161,7 @@ def test_try_the_demo_leaves_the_users_form_as_it_was(page, dry_app):
     from playwright.sync_api import expect
 
     settle(dry_app)
-    page.goto(dry_app.url)
+    open_app(page, dry_app.url)
     open_tab(page, "Model & preset")
     fill(page, "#cfg-caption_extension input", ".mine")
     fill(page, "#cfg-pretrained_model_name_or_path input", "/my/models/base.safetensors")
@@ -198,7 +198,7 @@ def test_jobs_queued_before_a_restart_wait_for_start_queue(page, tmp_path, monke
 
     ui, demo = serve(data, dry_run=True)  # the restart
     try:
-        page.goto(ui.url)
+        open_app(page, ui.url)
         open_tab(page, "Train")
         expect(row(page, left.run_dir)).to_contain_text("queued (waiting for you since the restart)")
         expect(page.locator("#queue-start-held")).to_be_visible()

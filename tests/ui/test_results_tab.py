@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from gradio_client import Client
 from PIL import Image
-from ui_helpers import NOISE_FILTERS, serve, stop_all, wait_for
+from ui_helpers import NOISE_FILTERS, open_app, serve, stop_all, wait_for
 
 from app.results import SETTINGS_FILE
 from training.contract.config import TrainConfig
@@ -22,14 +22,14 @@ STEP_SAVE, FINAL_SAVE = "tiny-step00000010.safetensors", "tiny.safetensors"
 SAMPLE = "tiny_000010_00_20240101120000_3.png"
 
 
-def finished_run(data_dir: Path, model: Path, value: str = RUN) -> Path:
+def finished_run(data_dir: Path, model: Path, value: str = RUN, prompts: str = "red, circle --d 3") -> Path:
     """A run folder as the trainer leaves it, on the tiny model, with a step save and a final save."""
     from lora_checks import export_file, lora_pipeline
 
     run_dir = data_dir / "runs" / value
     run_dir.mkdir(parents=True)
     save_config(TrainConfig(pretrained_model_name_or_path=str(model), resolution="64", output_name="tiny",
-                            output_dir=str(run_dir), mixed_precision="no", sample_prompts="red, circle --d 3"),
+                            output_dir=str(run_dir), mixed_precision="no", sample_prompts=prompts),
                 run_dir / "job.toml")
     events = EventWriter(run_dir)
     events.emit("start", run_id=run_dir.name, pid=1, total_steps=20, total_epochs=2)
@@ -150,3 +150,32 @@ def test_compare_is_refused_while_a_training_run_is_active(client, results_app, 
     finally:
         client.predict(api_name="/stop_run")
         wait_for(lambda: not ui.supervisor.poll().active, timeout=30)
+
+
+def test_the_compare_prompt_follows_the_run_shown_until_the_user_types_one(results_app, tiny_sd1, page):
+    """One run's sample prompt (the demo's, say) must not stay in the before/after prompt when another run is shown;
+    a prompt the user typed stays whatever run is picked."""
+    import re
+
+    from playwright.sync_api import expect
+
+    ui, _ = results_app
+    other = "other/20240102-120000"
+    if not (ui.settings.data_dir / "runs" / other).exists():
+        finished_run(ui.settings.data_dir, tiny_sd1, other, prompts="blue, square --d 5")
+    prompt = page.locator("#compare-prompt textarea")
+
+    def show(name: str) -> None:
+        page.locator("#results-run input").click()
+        page.get_by_role("option", name=re.compile(f"^{name} · ")).first.click()
+
+    open_app(page, ui.url)
+    page.get_by_role("tab", name="Results").click()
+    show("tiny")
+    expect(prompt).to_have_value("red, circle")
+    show("other")
+    expect(prompt).to_have_value("blue, square")
+    prompt.fill("my own prompt")
+    show("tiny")
+    expect(page.locator("#results-report")).to_contain_text("tiny.safetensors")
+    expect(prompt).to_have_value("my own prompt")

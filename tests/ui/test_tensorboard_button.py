@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from timing import ms, scaled
-from ui_helpers import NOISE_FILTERS, serve, stop_all, wait_for
+from ui_helpers import NOISE_FILTERS, open_app, serve, stop_all, wait_for
 
 from app.tensorboard import TensorBoards, answers
 from training.contract.config import TrainConfig
@@ -75,7 +75,7 @@ def pick_run(page, value: str) -> None:
 def test_the_button_links_to_a_tensorboard_of_the_runs_logs(page, board_app):
     from playwright.sync_api import expect
 
-    page.goto(board_app.url)
+    open_app(page, board_app.url)
     page.get_by_role("tab", name="Results").click()
     pick_run(page, RUN)
     page.locator("#tensorboard-btn").click()

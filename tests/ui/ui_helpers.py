@@ -66,6 +66,13 @@ def stop_all(supervisor) -> None:
         time.sleep(0.2)
 
 
+def open_app(page, url: str) -> None:
+    """Open the page and wait until its load events are answered (the saved form restored, the run attached), as a
+    user who starts typing a moment after the page appears: a field typed into before would be overwritten."""
+    page.goto(url)
+    page.locator("#form-ready [data-ready]").wait_for(state="attached")
+
+
 def wait_for(predicate, timeout: float = 30.0, every: float = 0.2):
     """The predicate's first truthy value, polled until ``timeout`` seconds (times the test time factor)."""
     deadline = time.monotonic() + scaled(timeout)
