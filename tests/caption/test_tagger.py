@@ -124,7 +124,7 @@ def test_an_output_size_that_does_not_match_the_tag_list_names_both_files(tmp_pa
 def test_a_tag_list_without_its_columns_is_named(tmp_path):
     path = tmp_path / "selected_tags.csv"
     path.write_text("id,tag\n1,cat\n", encoding="utf-8")
-    with pytest.raises(UserError, match="selected_tags.csv must be a csv with the columns"):
+    with pytest.raises(UserError, match=r"selected_tags\.csv must be a csv with the columns"):
         read_tag_list(path)
     path.write_text("tag_id,name,category,count\n1,cat,general,5\n", encoding="utf-8")
     with pytest.raises(UserError, match="line 2: category must be a whole number"):
@@ -136,7 +136,7 @@ def test_a_file_that_is_not_a_model_is_named(tmp_path, tiny_tagger):
     folder.mkdir()
     (folder / "model.onnx").write_bytes(b"not a model")
     (folder / "selected_tags.csv").write_bytes((tiny_tagger / "selected_tags.csv").read_bytes())
-    with pytest.raises(UserError, match="cannot load .*model.onnx as an ONNX model"):
+    with pytest.raises(UserError, match=r"cannot load .*model\.onnx as an ONNX model"):
         Wd14Tagger(folder)
 
 
