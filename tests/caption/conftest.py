@@ -57,7 +57,7 @@ def red(size=(TAGGER_SIZE, TAGGER_SIZE)) -> Image.Image:
 def red_dataset(tmp_path) -> Path:
     """kohya layout: two concept folders, one nested deeper, three red images in all."""
     root = tmp_path / "data"
-    for rel in ("10_alice/a.png", "10_alice/b.jpg", "3_bob/more/c.webp"):
+    for rel in ("10_alice/a.png", "10_alice/b.jpg", "3_bob/more/c.png"):
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         red((30, 30)).save(path)

@@ -42,14 +42,37 @@ def test_tagging_a_kohya_dataset_writes_every_caption_and_a_summary(red_dataset,
 
 def test_a_dry_run_prints_captions_and_writes_nothing(red_dataset, tiny_tagger, tmp_path):
     events = tmp_path / "events.jsonl"
+    (red_dataset / "3_bob" / "more" / "c.txt").write_text("mine", encoding="utf-8")
+    before = {p: p.stat().st_mtime_ns for p in red_dataset.rglob("*")}
     result = run_caption(red_dataset, "--tagger", tiny_tagger, "--dry-run", "2", "--events", events)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[:2] == [f"10_alice/a.png: {RED}", f"10_alice/b.jpg: {RED}"]
     assert "dry run: nothing written; previewed 2 of 2 image(s)" in result.stdout
-    assert captions(red_dataset) == {}
+    assert {p: p.stat().st_mtime_ns for p in red_dataset.rglob("*")} == before, "nothing written or touched"
     kinds = [json.loads(line) for line in events.read_text().splitlines()]
     assert [e["event"] for e in kinds] == ["start", "progress", "progress", "done"]
     assert kinds[1]["status"] == "preview" and kinds[1]["caption"] == RED
+    everything = run_caption(red_dataset, "--tagger", tiny_tagger, "--dry-run")
+    assert "3_bob/more/c.png: (left as it is: has a caption (c.txt))" in everything.stdout
+    assert captions(red_dataset) == {"3_bob/more/c.txt": "mine"}
+
+
+def test_tagging_never_imports_torch_or_transformers(red_dataset, tiny_tagger):
+    """Tagging needs only onnxruntime: a process where torch cannot be imported still tags."""
+    probe = f"""
+import sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {{"torch", "transformers", "diffusers"}}:
+            raise ImportError(name + " is not allowed here")
+sys.meta_path.insert(0, Refuse())
+from training.caption.__main__ import main
+sys.exit(main([{str(red_dataset)!r}, "--tagger", {str(tiny_tagger)!r}]))
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT,
+                            timeout=scaled(120))
+    assert result.returncode == 0, result.stderr
+    assert len(captions(red_dataset)) == 3
 
 
 @pytest.mark.parametrize(("mode", "expected"), [

@@ -64,13 +64,14 @@ def caption_path(image: Path, extension: str) -> Path:
 
 
 def run_job(model: Describer, images: list[Path], options: JobOptions, events: EventLog,
-            show: Callable[[str], None] = print) -> Summary:
-    """Caption ``images`` (or preview the first ``options.dry_run`` of them); returns what happened to each."""
+            show: Callable[[str], None] = print, progress: bool = True) -> Summary:
+    """Caption ``images`` (or preview the first ``options.dry_run`` of them); returns what happened to each.
+    ``progress``: a progress bar on stderr (not in a dry run, whose lines are the output)."""
     if options.dry_run is not None:
         images = images[:options.dry_run]
     summary = Summary()
     started = time.monotonic()
-    bar = _progress_bar(len(images), quiet=options.dry_run is not None)
+    bar = _progress_bar(len(images), quiet=options.dry_run is not None or not progress)
     run = _Run(model, options, events, summary, len(images), bar, show)
     try:
         for start in range(0, len(images), options.batch_size):
@@ -153,6 +154,8 @@ class _Run:
         self.bar.update(1)
         if status == "preview":
             self.show(f"{_shown(path, self.options.root)}: {caption}")
+        elif status == "skipped" and self.options.dry_run is not None:
+            self.show(f"{_shown(path, self.options.root)}: (left as it is: {reason})")
 
 
 def read_caption(path: Path) -> str:
