@@ -10,7 +10,7 @@ from conftest import red
 from PIL import Image
 
 from training.caption.captioner import CaptionOptions, load_captioner
-from training.caption.tiny import _WORDS
+from training.caption.tiny import _WORDS, save_tiny_chat_vlm
 from training.contract.errors import UserError
 
 
@@ -37,6 +37,18 @@ def test_a_tiny_florence2_runs_its_task_prompt(tiny_florence2):
     (caption,), (other,) = captioner.describe([red(), Image.new("RGB", (64, 32), (0, 255, 0))])
     assert caption and words_of(caption) <= set(_WORDS)
     assert other
+
+
+def test_a_chat_model_gets_the_prompt_and_answers_without_repeating_it(tmp_path):
+    folder = save_tiny_chat_vlm(tmp_path / "chat")
+    captioner = load_captioner(folder, CaptionOptions(prompt="describe this image", max_new_tokens=4))
+    assert captioner.style == "chat"
+    single = captioner.describe([red()])
+    batch = captioner.describe([red(), Image.new("RGB", (30, 20), (0, 0, 255))])
+    caption = batch[0][0]
+    assert not caption.startswith("user"), "the chat prompt is cut off the answer"
+    assert 3 <= len(caption.split()) <= 4
+    assert single[0] == batch[0], "batching does not change a caption"
 
 
 def test_a_model_that_needs_remote_code_is_refused_in_one_line(tmp_path):

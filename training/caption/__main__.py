@@ -149,7 +149,9 @@ def report(summary: Summary, total: int, options: JobOptions) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     events = EventLog(args.events)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # the UI's Stop: the same as Ctrl+C
+    previous = None
+    with contextlib.suppress(ValueError):  # signals can be set only from the main thread
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # the UI's Stop: the same as Ctrl+C
     try:
         return _caption(args, events)
     except UserError as e:
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: captioning failed: {type(e).__name__}: {e}", file=sys.stderr)
         return exit_codes.FAILED
     finally:
-        with contextlib.suppress(ValueError):
+        if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         events.close()
 

@@ -147,3 +147,51 @@ def save_tiny_florence2(folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {% for c in m['content'] %}{% if c['type'] == 'image' %}"
+                  "<image> {% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}"
+                  "{% if add_generation_prompt %}assistant : {% endif %}")
+
+
+def save_tiny_chat_vlm(folder: Path, seed: int = 0) -> Path:
+    """A LLaVA-style chat model (CLIP vision tower, Llama decoder, a chat template) of a few kilobytes, loaded
+    through ``AutoModelForImageTextToText`` like Qwen2.5-VL or LLaVA checkpoints."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        CLIPImageProcessorPil,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["<unk>", "<s>", "</s>", "<pad>", "<image>", "user", "assistant", ":", "describe", "this", "image", *_WORDS]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.decoder = decoders.WordPiece()  # joins words with spaces
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                        pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
+    images = CLIPImageProcessorPil(size={"height": 16, "width": 16}, crop_size={"height": 16, "width": 16},
+                                   do_center_crop=False)
+    # 16 px in 8 px patches: 4 patch tokens plus the class token, all kept ("full").
+    processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=8,
+                               vision_feature_select_strategy="full", num_additional_image_tokens=1,
+                               chat_template=_CHAT_TEMPLATE)
+    config = LlavaConfig(
+        vision_config={"model_type": "clip_vision_model", "hidden_size": 16, "intermediate_size": 32,
+                       "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 16, "patch_size": 8},
+        text_config={"model_type": "llama", "vocab_size": len(words), "hidden_size": 16, "intermediate_size": 32,
+                     "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
+                     "max_position_embeddings": 256, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3},
+        image_token_index=4, vision_feature_select_strategy="full", vision_feature_layer=-1)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.min_new_tokens = 3
+    model.generation_config.suppress_tokens = [0, 1, 3, 4]
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
