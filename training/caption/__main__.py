@@ -44,9 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     which.add_argument("--captioner", metavar="MODEL", help="transformers captioner: a folder or hub id (BLIP, "
                        "Florence-2 such as florence-community/Florence-2-base, or a vision-language chat model)")
     tags = parser.add_argument_group("tagger options")
-    tags.add_argument("--general-threshold", type=float, default=None,
+    tags.add_argument("--general-threshold", type=float, default=None, metavar="X",
                       help="lowest score of a general tag written (default 0.35)")
-    tags.add_argument("--character-threshold", type=float, default=None,
+    tags.add_argument("--character-threshold", type=float, default=None, metavar="X",
                       help="lowest score of a character tag written (default 0.85)")
     tags.add_argument("--include-rating", action="store_true", default=None,
                       help="also write the most likely rating tag (general, sensitive, ...), first after the trigger")
@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cap = parser.add_argument_group("captioner options")
     cap.add_argument("--prompt", default=None, help="the instruction for models that take one (Florence-2 task "
                      "such as <DETAILED_CAPTION>, the default; a question for chat models; a caption start for BLIP)")
-    cap.add_argument("--max-new-tokens", type=int, default=None, help="longest caption in tokens (default 75)")
+    cap.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                     help="longest caption in tokens (default 75)")
     cap.add_argument("--trust-remote-code", action="store_true", default=None,
                      help="allow a model that needs code from its own repository to run it (only if you trust it)")
     out = parser.add_argument_group("what is written")
@@ -66,8 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                           "prepend the new caption (tags it already has are not repeated). An empty file counts "
                           "as no caption")
     out.add_argument("--trigger", default="", metavar="WORD", help="written first in every caption, never twice")
-    out.add_argument("--caption-extension", default=".txt", help="caption file extension (default .txt)")
-    out.add_argument("--batch-size", type=int, default=1, help="images per model call (default 1)")
+    out.add_argument("--caption-extension", default=".txt", metavar="EXT", help="caption file extension (default .txt)")
+    out.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per model call (default 1)")
     out.add_argument("--dry-run", type=int, nargs="?", const=DRY_RUN_DEFAULT, default=None, metavar="N",
                      help=f"print the captions the first N images (default {DRY_RUN_DEFAULT}) would get; write "
                           "nothing")

@@ -102,19 +102,35 @@ def build_captioner(folder: Path, real_size: bool, tokens: int) -> Path:
 
     if not real_size:
         return save_tiny_blip(folder)
-    import torch
-    from transformers import BlipConfig, BlipForConditionalGeneration
+    return save_blip_base(folder, tokens)
 
-    save_tiny_blip(folder)  # its tokenizer files; the model is replaced below
+
+def save_blip_base(folder: Path, tokens: int) -> Path:
+    """A random-weight BLIP base (ViT-B/16 at 384 px, 12-layer BERT decoder, BERT's 30,524-token vocab) that writes
+    exactly ``tokens`` tokens, none of them special, so every caption costs the same."""
+    import torch
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessorPil,
+        BlipProcessor,
+    )
+
+    config = BlipConfig()
+    text = config.text_config
+    specials = {text.pad_token_id: "[PAD]", 100: "[UNK]", 101: "[CLS]", text.sep_token_id: "[SEP]", 103: "[MASK]",
+                text.bos_token_id: "[DEC]"}
+    folder.mkdir(parents=True)
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(specials.get(i, f"w{i}") for i in range(text.vocab_size)) + "\n", encoding="utf-8")
+    BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": 384, "width": 384}),
+                  tokenizer=BertTokenizer(str(vocab), bos_token="[DEC]")).save_pretrained(folder)
     torch.manual_seed(0)
-    config = BlipConfig()  # BLIP base: ViT-B/16 at 384 px and a 12-layer BERT decoder
-    config.text_config.vocab_size = BlipConfig().text_config.vocab_size
     model = BlipForConditionalGeneration(config)
     model.generation_config.min_new_tokens = tokens
+    model.generation_config.suppress_tokens = sorted(specials)
     model.save_pretrained(folder)
-    from transformers import BlipImageProcessorPil
-
-    BlipImageProcessorPil(size={"height": 384, "width": 384}).save_pretrained(folder)
     return folder
 
 
@@ -122,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import onnxruntime
     import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
 
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}, "
           f"{'real-size random' if args.real_size else 'tiny'} models unless given; {args.images} images of "
