@@ -12,6 +12,7 @@ follows its weights: the real-size BLIP is made to write exactly ``--tokens`` to
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -154,15 +155,25 @@ def main(argv: list[str] | None = None) -> int:
 
             tagger = Wd14Tagger(args.tagger or build_tagger(work / "tagger", args.real_size))
             for batch in args.batch_sizes:
-                print(f"tagger    batch {batch}: {measure(tagger, images, work / 'data', batch):7.2f} images/s")
+                rate = measure(tagger, images, work / "data", batch)
+                print(f"tagger    batch {batch}: {rate:7.2f} images/s  (load average {_load()})")
         if "captioner" not in args.skip:
             from training.caption.captioner import CaptionOptions, load_captioner
 
             folder = args.captioner or build_captioner(work / "captioner", args.real_size, args.tokens)
             captioner = load_captioner(folder, CaptionOptions(max_new_tokens=args.tokens))
             for batch in args.batch_sizes:
-                print(f"captioner batch {batch}: {measure(captioner, images, work / 'data', batch):7.2f} images/s")
+                rate = measure(captioner, images, work / "data", batch)
+                print(f"captioner batch {batch}: {rate:7.2f} images/s  (load average {_load()})")
     return 0
+
+
+def _load() -> str:
+    """The machine's 1-minute load average: other processes on the CPU change these numbers several-fold."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:  # not on Windows
+        return "n/a"
 
 
 if __name__ == "__main__":
