@@ -160,8 +160,21 @@ def test_bad_settings_are_one_line(red_dataset, tiny_tagger, args, message):
     assert message in one_line_error(run_caption(red_dataset, "--tagger", tiny_tagger, *args))
 
 
-def test_a_missing_dataset_folder_is_one_line(tmp_path, tiny_tagger):
-    assert "does not exist" in one_line_error(run_caption(tmp_path / "nope", "--tagger", tiny_tagger))
+def test_a_missing_dataset_folder_is_one_line_and_an_error_event(tmp_path, tiny_tagger):
+    events = tmp_path / "events.jsonl"
+    assert "does not exist" in one_line_error(run_caption(tmp_path / "nope", "--tagger", tiny_tagger,
+                                                          "--events", events))
+    (error,) = read_events(events)
+    assert error["event"] == "error" and "does not exist" in error["msg"]
+
+
+def test_the_stop_file_stops_before_the_next_batch(red_dataset, tiny_tagger, tmp_path):
+    stop = tmp_path / "stop"
+    stop.touch()
+    result = run_caption(red_dataset, "--tagger", tiny_tagger, "--stop-file", stop)
+    assert result.returncode == 0, result.stderr
+    assert "stopped after 0 of 3 image(s)" in result.stdout
+    assert captions(red_dataset) == {}
 
 
 def test_ctrl_c_midway_keeps_every_caption_written(tmp_path, tiny_tagger):
