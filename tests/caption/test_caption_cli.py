@@ -177,8 +177,10 @@ def test_the_stop_file_stops_before_the_next_batch(red_dataset, tiny_tagger, tmp
     assert captions(red_dataset) == {}
 
 
-def test_ctrl_c_midway_keeps_every_caption_written(tmp_path, tiny_tagger):
-    """Many large images (hard links to one file) keep the run busy; Ctrl+C once the first caption is written."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_a_stop_midway_keeps_every_caption_written(tmp_path, tiny_tagger, sig):
+    """Many large images (hard links to one file) keep the run busy; Ctrl+C (or the UI's SIGTERM) once the first
+    caption is written."""
     root = tmp_path / "data" / "1_many"
     root.mkdir(parents=True)
     first = root / "img0000.png"
@@ -191,7 +193,7 @@ def test_ctrl_c_midway_keeps_every_caption_written(tmp_path, tiny_tagger):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_for_written(events, child)
-        child.send_signal(signal.SIGINT)
+        child.send_signal(sig)
         out, _ = child.communicate(timeout=scaled(60))
     finally:
         child.kill()

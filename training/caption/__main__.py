@@ -20,7 +20,7 @@ from pathlib import Path
 from training.caption.compose import EXISTING_MODES, ComposeOptions, parse_tag_list
 from training.caption.events import EventLog
 from training.caption.images import find_images
-from training.caption.job import JobOptions, Summary, run_job
+from training.caption.job import INTERRUPTS, JobOptions, Summary, run_job
 from training.contract import exit_codes
 from training.contract.errors import UserError
 
@@ -150,9 +150,10 @@ def report(summary: Summary, total: int, options: JobOptions) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     events = EventLog(args.events)
-    previous = None
-    with contextlib.suppress(ValueError):  # signals can be set only from the main thread
-        previous = signal.signal(signal.SIGTERM, _interrupt)  # the UI's Stop: the same as Ctrl+C
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM is the UI's Stop: the same as Ctrl+C
+        with contextlib.suppress(ValueError):  # signals can be set only from the main thread
+            previous[sig] = signal.signal(sig, INTERRUPTS.handler)
     try:
         return _caption(args, events)
     except UserError as e:
@@ -169,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: captioning failed: {type(e).__name__}: {e}", file=sys.stderr)
         return exit_codes.FAILED
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         events.close()
 
 
@@ -189,10 +190,6 @@ def _caption(args: argparse.Namespace, events: EventLog) -> int:
     for line in report(summary, total, options):
         print(line)
     return exit_codes.FAILED if summary.failed else exit_codes.DONE
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -4,6 +4,7 @@ complete or absent, never half a file."""
 
 from __future__ import annotations
 
+import contextlib
 import stat
 import sys
 import time
@@ -19,6 +20,35 @@ from training.caption.events import EventLog
 from training.caption.images import open_rgb
 from training.contract.atomic import write_atomic
 from training.contract.errors import UserError
+
+
+class DeferredInterrupt:
+    """Ctrl+C (or SIGTERM) as KeyboardInterrupt, except between writing a caption and counting it, where it would
+    leave a caption on disk that the summary and the events do not name: there it waits for that short stretch."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending = False
+
+    def handler(self, signum, frame) -> None:
+        if self.holding:
+            self.pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def hold(self):
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+            if self.pending:
+                self.pending = False
+                raise KeyboardInterrupt
+
+
+INTERRUPTS = DeferredInterrupt()
 
 
 class Describer(Protocol):
@@ -134,12 +164,13 @@ class _Run:
         elif self.options.dry_run is not None:
             self._record(p.path, "preview", caption=caption)
         else:
-            try:
-                write_caption(p.caption_path, caption)
-            except OSError as e:
-                self._record(p.path, "failed", reason=f"cannot write {p.caption_path.name}: {_first_line(e)}")
-                return
-            self._record(p.path, "written", caption=caption)
+            with INTERRUPTS.hold():
+                try:
+                    write_caption(p.caption_path, caption)
+                except OSError as e:
+                    self._record(p.path, "failed", reason=f"cannot write {p.caption_path.name}: {_first_line(e)}")
+                    return
+                self._record(p.path, "written", caption=caption)
 
     def _record(self, path: Path, status: str, caption: str | None = None, reason: str | None = None) -> None:
         s = self.summary
