@@ -2,7 +2,7 @@
 
 Modules (this package imports nothing heavy at the top; onnxruntime and transformers load only when a model does):
 
-- ``tags``: ``selected_tags.csv`` read into a ``TagList``, tags picked from scores by category and threshold and
+- ``tags``: ``selected_tags.csv`` read into ``Tag``s, tags picked from scores by category and threshold and
   written the way WD14 taggers' users expect (underscores, kaomoji, parentheses).
 - ``tagger``: ``Wd14Tagger``, a WD14-style ONNX tagger run with onnxruntime, and its exact preprocessing.
 - ``captioner``: ``load_captioner``: BLIP, Florence-2 and chat vision-language models through transformers.
@@ -12,7 +12,8 @@ Modules (this package imports nothing heavy at the top; onnxruntime and transfor
 - ``job``: the loop over the images: batches, atomic writes, progress, events, stop, summary.
 - ``events``: ``--events FILE``, one JSON object a line, for the UI.
 - ``bench``: ``python -m training.caption.bench``, images per second of a tagger and a captioner.
-- ``tiny``: tiny random-weight models (a tagger, BLIP, Florence-2) for tests and the benchmark.
+- ``tiny``: tiny models (a channel-mean tagger; random BLIP, Florence-2, a LLaVA-style chat model) for tests and
+  the benchmark.
 
 It may import ``training.contract`` and ``training.data``; never ``training.run``. The UI runs it as a child process.
 """

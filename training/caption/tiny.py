@@ -1,4 +1,4 @@
-"""Tiny random-weight caption models saved as real model folders: a WD14-style tagger (ONNX), BLIP and Florence-2.
+"""Tiny caption models saved as real model folders: a WD14-style tagger (ONNX), BLIP, Florence-2, a chat model.
 
 For the tests and the benchmark, which must run offline and in seconds. The tagger is not random: each tag's score
 is a linear function of the mean of one input channel, so a test can tell exactly what pixels the model was given.
