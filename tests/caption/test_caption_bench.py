@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from conftest import ROOT
+from caption_helpers import ROOT
 from timing import scaled
 
 

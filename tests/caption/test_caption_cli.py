@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RED_SQUARE_TAGS, ROOT, red, run_caption
+from caption_helpers import RED_SQUARE_TAGS, ROOT, red, run_caption
 from timing import scaled
 
 RED = ", ".join(RED_SQUARE_TAGS)

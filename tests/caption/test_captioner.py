@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import red
+from caption_helpers import red
 from PIL import Image
 
 from training.caption.captioner import CaptionOptions, load_captioner

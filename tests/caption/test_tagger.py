@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import RED_SQUARE_TAGS, TAGGER_SIZE, TAGS, red
+from caption_helpers import RED_SQUARE_TAGS, TAGGER_SIZE, TAGS, red
 from PIL import Image
 
 from training.caption.tagger import TagOptions, Wd14Tagger, preprocess
