@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     {"training.contract"},
     {"training.data", "training.models", "training.networks"},
-    {"training.lora_files", "training.plan"},
+    {"training.lora_files", "training.plan", "training.caption"},
     {"training.run"},
     {"training.__main__", "training.bench", "training.demo", "training.compare", "training.options_doc",
      "training.contract.services"},
