@@ -22,7 +22,7 @@ def open_tab(page, name: str) -> None:
 
 
 def open_section(page, section: str) -> None:
-    """Unfold a section of the Model & preset tab's form (output_name lives in "save")."""
+    """Unfold a section of the Model & preset tab's form."""
     page.locator(f"#section-{section}").get_by_text(section.capitalize(), exact=True).first.click()
 
 
@@ -46,7 +46,6 @@ def test_preset_dry_run_end_to_end(page, dry_app):
     fill(page, "#cfg-sample_every_n_epochs input", "5")
     page.screenshot(path=str(ARTIFACTS / "tab-model.png"), full_page=True)
 
-    open_section(page, "save")
     fill(page, "#cfg-output_name input", "anime-e2e")
     open_tab(page, "Train")
     page.locator("#start-btn").click()
@@ -146,7 +145,9 @@ def test_new_user_journey(page, trained_demo, tmp_path):
     page.get_by_role("option", name="SD1.5 anime").click()
     expect(page.locator("#cfg-clip_skip input")).to_have_value("2")
     expect(page.locator("#model-family")).to_contain_text("SD1.x")
+    open_section(page, "dataset")
     fill(page, "#cfg-resolution input", "128")
+    page.locator("#advanced-dataset > button").click()
     fill(page, "#cfg-min_bucket_reso input", "64")
     page.locator("#section-training").get_by_text("Training", exact=True).first.click()
     fill(page, "#cfg-max_train_epochs input", "")
@@ -156,7 +157,6 @@ def test_new_user_journey(page, trained_demo, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "tab-model.png"), full_page=True)
 
     # 4. Train: the chart grows and samples appear; Stop saves; Resume finishes from the saved state.
-    open_section(page, "save")
     fill(page, "#cfg-output_name input", "journey")
     open_tab(page, "Train")
     page.locator("#start-btn").click()

@@ -130,7 +130,7 @@ def test_load_this_runs_settings_fills_the_form_from_its_job(page, dry_app):
     before = all_runs(dry_app)
     open_app(page, dry_app.url)
     open_tab(page, "Model & preset")
-    fill(page, "#cfg-caption_extension input", ".caption")
+    fill(page, "#cfg-output_name input", "first-settings")
     open_tab(page, "Train")
     page.locator("#start-btn").click()
     expect(page.locator("#start-message")).to_contain_text(re.compile(r"\bstarted · "))
@@ -139,18 +139,18 @@ def test_load_this_runs_settings_fills_the_form_from_its_job(page, dry_app):
     expect(row(page, run)).to_contain_text("stopped", timeout=ms(60))
 
     open_tab(page, "Model & preset")
-    fill(page, "#cfg-caption_extension input", ".other")
+    fill(page, "#cfg-output_name input", "other-settings")
     open_tab(page, "Train")
     page.locator("#load-run-settings").click()
     expect(page.locator("#start-message")).to_contain_text("Loaded the settings of")
-    assert field_value(page, "caption_extension") == ".caption"
+    assert field_value(page, "output_name") == "first-settings"
 
     open_tab(page, "Model & preset")
-    fill(page, "#cfg-caption_extension input", ".again")
+    fill(page, "#cfg-output_name input", "again-settings")
     open_tab(page, "Train")
     row(page, run).get_by_role("button", name="Load settings").click()
     # The message already names this run (the first load): wait for the field itself.
-    expect(page.locator("#cfg-caption_extension input")).to_have_value(".caption")
+    expect(page.locator("#cfg-output_name input")).to_have_value("first-settings")
     settle(dry_app)
 
 
@@ -163,7 +163,7 @@ def test_try_the_demo_leaves_the_users_form_as_it_was(page, dry_app):
     settle(dry_app)
     open_app(page, dry_app.url)
     open_tab(page, "Model & preset")
-    fill(page, "#cfg-caption_extension input", ".mine")
+    fill(page, "#cfg-output_name input", "my-own-name")
     fill(page, "#cfg-pretrained_model_name_or_path input", "/my/models/base.safetensors")
     page.locator("#section-sample").get_by_text("Sample", exact=True).first.click()
     fill(page, "#cfg-sample_prompts input, #cfg-sample_prompts textarea", "my own prompt")
@@ -171,7 +171,7 @@ def test_try_the_demo_leaves_the_users_form_as_it_was(page, dry_app):
     page.locator("#demo-btn").click()
     expect(page.locator("#start-message")).to_contain_text("Your form was left as it was", timeout=ms(300))
     open_tab(page, "Model & preset")
-    assert field_value(page, "caption_extension") == ".mine"
+    assert field_value(page, "output_name") == "my-own-name"
     assert field_value(page, "pretrained_model_name_or_path") == "/my/models/base.safetensors"
     assert field_value(page, "sample_prompts") == "my own prompt"
     settle(dry_app)
