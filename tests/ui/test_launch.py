@@ -5,25 +5,20 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
-import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from gradio_client import Client
 from timing import scaled
-from ui_helpers import NOISE_FILTERS, wait_for
+from ui_helpers import NOISE_FILTERS, launched, wait_for
 
 from app.console import SHARE_HINT, LineFilter
 from app.device import CPU_ONLY, NO_TORCH, PENDING, DeviceProbe, describe, parse_report
 
 pytestmark = [pytest.mark.filterwarnings(f) for f in NOISE_FILTERS]
 
-ROOT = Path(__file__).resolve().parents[2]
 BASE = {"python": "3.11.7", "system": "Linux", "torch": "2.4.1", "cuda": None, "gpus": [], "mps": False,
         "error": None}
 
@@ -90,41 +85,17 @@ def test_line_filter_drops_only_the_share_hint():
     assert out.getvalue() == "* Running on local URL:  http://127.0.0.1:7860\npartial line\nno newline yet"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_launch_prints_the_url_and_the_device_and_never_offers_share(tmp_path):
-    port = free_port()
-    started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "launch.py", "--no-browser", "--port", str(port), "--data-dir",
-                             str(tmp_path / "data")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
-    try:
-        ready = wait_for(lambda: next((ln for ln in lines if ln.startswith("LoraForge is ready")), None), timeout=60)
-        seconds = time.monotonic() - started
-        url = f"http://127.0.0.1:{port}/"
-        assert url in ready and str(tmp_path / "data") in ready
-        with urllib.request.urlopen(url, timeout=scaled(10)) as page:
+    with launched(tmp_path / "data") as app:
+        ready = app.ready_line()
+        # Measured, not asserted: how long a user waits for the page (a few seconds on an idle 2-core CPU).
+        print(f"launch.py ready in {time.monotonic() - app.started:.1f} s")
+        assert app.url in ready and str(tmp_path / "data") in ready
+        with urllib.request.urlopen(app.url, timeout=scaled(10)) as page:
             assert page.status == 200 and b"LoraForge" in page.read()
-        assert seconds < scaled(30), f"the page took {seconds:.1f} s to come up"
-        wait_for(lambda: any(ln.startswith("Device: ") for ln in lines), timeout=120)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=scaled(20))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        reader.join(timeout=5)
-    output = "".join(lines)
-    assert f"Running on local URL:  http://127.0.0.1:{port}" in output
-    assert "share=True" not in output and "public link" not in output
+        wait_for(lambda: any(ln.startswith("Device: ") for ln in app.lines), timeout=120)
+    assert f"Running on local URL:  http://127.0.0.1:{app.port}" in app.output
+    assert "share=True" not in app.output and "public link" not in app.output
 
 
 @pytest.mark.slow
@@ -135,17 +106,10 @@ def test_launch_runs_the_queue_unattended_and_sigterm_stops_the_run_with_its_rea
     from app.runs import replay
     from app.supervisor import JobSupervisor
 
-    port, data = free_port(), tmp_path / "data"
+    data = tmp_path / "data"
     env = dict(os.environ, LORAFORGE_DRY_RUN_STEP_SECONDS="0.05")
-    proc = subprocess.Popen([sys.executable, "launch.py", "--dry-run", "--no-browser", "--port", str(port),
-                             "--data-dir", str(data)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
-    try:
-        wait_for(lambda: any(ln.startswith("LoraForge is ready") for ln in lines), timeout=60)
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    with launched(data, "--dry-run", env=env) as app:
+        client = Client(app.url, verbose=False)
         texts = [client.predict(output_name="first", max_train_steps=20, api_name="/start_run")[0],
                  client.predict(output_name="second", max_train_steps=5, api_name="/queue_run")[0],
                  client.predict(output_name="third", max_train_steps=5000, api_name="/queue_run")[0],
@@ -154,14 +118,9 @@ def test_launch_runs_the_queue_unattended_and_sigterm_stops_the_run_with_its_rea
         runs = {name: next((data / "runs" / name).iterdir()) for name in ("first", "second", "third", "fourth")}
         wait_for(lambda: replay(runs["second"]).terminal == "done", timeout=60)  # nobody polled: launch.py did
         wait_for(lambda: replay(runs["third"]).step > 2, timeout=60)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=scaled(60)) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join(timeout=5)
-    output = "".join(lines)
+        app.proc.send_signal(signal.SIGTERM)
+        assert app.proc.wait(timeout=scaled(60)) == 0
+    output = app.output
     assert "Closing LoraForge (SIGTERM)" in output and "1 queued run stay queued" in output, output
     after = JobSupervisor(data, dry_run=True)  # the next start of LoraForge
     third = after.poll(runs["third"])

@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import urllib.request
 from pathlib import Path
 
 import pytest
 from timing import ms, scaled
-from ui_helpers import NOISE_FILTERS, open_app, serve, stop_all, wait_for
+from ui_helpers import NOISE_FILTERS, launched, open_app, serve, stop_all, wait_for
 
 from app.tensorboard import TensorBoards, answers
 from training.contract.config import TrainConfig
@@ -25,7 +20,6 @@ from training.contract.events import EventWriter
 
 pytestmark = [pytest.mark.filterwarnings(f) for f in NOISE_FILTERS]
 
-ROOT = Path(__file__).resolve().parents[2]
 RUN, BARE = "logged/20240101-120000", "bare/20240101-120000"
 
 
@@ -102,12 +96,6 @@ def test_a_run_without_logs_gets_one_line_and_no_process(tmp_path):
     assert not boards._boards
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_tensorboard_ends_with_the_app(tmp_path):
     """launch.py as a user starts it; Ctrl+C ends the app, and its TensorBoard stops answering."""
@@ -115,22 +103,9 @@ def test_tensorboard_ends_with_the_app(tmp_path):
 
     data_dir = tmp_path / "data"
     run_folder(data_dir, RUN, logged=True)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "launch.py", "--no-browser", "--port", str(port), "--data-dir",
-                             str(data_dir)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
-    try:
-        wait_for(lambda: any(ln.startswith("LoraForge is ready") for ln in lines), timeout=120)
-        message = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(RUN, api_name="/open_tensorboard")
+    with launched(data_dir, ready_timeout=120) as app:
+        message = Client(app.url, verbose=False).predict(RUN, api_name="/open_tensorboard")
         url = re.search(r"\((http://127\.0\.0\.1:\d+/)\)", message)
         assert url, message
         assert answers(url[1])
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=scaled(30))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     wait_for(lambda: not answers(url[1]), timeout=30)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
+import socket
 import struct
+import subprocess
+import sys
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +138,60 @@ def drawn_until_ended(client, drawn: dict[str, Any]) -> dict[str, Any] | None:
     view = show(client, FOLLOW)
     drawn.update({k: v for k, v in view.items() if v != {"__type__": "update"}})
     return dict(drawn) if view["status"].startswith(("**done", "**failed")) else None
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Launched:
+    """launch.py running in a child process: its port, its output lines so far, when it was started."""
+
+    proc: subprocess.Popen
+    port: int
+    started: float
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def ready_line(self) -> str | None:
+        return next((ln for ln in self.lines if ln.startswith("LoraForge is ready")), None)
+
+
+@contextlib.contextmanager
+def launched(data_dir: Path, *flags: str, env: dict[str, str] | None = None,
+             ready_timeout: float = 60) -> Iterator[Launched]:
+    """``python launch.py --no-browser`` on a free port as a user starts it, once it says it is ready; at the end
+    Ctrl+C (SIGINT) unless it has already exited, and its output is complete."""
+    port = free_port()
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "launch.py", "--no-browser", "--port", str(port), "--data-dir",
+                             str(data_dir), *flags], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    app = Launched(proc, port, started)
+    reader = threading.Thread(target=lambda: app.lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_for(app.ready_line, timeout=ready_timeout)
+        yield app
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=scaled(30))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        reader.join(timeout=5)
