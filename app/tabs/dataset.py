@@ -36,6 +36,7 @@ from app.datasets import (
     thumbnail,
 )
 from app.form import values_to_config
+from app.tabs.caption_panel import build_caption_panel
 from app.tabs.context import AppContext, form_handler
 from training.contract.config_io import ConfigError
 from training.contract.errors import UserError
@@ -126,6 +127,12 @@ def build_dataset_tab(ctx: AppContext) -> None:
     _wire_browsing(ctx, ui)
     _wire_captions(ctx, ui)
     _wire_check(ctx, ui, datasets_dir)
+
+    def reload(state: dict[str, Any] | None, ext: str) -> tuple[Any, ...]:
+        # After auto-captioning: the same folder again, so the gallery and tag table show the new captions.
+        return _load(ctx, state["folder"], ext, datasets_dir, write_back=False)
+
+    build_caption_panel(ctx, ui.loaded, ui.view, reload)
 
 
 def _layout(ctx: AppContext, datasets_dir: Path) -> Ui:
