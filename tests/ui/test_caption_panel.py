@@ -47,7 +47,7 @@ def open_panel(page, url: str, dataset: Path, model: str, count: int) -> None:
     page.locator(BOX).first.fill(str(dataset))
     page.locator("#dataset-load").click()
     # The page may first show the folder the previous test left in the box: wait for this one.
-    expect(page.locator("#dataset-message")).to_contain_text(f"{dataset.name}`: {count} image(s)", timeout=60_000)
+    expect(page.locator("#dataset-message")).to_contain_text(f"{dataset.name}: {count} image(s)", timeout=60_000)
     page.locator("#autocap-section").get_by_text("Auto-caption").first.click()
     page.locator("#autocap-model input, #autocap-model textarea").first.fill(model)
 
@@ -120,3 +120,21 @@ def test_a_bad_model_folder_is_one_line(page, dry_app, tmp_path):
     text = wait_for(lambda: status.inner_text().strip())
     assert len(text.splitlines()) == 1 and "Traceback" not in text and str(empty) in text
     assert captions(dataset) == {}
+
+
+def test_no_captioning_while_a_training_run_goes(page, dry_app, client, tmp_path, tiny_tagger):
+    from playwright.sync_api import expect
+
+    sup = dry_app.supervisor
+    wait_for(lambda: not sup.poll().active, timeout=60)
+    dataset = red_dataset(tmp_path / "foxes", 2)
+    open_panel(page, dry_app.url, dataset, str(tiny_tagger), 2)
+    assert client.predict(output_name="busy", max_train_steps=2000, api_name="/start_run")[0].startswith("**started")
+    try:
+        wait_for(lambda: sup.poll().step >= 1, timeout=30)
+        page.locator("#autocap-run").click()
+        expect(page.locator("#autocap-status")).to_contain_text("Not started: a training run is going")
+        assert captions(dataset) == {}
+    finally:
+        client.predict(api_name="/stop_run")
+        wait_for(lambda: not sup.poll().active, timeout=60)
