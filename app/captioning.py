@@ -7,6 +7,7 @@ would share the GPU with a training run, so no job starts while the supervisor h
 
 from __future__ import annotations
 
+import atexit
 import subprocess
 import sys
 import threading
@@ -81,7 +82,8 @@ class CaptionStatus:
     done: int = 0
     total: int = 0
     items: list[tuple[str, str]] = field(default_factory=list)
-    line: str = ""
+    line: str = ""  # plain text, one line
+    error: bool = False  # the job ended without captioning: ``line`` says why
 
     @property
     def finished(self) -> bool:
@@ -109,6 +111,8 @@ class CaptionJobs:
         self.python = python
         self._job: _Job | None = None
         self._lock = threading.Lock()
+        # The child has its own process group, so the UI's Ctrl+C does not reach it: end it when the UI exits.
+        atexit.register(self.close)
 
     def start(self, request: CaptionRequest, preview: bool) -> CaptionStatus:
         """Start a preview (first images, nothing written) or a run over all images; UserError says why not."""
@@ -182,8 +186,9 @@ class CaptionJobs:
             _apply(job.status, event)
         job.ended = True
         job.status.running = False
-        if job.status.line.startswith(("Loading", "Captioning", "Previewing")):
-            job.status.line = f"**Not captioned:** {_last_line(job.folder / 'caption.log') or f'exit {code}'}"
+        if job.status.line.startswith(("Loading", "Captioning", "Previewing")):  # it ended before its last event
+            job.status.error = True
+            job.status.line = _last_line(job.folder / "caption.log") or f"the captioner exited with status {code}"
 
 
 def _apply(status: CaptionStatus, event: object) -> None:
@@ -199,7 +204,8 @@ def _apply(status: CaptionStatus, event: object) -> None:
         case CaptionDone():
             status.line = _summary(status, event)
         case CaptionError(msg=msg):
-            status.line = f"**Not captioned:** {_one_line(msg)}"
+            status.error = True
+            status.line = _one_line(msg)
 
 
 def _summary(status: CaptionStatus, done: CaptionDone) -> str:

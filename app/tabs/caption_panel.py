@@ -113,7 +113,8 @@ def _wire(ctx: AppContext, ui: CaptionUi, jobs: CaptionJobs, loaded: Any, view: 
         try:
             status = jobs.start(_request(state, caption_extension, *settings), preview=preview)
         except UserError as err:
-            return f"**Not started:** {md_escape(str(err))}", gr.skip(), gr.Timer(active=False)
+            # The timer is left as it is: a refusal while a job runs must not stop that job's progress.
+            return f"**Not started:** {md_escape(str(err))}", gr.skip(), gr.skip()
         return md_escape(status.line), [], gr.Timer(active=True)
 
     def caption_preview(state, caption_extension, *settings) -> tuple[Any, ...]:
@@ -126,7 +127,7 @@ def _wire(ctx: AppContext, ui: CaptionUi, jobs: CaptionJobs, loaded: Any, view: 
 
     def tick(state, caption_extension) -> tuple[Any, ...]:
         status = jobs.poll()
-        line = status.line if status.line.startswith("**") else md_escape(status.line)
+        line = f"**Not captioned:** {md_escape(status.line)}" if status.error else md_escape(status.line)
         if status.running:
             return line, _items(ctx, status), gr.skip(), *(gr.skip() for _ in view)
         # Over: stop polling; a run that may have written captions reloads the folder's view to show them.
