@@ -39,6 +39,7 @@ class CaptionUi:
     status: Any
     gallery: Any
     timer: Any
+    section: Any
 
     @property
     def settings(self) -> list[Any]:
@@ -56,7 +57,7 @@ def build_caption_panel(ctx: AppContext, loaded: Any, view: list[Any],
 
 
 def _layout() -> CaptionUi:
-    with gr.Accordion("Auto-caption", open=False, elem_id="autocap-section"):
+    with gr.Accordion("Auto-caption", open=False, elem_id="autocap-section") as section:
         gr.Markdown(HINT)
         with gr.Row():
             kind = gr.Radio(list(KINDS), value="tagger", label="Kind", elem_id="autocap-kind",
@@ -82,7 +83,7 @@ def _layout() -> CaptionUi:
                              allow_preview=False, interactive=False, elem_id="autocap-gallery")
         timer = gr.Timer(POLL_S, active=False)
     return CaptionUi(kind, model, general, character, trigger, existing, prompt, preview, run, stop, status,
-                     gallery, timer)
+                     gallery, timer, section)
 
 
 def _request(state: dict[str, Any] | None, ext: str, kind: str, model: str, general: float | None,
@@ -134,10 +135,18 @@ def _wire(ctx: AppContext, ui: CaptionUi, jobs: CaptionJobs, loaded: Any, view: 
         redraw = reload(state, caption_extension) if state and not status.preview else [gr.skip() for _ in view]
         return line, _items(ctx, status), gr.Timer(active=False), *redraw
 
+    def attach() -> tuple[Any, ...]:
+        # A reloaded page (or another tab) opens the panel with its timer off: follow a job that is still running.
+        status = jobs.poll()
+        if not status.running:
+            return gr.skip(), gr.skip(), gr.skip()
+        return md_escape(status.line), _items(ctx, status), gr.Timer(active=True)
+
     inputs = [loaded, ext, *ui.settings]
     start_out = [ui.status, ui.gallery, ui.timer]
     ui.preview.click(caption_preview, inputs=inputs, outputs=start_out, api_visibility="private")
     ui.run.click(caption_all, inputs=inputs, outputs=start_out, api_visibility="private")
     ui.stop.click(lambda: jobs.stop(), outputs=ui.status, api_visibility="private")
+    ui.section.expand(attach, outputs=start_out, api_visibility="private")
     ui.timer.tick(tick, inputs=[loaded, ext], outputs=[ui.status, ui.gallery, ui.timer, *view],
                   api_visibility="private")

@@ -86,13 +86,17 @@ def test_caption_all_writes_captions_that_the_editor_then_shows(page, dry_app, t
 def test_stop_midway_keeps_what_was_written(page, dry_app, tmp_path, tiny_tagger):
     from playwright.sync_api import expect
 
-    total = 300
+    total = 500  # about 20 s of captioning: time to reload the page and press Stop
     dataset = red_dataset(tmp_path / "many", total, side=1500)  # large images: each takes a moment to read
     open_panel(page, dry_app.url, dataset, str(tiny_tagger), total)
     page.locator("#autocap-run").click()
     # Stop once at least one caption is written (the status counts images handled).
     expect(page.locator("#autocap-status")).to_contain_text(re.compile(rf"Captioning: [1-9]\d* of {total} "),
                                                             timeout=60_000)
+    # A reloaded page follows the running job once the panel is opened.
+    open_app(page, dry_app.url)
+    page.locator("#autocap-section").get_by_text("Auto-caption").first.click()
+    expect(page.locator("#autocap-status")).to_contain_text(re.compile(rf"Captioning: [1-9]\d* of {total} "))
     page.locator("#autocap-stop").click()
     expect(page.locator("#autocap-status")).to_contain_text("Stopped after", timeout=60_000)
     written = captions(dataset)
