@@ -32,8 +32,10 @@ def field_value(page, name: str) -> str:
 
 
 def row(page, run_dir):
-    """The queue view's row of one run folder."""
-    return page.locator(".queue-row").filter(has_text=f"{run_dir.parent.name} · {run_dir.name}").first
+    """The queue view's row of one run folder (its id followed by " · ": a run started in the same second is
+    "<id>-2", so a bare prefix would match both)."""
+    label = re.compile(re.escape(f"{run_dir.parent.name} · {run_dir.name} · "))
+    return page.locator(".queue-row").filter(has_text=label).first
 
 
 def new_runs(app, before: set) -> list:
