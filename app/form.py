@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import tomllib
 import types
 import typing
@@ -252,6 +253,8 @@ def _to_ui_value(spec: FieldSpec, value: Any) -> Any:
         return "" if value is None else str(value)
     if spec.kind == "text" and value is None:
         return ""
+    if spec.kind == "text" and isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return shlex.join(value)  # network_args: "algo=loha preset=full", as kohya's GUI shows them
     if spec.kind == "text" and isinstance(value, list | tuple):  # text_encoder_lr's pair: "1e-05, 5e-06"
         return ", ".join(str(v) for v in value)
     if spec.kind == "text" and not isinstance(value, str):

@@ -7,6 +7,7 @@ import json
 
 from app.form import (
     FORM_FILE,
+    config_to_values,
     cpu_fallback_note,
     default_values,
     field_specs,
@@ -130,3 +131,16 @@ def test_the_model_tab_lays_out_every_field_once():
         assert sections[section][0] == list(names)
         assert len(names) <= 6  # each section short enough to scan
     assert "output_name" in sections["model"][0]
+
+
+def test_network_args_round_trip_through_the_form_text():
+    cfg = TrainConfig(network_module="lycoris.kohya", network_args=["algo=lokr", "preset=attn-mlp", "factor=4"])
+    values = config_to_values(cfg)
+    assert values["network_args"] == "algo=lokr preset=attn-mlp factor=4"
+    back, error = values_to_config(values)
+    assert error is None and back.network == cfg.network
+
+
+def test_a_bad_network_arg_is_named_beside_its_field():
+    values = default_values() | {"network_module": "lycoris.kohya", "network_args": "algo=boft"}
+    assert "algo=boft" in form_problems(values)["network_args"]

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from training.contract.network import KOHYA_LORA, LYCORIS, NetworkArgsError, NetworkSpec, parse_network, split_args
+
 SCHEMA_VERSION = 1
 SECTIONS = ("model", "dataset", "network", "optimizer", "training", "sample", "save", "logging")
 
@@ -105,6 +107,19 @@ class TrainConfig(BaseModel):
         "Strength scale is alpha / rank (kohya convention); half the rank is a common choice.", gt=0)
     network_dropout: float = opt(0.0, "network", "LoRA dropout",
         "Dropout inside the LoRA layers (regularisation).", ge=0, lt=1)
+    network_module: str = opt(
+        KOHYA_LORA, "network", "Network module",
+        f"'{KOHYA_LORA}' (kohya's LoRA; LoCon with a conv rank) or '{LYCORIS}' (LoCon, LoHa, LoKr, DoRA chosen by "
+        "network_args' algo).")
+    network_args: list[str] = opt(
+        [], "network", "Network arguments",
+        "kohya's network_args: key=value settings such as algo=loha, preset=full, conv_dim=8, dora_wd=True.")
+    conv_dim: int | None = opt(
+        None, "network", "Conv rank",
+        "Rank of the adapters on the UNet's 3x3 convolutions (LoCon): they learn texture and style attention "
+        "misses. Unset: none for networks.lora, the rank for LyCORIS.", ge=0, le=1024)
+    conv_alpha: float | None = opt(
+        None, "network", "Conv alpha", "Alpha of the conv adapters (unset: network_alpha).", gt=0)
     network_train_unet_only: bool = opt(
         False, "network", "Train UNet only",
         "Train only the UNet; leaves the text encoder untouched (and lets its outputs be cached).")
@@ -243,6 +258,15 @@ class TrainConfig(BaseModel):
             raise ValueError("each value must be between 0 and 10")
         return value[0] if isinstance(value, list) and len(value) == 1 else value
 
+    @field_validator("network_args", mode="before")
+    @classmethod
+    def _network_args_text(cls, value: Any) -> list[str]:
+        """A TOML list, or the form's and --set's one line of space-separated key=value pairs."""
+        try:
+            return split_args(value)
+        except NetworkArgsError as err:
+            raise ValueError(str(err).removeprefix("network_args").lstrip(": ")) from None
+
     @field_validator("caption_extension")
     @classmethod
     def _caption_extension(cls, value: str) -> str:
@@ -264,7 +288,21 @@ class TrainConfig(BaseModel):
                 f"min_bucket_reso ({self.min_bucket_reso}) must not exceed max_bucket_reso ({self.max_bucket_reso})")
         return self
 
+    @model_validator(mode="after")
+    def _network_valid(self) -> TrainConfig:
+        self.network  # noqa: B018 - parsing is the check; it raises on a bad module or arg
+        return self
+
     # --- derived values: one place computes them so the loop, metadata and UI agree
+    @property
+    def network(self) -> NetworkSpec:
+        """network_module + network_args + conv_dim/conv_alpha resolved (defaults filled in, args checked)."""
+        try:
+            return parse_network(self.network_module, self.network_args, self.network_dim, self.network_alpha,
+                                 self.conv_dim, self.conv_alpha)
+        except NetworkArgsError as err:
+            raise ValueError(str(err)) from None
+
     @property
     def resolution_wh(self) -> tuple[int, int]:
         sizes = [int(p) for p in self.resolution.split(",")]
