@@ -244,61 +244,6 @@ def pid_reference(run_dir: Path, state: RunState) -> tuple[int, float | None] | 
     return None
 
 
-def pid_alive(pid: int, existed_by: float | None = None) -> bool:
-    """Whether pid is a live process that existed by ``existed_by`` (Unix time). Portable: psutil when installed
-    (it comes with accelerate); else POSIX kill(pid, 0), or OpenProcess on Windows, where os.kill(pid, 0) would send
-    CTRL_C_EVENT instead of probing."""
-    try:
-        import psutil
-    except ImportError:
-        return _windows_pid_alive(pid) if os.name == "nt" else _posix_pid_alive(pid)
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False  # exited; only its parent has not collected it yet
-        return existed_by is None or proc.create_time() <= existed_by + 2.0
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True  # someone else's process: it exists
-
-
-def _posix_pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    with contextlib.suppress(OSError):  # Linux: a zombie has exited, it just has not been reaped
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    return True
-
-
-def _windows_pid_alive(pid: int) -> bool:
-    import ctypes
-    from ctypes import wintypes
-
-    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
-    kernel32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
-    kernel32.OpenProcess.restype = wintypes.HANDLE
-    kernel32.GetExitCodeProcess.argtypes = (wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD))
-    kernel32.GetExitCodeProcess.restype = wintypes.BOOL
-    kernel32.CloseHandle.argtypes = (wintypes.HANDLE,)
-    process_query_limited_information, still_active, error_access_denied = 0x1000, 259, 5
-    handle = kernel32.OpenProcess(process_query_limited_information, False, pid)
-    if not handle:
-        return ctypes.get_last_error() == error_access_denied  # exists but is not ours to open
-    try:
-        code = wintypes.DWORD()
-        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
-            return False
-        return code.value == still_active
-    finally:
-        kernel32.CloseHandle(handle)
-
-
 def earlier_curve(state_dir: str | None, up_to: int | None, depth: int = 0) -> tuple[list[Step], list[Val]]:
     """(step events, val events) that led to a saved state: those of the run that saved it, up to its step, and
     of the runs that one resumed from in turn. Empty when the state is not from a run folder we can read."""

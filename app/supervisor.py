@@ -33,7 +33,6 @@ from app.runs import (
     describe,
     failure_message,
     mark_closed,
-    pid_alive,
     pid_reference,
     queued_runs,
     replay,
@@ -58,6 +57,7 @@ from training.contract.layout import (
     QUEUED,
     TERMINATED,
 )
+from training.contract.processes import pid_alive
 
 EXIT_GRACE_S = 10.0  # how long a Start waits for a finished run's process to exit before queueing behind it
 QUEUE_TICK_S = 1.0  # how often the queue thread looks whether the active run has ended
@@ -468,7 +468,7 @@ class JobSupervisor:
         if popen is not None:
             return popen.poll() is None
         ref = self._pid_reference(run_dir, state)
-        return ref is not None and pid_alive(*ref)
+        return ref is not None and pid_alive(ref[0], existed_by=ref[1])
 
     @staticmethod
     def _pid_reference(run_dir: Path, state: RunState) -> tuple[int, float | None] | None:

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from timing import scaled
 
-from app.runs import UNEXPECTED_END, pid_alive, terminate_group
+from app.runs import UNEXPECTED_END, terminate_group
 from app.supervisor import JobSupervisor, RunSnapshot
 from training.contract.config import TrainConfig
+from training.contract.processes import pid_alive
 from training.run.dry_run import STEP_SECONDS_ENV
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX process groups and signals")
@@ -215,22 +216,6 @@ def test_after_the_grace_the_group_is_terminated(make_supervisor, monkeypatch):
     snap = poll_until(sup, handle.run_dir, lambda s: s.status == "failed")
     assert snap.error.startswith("stopped by force") and snap.step == 0
     assert group_gone(handle.pid)
-
-
-def test_pid_alive_knows_live_dead_and_reused_pids():
-    assert pid_alive(os.getpid())
-    assert not pid_alive(os.getpid(), existed_by=time.time() - 3600) or not _has_psutil()  # started after that
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    assert not pid_alive(proc.pid)
-
-
-def _has_psutil() -> bool:
-    try:
-        import psutil  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def test_a_refused_input_shows_the_trainers_one_line_reason(tmp_path):

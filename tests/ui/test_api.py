@@ -6,8 +6,9 @@ import pytest
 from gradio_client import Client
 from ui_helpers import NOISE_FILTERS, wait_for
 
-from app.runs import pid_alive, replay
+from app.runs import replay
 from training.contract.events import read_events
+from training.contract.processes import pid_alive
 
 pytestmark = [pytest.mark.filterwarnings(f) for f in NOISE_FILTERS]
 

@@ -8,7 +8,8 @@ import pytest
 from timing import ms
 from ui_helpers import NOISE_FILTERS, fill, open_app, wait_for
 
-from app.runs import pid_alive, replay
+from app.runs import replay
+from training.contract.processes import pid_alive
 
 pytestmark = [pytest.mark.e2e, *(pytest.mark.filterwarnings(f) for f in NOISE_FILTERS)]
 

@@ -11,10 +11,11 @@ import pytest
 from ui_helpers import NOISE_FILTERS, UiApp, run_of, show, wait_for
 
 from app.demo_setup import DEMO_LABEL
-from app.runs import pid_alive, replay
+from app.runs import replay
 from app.tabs.train_view import FOLLOW, run_choices
 from training.contract.config_io import load_config
 from training.contract.events import read_events
+from training.contract.processes import pid_alive
 
 pytestmark = [pytest.mark.filterwarnings(f) for f in NOISE_FILTERS]
 

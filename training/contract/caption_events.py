@@ -7,10 +7,11 @@ while the captioner writes it; a half-written last line waits for the next poll.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from training.contract.jsonl_tail import JsonlTail, json_object
 
 START, PROGRESS, DONE, ERROR = "start", "progress", "done", "error"
 PREVIEW, WRITTEN, SKIPPED, FAILED = "preview", "written", "skipped", "failed"  # a progress event's status
@@ -52,11 +53,12 @@ CaptionEvent = CaptionStart | CaptionProgress | CaptionDone | CaptionError
 
 def parse_caption_event(line: str) -> CaptionEvent | None:
     """One line as its record; None for a line that is not a known event (a newer writer's kind, or garbage)."""
-    try:
-        data = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
+    return caption_event(json_object(line))
+
+
+def caption_event(data: dict[str, Any] | None) -> CaptionEvent | None:
+    """A parsed line as its record; None for what is not a known event."""
+    if data is None:
         return None
     try:
         return _record(data)
@@ -84,16 +86,7 @@ class CaptionEventReader:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._offset = 0
+        self._tail = JsonlTail(self.path)
 
     def read_new(self) -> list[CaptionEvent]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            return []
-        end = chunk.rfind(b"\n") + 1
-        self._offset += end
-        lines = chunk[:end].decode("utf-8", errors="replace").splitlines()
-        return [event for event in map(parse_caption_event, lines) if event is not None]
+        return [event for event in map(caption_event, self._tail.new_records()) if event is not None]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from training.contract.jsonl_tail import JsonlTail
 from training.contract.layout import EVENTS_FILE
 
 EVENT_VERSION = 1
@@ -277,36 +278,19 @@ class EventWriter:
             self._file.close()
 
 
-@dataclass
 class EventReader:
-    """Tails events.jsonl from a byte offset. A partial last line is normal (the writer is mid-line): it is kept
-    for the next poll. Malformed complete lines are counted and skipped; unknown events are returned as they are."""
+    """Tails events.jsonl (see ``JsonlTail``: a partial last line waits for the next poll). Malformed complete
+    lines are counted and skipped; unknown events are returned as they are."""
 
-    path: Path
-    offset: int = 0
-    malformed: int = 0
-    _tail: bytes = field(default=b"", repr=False)
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.malformed = 0
+        self._tail = JsonlTail(self.path)
 
     def poll(self) -> list[Event]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            return []
-        self.offset += len(chunk)
-        data = self._tail + chunk
-        *lines, self._tail = data.split(b"\n")
         events = []
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                self.malformed += 1
-                continue
-            if isinstance(record, dict) and "event" in record:
+        for record in self._tail.new_records():
+            if record is not None and "event" in record:
                 events.append(parse_event(record))
             else:
                 self.malformed += 1

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from training.contract.errors import UserError
 from training.contract.layout import OLD_STATE_SUFFIX, STATE_SUFFIX, TEMP_SUFFIX, RunLayout
+from training.contract.processes import pid_alive, process_start_time
 
-START_TIME_TOLERANCE = 1.0  # seconds: the same process reports the same start time give or take rounding
 UNREADABLE_LOCK_GRACE = 10.0  # seconds: a lock whose content is not there yet belongs to a run that is starting
 TAKEOVER_TRIES = 3
 
@@ -101,7 +101,7 @@ class LockHolder:
             return True  # a process on another machine cannot be checked from here: assume it runs
         if self.pid == os.getpid():
             return False  # this process: an earlier run in it that ended without letting go
-        return pid_running(self.pid, self.started)
+        return pid_alive(self.pid, started=self.started)
 
     def describe(self) -> str:
         if not self.readable:
@@ -109,49 +109,6 @@ class LockHolder:
         where = "" if self.host == socket.gethostname() else f" on {self.host}"
         since = f", started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.started))}" if self.started else ""
         return f"PID {self.pid}{where}{since}"
-
-
-def process_start_time(pid: int) -> float | None:
-    """When ``pid`` started (Unix time), or None where psutil (which accelerate brings) is missing or the process
-    is gone."""
-    try:
-        import psutil
-
-        return psutil.Process(pid).create_time()
-    except ImportError:
-        return None
-    except Exception:  # NoSuchProcess, AccessDenied
-        return None
-
-
-def pid_running(pid: int, started: float | None) -> bool:
-    """Whether ``pid`` is a live process that started at ``started`` (when known): a pid reused by a new process
-    does not count."""
-    try:
-        import psutil
-    except ImportError:
-        return _pid_exists(pid)
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False  # it has ended; only its parent has not collected it yet
-        return started is None or abs(proc.create_time() - started) < START_TIME_TOLERANCE
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True  # another user's process: it exists
-
-
-def _pid_exists(pid: int) -> bool:
-    if os.name == "nt":
-        return True  # os.kill(pid, 0) would send Ctrl+C on Windows; without psutil, keep the lock
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
