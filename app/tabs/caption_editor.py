@@ -48,11 +48,15 @@ if TYPE_CHECKING:
 LABEL_CHARS = 80
 PREVIEW_HINT = "Click an image in the gallery to see it large and edit its caption"
 # The chips: one button per tag of the shown caption; a click sends the tag to the server as the click's data.
-CHIPS_TEMPLATE = ("{{#each value}}<button type='button' class='chip' data-tag='{{this.tag}}' "
+CHIPS_TEMPLATE = ("{{#each value}}<button type='button' class='chip{{#if this.active}} active{{/if}}' "
+                  "data-tag='{{this.tag}}' "
                   "title='Show only the images tagged {{this.tag}}'>{{this.tag}} · {{this.count}}</button>{{/each}}")
-CHIPS_CSS = ("button.chip { margin: 0 6px 6px 0; padding: 2px 10px; border-radius: 999px; cursor: pointer; "
-             "border: 1px solid var(--border-color-primary); background: var(--background-fill-secondary); } "
-             "button.chip:hover { border-color: var(--color-accent); }")
+CHIPS_CSS = ("padding-top: 28px; "  # below the block's label, which floats over the top
+             "button.chip { margin: 0 6px 6px 0; padding: 2px 10px; border-radius: 999px; cursor: pointer; "
+             "font-size: var(--text-md); font-weight: normal; border: 1px solid var(--border-color-primary); "
+             "background: var(--background-fill-secondary); } "
+             "button.chip:hover, button.chip.active { border-color: var(--color-accent); } "
+             "button.chip.active { background: var(--color-accent-soft); }")
 CHIPS_JS = """
 element.addEventListener('click', (event) => {
   const chip = event.target.closest('button[data-tag]');
@@ -131,9 +135,12 @@ def _where(state: dict[str, Any]) -> str:
 
 
 def _chips(state: dict[str, Any] | None, caption: str) -> list[dict[str, Any]]:
-    """The caption's tags, each with the number of images in the folder whose caption has it."""
+    """The caption's tags, each with the number of images in the folder whose caption has it (the filter's tag
+    marked)."""
     counts = state.get("counts", {}) if state else {}
-    return [{"tag": tag, "count": counts.get(tag.lower(), 0)} for tag in caption_tags(caption)]
+    active = state.get("tag") if state else None
+    return [{"tag": tag, "count": counts.get(tag.lower(), 0), "active": tag.lower() == active}
+            for tag in caption_tags(caption)]
 
 
 def _filter_view(state: dict[str, Any] | None) -> tuple[Any, Any, str]:

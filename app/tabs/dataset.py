@@ -153,10 +153,10 @@ def _layout(ctx: AppContext, datasets_dir: Path) -> Ui:
             upload_concept = gr.Textbox(label="Concept", max_lines=1, elem_id="dataset-concept",
                                         info="Usually the trigger word or character name")
         upload_btn = gr.Button("Import", elem_id="dataset-import")
-    with gr.Row(equal_height=True):
+    with gr.Row():
         filter_box = gr.Dropdown([], value=None, label="Show only the images tagged", scale=3, filterable=True,
                                  elem_id="dataset-filter", info="Tags of the folder with their image counts")
-        filter_clear = gr.Button("Clear", size="sm", scale=0, elem_id="dataset-filter-clear")
+        filter_clear = gr.Button("Clear", size="sm", scale=0, min_width=80, elem_id="dataset-filter-clear")
         filter_message = gr.Markdown(elem_id="dataset-filter-message")
     gallery = gr.Gallery(label="Images", interactive=False, columns=8, height=340, object_fit="contain",
                          allow_preview=False, elem_id="dataset-gallery")

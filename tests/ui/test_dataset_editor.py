@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from ui_helpers import NOISE_FILTERS, open_app
+from ui_helpers import ARTIFACTS, NOISE_FILTERS, open_app
 
 pytestmark = [pytest.mark.e2e, *(pytest.mark.filterwarnings(f) for f in NOISE_FILTERS)]
 BOX = "#cfg-train_data_dir input, #cfg-train_data_dir textarea"
@@ -117,6 +117,8 @@ def test_chips_show_tag_counts_and_a_click_filters_the_gallery_prev_next_stay_in
     expect(page.locator("#dataset-page")).to_contain_text("Page 1 of 1")
     expect(name).to_have_value("5_cat/img03.png")  # it has the tag: it stays
     expect(position).to_contain_text("Image 2 of 10")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "tab-dataset-editor.png"), full_page=True)
     page.locator("#dataset-next").click()
     expect(name).to_have_value("5_cat/img06.png")
     expect(position).to_contain_text("Image 3 of 10")
@@ -170,3 +172,36 @@ def test_the_filter_box_narrows_the_gallery_survives_a_save_and_a_new_folder_cle
     expect(filter_message).to_have_text("")
     expect(page.locator("#dataset-gallery img")).to_have_count(3)
     expect(page.locator("#dataset-filter input")).to_have_value(re.compile(r"^$"))
+
+
+def test_a_bulk_tool_keeps_an_unsaved_edit_and_a_caption_that_cannot_be_saved_keeps_the_editor(page, dry_app,
+                                                                                             tmp_path):
+    from playwright.sync_api import expect
+
+    dataset = make_cats(tmp_path / "cats", 3)
+    (dataset / "5_cat" / "img02.txt").write_bytes(b"\xff\xfe not utf-8")
+    load(page, dry_app.url, dataset, 3)
+    name, caption, message = (page.locator("#caption-file input"), page.locator("#caption-text textarea"),
+                              page.locator("#caption-message"))
+    page.locator("#dataset-gallery img").nth(0).click()
+    expect(caption).to_have_value("cat, blue hair, number 0")
+    caption.fill("cat, edited first")
+    page.locator("#bulk-trigger input").fill("sks")
+    page.locator("#bulk-add").click()
+    expect(page.locator("#bulk-message")).to_contain_text("Added 'sks' to 2 of 3 caption(s)")
+    expect(caption).to_have_value("sks, cat, edited first")  # the edit was saved, then the tool ran on it
+    assert caption_of(dataset, 0) == "sks, cat, edited first"
+    expect(page.locator("#caption-chips button").first).to_have_text("sks · 2")
+
+    # img02's caption file is not UTF-8: an edit of it cannot be saved, so Previous keeps the editor (and the edit).
+    page.locator("#dataset-gallery img").nth(2).click()
+    expect(message).to_contain_text("Cannot edit: caption img02.txt is not UTF-8")
+    caption.fill("cat, typed anyway")
+    page.locator("#dataset-prev").click()
+    expect(message).to_contain_text("Not saved: caption img02.txt is not UTF-8")
+    expect(name).to_have_value("5_cat/img02.png")
+    expect(caption).to_have_value("cat, typed anyway")
+    assert (dataset / "5_cat" / "img02.txt").read_bytes() == b"\xff\xfe not utf-8"
+    caption.fill("")  # the edit undone: the editor moves on
+    page.locator("#dataset-prev").click()
+    expect(name).to_have_value("5_cat/img01.png")
