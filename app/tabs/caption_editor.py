@@ -9,7 +9,8 @@ folder's state (a gr.State per browser session) holds:
 - ``tag``, ``walk``: the filter's tag (lower case, or None) and the images the gallery, paging, Previous/Next and
   "Image n of N" walk: those whose caption has the tag, or all of them;
 - ``page``: the gallery page shown; ``selected``: the image in the editor (a path, or None);
-- ``caption``: the selected image's caption as read, to tell an edit; ``counts``: {tag: images} over the folder.
+- ``caption``: the selected image's caption as read, to tell an edit; ``counts``: {tag: images} over the folder;
+  ``recounted``: the counts changed since the tag table and the filter box were last drawn.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def recount(state: dict[str, Any], ext: str) -> None:
     state["counts"] = dict(tag_frequency(images, ext))  # most frequent first
     tag = state.get("tag")
     state["walk"] = [str(p) for p in with_tag(images, tag, ext)] if tag else list(state["images"])
+    state["recounted"] = True
 
 
 # --- what the editor shows
@@ -160,13 +162,14 @@ def selection(ctx: AppContext, state: dict[str, Any] | None, ext: str, image: st
               page: int | None = None) -> tuple[Any, ...]:
     """Show ``image`` (None: none) large with its caption, chips and the gallery page it is on (``page``: that
     page instead), in the order of ``Ui.selection``."""
+    # The tag table and the filter box (every tag of the folder) are sent only after a recount, not on every step.
+    filters = _filter_view(state) if not state or state.get("recounted") else (gr.skip(),) * 3
     if state:
-        state = {**state, "selected": image, "caption": ""}
+        state = {**state, "selected": image, "caption": "", "recounted": False}
         position = _position(state)
         state["page"] = page if page is not None else (position // PAGE_SIZE + 1 if position is not None
                                                        else state["page"])
     gallery, page_text = _gallery(ctx, state, ext)
-    filters = _filter_view(state)
     if not state or image is None:
         return gallery, page_text, state, None, PREVIEW_HINT, "", "", message, [], *filters
     path = Path(image)
