@@ -310,8 +310,10 @@ def _wire_filter(ctx: AppContext, ui: Ui) -> None:
         if not state or tag == state.get("tag"):
             return _skip_all(ui)  # also the filter box's echo of a filter set from here
         message, moved = leave(state, text, caption_extension)
-        if not moved:
-            return _only_message(ui, message)
+        if not moved:  # the filter stays as it was, and the filter box says so
+            kept = list(_only_message(ui, message))
+            kept[ui.selection.index(ui.filter)] = gr.Dropdown(value=state.get("tag"))
+            return tuple(kept)
         state["tag"] = tag
         recount(state, caption_extension)
         selected, walk = state.get("selected"), state["walk"]
@@ -319,9 +321,8 @@ def _wire_filter(ctx: AppContext, ui: Ui) -> None:
         return selection(ctx, state, caption_extension, image, message, page=1 if image is None else None)
 
     def chip(state: dict[str, Any] | None, caption_extension: str, text: str, evt: gr.EventData) -> tuple[Any, ...]:
-        data = evt._data if isinstance(evt._data, dict) else {}
-        return filter_by(state, caption_extension, text, str(data.get("tag") or "")) if data.get("tag") else (
-            _skip_all(ui))
+        tag = evt._data.get("tag") if isinstance(evt._data, dict) else None  # sent by CHIPS_JS
+        return filter_by(state, caption_extension, text, str(tag)) if tag else _skip_all(ui)
 
     private = {"api_visibility": "private"}
     inputs = [ui.loaded, ext, ui.caption_text]
