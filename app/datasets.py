@@ -122,6 +122,17 @@ def _tags(caption: str) -> list[str]:
     return [t.strip() for t in caption.split(",") if t.strip()]
 
 
+def caption_tags(caption: str) -> list[str]:
+    """The caption's comma-separated tags, stripped, in their order; a tag written twice (any case) once."""
+    seen: set[str] = set()
+    tags = []
+    for tag in (t.strip() for t in (caption or "").split(",")):
+        if tag and tag.lower() not in seen:
+            seen.add(tag.lower())
+            tags.append(tag)
+    return tags
+
+
 def _bulk(images: list[Path], ext: str, edit: Callable[[str, bool], str | None]) -> BulkResult:
     """Apply ``edit(caption, exists) -> new caption or None`` to every image's caption; write only changes."""
     result = BulkResult(0, len(images))
@@ -179,10 +190,43 @@ def tag_frequency(images: list[Path], ext: str = ".txt") -> list[tuple[str, int]
     counts: Counter[str] = Counter()
     for image in images:
         try:
-            counts.update({t.lower() for t in _tags(read_caption(image, ext))})
+            counts.update({t.lower() for t in caption_tags(read_caption(image, ext))})
         except UserError:
             continue
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def with_tag(images: list[Path], tag: str, ext: str = ".txt") -> list[Path]:
+    """The images whose caption has ``tag`` as a whole comma-separated tag (any case), in their order; an
+    unreadable caption has no tags."""
+    wanted = tag.strip().lower()
+    found = []
+    for image in images:
+        try:
+            tags = caption_tags(read_caption(image, ext))
+        except UserError:
+            continue
+        if wanted in (t.lower() for t in tags):
+            found.append(image)
+    return found
+
+
+def step_in(walk: list[str], order: list[str], current: str | None, delta: int) -> int | None:
+    """The index in ``walk`` (a filtered part of ``order``) of the image ``delta`` (+1 or -1) away from ``current``,
+    kept inside the walk; None when the walk is empty. With no current image: the first. A current image outside the
+    walk (its caption lost the filter's tag) steps to the walk's next or previous image in folder order."""
+    if not walk:
+        return None
+    if current is None:
+        return 0
+    if current in walk:
+        return min(max(0, walk.index(current) + delta), len(walk) - 1)
+    rank = {image: i for i, image in enumerate(order)}
+    here = rank.get(current, -1)
+    after = [i for i, image in enumerate(walk) if rank.get(image, -1) > here]
+    if delta > 0:
+        return after[0] if after else len(walk) - 1
+    return after[0] - 1 if after and after[0] > 0 else (0 if after else len(walk) - 1)
 
 
 # --- gallery pages and thumbnails

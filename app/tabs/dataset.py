@@ -1,4 +1,5 @@
-"""Dataset: pick, upload and check a training folder; browse it with captions, edit them one by one or in bulk.
+"""Dataset: pick, upload and check a training folder; browse it with captions, edit them one by one or in bulk
+(the editor, its filter and the bulk tools are wired in app/tabs/caption_editor.py).
 
 The dataset folder box IS the form's ``train_data_dir`` field, rendered here and nowhere else: Load, the gallery,
 the upload, *Check dataset* and Start all read that one value. The folder's image paths stay server-side (a
@@ -10,7 +11,6 @@ view; Load, Enter and leaving the box also write a plain dataset name back as it
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,24 +18,19 @@ from typing import Any
 import gradio as gr
 
 from app.dataset_import import discard_uploads, import_files
-from app.datasets import (
-    DATASETS_DIR,
-    PAGE_SIZE,
-    PREVIEW_PX,
-    PREVIEWS_DIR,
-    THUMBS_DIR,
-    add_trigger,
-    find_replace,
-    list_images,
-    page_of,
-    read_caption,
-    remove_tag,
-    resolve_folder,
-    save_caption,
-    tag_frequency,
-    thumbnail,
-)
+from app.datasets import DATASETS_DIR, list_images, resolve_folder
 from app.form import values_to_config
+from app.tabs.caption_editor import (
+    CHIPS_CSS,
+    CHIPS_JS,
+    CHIPS_TEMPLATE,
+    PREVIEW_HINT,
+    leave,
+    new_state,
+    reason,
+    selection,
+    wire_editor,
+)
 from app.tabs.caption_panel import build_caption_panel
 from app.tabs.context import AppContext, form_handler
 from training.contract.config_io import ConfigError
@@ -46,11 +41,9 @@ from training.contract.services import CONCEPT_DIR, NoTrainingImages, check_data
 CHECK_FIELDS = ("train_data_dir", "caption_extension", "resolution", "enable_bucket", "min_bucket_reso",
                 "max_bucket_reso", "bucket_reso_steps", "train_batch_size", "gradient_accumulation_steps",
                 "max_train_steps", "max_train_epochs", "validation_split", "validation_every_n_steps", "seed")
-LABEL_CHARS = 80
 REPORT_HINT = ("*Check dataset* counts images and steps with the form's settings and looks for problems: small, "
                "duplicate or unreadable images, missing or too long captions.")
 EXPLORER_IGNORE = ("*.txt", "*[.]txt")  # the same pattern twice: switching between them makes the browser re-list
-PREVIEW_HINT = "Click an image in the gallery to see it large and edit its caption"
 # Left and right arrow keys step through the images while the preview is on screen and no text box has the focus.
 ARROW_KEYS_JS = """
 if (!window.loraforgeDatasetKeys) {
@@ -94,6 +87,10 @@ class Ui:
     caption_text: Any
     caption_save: Any
     caption_message: Any
+    chips: Any  # the shown caption's tags with their counts; a click filters by the tag
+    filter: Any
+    filter_clear: Any
+    filter_message: Any
     trigger: Any
     trigger_add: Any
     trigger_remove: Any
@@ -104,19 +101,18 @@ class Ui:
     tags: Any
     check: Any
     report: Any
-    loaded: Any  # gr.State: {"folder": str, "images": [str], "page": int, "selected": int | None} or None
+    loaded: Any  # gr.State: the loaded folder (caption_editor's docstring), or None
 
     @property
     def view(self) -> list[Any]:
         """What a (re)load redraws, in the order _view returns it."""
-        return [self.folder, self.message, self.gallery, self.page, self.loaded, *self.selection[3:],
-                self.tags, self.report]
+        return [self.folder, self.message, *self.selection, self.report]
 
     @property
     def selection(self) -> list[Any]:
-        """What selecting an image redraws, in the order _selection returns it."""
+        """What selecting an image redraws, in the order caption_editor.selection returns it."""
         return [self.gallery, self.page, self.loaded, self.preview, self.position, self.caption_file,
-                self.caption_text, self.caption_message]
+                self.caption_text, self.caption_message, self.chips, self.tags, self.filter, self.filter_message]
 
 
 def build_dataset_tab(ctx: AppContext) -> None:
@@ -124,13 +120,12 @@ def build_dataset_tab(ctx: AppContext) -> None:
     datasets_dir.mkdir(parents=True, exist_ok=True)
     ui = _layout(ctx, datasets_dir)
     _wire_loading(ctx, ui, datasets_dir)
-    _wire_browsing(ctx, ui)
-    _wire_captions(ctx, ui)
+    wire_editor(ctx, ui)
     _wire_check(ctx, ui, datasets_dir)
 
     def reload(state: dict[str, Any] | None, ext: str) -> tuple[Any, ...]:
         # After auto-captioning: the same folder again, so the gallery and tag table show the new captions.
-        return _load(ctx, state["folder"], ext, datasets_dir, write_back=False)
+        return _load(ctx, state["folder"], ext, datasets_dir, None, None, write_back=False)
 
     build_caption_panel(ctx, ui.loaded, ui.view, reload)
 
@@ -159,23 +154,32 @@ def _layout(ctx: AppContext, datasets_dir: Path) -> Ui:
                                         info="Usually the trigger word or character name")
         upload_btn = gr.Button("Import", elem_id="dataset-import")
     with gr.Row():
+        filter_box = gr.Dropdown([], value=None, label="Show only the images tagged", scale=3, filterable=True,
+                                 elem_id="dataset-filter", info="Tags of the folder with their image counts")
+        filter_clear = gr.Button("Clear", size="sm", scale=0, min_width=80, elem_id="dataset-filter-clear")
+        filter_message = gr.Markdown(elem_id="dataset-filter-message")
+    gallery = gr.Gallery(label="Images", interactive=False, columns=8, height=340, object_fit="contain",
+                         allow_preview=False, elem_id="dataset-gallery")
+    with gr.Row():
+        page_prev = gr.Button("◀ Page", size="sm", elem_id="dataset-page-prev")
+        page = gr.Markdown(elem_id="dataset-page")
+        page_next = gr.Button("Page ▶", size="sm", elem_id="dataset-page-next")
+    with gr.Row():  # the caption editor: one image large, its caption beside it
         with gr.Column(scale=3):
-            gallery = gr.Gallery(label="Images", interactive=False, columns=6, height=520, object_fit="contain",
-                                 allow_preview=False, elem_id="dataset-gallery")
-            with gr.Row():
-                page_prev = gr.Button("◀ Page", size="sm", elem_id="dataset-page-prev")
-                page = gr.Markdown(elem_id="dataset-page")
-                page_next = gr.Button("Page ▶", size="sm", elem_id="dataset-page-next")
-        with gr.Column(scale=2):
-            preview = gr.Image(label="Preview", type="filepath", interactive=False, height=400,
+            preview = gr.Image(label="Preview", type="filepath", interactive=False, height=560,
                                buttons=[], elem_id="dataset-preview")
             with gr.Row():
                 prev = gr.Button("◀ Previous", size="sm", elem_id="dataset-prev")
                 position = gr.Markdown(PREVIEW_HINT, elem_id="dataset-position")
                 nxt = gr.Button("Next ▶", size="sm", elem_id="dataset-next")
             gr.HTML("", js_on_load=ARROW_KEYS_JS, elem_id="dataset-keys")
+        with gr.Column(scale=2):
             caption_file = gr.Textbox("", label="Image", interactive=False, max_lines=1, elem_id="caption-file")
-            caption_text = gr.Textbox(label="Caption", lines=4, elem_id="caption-text")
+            caption_text = gr.Textbox("", label="Caption (saved when you move to another image)", lines=6,
+                                      elem_id="caption-text")
+            chips = gr.HTML([], html_template=CHIPS_TEMPLATE, css_template=CHIPS_CSS, js_on_load=CHIPS_JS,
+                            label="Tags (images in the folder with it); click one to show only those",
+                            show_label=True, container=True, elem_id="caption-chips")
             caption_save = gr.Button("Save caption", elem_id="caption-save")
             caption_message = gr.Markdown(elem_id="caption-message")
     with gr.Accordion("Caption tools (all images of the folder)", open=True, elem_id="bulk-section"):
@@ -194,93 +198,39 @@ def _layout(ctx: AppContext, datasets_dir: Path) -> Ui:
     report = gr.Markdown(REPORT_HINT, elem_id="dataset-report")
     return Ui(folder, load, message, explorer, upload, upload_name, upload_repeats, upload_concept, upload_btn,
               gallery, page_prev, page, page_next, preview, prev, position, nxt, caption_file, caption_text,
-              caption_save, caption_message, trigger, trigger_add, trigger_remove, find, replace, replace_btn,
-              bulk_message, tags, check, report, gr.State(None))
+              caption_save, caption_message, chips, filter_box, filter_clear, filter_message, trigger, trigger_add,
+              trigger_remove, find, replace, replace_btn, bulk_message, tags, check, report, gr.State(None))
 
 
 # --- loading, paging and the selected image
 
 
-def _open(folder: Path) -> tuple[dict[str, Any], str]:
+def _open(folder: Path, ext: str) -> tuple[dict[str, Any], str]:
     listing = list_images(folder)
-    state = {"folder": str(folder), "images": [str(p) for p in listing.images], "page": 1, "selected": None}
     notes = "".join(f"\n\n{md_escape(n)}" for n in listing.notes)
-    return state, f"Loaded `{folder}`: {md_escape(listing.summary())}.{notes}"
-
-
-def _gallery(ctx: AppContext, state: dict[str, Any] | None, ext: str) -> tuple[Any, str]:
-    """The page's thumbnails (the selected one highlighted when it is on this page) and the page line."""
-    if not state:
-        return gr.Gallery(value=[], selected_index=None), ""
-    folder = Path(state["folder"])
-    shown, page, pages = page_of([Path(p) for p in state["images"]], state["page"])
-    state["page"] = page
-    thumbs = ctx.settings.data_dir / THUMBS_DIR
-    items = [(str(thumbnail(p, thumbs)), _label(folder, p, ext)) for p in shown]
-    page_text = f"Page {page} of {pages} · {len(state['images'])} image(s)"
-    # Always say which thumbnail is selected: the browser keeps its highlight at the same index when only the
-    # images change, which would mark an image of another page.
-    return gr.Gallery(value=items, selected_index=_on_page(state)), page_text
-
-
-def _on_page(state: dict[str, Any]) -> int | None:
-    """The selected image's index on the shown page, or None when it is on another page (or none is selected)."""
-    selected = state.get("selected")
-    if selected is None or selected // PAGE_SIZE + 1 != state["page"]:
-        return None
-    return selected % PAGE_SIZE
-
-
-def _label(folder: Path, image: Path, ext: str) -> str:
-    try:
-        caption = " ".join(read_caption(image, ext).split()) or "(no caption)"
-    except UserError:
-        caption = "(caption unreadable)"
-    caption = caption if len(caption) <= LABEL_CHARS else caption[: LABEL_CHARS - 1] + "…"
-    return f"{image.relative_to(folder)}: {caption}"
-
-
-def _selection(ctx: AppContext, state: dict[str, Any] | None, ext: str, position: int | None) -> tuple[Any, ...]:
-    """Select the image at ``position`` (None: none): its large preview and caption, and the gallery page it is on,
-    in the order of ``Ui.selection``."""
-    if not state or position is None or not state["images"]:
-        state = {**state, "selected": None} if state else state
-        gallery, page_text = _gallery(ctx, state, ext)
-        return gallery, page_text, state, None, PREVIEW_HINT, "", "", ""
-    position = min(max(0, position), len(state["images"]) - 1)
-    state = {**state, "selected": position, "page": position // PAGE_SIZE + 1}
-    gallery, page_text = _gallery(ctx, state, ext)
-    image = Path(state["images"][position])
-    preview = str(thumbnail(image, ctx.settings.data_dir / PREVIEWS_DIR, PREVIEW_PX))
-    where = f"Image {position + 1} of {len(state['images'])}"
-    name = str(image.relative_to(state["folder"]))
-    try:
-        return gallery, page_text, state, preview, where, name, read_caption(image, ext), ""
-    except UserError as err:
-        return gallery, page_text, state, preview, where, name, "", f"**Cannot edit:** {_reason(err)}"
+    return new_state(folder, listing.images, ext), f"Loaded `{folder}`: {md_escape(listing.summary())}.{notes}"
 
 
 def _view(ctx: AppContext, text: Any, ext: str, state: dict[str, Any] | None, message: str) -> tuple[Any, ...]:
-    gallery, page_text, state, *selected = _selection(ctx, state, ext, None)
-    return (text, message, gallery, page_text, state, *selected, _tags(state, ext), REPORT_HINT)
+    return (text, message, *selection(ctx, state, ext, None), REPORT_HINT)
 
 
-def _load(ctx: AppContext, text: str, ext: str, datasets_dir: Path, write_back: bool = True) -> tuple[Any, ...]:
+def _load(ctx: AppContext, text: str, ext: str, datasets_dir: Path, old: dict[str, Any] | None,
+          caption: str | None, write_back: bool = True) -> tuple[Any, ...]:
     """The view after loading ``text``; a bad folder empties the gallery and says why in one line (the box keeps
-    what was typed). ``write_back``: put the folder's full path in the box."""
+    what was typed). An edited caption of the ``old`` folder's shown image is saved first. ``write_back``: put the
+    folder's full path in the box."""
+    saved, _ = leave(old, caption, ext)  # a caption that cannot be saved says so; the new folder loads anyway
     try:
         folder = resolve_folder(text, datasets_dir)
-        state, message = _open(folder)
+        state, message = _open(folder, ext)
     except (UserError, OSError) as err:
-        return _view(ctx, gr.skip(), ext, None, f"**Not loaded:** {_reason(err)}")
-    return _view(ctx, str(folder) if write_back else gr.skip(), ext, state, message)
+        return _view(ctx, gr.skip(), ext, None, _lines(saved, f"**Not loaded:** {reason(err)}"))
+    return _view(ctx, str(folder) if write_back else gr.skip(), ext, state, _lines(saved, message))
 
 
-def _reason(err: Exception) -> str:
-    """The error as one markdown-safe line."""
-    if isinstance(err, OSError) and not isinstance(err, UserError):
-        return md_escape(f"{err.filename or ''}: {err.strerror or err}".strip(": "))
-    return md_escape(str(err))
+def _lines(*parts: str) -> str:
+    return "\n\n".join(p for p in parts if p)
 
 
 def _picked_folder(path: str, datasets_dir: Path) -> Path:
@@ -295,12 +245,14 @@ def _picked_folder(path: str, datasets_dir: Path) -> Path:
 def _wire_loading(ctx: AppContext, ui: Ui, datasets_dir: Path) -> None:
     ext = ctx.components["caption_extension"]
 
-    def dataset_load(train_data_dir: str, caption_extension: str = ".txt") -> tuple[Any, ...]:
+    def dataset_load(train_data_dir: str, caption_extension: str = ".txt", caption: str | None = None,
+                     state: dict[str, Any] | None = None) -> tuple[Any, ...]:
         """Load a dataset folder (the run's train_data_dir) into the gallery; a dataset's plain name becomes its
         full path."""
-        return _load(ctx, train_data_dir, caption_extension, datasets_dir)
+        return _load(ctx, train_data_dir, caption_extension, datasets_dir, state, caption)
 
-    def follow(train_data_dir: str, caption_extension: str, state: dict[str, Any] | None) -> tuple[Any, ...]:
+    def follow(train_data_dir: str, caption_extension: str, caption: str | None,
+               state: dict[str, Any] | None) -> tuple[Any, ...]:
         # The box changed (typing, preset, TOML, demo): show that folder, but never rewrite the box while it changes.
         text = (train_data_dir or "").strip()
         try:
@@ -310,8 +262,9 @@ def _wire_loading(ctx: AppContext, ui: Ui, datasets_dir: Path) -> None:
         if same:
             return tuple(gr.skip() for _ in ui.view)
         if not text:
-            return _view(ctx, gr.skip(), caption_extension, None, "")
-        return _load(ctx, text, caption_extension, datasets_dir, write_back=False)
+            saved, _ = leave(state, caption, caption_extension)
+            return _view(ctx, gr.skip(), caption_extension, None, saved)
+        return _load(ctx, text, caption_extension, datasets_dir, state, caption, write_back=False)
 
     def settle(train_data_dir: str) -> Any:
         # Leaving the box: a dataset's plain name becomes its full path, the value Start and the check receive.
@@ -321,13 +274,15 @@ def _wire_loading(ctx: AppContext, ui: Ui, datasets_dir: Path) -> None:
             return gr.skip()
         return folder if folder != train_data_dir else gr.skip()
 
-    def pick(path: str | None, caption_extension: str) -> tuple[Any, ...]:
+    def pick(path: str | None, caption_extension: str, caption: str | None,
+             state: dict[str, Any] | None) -> tuple[Any, ...]:
         if not path:
             return tuple(gr.skip() for _ in ui.view)
-        return dataset_load(str(_picked_folder(path, datasets_dir)), caption_extension)
+        return dataset_load(str(_picked_folder(path, datasets_dir)), caption_extension, caption, state)
 
     def dataset_upload(files: list[str] | None, name: str, repeats: float | None, concept: str,
-                       caption_extension: str = ".txt", generation: int | None = 0) -> tuple[Any, ...]:
+                       caption_extension: str = ".txt", generation: int | None = 0, caption: str | None = None,
+                       state: dict[str, Any] | None = None) -> tuple[Any, ...]:
         """Import uploaded images, .txt captions or .zip files into <data dir>/datasets/<name>/<repeats>_<concept>
         and make it the run's train_data_dir."""
         uploaded = [Path(f) for f in files or []]
@@ -335,10 +290,10 @@ def _wire_loading(ctx: AppContext, ui: Ui, datasets_dir: Path) -> None:
             result = import_files(uploaded, datasets_dir, name, repeats, concept)
         except (UserError, OSError) as err:
             skipped: list[Any] = [gr.skip() for _ in upload_out]
-            skipped[2] = f"**Not imported:** {_reason(err)}"  # the dataset message
+            skipped[2] = f"**Not imported:** {reason(err)}"  # the dataset message
             return tuple(skipped)  # the files stay uploaded: a corrected name or repeats imports them
         discard_uploads(uploaded, ctx.settings.gradio_dir)
-        view = dataset_load(str(result.root), caption_extension)
+        view = dataset_load(str(result.root), caption_extension, caption, state)
         message = f"{md_escape(result.message())}\n\n{view[1]}"
         generation = (generation or 0) + 1  # a changed ignore_glob makes the browser re-list: the new folder shows
         explorer = gr.FileExplorer(ignore_glob=EXPLORER_IGNORE[generation % 2])
@@ -346,123 +301,15 @@ def _wire_loading(ctx: AppContext, ui: Ui, datasets_dir: Path) -> None:
 
     explorer_gen = gr.State(0)
     upload_out = [ui.upload, *ui.view, ui.explorer, explorer_gen]
-    ui.load.click(dataset_load, inputs=[ui.folder, ext], outputs=ui.view, api_name="dataset_load")
-    ui.folder.submit(dataset_load, inputs=[ui.folder, ext], outputs=ui.view, api_visibility="private")
+    leaving = [ui.caption_text, ui.loaded]  # what loading another folder saves first: the shown caption, if edited
+    ui.load.click(dataset_load, inputs=[ui.folder, ext, *leaving], outputs=ui.view, api_name="dataset_load")
+    ui.folder.submit(dataset_load, inputs=[ui.folder, ext, *leaving], outputs=ui.view, api_visibility="private")
     ui.folder.blur(settle, inputs=ui.folder, outputs=ui.folder, api_visibility="private")
-    ui.folder.change(follow, inputs=[ui.folder, ext, ui.loaded], outputs=ui.view, trigger_mode="always_last",
+    ui.folder.change(follow, inputs=[ui.folder, ext, *leaving], outputs=ui.view, trigger_mode="always_last",
                      api_visibility="private")
-    ui.explorer.change(pick, inputs=[ui.explorer, ext], outputs=ui.view, api_visibility="private")
+    ui.explorer.change(pick, inputs=[ui.explorer, ext, *leaving], outputs=ui.view, api_visibility="private")
     ui.upload_btn.click(dataset_upload, inputs=[ui.upload, ui.upload_name, ui.upload_repeats, ui.upload_concept, ext,
-                                                explorer_gen], outputs=upload_out, api_name="dataset_upload")
-
-
-def _wire_browsing(ctx: AppContext, ui: Ui) -> None:
-    ext = ctx.components["caption_extension"]
-
-    def select(state: dict[str, Any] | None, caption_extension: str, evt: gr.SelectData) -> tuple[Any, ...]:
-        if not state or evt.index is None:
-            return tuple(gr.skip() for _ in ui.selection)
-        position = (state["page"] - 1) * PAGE_SIZE + int(evt.index)
-        if position == state.get("selected") or not 0 <= position < len(state["images"]):
-            return tuple(gr.skip() for _ in ui.selection)  # also the echo of a selection set from here
-        return _selection(ctx, state, caption_extension, position)
-
-    def step(state: dict[str, Any] | None, caption_extension: str, delta: int) -> tuple[Any, ...]:
-        """The next or previous image (the first when none is selected), across page boundaries."""
-        if not state:
-            return tuple(gr.skip() for _ in ui.selection)
-        selected = state.get("selected")
-        return _selection(ctx, state, caption_extension, 0 if selected is None else selected + delta)
-
-    def turn(state: dict[str, Any] | None, caption_extension: str, delta: int) -> tuple[Any, ...]:
-        """Another page of thumbnails; the selected image stays selected."""
-        if not state:
-            return gr.skip(), gr.skip(), gr.skip()
-        state = {**state, "page": state["page"] + delta}
-        gallery, page_text = _gallery(ctx, state, caption_extension)
-        return gallery, page_text, state
-
-    private = {"api_visibility": "private"}
-    ui.gallery.select(select, inputs=[ui.loaded, ext], outputs=ui.selection, **private)
-    ui.prev.click(lambda s, e: step(s, e, -1), inputs=[ui.loaded, ext], outputs=ui.selection, **private)
-    ui.next.click(lambda s, e: step(s, e, +1), inputs=[ui.loaded, ext], outputs=ui.selection, **private)
-    page_out = [ui.gallery, ui.page, ui.loaded]
-    ui.page_prev.click(lambda s, e: turn(s, e, -1), inputs=[ui.loaded, ext], outputs=page_out, **private)
-    ui.page_next.click(lambda s, e: turn(s, e, +1), inputs=[ui.loaded, ext], outputs=page_out, **private)
-
-
-# --- captions: one at a time and in bulk
-
-
-def _image_of(state: dict[str, Any] | None, image: str) -> Path:
-    """The loaded folder's image named ``image`` (relative to the folder). Only images of the loaded folder can be
-    edited: the API must not become a way to write .txt files anywhere on the server."""
-    if not state:
-        raise UserError("no folder loaded: load a dataset folder first")
-    if not (image or "").strip():
-        raise UserError("no image selected: click one in the gallery first")
-    folder = Path(state["folder"])
-    path = Path(os.path.normpath(folder / image.strip()))  # not resolve(): a symlinked image is still listed
-    if str(path) not in set(state["images"]):
-        raise UserError(f"'{image}' is not an image of the loaded folder {folder}: click one in the gallery")
-    return path
-
-
-def _wire_captions(ctx: AppContext, ui: Ui) -> None:
-    ext = ctx.components["caption_extension"]
-
-    def caption_save(image: str, caption: str, caption_extension: str, state: dict[str, Any] | None) -> tuple:
-        """Save one image's caption beside it (atomically). ``image`` is its path inside the loaded folder."""
-        try:
-            path = save_caption(_image_of(state, image), caption, caption_extension)
-        except (UserError, OSError) as err:
-            return f"**Not saved:** {_reason(err)}", gr.skip(), gr.skip()
-        items, _ = _gallery(ctx, state, caption_extension)
-        return f"Saved {md_escape(path.name)}.", items, _tags(state, caption_extension)
-
-    def bulk(action, state: dict[str, Any] | None, ext_value: str, image: str, verb: str) -> tuple:
-        if not state:
-            return "**Nothing changed:** load a dataset folder first", gr.skip(), gr.skip(), gr.skip()
-        try:
-            result = action([Path(p) for p in state["images"]])
-        except (UserError, OSError) as err:
-            return f"**Nothing changed:** {_reason(err)}", gr.skip(), gr.skip(), gr.skip()
-        items, _ = _gallery(ctx, state, ext_value)
-        try:
-            caption = read_caption(_image_of(state, image), ext_value) if image else gr.skip()
-        except UserError:
-            caption = gr.skip()
-        return md_escape(result.message(verb)), items, _tags(state, ext_value), caption
-
-    def bulk_trigger(word: str, caption_extension: str, image: str, state: dict[str, Any] | None) -> tuple:
-        """Put a trigger word first in every caption of the loaded folder (skipped where it is already a tag)."""
-        return bulk(lambda imgs: add_trigger(imgs, word, caption_extension), state, caption_extension, image,
-                    f"Added '{word.strip()}' to")
-
-    def bulk_remove(word: str, caption_extension: str, image: str, state: dict[str, Any] | None) -> tuple:
-        """Remove a tag (whole comma-separated tag, any case) from every caption of the loaded folder."""
-        return bulk(lambda imgs: remove_tag(imgs, word, caption_extension), state, caption_extension, image,
-                    f"Removed '{word.strip()}' from")
-
-    def bulk_replace(find: str, replace: str, caption_extension: str, image: str,
-                     state: dict[str, Any] | None) -> tuple:
-        """Replace plain text in every caption of the loaded folder; says how many files changed."""
-        return bulk(lambda imgs: find_replace(imgs, find, replace or "", caption_extension), state,
-                    caption_extension, image, f"Replaced '{find}' in")
-
-    bulk_out = [ui.bulk_message, ui.gallery, ui.tags, ui.caption_text]
-    ui.caption_save.click(caption_save, inputs=[ui.caption_file, ui.caption_text, ext, ui.loaded],
-                          outputs=[ui.caption_message, ui.gallery, ui.tags], api_name="caption_save")
-    ui.trigger_add.click(bulk_trigger, inputs=[ui.trigger, ext, ui.caption_file, ui.loaded], outputs=bulk_out,
-                         api_name="bulk_trigger")
-    ui.trigger_remove.click(bulk_remove, inputs=[ui.trigger, ext, ui.caption_file, ui.loaded], outputs=bulk_out,
-                            api_name="bulk_remove")
-    ui.replace_btn.click(bulk_replace, inputs=[ui.find, ui.replace, ext, ui.caption_file, ui.loaded],
-                         outputs=bulk_out, api_name="bulk_replace")
-
-
-def _tags(state: dict[str, Any] | None, ext: str) -> list[list[Any]]:
-    return [list(row) for row in tag_frequency([Path(p) for p in state["images"]], ext)] if state else []
+                                                explorer_gen, *leaving], outputs=upload_out, api_name="dataset_upload")
 
 
 # --- the check
@@ -483,7 +330,7 @@ def dataset_report(values: dict[str, Any], datasets_dir: Path) -> str:
     except NoTrainingImages as err:
         return err.to_markdown()
     except (UserError, ConfigError, OSError) as err:
-        return f"**Not checked:** {_reason(err)}"
+        return f"**Not checked:** {reason(err)}"
 
 
 def _wire_check(ctx: AppContext, ui: Ui, datasets_dir: Path) -> None:

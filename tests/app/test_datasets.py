@@ -18,6 +18,7 @@ from app.dataset_import import import_files, sanitize
 from app.datasets import (
     THUMB_PX,
     add_trigger,
+    caption_tags,
     find_replace,
     list_images,
     page_of,
@@ -25,8 +26,10 @@ from app.datasets import (
     remove_tag,
     resolve_folder,
     save_caption,
+    step_in,
     tag_frequency,
     thumbnail,
+    with_tag,
 )
 from training.contract.errors import UserError
 
@@ -198,6 +201,35 @@ def test_tag_frequency_counts_images_per_tag(tmp_path):
     img(tmp_path / "d.png", caption="1girl, 1girl, smile")
     assert tag_frequency([*images, tmp_path / "d.png"]) == [("1girl", 3), ("red hat", 1), ("sks", 1), ("sksx", 1),
                                                            ("smile", 1)]
+
+
+
+def test_caption_tags_are_stripped_in_order_and_once():
+    assert caption_tags(" blue hair, 1girl ,, Blue Hair, smile,") == ["blue hair", "1girl", "smile"]
+    assert caption_tags("") == [] and caption_tags(" , ") == []
+
+
+def test_with_tag_finds_whole_tags_in_any_case_and_skips_unreadable_captions(tmp_path):
+    images = bulk_folder(tmp_path)  # "1girl, red hat", "SKS, 1girl, sksx", no caption
+    broken = img(tmp_path / "d.png")
+    broken.with_suffix(".txt").write_bytes(b"\xff\xfe sks")
+    assert with_tag([*images, broken], " sks ") == [images[1]]
+    assert with_tag(images, "1GIRL") == images[:2]
+    assert with_tag(images, "red") == []  # part of a tag is not the tag
+
+
+def test_step_in_walks_only_the_filtered_images():
+    order = ["a", "b", "c", "d", "e"]
+    walk = ["b", "d"]
+    assert step_in(walk, order, None, +1) == 0  # nothing selected: the first
+    assert step_in(walk, order, "b", +1) == 1
+    assert step_in(walk, order, "d", +1) == 1  # the last stays the last
+    assert step_in(walk, order, "b", -1) == 0
+    assert step_in([], order, "b", +1) is None
+    # An image outside the walk (its caption lost the tag) steps to its nearest walked neighbour in folder order.
+    assert step_in(walk, order, "c", +1) == 1 and step_in(walk, order, "c", -1) == 0
+    assert step_in(walk, order, "a", +1) == 0 and step_in(walk, order, "a", -1) == 0
+    assert step_in(walk, order, "e", +1) == 1 and step_in(walk, order, "e", -1) == 1
 
 
 # --- imports

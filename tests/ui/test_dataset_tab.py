@@ -15,8 +15,12 @@ from ui_helpers import NOISE_FILTERS
 pytestmark = [pytest.mark.filterwarnings(f) for f in NOISE_FILTERS]
 
 # /dataset_load outputs: train_data_dir (the dataset folder box), message, gallery, page, preview, position, caption
-# file, caption, caption message, tags, report (the session state is not part of the API).
-FOLDER, MESSAGE, GALLERY, PAGE, TAGS = 0, 1, 2, 3, 9
+# file, caption, caption message, chips, tags, filter, filter message, report (the session state is not part of the
+# API).
+FOLDER, MESSAGE, GALLERY, PAGE, TAGS, FILTER = 0, 1, 2, 3, 10, 11
+# /bulk_* outputs: the bulk message, then what selecting an image redraws (gallery, page, preview, position, caption
+# file, caption, caption message, chips, tags, filter, filter message).
+BULK_TAGS = 9
 
 
 def plain(markdown: str) -> str:
@@ -74,6 +78,7 @@ def test_load_shows_thumbnails_and_sets_train_data_dir(client, dataset, dry_app)
     assert len(list(thumbs.glob("*.jpg"))) >= 3
     assert out[PAGE] == "Page 1 of 1 · 3 image(s)"
     assert out[TAGS]["data"] == [["cat", 2], ["sitting", 1], ["standing", 1]]
+    assert out[FILTER]["choices"] == [["cat · 2", "cat"], ["sitting · 1", "sitting"], ["standing · 1", "standing"]]
 
 
 def test_bad_folders_give_one_visible_line(client, tmp_path):
@@ -88,7 +93,8 @@ def test_bad_folders_give_one_visible_line(client, tmp_path):
 
 def test_caption_save_writes_beside_the_image_only_in_the_loaded_folder(client, dataset):
     client.predict(str(dataset), api_name="/dataset_load")
-    message, gallery, tags = client.predict(image="2_dog/c.png", caption="dog, lying down", api_name="/caption_save")
+    message, gallery, tags, *_ = client.predict(image="2_dog/c.png", caption="dog, lying down",
+                                                api_name="/caption_save")
     assert message == "Saved c.txt."
     assert (dataset / "2_dog" / "c.txt").read_text(encoding="utf-8") == "dog, lying down"
     assert shown(gallery)[2]["caption"] == "2_dog/c.png: dog, lying down"
@@ -105,10 +111,9 @@ def test_caption_save_writes_beside_the_image_only_in_the_loaded_folder(client, 
 
 def test_bulk_tools_change_every_caption_and_say_how_many(client, dataset):
     client.predict(str(dataset), api_name="/dataset_load")
-    message, _gallery, tags, caption = client.predict(word="sks", image="10_cat/a.png", api_name="/bulk_trigger")
-    assert message == "Added 'sks' to 3 of 3 caption(s)"
-    assert caption == "sks, cat, sitting"  # the open caption is re-read
-    assert ["sks", 3] in tags["data"]
+    out = client.predict(word="sks", api_name="/bulk_trigger")
+    assert out[0] == "Added 'sks' to 3 of 3 caption(s)"
+    assert ["sks", 3] in out[BULK_TAGS]["data"]
     assert (dataset / "2_dog" / "c.txt").read_text() == "sks"
     message = client.predict(find="cat", replace="kitty", api_name="/bulk_replace")[0]
     assert message == "Replaced 'cat' in 2 of 3 caption(s)"
