@@ -208,9 +208,12 @@ def _wire_model_choice(ctx: AppContext, ui: CaptionUi) -> None:
         key = (record or {}).get("key") or ""
         info = presets.get(key) or (PresetInfo.from_record(record) if record else None)
         suggestion = info.caption_suggestion() if info is not None else None
-        if touched or suggestion is None:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        if suggestion is None:
+            return gr.skip(), gr.skip(), gr.skip(), ""
         kind, model, reason = suggestion
+        if touched:
+            kept = f"Your choice here is kept; the preset suggests the {kind} {model} ({reason})."
+            return gr.skip(), gr.skip(), gr.skip(), kept
         choices = model_choices(data_dir, kind)
         value = default_choice(data_dir, kind, model)
         typed: Any = gr.skip()
