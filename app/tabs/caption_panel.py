@@ -194,6 +194,11 @@ def _wire_model_choice(ctx: AppContext, ui: CaptionUi) -> None:
             value = default_choice(data_dir, kind)
         return gr.update(choices=choices, value=value)
 
+    def refresh(kind: str, choice: str) -> tuple[Any, str]:
+        """The panel opens: folders added since are listed, and the note says whether the model loads now."""
+        update = entries(kind, choice)
+        return update, model_note(data_dir, kind, update["value"])
+
     def pick_kind(kind: str, choice: str) -> tuple[Any, ...]:
         """The user changed the kind: the list shows that kind's models ("A folder…" stays chosen)."""
         return entries(kind, choice if choice == FOLDER_CHOICE else ""), True
@@ -226,7 +231,8 @@ def _wire_model_choice(ctx: AppContext, ui: CaptionUi) -> None:
         chosen_here(lambda: True, outputs=ui.touched, api_visibility="private")
     ui.choice.change(show_choice, inputs=[ui.kind, ui.choice], outputs=[ui.model, ui.note, ui.prompt],
                      api_visibility="private", show_progress="hidden")
-    ui.section.expand(lambda kind, choice: entries(kind, choice), inputs=[ui.kind, ui.choice], outputs=ui.choice,
-                      api_visibility="private", show_progress="hidden")
+    ui.section.expand(refresh, inputs=[ui.kind, ui.choice], outputs=[ui.choice, ui.note], api_visibility="private",
+                      show_progress="hidden")
     ctx.preset.change(follow_preset, inputs=[ctx.preset, ui.touched],
-                      outputs=[ui.kind, ui.choice, ui.model, ui.suggested], api_visibility="private")
+                      outputs=[ui.kind, ui.choice, ui.model, ui.suggested], api_visibility="private",
+                      show_progress="hidden")
