@@ -24,10 +24,22 @@ from training.contract.caption_events import (
     CaptionProgress,
     CaptionStart,
 )
+from training.contract.captioners import (
+    DEFAULT_MODEL,
+    KINDS,
+    availability,
+    catalogue,
+    hub_cached,
+    hub_offline,
+    known_model,
+    local_dir,
+    local_models,
+)
 from training.contract.errors import UserError
 
 CAPTION_DIR = Path("cache") / "caption"
-KINDS = ("tagger", "captioner")
+FOLDER_CHOICE = "(a folder)"  # the model list's last entry: the folder or hub id typed in the box it reveals
+FOLDER_LABEL = "A folder…"
 EXISTING = ("skip", "overwrite", "append", "prepend")
 PREVIEW_IMAGES = 8
 STOP_GRACE_S = 20.0  # after the stop file, how long the child gets to finish its batch before SIGTERM
@@ -70,6 +82,48 @@ class CaptionRequest:
         elif self.prompt.strip():
             args += ["--prompt", self.prompt.strip()]
         return args
+
+
+def model_choices(data_dir: Path, kind: str) -> list[tuple[str, str]]:
+    """(label, value) pairs of the panel's model list for ``kind``: the user's own folders first (they work
+    offline), then the catalogue, then "A folder…". A value is what ``--tagger``/``--captioner`` gets."""
+    local = [(m.label, str(m.path)) for m in local_models(data_dir, kind)]
+    known = [(f"{m.repo_id} ({m.size})", m.repo_id) for m in catalogue(kind)]
+    return [*local, *known, (FOLDER_LABEL, FOLDER_CHOICE)]
+
+
+def default_choice(data_dir: Path, kind: str, suggested: str = "") -> str:
+    """The entry chosen for ``kind``: ``suggested`` (a preset's model) when it can load now or be downloaded, else
+    the user's first folder of that kind (offline, a folder is what works), else the suggested or default model."""
+    model = suggested or DEFAULT_MODEL.get(kind, "")  # type: ignore[call-overload]
+    local = local_models(data_dir, kind)
+    if local and (not suggested or (hub_offline() and not hub_cached(model, kind))):
+        return str(local[0].path)
+    return model
+
+
+def model_of(choice: str | None, typed: str | None) -> str:
+    """The MODEL the job gets: the entry chosen, or what was typed once "A folder…" is chosen."""
+    return (typed or "").strip() if choice == FOLDER_CHOICE else (choice or "")
+
+
+def model_note(data_dir: Path, kind: str, choice: str | None) -> str:
+    """One line under the model list: what the entry is and whether it loads offline."""
+    if choice == FOLDER_CHOICE:
+        files = ("model.onnx + selected_tags.csv" if kind == "tagger" else "config.json + weights")
+        return (f"A {kind} folder on this computer ({files}) or a hub id (owner/name). Folders put under "
+                f"{local_dir(data_dir, kind)} are listed here.")
+    known = known_model(choice or "")
+    if known is not None:
+        return f"{known.description}. {availability(known, data_dir)}"
+    if choice and Path(choice).is_dir():
+        return f"Folder {choice}: loads offline."
+    return ""
+
+
+def default_prompt(choice: str | None) -> str:
+    known = known_model(choice or "")
+    return known.prompt if known is not None else ""
 
 
 @dataclass

@@ -80,3 +80,30 @@ def test_no_job_while_training_is_busy(tmp_path, tagger):
     with pytest.raises(UserError, match="training run is going"):
         jobs.start(CaptionRequest(dataset, "tagger", str(tagger)), preview=False)
     assert not list(dataset.rglob("*.txt"))
+
+
+def test_the_model_list_puts_the_users_folders_first_and_a_folder_last(tmp_path, tagger):
+    from app.captioning import FOLDER_CHOICE, model_choices
+
+    shutil.copytree(tagger, tmp_path / "models" / "taggers" / "mine")
+    choices = model_choices(tmp_path, "tagger")
+    assert choices[0] == ("local: mine", str(tmp_path / "models" / "taggers" / "mine"))
+    assert choices[-1] == ("A folder…", FOLDER_CHOICE)
+    assert ("SmilingWolf/wd-vit-tagger-v3 (about 380 MB)", "SmilingWolf/wd-vit-tagger-v3") in choices
+    assert not any("Florence" in value for _, value in choices)  # the captioners are for the other kind
+    assert model_choices(tmp_path, "captioner")[0][1] == "florence-community/Florence-2-base"
+
+
+def test_offline_a_suggested_hub_model_not_cached_gives_way_to_the_users_folder(tmp_path, tagger, monkeypatch):
+    from app.captioning import FOLDER_CHOICE, default_choice, model_of
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    hub = "SmilingWolf/wd-swinv2-tagger-v3"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert default_choice(tmp_path, "tagger", hub) == hub  # no folder of the user's: the note says what to do
+    mine = shutil.copytree(tagger, tmp_path / "models" / "taggers" / "mine")
+    assert default_choice(tmp_path, "tagger", hub) == str(mine)
+    assert default_choice(tmp_path, "tagger") == str(mine)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert default_choice(tmp_path, "tagger", hub) == hub  # online it downloads once
+    assert model_of(FOLDER_CHOICE, " /some/folder ") == "/some/folder" and model_of(hub, "/ignored") == hub

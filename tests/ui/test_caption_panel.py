@@ -1,6 +1,7 @@
 """The Dataset tab's Auto-caption panel in a real browser, with a tiny real ONNX tagger (training/caption/tiny.py):
 preview writes nothing, Caption all writes captions the editor then shows, Stop keeps what was written, a bad
-model folder is one line. Skipped without Debian's Chromium."""
+model folder is one line; the model list offers the user's folders and the known models, says when a hub model
+needs the internet, and follows the preset picked on the Model tab. Skipped without Debian's Chromium."""
 
 from __future__ import annotations
 
@@ -50,7 +51,13 @@ def open_panel(page, url: str, dataset: Path, model: str, count: int) -> None:
     # The page may first show the folder the previous test left in the box: wait for this one.
     expect(page.locator("#dataset-message")).to_contain_text(f"{dataset.name}: {count} image(s)", timeout=60_000)
     page.locator("#autocap-section").get_by_text("Auto-caption").first.click()
+    choose_model(page, "A folder…")
     page.locator("#autocap-model input, #autocap-model textarea").first.fill(model)
+
+
+def choose_model(page, label: str) -> None:
+    page.locator("#autocap-choice input").click()
+    page.get_by_role("option", name=label, exact=True).click()
 
 
 def test_preview_writes_nothing_and_shows_the_proposed_captions(page, dry_app, tmp_path, tiny_tagger):
@@ -145,3 +152,105 @@ def test_no_captioning_while_a_training_run_goes(page, dry_app, client, tmp_path
     finally:
         client.predict(api_name="/stop_run")
         wait_for(lambda: not sup.poll().active, timeout=60)
+
+
+def test_the_model_list_offers_a_tagger_folder_put_under_models_taggers(page, dry_app, tmp_path):
+    from playwright.sync_api import expect
+
+    mine = save_tiny_tagger(dry_app.settings.data_dir / "models" / "taggers" / "my-wd", TAGS, size=12)
+    try:
+        dataset = red_dataset(tmp_path / "foxes", 2)
+        open_app(page, dry_app.url)
+        page.locator(BOX).first.fill(str(dataset))
+        page.locator("#dataset-load").click()
+        expect(page.locator("#dataset-message")).to_contain_text("foxes: 2 image(s)", timeout=60_000)
+        page.locator("#autocap-section").get_by_text("Auto-caption").first.click()
+        page.locator("#autocap-choice input").click()
+        options = page.get_by_role("option")
+        expect(options.first).to_have_attribute("aria-label", "local: my-wd")  # first: a folder works offline
+        expect(options.last).to_have_attribute("aria-label", "A folder…")
+        expect(page.get_by_role("option", name="SmilingWolf/wd-eva02-large-tagger-v3 (about 1.3 GB)")).to_be_visible()
+        options.first.click()
+        expect(page.locator("#autocap-model-note")).to_contain_text(f"Folder {mine}: loads offline")
+        page.locator("#autocap-preview").click()
+        expect(page.locator("#autocap-status")).to_contain_text("Preview: nothing written", timeout=60_000)
+        expect(page.locator("#autocap-gallery")).to_contain_text(f"img000.png: {RED_CAPTION}")
+    finally:
+        shutil.rmtree(mine)  # the later tests' default model is the catalogue's again
+
+
+def test_a_hub_model_offline_says_it_needs_the_internet_once(page, dry_app, tmp_path, monkeypatch):
+    from playwright.sync_api import expect
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # the model is surely not cached
+    dataset = red_dataset(tmp_path / "foxes", 2)
+    open_panel(page, dry_app.url, dataset, "", 2)
+    choose_model(page, "SmilingWolf/wd-vit-tagger-v3 (about 380 MB)")
+    note = page.locator("#autocap-model-note")
+    expect(note).to_contain_text("SmilingWolf/wd-vit-tagger-v3 needs the internet once")
+    expect(note).to_contain_text(str(dry_app.settings.data_dir / "models" / "taggers"))
+    expect(page.locator("#autocap-model")).to_be_hidden()
+    # Preview anyway: the captioner's own one line says the same, no traceback.
+    page.locator("#autocap-preview").click()
+    status = page.locator("#autocap-status")
+    expect(status).to_contain_text("the hub is offline", timeout=60_000)
+    text = status.inner_text().strip()
+    assert len(text.splitlines()) == 1 and "Traceback" not in text and "hf download" in text
+    assert captions(dataset) == {}
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def pick_preset(page, name: str) -> None:
+    open_tab(page, "Model & preset")
+    page.locator("#preset input").click()
+    page.get_by_role("option", name=name).click()
+    open_tab(page, "Dataset")
+
+
+def expect_kind(page, kind: str) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator(f"#autocap-kind input[value='{kind}']")).to_be_checked()
+
+
+def test_the_preset_picked_sets_the_caption_kind_and_model(page, dry_app, monkeypatch):
+    from playwright.sync_api import expect
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # a hub model can be fetched: the preset's own is chosen
+    open_app(page, dry_app.url)
+    page.locator("#autocap-section").get_by_text("Auto-caption").first.click()
+    pick_preset(page, "SD1.5 photoreal")
+    expect_kind(page, "captioner")
+    expect(page.locator("#autocap-choice input")).to_have_value("florence-community/Florence-2-base (about 1.1 GB)")
+    expect(page.locator("#autocap-suggested")).to_contain_text("SD1.5 photoreal: natural sentences")
+    expect(page.locator("#autocap-prompt input")).to_have_attribute("placeholder", "empty: <DETAILED_CAPTION>")
+    pick_preset(page, "SD1.5 anime")
+    expect_kind(page, "tagger")
+    expect(page.locator("#autocap-choice input")).to_have_value("SmilingWolf/wd-vit-tagger-v3 (about 380 MB)")
+    expect(page.locator("#autocap-suggested")).to_contain_text("SD1.5 anime: booru tags suit anime bases")
+    # A reloaded page follows the saved preset too.
+    pick_preset(page, "SDXL photoreal")
+    open_app(page, dry_app.url)
+    page.locator("#autocap-section").get_by_text("Auto-caption").first.click()
+    expect_kind(page, "captioner")
+    expect(page.locator("#autocap-suggested")).to_contain_text("SDXL photoreal")
+
+
+def test_a_kind_chosen_by_hand_is_kept_when_a_preset_is_picked(page, dry_app):
+    from playwright.sync_api import expect
+
+    open_app(page, dry_app.url)
+    page.locator("#autocap-section").get_by_text("Auto-caption").first.click()
+    pick_preset(page, "SD1.5 photoreal")
+    expect_kind(page, "captioner")
+    page.locator("#autocap-kind").get_by_text("tagger", exact=True).click()
+    expect(page.locator("#autocap-choice input")).to_have_value(re.compile(r"^SmilingWolf/wd-vit-tagger-v3"))
+    pick_preset(page, "SDXL photoreal")
+    expect(page.locator("#autocap-suggested")).to_contain_text("Your choice here is kept; the preset suggests the "
+                                                               "captioner florence-community/Florence-2-base")
+    expect_kind(page, "tagger")
+    expect(page.locator("#autocap-choice input")).to_have_value(re.compile(r"^SmilingWolf/wd-vit-tagger-v3"))

@@ -1,6 +1,7 @@
 """A MODEL argument turned into a local folder of the right kind, or one line saying why not.
 
-MODEL is a folder (works offline) or a Hugging Face hub id (``owner/name``): taken from the usual cache, downloaded
+MODEL is a folder (works offline) or a Hugging Face hub id (``owner/name``, or the short name of a model in the
+catalogue, ``training/contract/captioners.py``, such as ``wd-vit-tagger-v3``): taken from the usual cache, downloaded
 into it with a progress bar when online, and refused in one line when offline and not cached.
 """
 
@@ -14,6 +15,7 @@ from typing import Literal
 
 from training.caption.tagger import MODEL_FILE
 from training.caption.tags import TAGS_FILE
+from training.contract.captioners import known_model
 from training.contract.errors import UserError
 
 Kind = Literal["tagger", "captioner"]
@@ -31,6 +33,11 @@ def resolve_model(spec: str, kind: Kind, trust_remote_code: bool = False) -> Pat
     elif path.exists():
         raise UserError(f"--{kind} {spec} is a file: give the folder that holds the model ("
                         + (f"{MODEL_FILE} and {TAGS_FILE})" if kind == "tagger" else "config.json and weights)"))
+    elif (known := known_model(spec)) is not None:
+        if known.kind != kind:
+            raise UserError(f"--{kind} {spec}: {known.repo_id} is a {known.kind}, not a {kind}: "
+                            f"use --{known.kind} {spec}")
+        folder = from_hub(known.repo_id, kind, trust_remote_code)
     elif HUB_ID.match(spec) and not spec.startswith((".", "~")):
         folder = from_hub(spec, kind, trust_remote_code)
     else:
