@@ -12,6 +12,7 @@ import math
 import re
 import struct
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +21,20 @@ from torch import nn
 
 from training.contract.lora_check import SelfCheck
 from training.lora_files.export import HASH_KEY, data_region_hash
-from training.lora_files.importer import PARTS
-from training.lora_files.names import base_layer, canonical_name, module_lookup, uses_sgm_names
-from training.networks.lora import ADAPTER
+from training.lora_files.kinds import DORA, KNOWN_PARTS, layout_for_layer, layout_for_parts
+from training.lora_files.layouts import Layout, Tensors, base_layer, layer_geometry, module_kind
+from training.lora_files.names import canonical_name, module_lookup, uses_sgm_names
 
-KEY_RE = re.compile(r"^(lora_unet|lora_te|lora_te1|lora_te2)_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)$")
+_PART_RE = "|".join(re.escape(p) for p in sorted(KNOWN_PARTS, key=len, reverse=True))
+KEY_RE = re.compile(rf"^(lora_unet|lora_te|lora_te1|lora_te2)_[a-z0-9_]+\.({_PART_RE})$")
 MAX_HEADER = 100 * 1024 * 1024
 JSON_OBJECTS = ("ss_tag_frequency", "ss_dataset_dirs", "ss_reg_dataset_dirs", "ss_bucket_info", "ss_network_args")
 SGM_MARKERS = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
 OPENCLIP_ATTN = ("q_proj", "k_proj", "v_proj", "out_proj")
+# Largest relative (Frobenius) error of a module's delta rebuilt from the file against the model's own, per file
+# dtype: rounding the factors to 16 bits moves the product by about one unit in the last place of each factor.
+DELTA_TOLERANCE = {"F32": 1e-4, "F16": 5e-3, "BF16": 4e-2}
+ALGO_NAMES = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr"}
 
 
 def _read_header(path: Path, report: SelfCheck) -> tuple[dict[str, Any], bytes] | None:
@@ -84,17 +90,18 @@ def _check_metadata_format(meta: dict[str, Any], report: SelfCheck) -> None:
 
 
 def _check_keys(header: dict[str, Any], family: Any, report: SelfCheck) -> dict[str, dict[str, str]]:
-    """Dtypes, key syntax, prefixes, three keys per module. Returns {module: {part: dtype}}."""
+    """Dtypes, key syntax, prefixes, every part a module's type needs. Returns {module: {part: dtype}}."""
     allowed = {"lora_unet", *family.te_prefixes}
     modules: dict[str, dict[str, str]] = defaultdict(dict)
     for key, info in header.items():
         if key == "__metadata__":
             continue
-        if not KEY_RE.match(key):
+        match = KEY_RE.match(key)
+        if not match:
             report.problems.append(f"key {key!r} is not a kohya LoRA key")
             continue
         name, _, part = key.partition(".")
-        prefix = KEY_RE.match(key).group(1)
+        prefix = match.group(1)
         if prefix not in allowed:
             report.problems.append(f"key {key!r}: prefix {prefix!r} not used for {family.name}")
         dtype = info.get("dtype")
@@ -104,7 +111,11 @@ def _check_keys(header: dict[str, Any], family: Any, report: SelfCheck) -> dict[
             report.problems.append(f"key {key!r}: alpha dtype {dtype}, expected F16 or F32")
         modules[name][part] = dtype
     for name, parts in modules.items():
-        missing = [p for p in PARTS if p not in parts]
+        layout = layout_for_parts(parts)
+        if layout is None:
+            report.problems.append(f"module {name!r} has keys of no single network type: {sorted(parts)}")
+            continue
+        missing = layout.missing(dict.fromkeys(parts, torch.zeros(0)))
         if missing:
             report.problems.append(f"module {name!r} lacks {', '.join(missing)}")
     return modules
@@ -151,53 +162,141 @@ def _check_openclip(names: list[str], family: Any, report: SelfCheck) -> None:
             report.problems.append(f"{layer}: attention LoRA has {sorted(leaves)}, needs all of q/k/v/out_proj")
 
 
-def _check_shapes(name: str, target: nn.Module, t: dict[str, torch.Tensor], report: SelfCheck) -> bool:
-    """Down/up shapes against the target layer's in/out/kernel."""
-    layer = base_layer(target)
-    down, up = t["lora_down.weight"], t["lora_up.weight"]
-    if isinstance(layer, nn.Conv2d):
-        fan_in, out, kernel, ndim = layer.in_channels // layer.groups, layer.out_channels, tuple(layer.kernel_size), 4
-    elif isinstance(layer, nn.Linear):
-        fan_in, out, kernel, ndim = layer.in_features, layer.out_features, (), 2
-    else:
-        report.problems.append(f"module {name!r}: target is {type(layer).__name__}, not Linear/Conv2d")
+def _check_shapes(name: str, target: nn.Module, t: Tensors, report: SelfCheck) -> bool:
+    """The module's tensors against the target layer's in/out/kernel, by the rules of the module's type."""
+    layout = layout_for_parts(t)
+    if layer_geometry(target) is None:
+        report.problems.append(f"module {name!r}: target is {type(base_layer(target)).__name__}, not Linear/Conv2d")
         return False
-    r = down.shape[0] if down.ndim else 0
-    bad = down.ndim != ndim or up.ndim != ndim or up.shape[1] != r or down.shape[1] != fan_in or up.shape[0] != out
-    bad = bad or not 1 <= r <= min(out, fan_in * math.prod(kernel)) or tuple(down.shape[2:]) != kernel
-    bad = bad or tuple(up.shape[2:]) != ((1, 1) if ndim == 4 else ())
-    if bad:
-        report.problems.append(f"module {name!r}: shapes down{list(down.shape)} up{list(up.shape)} do not fit "
-                               f"{type(layer).__name__}(in={fan_in}, out={out}, kernel={kernel})")
-    return not bad
+    problem = None if layout is None else layout.shape_problem(t, target)
+    if problem is not None:
+        report.problems.append(f"module {name!r}: {problem}")
+    return layout is not None and problem is None
 
 
-def _check_values(name: str, target: nn.Module, t: dict[str, torch.Tensor], report: SelfCheck) -> None:
-    """Finite tensors, alpha 0-dim > 0 and equal to the model's own scale when it has an adapter."""
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    scale = float(torch.linalg.norm(want))
+    return float(torch.linalg.norm(got - want)) / scale if scale else float(torch.linalg.norm(got))
+
+
+def _check_against_model(name: str, target: nn.Module, layout: Layout, t: Tensors, tolerance: float,
+                         report: SelfCheck) -> None:
+    """The delta every loader rebuilds from the file equals the delta the model's adapter applies.
+
+    DoRA compares its two halves apart (the low-rank change, then the magnitudes): in a 16-bit file the rounded
+    magnitude alone moves the merged weight by more than a small trained change, which would hide a wrong factor."""
+    model_layout = layout_for_layer(target)
+    if model_layout is None:
+        return  # a bare base model: only names and shapes can be checked
+    if model_layout is not layout:
+        report.problems.append(f"module {name!r}: the file's module is {layout.algo}, the model's adapter is "
+                               f"{model_layout.algo}")
+        return
+    weight = base_layer(target).weight
+    if weight.is_meta:
+        return
+    low_rank = {k: v for k, v in t.items() if k != DORA}
+    error = _relative_error(layout.file_delta(low_rank, weight.detach().float()), target.get_delta_weight(
+        "default").detach().float().cpu())
+    if DORA in t:
+        magnitude = target.lora_magnitude_vector["default"].weight.detach().float().cpu()
+        error = max(error, _relative_error(t[DORA].float().flatten(), magnitude.flatten()))
+    if not error <= tolerance:
+        report.problems.append(f"module {name!r}: the delta rebuilt from the file differs from the model's adapter "
+                               f"by {error:.2%} (allowed {tolerance:.2%})")
+
+
+def _check_values(name: str, target: nn.Module, t: Tensors, report: SelfCheck, tolerance: float = 1e-4) -> None:
+    """Finite tensors; alpha a 0-dim value > 0, equal to the model's own scale; the delta equal to the model's."""
+    layout = layout_for_parts(t)
     for part, tensor in t.items():
         if not bool(torch.isfinite(tensor.float()).all()):
             report.problems.append(f"module {name!r}: {part} has NaN/Inf values")
+            return
     alpha = t["alpha"]
     if alpha.ndim != 0 or not math.isfinite(float(alpha)) or float(alpha) <= 0:
         report.problems.append(f"module {name!r}: alpha must be a finite 0-dim value > 0, got {alpha.tolist()}")
         return
-    scaling = getattr(target, "scaling", {}).get(ADAPTER) if hasattr(target, "scaling") else None
-    rank = t["lora_down.weight"].shape[0]
-    if scaling is not None and not math.isclose(float(alpha) / rank, scaling, rel_tol=1e-3):
+    rank = layout.rank(t)  # type: ignore[union-attr]
+    scaling = getattr(target, "scaling", {}).get("default") if layout_for_layer(target) is layout else None
+    if rank is not None and scaling is not None and not math.isclose(float(alpha) / rank, scaling, rel_tol=1e-3):
         report.problems.append(f"module {name!r}: alpha/r = {float(alpha) / rank:g}, model scale is {scaling:g}")
-    if not bool(t["lora_up.weight"].any()):
-        report.warnings.append(f"module {name!r}: lora_up is all zero (untrained)")
+        return
+    zero = _untrained_part(layout, t)  # type: ignore[arg-type]
+    if zero:
+        report.warnings.append(f"module {name!r}: {zero.removesuffix('.weight')} is all zero (untrained)")
+    _check_against_model(name, target, layout, t, tolerance, report)  # type: ignore[arg-type]
 
 
-def _check_metadata_family(meta: dict[str, str], family: Any, ranks: list[int], alphas: list[float],
-                           raw: bytes, report: SelfCheck) -> None:
+def _untrained_part(layout: Layout, t: Tensors) -> str | None:
+    """The part whose zeros make the module's change zero, as peft initialises it (lora_up, hada_w2_b, lokr_w1)."""
+    for part in {"lora": ("lora_up.weight",), "loha": ("hada_w2_b",), "lokr": ("lokr_w1", "lokr_w1_a")}[layout.algo]:
+        if part in t and not bool(t[part].any()):
+            return part
+    return None
+
+
+@dataclass
+class FileFacts:
+    """What the file's modules say about the network, for the metadata rules."""
+
+    ranks: list[int] = field(default_factory=list)
+    alphas: list[float] = field(default_factory=list)
+    algos: set[str] = field(default_factory=set)
+    dora: bool = False
+    conv3x3: bool = False
+
+    def add(self, layout: Layout, t: Tensors) -> None:
+        rank = layout.rank(t)
+        if rank is not None:
+            self.ranks.append(rank)
+            self.alphas.append(float(t["alpha"]))
+        self.algos.add(layout.algo)
+        self.dora = self.dora or DORA in t
+        self.conv3x3 = self.conv3x3 or any(v.ndim == 4 and tuple(v.shape[2:]) != (1, 1) for v in t.values())
+
+
+def _network_args(meta: dict[str, str]) -> dict[str, str]:
+    try:
+        args = json.loads(meta.get("ss_network_args") or "{}")
+    except ValueError:
+        return {}  # reported by _check_metadata_format
+    return args if isinstance(args, dict) else {}
+
+
+def _check_network_module(meta: dict[str, str], facts: FileFacts, report: SelfCheck) -> None:
+    """ss_network_module and ss_network_args name the type the tensors are: kohya's networks.lora holds plain
+    LoRA/LoCon; LyCORIS's lycoris.kohya states its algo (and dora_wd) in the args."""
+    module, args = meta.get("ss_network_module"), _network_args(meta)
+    if any(not isinstance(v, str) for v in args.values()):
+        report.problems.append("metadata 'ss_network_args' values must be strings, as kohya writes them")
+    lycoris = bool(facts.algos - {"lora"}) or facts.dora
+    if module == "networks.lora" and not lycoris:
+        if facts.conv3x3 and not args.get("conv_dim"):
+            report.problems.append("metadata 'ss_network_args' lacks conv_dim, but the file has 3x3 conv modules")
+        return
+    if module != "lycoris.kohya":
+        want = "lycoris.kohya" if lycoris else "networks.lora"
+        report.problems.append(f"metadata 'ss_network_module' is {module!r}, expected {want!r}")
+        return
+    algo = ALGO_NAMES.get(str(args.get("algo", "")).lower())
+    if algo is None or {algo} != facts.algos:
+        report.problems.append(f"metadata 'ss_network_module' is 'lycoris.kohya' with algo={args.get('algo')!r}, "
+                               f"but the file's modules are {', '.join(sorted(facts.algos)) or 'none'}")
+    if (str(args.get("dora_wd", "False")).lower() == "true") != facts.dora:
+        report.problems.append(f"metadata 'ss_network_args' dora_wd={args.get('dora_wd', 'False')}, but the file "
+                               f"{'has' if facts.dora else 'has no'} dora_scale")
+
+
+def _check_metadata_family(meta: dict[str, str], family: Any, facts: FileFacts, raw: bytes,
+                           report: SelfCheck) -> None:
     """Family markers A1111 filters on, network facts, sshs hash, modelspec architecture."""
-    expect = {"ss_v2": str(bool(family.v2)), "ss_base_model_version": family.base_model_version,
-              "ss_network_module": "networks.lora"}
+    expect = {"ss_v2": str(bool(family.v2)), "ss_base_model_version": family.base_model_version}
     for key, value in expect.items():
         if meta.get(key) != value:
             report.problems.append(f"metadata {key!r} is {meta.get(key)!r}, expected {value!r}")
-    for key, values in (("ss_network_dim", ranks), ("ss_network_alpha", alphas)):
+    _check_network_module(meta, facts, report)
+    for key, values in (("ss_network_dim", facts.ranks), ("ss_network_alpha", facts.alphas)):
         common = Counter(values).most_common(1)[0][0] if values else None
         try:
             ok = common is None or math.isclose(float(meta.get(key, "nan")), common, rel_tol=1e-3)
@@ -215,7 +314,10 @@ def _check_metadata_family(meta: dict[str, str], family: Any, ranks: list[int], 
 
 def verify_lora(path: str | Path, family: Any, unet: nn.Module | None, text_encoders: list[nn.Module]
                 ) -> SelfCheck:
-    """Check an exported LoRA file against the base model; ``report.ok`` only when every rule holds."""
+    """Check an exported LoRA file against the base model; ``report.ok`` only when every rule holds.
+
+    Every module's tensors are checked by its type's rules (LoRA/LoCon/DoRA, LoHa, LoKr): names, shapes, alpha
+    and, against a model carrying the adapters, the delta rebuilt from the file against the adapter's own."""
     from safetensors import safe_open
 
     report = SelfCheck()
@@ -231,7 +333,7 @@ def verify_lora(path: str | Path, family: Any, unet: nn.Module | None, text_enco
     resolved, canonical = _check_names(names, module_lookup(unet, text_encoders, family), family, models,
                             len(text_encoders), report)
     _check_openclip(names, family, report)
-    ranks, alphas, matched = [], [], []
+    facts, matched, kinds = FileFacts(), [], Counter()
     try:
         fh = safe_open(str(path), framework="pt", device="cpu")
     except Exception as err:  # safetensors' own error types: a header that is JSON but not a tensor table
@@ -239,18 +341,21 @@ def verify_lora(path: str | Path, family: Any, unet: nn.Module | None, text_enco
         return report
     with fh:
         for name in names:
-            t = {p: fh.get_tensor(f"{name}.{p}") for p in PARTS if p in modules[name]}
-            if name not in resolved or len(t) != len(PARTS):
+            layout = layout_for_parts(modules[name])
+            if name not in resolved or layout is None or layout.missing(dict.fromkeys(modules[name], 0)):
                 continue
+            t = {p: fh.get_tensor(f"{name}.{p}") for p in modules[name]}
             component, mpath = resolved[name]
             target = models[component].get_submodule(mpath)  # type: ignore[union-attr]
             before = len(report.problems)
             if _check_shapes(name, target, t, report):
-                _check_values(name, target, t, report)
-                ranks.append(int(t["lora_down.weight"].shape[0]))
-                alphas.append(float(t["alpha"]))
+                tolerance = max(DELTA_TOLERANCE.get(dtype, 1e-4) for dtype in modules[name].values())
+                _check_values(name, target, t, report, tolerance)
+                facts.add(layout, t)
             if len(report.problems) == before and name in canonical:
                 matched.append(name)
+                kinds[module_kind(target)] += 1
     report.count_modules(names, matched)
-    _check_metadata_family(meta, family, ranks, alphas, raw, report)
+    report.kinds = {kind: kinds[kind] for kind in ("linear", "conv") if kinds[kind]}
+    _check_metadata_family(meta, family, facts, raw, report)
     return report
