@@ -34,9 +34,11 @@ class LokrLayout(Layout):
     peft_attrs = (*PARTS[:7], "")
 
     def missing(self, t: Tensors) -> list[str]:
-        need = ["lokr_w1"] if "lokr_w1" in t or "lokr_w1_a" not in t else ["lokr_w1_a", "lokr_w1_b"]
-        need += ["lokr_w2"] if "lokr_w2" in t or "lokr_w2_a" not in t else ["lokr_w2_a", "lokr_w2_b"]
-        return [p for p in [*need, "alpha"] if p not in t]
+        need = ["alpha"]
+        for whole, pair in (("lokr_w1", ("lokr_w1_a", "lokr_w1_b")), ("lokr_w2", ("lokr_w2_a", "lokr_w2_b"))):
+            if whole not in t:
+                need += list(pair) if any(p in t for p in pair) else [whole]
+        return [p for p in need if p not in t]
 
     def rank(self, t: Tensors) -> int | None:
         """ComfyUI's and A1111's rule: the decomposed factor's rank (w2's when both are), None when neither is."""
@@ -59,7 +61,7 @@ class LokrLayout(Layout):
         w1, w2 = self._factors(t)
         if w2.dim() == 4:
             w1 = w1[:, :, None, None]
-        return torch.kron(w1, w2).reshape(weight.shape) * self.scale(t)
+        return torch.kron(w1.contiguous(), w2.contiguous()).reshape(weight.shape) * self.scale(t)
 
     def shape_problem(self, t: Tensors, layer: Any) -> str | None:
         out, fan_in, kernel = layer_geometry(layer)  # type: ignore[misc]
@@ -104,11 +106,13 @@ class LokrLayout(Layout):
 
     def load(self, layer: Any, path: str, t: Tensors, *, fresh: bool) -> None:
         rank = self.rank(t)
+        if rank is not None and not fresh and layer.r[ADAPTER] != rank:
+            raise UserError(f"rank mismatch on {path!r}: model r={layer.r[ADAPTER]}, file r={rank}")
         self._load_parts(layer, path, t, fresh=fresh)
         if rank is None:  # scale 1 whatever the file's alpha: the scale is in the factors
+            if fresh and "alpha" in t:  # the file's alpha is the rank LyCORIS trained with; keep it for re-export
+                layer.r[ADAPTER] = max(1, round(float(t["alpha"])))
             layer.alpha[ADAPTER], layer.scaling[ADAPTER] = float(layer.r[ADAPTER]), 1.0
             return
-        if not fresh and layer.r[ADAPTER] != rank:
-            raise UserError(f"rank mismatch on {path!r}: model r={layer.r[ADAPTER]}, file r={rank}")
         alpha = float(t["alpha"]) if "alpha" in t else float(rank)
         layer.r[ADAPTER], layer.alpha[ADAPTER], layer.scaling[ADAPTER] = rank, alpha, alpha / rank

@@ -88,7 +88,8 @@ class Layout:
                 continue
             params = getattr(layer, attr)
             if part not in t:
-                params.pop(ADAPTER, None)
+                if ADAPTER in params:
+                    del params[ADAPTER]
                 continue
             value = t[part].detach().to(torch.float32)
             current = params.get(ADAPTER)

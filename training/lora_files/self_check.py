@@ -29,7 +29,10 @@ _PART_RE = "|".join(re.escape(p) for p in sorted(KNOWN_PARTS, key=len, reverse=T
 KEY_RE = re.compile(rf"^(lora_unet|lora_te|lora_te1|lora_te2)_[a-z0-9_]+\.({_PART_RE})$")
 MAX_HEADER = 100 * 1024 * 1024
 JSON_OBJECTS = ("ss_tag_frequency", "ss_dataset_dirs", "ss_reg_dataset_dirs", "ss_bucket_info", "ss_network_args")
-SGM_MARKERS = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
+SGM_MARKERS = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_",
+               "lora_unet_time_embed_", "lora_unet_label_emb_", "lora_unet_out_")
+DIFFUSERS_MARKERS = ("lora_unet_down_blocks_", "lora_unet_mid_block_", "lora_unet_up_blocks_", "lora_unet_conv_in",
+                     "lora_unet_conv_out", "lora_unet_time_embedding_", "lora_unet_add_embedding_")
 OPENCLIP_ATTN = ("q_proj", "k_proj", "v_proj", "out_proj")
 # Largest relative (Frobenius) error of a module's delta rebuilt from the file against the model's own, per file
 # dtype: rounding the factors to 16 bits moves the product by about one unit in the last place of each factor.
@@ -128,8 +131,7 @@ def _check_names(names: list[str], table: dict[str, tuple[int | str, str]], fami
     Returns the resolved names (canonical or not, so shapes can still be checked) and the canonical ones.
     """
     resolved, canonical = {}, set()
-    sgm = [n for n in names if n.startswith(SGM_MARKERS)]
-    if sgm and len(sgm) < sum(n.startswith("lora_unet_") for n in names):
+    if any(n.startswith(SGM_MARKERS) for n in names) and any(n.startswith(DIFFUSERS_MARKERS) for n in names):
         report.problems.append("UNet names mix the diffusers and the SGM convention")
     for name in names:
         if name not in table:
@@ -191,6 +193,11 @@ def _check_against_model(name: str, target: nn.Module, layout: Layout, t: Tensor
     if model_layout is not layout:
         report.problems.append(f"module {name!r}: the file's module is {layout.algo}, the model's adapter is "
                                f"{model_layout.algo}")
+        return
+    model_dora = bool(getattr(target, "use_dora", {}).get("default", False))
+    if model_dora != (DORA in t):
+        report.problems.append(f"module {name!r}: the model's adapter is {'DoRA' if model_dora else 'plain LoRA'}, "
+                               f"but the file {'lacks' if model_dora else 'has'} dora_scale")
         return
     weight = base_layer(target).weight
     if weight.is_meta:
