@@ -93,14 +93,6 @@ class LoraLayout(Layout):
             out[DORA] = to_file(magnitude.reshape(_dora_shapes(layer)[0]), dtype)
         return out
 
-    def memory_delta(self, layer: Any) -> torch.Tensor:
-        delta = layer.get_delta_weight(ADAPTER).detach().float()
-        if not layer.use_dora.get(ADAPTER, False):
-            return delta
-        weight = base_layer(layer).weight.detach().float()
-        magnitude = layer.lora_magnitude_vector[ADAPTER].weight.detach().float()
-        return dora_merge(weight, delta, magnitude.reshape(_dora_shapes(layer)[0]))
-
     def load(self, layer: Any, path: str, t: Tensors, *, fresh: bool) -> None:
         rank = int(t[DOWN].shape[0])
         if layer.r[ADAPTER] != rank:

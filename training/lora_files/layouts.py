@@ -8,7 +8,6 @@ ComfyUI and LyCORIS share), whether their shapes fit the target layer, and how t
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import torch
@@ -61,10 +60,6 @@ class Layout:
     def export(self, layer: Any, dtype: torch.dtype) -> Tensors:
         """The file's tensors for one peft layer (its active adapter), every loader's scale included."""
         raise NotImplementedError
-
-    def memory_delta(self, layer: Any) -> torch.Tensor:
-        """The weight change the peft layer applies when merged, float32 (peft's own computation)."""
-        return layer.get_delta_weight(ADAPTER).detach().float()
 
     def load(self, layer: Any, path: str, t: Tensors, *, fresh: bool) -> None:
         """Copy the file's tensors into the peft layer so its delta equals the file's.
@@ -141,11 +136,6 @@ def to_file(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def alpha_tensor(value: float, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor(float(value), dtype=dtype)
-
-
-def valid_alpha(t: Tensors) -> bool:
-    alpha = t.get("alpha")
-    return alpha is None or (alpha.ndim == 0 and math.isfinite(float(alpha)) and float(alpha) > 0)
 
 
 def rebuild_tucker(core: torch.Tensor, w_out: torch.Tensor, w_in: torch.Tensor) -> torch.Tensor:
