@@ -29,6 +29,7 @@ from lora_types import (
 from safetensors.torch import save_file
 from tiny_models import build_tiny_pipeline
 
+from training.contract.lora_check import SelfCheck
 from training.lora_files.importer import load_kohya_into_peft, read_kohya
 from training.lora_files.names import canonical_name
 from training.lora_files.self_check import verify_lora
@@ -127,6 +128,8 @@ def test_self_check_passes_and_counts_linear_and_conv_modules(typed):
     assert convs > 0  # SD1's proj_in/proj_out are 1x1 convs even for attention-only LoRA
     assert report.kinds == {"linear": total - convs, "conv": convs}
     assert report.summary() == f"{total} of {total} modules matched ({total - convs} linear, {convs} conv)"
+    back = SelfCheck.from_event({"check_result": report.to_event()})  # the checkpoint event carries the counts
+    assert back is not None and back.kinds == report.kinds and back.summary() == report.summary()
     bare = build_tiny_pipeline("sd1")
     assert verify_lora(typed.path, SD1, bare.unet, [bare.text_encoder]).ok  # names and shapes alone hold too
 
