@@ -35,6 +35,7 @@ OPENCLIP_ATTN = ("q_proj", "k_proj", "v_proj", "out_proj")
 # Largest relative (Frobenius) error of a module's delta rebuilt from the file against the model's own, per file
 # dtype: rounding the factors to 16 bits moves the product by about one unit in the last place of each factor.
 DELTA_TOLERANCE = {"F32": 1e-4, "F16": 5e-3, "BF16": 4e-2}
+TORCH_TOLERANCE = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 4e-2}
 
 
 def _read_header(path: Path, report: SelfCheck) -> tuple[dict[str, Any], bytes] | None:
@@ -176,15 +177,25 @@ def _check_against_model(name: str, target: nn.Module, layout: Layout, t: Tensor
     weight = base_layer(target).weight
     if weight.is_meta:
         return
-    low_rank = {k: v for k, v in t.items() if k != DORA}
-    error = _relative_error(layout.file_delta(low_rank, weight.detach().float()), target.get_delta_weight(
-        "default").detach().float().cpu())
-    if DORA in t:
-        magnitude = target.lora_magnitude_vector["default"].weight.detach().float().cpu()
-        error = max(error, _relative_error(t[DORA].float().flatten(), magnitude.flatten()))
+    # On the layer's own device, without autograd: the adapter's parameters are trainable.
+    with torch.no_grad():
+        on_device = {k: v.to(weight.device) for k, v in t.items() if k != DORA}
+        adapter = target.get_delta_weight("default").float()
+        error = _relative_error(layout.file_delta(on_device, weight), adapter)
+        if DORA in t:
+            magnitude = target.lora_magnitude_vector["default"].weight.float()
+            error = max(error, _relative_error(t[DORA].to(weight.device).float().flatten(), magnitude.flatten()))
+    # The adapter's own precision bounds the agreement too (bf16 adapters under full_bf16 training).
+    tolerance = max(tolerance, TORCH_TOLERANCE.get(_adapter_dtype(target), 1e-4))
     if not error <= tolerance:
         report.problems.append(f"module {name!r}: the delta rebuilt from the file differs from the model's adapter "
                                f"by {error:.2%} (allowed {tolerance:.2%})")
+
+
+def _adapter_dtype(layer: nn.Module) -> torch.dtype:
+    """The dtype the adapter's own tensors are kept in (the first parameter that is not the base layer's)."""
+    base = {id(p) for p in base_layer(layer).parameters()}
+    return next((p.dtype for p in layer.parameters() if id(p) not in base), torch.float32)
 
 
 def _check_values(name: str, target: nn.Module, t: Tensors, report: SelfCheck, tolerance: float = 1e-4) -> None:
