@@ -73,10 +73,10 @@ class SelfCheck:
 
     def to_event(self) -> dict[str, Any]:
         """The ``check_result`` field of a checkpoint event (plain JSON values)."""
-        return {"expected": self.expected, "matched": self.matched, "missing": self.missing, "ok": self.ok,
-                "parts": {part: {"expected": c.expected, "matched": c.matched} for part, c in self.parts.items()},
-                "problems": _capped(self.problems), "warnings": _capped(self.warnings), "dry_run": self.dry_run,
-                "kinds": dict(self.kinds)}
+        event = {"expected": self.expected, "matched": self.matched, "missing": self.missing, "ok": self.ok,
+                 "parts": {part: {"expected": c.expected, "matched": c.matched} for part, c in self.parts.items()},
+                 "problems": _capped(self.problems), "warnings": _capped(self.warnings), "dry_run": self.dry_run}
+        return {**event, "kinds": dict(self.kinds)} if self.kinds else event  # older readers never see the key
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any]) -> SelfCheck | None:
