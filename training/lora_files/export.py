@@ -1,8 +1,9 @@
-"""peft adapters -> kohya-format LoRA ``.safetensors``, with the metadata kohya tools and the WebUIs read.
+"""peft adapters -> kohya/LyCORIS-format LoRA ``.safetensors``, with the metadata kohya tools and the WebUIs read.
 
-The output loads with every tensor applied at the right scale in A1111, Forge, ComfyUI and diffusers: kohya names
-(diffusers-style UNet names for SD1/SD2, ``text_model_`` TE names), fp16 contiguous tensors and a per-module alpha
-equal to peft's ``scaling * r``.
+Every module is written in its type's layout (``layout_lora``, ``layout_loha``, ``layout_lokr``) under kohya's name
+(diffusers-style UNet names for SD1/SD2, SGM names for SDXL, ``text_model_`` TE names), as contiguous tensors whose
+alpha gives every loader peft's scale. The metadata names the module that wrote the file (networks.lora or
+lycoris.kohya) and its network_args, as kohya and LyCORIS do.
 """
 
 from __future__ import annotations

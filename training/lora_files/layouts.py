@@ -58,7 +58,7 @@ class Layout:
         raise NotImplementedError
 
     def export(self, layer: Any, dtype: torch.dtype) -> Tensors:
-        """The file's tensors for one peft layer (its active adapter), every loader's scale included."""
+        """The file's tensors for one peft layer (adapter "default"), every loader's scale included."""
         raise NotImplementedError
 
     def load(self, layer: Any, path: str, t: Tensors, *, fresh: bool) -> None:
