@@ -55,6 +55,9 @@ def export_file(pipe, family: str, path: Path, **meta_overrides) -> tuple[Path, 
     sd = kohya_state_dict(pipe.unet, text_encoders(pipe), fam)
     config = {"network_dim": 4, "network_alpha": 2.0, "resolution": 512, "output_name": "tiny", "clip_skip": None,
               "learning_rate": 1e-4, "train_batch_size": 2, "gradient_accumulation_steps": 2}
+    conv = [t for k, t in sd.items() if k.endswith(".lora_down.weight") and t.ndim == 4 and t.shape[2:] != (1, 1)]
+    if conv:  # a LoCon: kohya states the conv rank in network_args
+        config["network_args"] = [f"conv_dim={conv[0].shape[0]}"]
     training = {"training_started_at": 1700000000.0, "tag_frequency": {"2_red": {"red": 3}},
                 "dataset_dirs": {"2_red": {"n_repeats": 2, "img_count": 3}}}
     meta = {**build_metadata(config, fam, training, state_dict=sd), **meta_overrides}

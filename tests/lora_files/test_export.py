@@ -112,12 +112,12 @@ def test_metadata_values_must_be_strings(tmp_path):
         save_lora(tmp_path / "lora.safetensors", sd, {"ss_network_dim": 8})
 
 
-def test_dora_adapters_are_refused_with_a_reason():
+def test_lora_bias_adapters_are_refused_with_a_reason():
     from peft import LoraConfig, inject_adapter_in_model
 
     pipe = build_tiny_pipeline("sd1")
-    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, use_dora=True, target_modules=UNET_TARGETS), pipe.unet)
-    with pytest.raises(UserError, match="DoRA"):
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, lora_bias=True, target_modules=UNET_TARGETS), pipe.unet)
+    with pytest.raises(UserError, match="lora_bias"):
         kohya_state_dict(pipe.unet, [], FAMILIES["sd1"])
 
 
@@ -153,7 +153,7 @@ def test_metadata_strings_and_family_keys():
     assert meta["ss_optimizer"] == "AdamW8bit" and meta["ss_total_batch_size"] == "6"
     assert meta["ss_flip_aug"] == "False" and meta["ss_resolution"] == "(768, 512)"
     assert meta["ss_sd_model_name"] == "v2-1_768.safetensors" and meta["ss_steps"] == "10"
-    assert json.loads(meta["ss_network_args"]) == {"conv_dim": "8"}
+    assert json.loads(meta["ss_network_args"]) == {"conv_dim": "8", "conv_alpha": "4"}  # conv_alpha: network_alpha
     assert json.loads(meta["ss_bucket_info"])["buckets"] == {}
     assert meta["modelspec.architecture"] == "stable-diffusion-v2-768-v/lora"
     assert meta["modelspec.prediction_type"] == "v" and meta["modelspec.resolution"] == "768x512"

@@ -81,7 +81,10 @@ def test_export_self_check_matches_every_module(xl_lora):
     _, pipe, path, sd = xl_lora
     report = verify_lora(path, SDXL, pipe.unet, text_encoders(pipe))
     assert report.ok, report.problems
-    assert report.summary() == f"{len(sd) // 3} of {len(sd) // 3} modules matched"
+    n = len(sd) // 3
+    conv = sum(1 for k, t in sd.items() if k.endswith(".lora_down.weight") and t.ndim == 4)
+    kinds = f"{n - conv} linear, {conv} conv" if conv else f"{n} linear"
+    assert report.summary() == f"{n} of {n} modules matched ({kinds})"
     bare = build_tiny_pipeline("sdxl")
     assert verify_lora(path, SDXL, bare.unet, text_encoders(bare)).ok
 

@@ -60,7 +60,7 @@ def test_good_file_passes_against_peft_and_bare_model(exported):
     family, pipe, path, _ = exported
     report = _verify(family, pipe, path)
     assert report.ok, report.problems
-    assert report.summary() == f"{report.expected} of {report.expected} modules matched" and report.expected == 60
+    assert report.summary() == "60 of 60 modules matched (60 linear)" and report.expected == 60
     assert {p: (c.expected, c.matched) for p, c in report.parts.items()} == {"te": (12, 12), "unet": (48, 48)}
     bare = build_tiny_pipeline(family)
     assert _verify(family, bare, path).ok
@@ -221,7 +221,7 @@ def test_verify_full_size_file_on_meta_models(tmp_path):
     save_lora(tmp_path / "full.safetensors", sd, meta)
     report = verify_lora(tmp_path / "full.safetensors", FAMILIES["sd1"], unet, [te])
     assert report.ok, report.problems[:5]
-    assert report.summary() == "176 of 176 modules matched"  # 128 UNet + 48 TE
+    assert report.summary() == "176 of 176 modules matched (176 linear)"  # 128 UNet + 48 TE
 
 
 # --- the header, the values and the metadata: each defect a loader would trip on is named

@@ -42,6 +42,7 @@ class SelfCheck:
     problems: list[str] = field(default_factory=list)  # one readable line per failed rule
     warnings: list[str] = field(default_factory=list)  # worth knowing, not a failure (e.g. an untrained module)
     dry_run: bool = False  # a dry run's placeholder file: nothing was checked
+    kinds: dict[str, int] = field(default_factory=dict)  # matched modules per target kind: "linear", "conv"
 
     @property
     def missing(self) -> int:
@@ -60,8 +61,11 @@ class SelfCheck:
         self.expected, self.matched = sum(expected.values()), sum(passed.values())
 
     def summary(self) -> str:
-        """One sentence, the ``check`` text of the checkpoint event: "60 of 60 modules matched"."""
-        return DRY_RUN_SUMMARY if self.dry_run else f"{self.matched} of {self.expected} modules matched"
+        """One sentence, the ``check`` text of the checkpoint event: "60 of 60 modules matched (56 linear, 4 conv)"."""
+        if self.dry_run:
+            return DRY_RUN_SUMMARY
+        kinds = ", ".join(f"{n} {kind}" for kind, n in self.kinds.items())
+        return f"{self.matched} of {self.expected} modules matched" + (f" ({kinds})" if kinds else "")
 
     def parts_text(self) -> str:
         """ "UNet 48 of 48, text encoder 12 of 12" ("" when the file has no modules)."""
@@ -69,9 +73,10 @@ class SelfCheck:
 
     def to_event(self) -> dict[str, Any]:
         """The ``check_result`` field of a checkpoint event (plain JSON values)."""
-        return {"expected": self.expected, "matched": self.matched, "missing": self.missing, "ok": self.ok,
-                "parts": {part: {"expected": c.expected, "matched": c.matched} for part, c in self.parts.items()},
-                "problems": _capped(self.problems), "warnings": _capped(self.warnings), "dry_run": self.dry_run}
+        event = {"expected": self.expected, "matched": self.matched, "missing": self.missing, "ok": self.ok,
+                 "parts": {part: {"expected": c.expected, "matched": c.matched} for part, c in self.parts.items()},
+                 "problems": _capped(self.problems), "warnings": _capped(self.warnings), "dry_run": self.dry_run}
+        return {**event, "kinds": dict(self.kinds)} if self.kinds else event  # older readers never see the key
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any]) -> SelfCheck | None:
@@ -84,7 +89,9 @@ class SelfCheck:
                    {str(p): PartCount(int(c.get("expected") or 0), int(c.get("matched") or 0))
                     for p, c in parts.items() if isinstance(c, Mapping)},
                    [str(p) for p in data.get("problems") or []], [str(w) for w in data.get("warnings") or []],
-                   bool(data.get("dry_run")))
+                   bool(data.get("dry_run")),
+                   {str(k): int(n) for k, n in (data.get("kinds") or {}).items()} if isinstance(data.get("kinds"),
+                                                                                            Mapping) else {})
 
     @classmethod
     def placeholder(cls) -> SelfCheck:

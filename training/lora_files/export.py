@@ -1,8 +1,9 @@
-"""peft adapters -> kohya-format LoRA ``.safetensors``, with the metadata kohya tools and the WebUIs read.
+"""peft adapters -> kohya/LyCORIS-format LoRA ``.safetensors``, with the metadata kohya tools and the WebUIs read.
 
-The output loads with every tensor applied at the right scale in A1111, Forge, ComfyUI and diffusers: kohya names
-(diffusers-style UNet names for SD1/SD2, ``text_model_`` TE names), fp16 contiguous tensors and a per-module alpha
-equal to peft's ``scaling * r``.
+Every module is written in its type's layout (``layout_lora``, ``layout_loha``, ``layout_lokr``) under kohya's name
+(diffusers-style UNet names for SD1/SD2, SGM names for SDXL, ``text_model_`` TE names), as contiguous tensors whose
+alpha gives every loader peft's scale. The metadata names the module that wrote the file (networks.lora or
+lycoris.kohya) and its network_args, as kohya and LyCORIS do.
 """
 
 from __future__ import annotations
@@ -25,53 +26,28 @@ from torch import nn
 from training.contract.atomic import write_bytes_atomic
 from training.contract.disk_space import ensure_space, no_space, ran_out_of_space
 from training.contract.errors import UserError
+from training.contract.network import NetworkArgsError, NetworkSpec, parse_network, split_args
+from training.lora_files.kinds import adapter_layers, layout_for_parts
 from training.lora_files.names import canonical_name, strip_peft_prefix
 
-NETWORK_MODULE = "networks.lora"
 MODELSPEC_VERSION = "1.0.1"
 SGM_IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"
 HASH_KEY = "sshs_model_hash"
 
 
-def _lora_layers(model: nn.Module) -> list[tuple[str, Any]]:
-    from peft.tuners.lora import LoraLayer
-
-    return [(strip_peft_prefix(p), m) for p, m in model.named_modules() if isinstance(m, LoraLayer)]
-
-
-def _active_adapter(layer: Any) -> str:
-    adapters = [a for a in layer.active_adapters if a in layer.lora_A]
-    if not adapters:
-        raise UserError(f"LoRA layer has no active adapter to export (adapters: {list(layer.lora_A)})")
-    return adapters[0]
-
-
-def _module_tensors(layer: Any, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(down, up, alpha) for one peft layer; alpha = scaling * r so that kohya's alpha/r equals peft's scale."""
-    adapter = _active_adapter(layer)
-    if layer.use_dora.get(adapter, False) or getattr(layer, "lora_bias", {}).get(adapter, False):
-        raise UserError("DoRA and lora_bias adapters have no kohya representation; train without them to export")
-    down = layer.lora_A[adapter].weight.detach().to("cpu", dtype).contiguous()
-    up = layer.lora_B[adapter].weight.detach().to("cpu", dtype).contiguous()
-    alpha = torch.tensor(float(layer.scaling[adapter]) * int(layer.r[adapter]), dtype=dtype)
-    return down, up, alpha
-
-
 def kohya_state_dict(unet: nn.Module | None, text_encoders: list[nn.Module], family: Any,
                      dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
-    """Flat kohya state dict of every peft LoRA layer (active adapter) in the UNet and the text encoders."""
+    """Flat kohya/LyCORIS state dict of every peft adapter layer (LoRA/LoCon/DoRA, LoHa, LoKr) in the UNet and the
+    text encoders: ``<kohya name>.<part>`` per tensor, in each type's layout (``layout_*``)."""
     components: list[tuple[int | str, nn.Module]] = [] if unet is None else [("unet", unet)]
     components += list(enumerate(text_encoders))
     out: dict[str, torch.Tensor] = {}
     for component, model in components:
-        for path, layer in _lora_layers(model):
-            name = canonical_name(component, path, family, model, len(text_encoders))
+        for path, layer, layout in adapter_layers(model):
+            name = canonical_name(component, strip_peft_prefix(path), family, model, len(text_encoders))
             if name is None:
-                raise UserError(f"cannot express the LoRA on {path!r} in kohya naming")
-            down, up, alpha = _module_tensors(layer, dtype)
-            out[f"{name}.lora_down.weight"] = down
-            out[f"{name}.lora_up.weight"] = up
-            out[f"{name}.alpha"] = alpha
+                raise UserError(f"cannot express the adapter on {path!r} in kohya naming")
+            out.update({f"{name}.{part}": tensor for part, tensor in layout.export(layer, dtype).items()})
     if not out:
         raise UserError("no LoRA layers found to export")
     return out
@@ -163,28 +139,65 @@ def _most_common(values: list[float]) -> float | None:
     return Counter(values).most_common(1)[0][0] if values else None
 
 
+def network_spec(config: Mapping[str, Any]) -> NetworkSpec:
+    """The config's network (network_module, network_args, conv_dim/conv_alpha), parsed by the contract."""
+    args = config.get("network_args")
+    if isinstance(args, Mapping):  # an already split {key: value} form
+        args = [f"{k}={v}" for k, v in args.items()]
+    alpha = config.get("network_alpha")
+    try:
+        return parse_network(config.get("network_module") or "networks.lora", split_args(args),
+                             int(config.get("network_dim") or 4), 1.0 if alpha is None else float(alpha),
+                             config.get("conv_dim"), config.get("conv_alpha"))
+    except NetworkArgsError as err:
+        raise UserError(str(err)) from None
+
+
+def file_ranks(state_dict: Mapping[str, torch.Tensor]) -> tuple[list[int], list[float]]:
+    """Each module's rank and alpha, for the modules whose loaders divide alpha by a rank."""
+    ranks, alphas = [], []
+    for parts in group_parts(state_dict).values():
+        layout = layout_for_parts(parts)
+        rank = None if layout is None or layout.missing(parts) else layout.rank(parts)
+        if rank is not None:
+            ranks.append(rank)
+            alphas.append(float(parts["alpha"]))
+    return ranks, alphas
+
+
+def group_parts(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """``{module name: {part: tensor}}`` from flat ``<name>.<part>`` keys."""
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state_dict.items():
+        name, _, part = key.partition(".")
+        grouped.setdefault(name, {})[part] = tensor
+    return grouped
+
+
 @dataclass(frozen=True)
 class NetworkFacts:
-    """ss_network_*: the file's most common rank and alpha when its tensors are given, so that the metadata always
-    agrees with the file (the self-check compares them); the config's values otherwise."""
+    """ss_network_*: the module (networks.lora or lycoris.kohya) and its args as kohya/LyCORIS write them (a JSON
+    object of strings, e.g. {"algo": "loha", "conv_dim": "8"}); dim and alpha are the file's most common rank and
+    alpha when its tensors are given, so that the metadata always agrees with the file, the config's otherwise."""
 
+    module: str
     dim: float
     alpha: float
     args: dict[str, str] | None  # network_args, every value a string as kohya writes them
 
     @classmethod
     def of(cls, config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor] | None) -> NetworkFacts:
+        spec = network_spec(config)
         dim = config.get("network_dim") or 4
         alpha = 1.0 if config.get("network_alpha") is None else config["network_alpha"]
         if state_dict:
-            ranks = [int(t.shape[0]) for k, t in state_dict.items() if k.endswith(".lora_down.weight")]
-            alphas = [float(t) for k, t in state_dict.items() if k.endswith(".alpha")]
+            ranks, alphas = file_ranks(state_dict)
             dim, alpha = _most_common(ranks) or dim, _most_common(alphas) or alpha
-        args = config.get("network_args")
-        return cls(dim, alpha, {k: str(v) for k, v in dict(args).items()} if args else None)
+        args = dict(arg.split("=", 1) for arg in spec.args())
+        return cls(spec.module, dim, alpha, args or None)
 
     def render(self) -> dict[str, str]:
-        out = {"ss_network_module": NETWORK_MODULE, "ss_network_dim": _s(self.dim), "ss_network_alpha": _s(self.alpha)}
+        out = {"ss_network_module": self.module, "ss_network_dim": _s(self.dim), "ss_network_alpha": _s(self.alpha)}
         if self.args is not None:
             out["ss_network_args"] = json.dumps(self.args)
         return out

@@ -6,6 +6,7 @@ Module names are resolved by lookup in a table built from the real models (both 
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,23 +16,32 @@ import torch
 from torch import nn
 
 from training.contract.errors import UserError
+from training.lora_files.export import group_parts
+from training.lora_files.kinds import DORA, KNOWN_PARTS, adapter_layers, layout_for_parts, network_kind
+from training.lora_files.layouts import Layout, Tensors, module_kind
 from training.lora_files.names import module_lookup
-from training.networks.lora import ADAPTER
 
-PARTS = ("lora_down.weight", "lora_up.weight", "alpha")
+# Parts of other LyCORIS/kohya types, named so the error says what the file is.
+FOREIGN_PARTS = {"lora_mid.weight": "Tucker LoCon (lora_mid); LoCon here trains without use_tucker",
+                 "oft_blocks": "OFT", "oft_diag": "OFT", "diff": "a full-weight difference",
+                 "diff_b": "a full-weight difference", "w_norm": "norm-layer training", "b_norm": "norm-layer training",
+                 "on_input": "IA3", "weight": "IA3", "a1.weight": "GLoRA", "scale": "a scaled network"}
 
 
 @dataclass
 class ModuleLoRA:
-    """One module's LoRA as read from the file."""
+    """One module as read from the file: its parts and its type's layout."""
 
-    down: torch.Tensor
-    up: torch.Tensor
-    alpha: float
+    parts: Tensors
+    layout: Layout
 
     @property
     def rank(self) -> int:
-        return int(self.down.shape[0])
+        return self.layout.rank(self.parts) or 1
+
+    @property
+    def alpha(self) -> float:
+        return float(self.parts["alpha"]) if "alpha" in self.parts else float(self.rank)
 
 
 @dataclass
@@ -42,6 +52,8 @@ class ImportReport:
     conventions: set[str] = field(default_factory=set)      # "diffusers" / "sgm" UNet naming seen
     missing_alpha: int = 0                                  # modules whose alpha defaulted to r
     untouched: list[str] = field(default_factory=list)      # existing adapter layers the file did not cover
+    kind: str = ""                                          # LoRA, LoCon, LoHa, LoKr, LoCon+DoRA
+    per_kind: dict[str, int] = field(default_factory=dict)  # loaded modules per target kind: linear / conv
 
 
 def read_kohya(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -55,22 +67,34 @@ def read_kohya(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         raise UserError(f"cannot read LoRA file {path}: {exc}") from exc
 
 
+def _foreign(name: str, part: str) -> UserError:
+    what = FOREIGN_PARTS.get(part) or "a tensor no LoRA/LoCon/LoHa/LoKr/DoRA layout has"
+    return UserError(f"unsupported key {name + '.' + part!r} in the LoRA file: {what}")
+
+
 def group_modules(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, ModuleLoRA], int]:
-    """``{module name: ModuleLoRA}`` and the number of modules without alpha (alpha := r, kohya's rule)."""
-    parts: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
-    for key, tensor in state_dict.items():
-        name, _, part = key.partition(".")
-        if part not in PARTS:
-            raise UserError(f"unsupported key {key!r} in LoRA file (only plain kohya LoRA is supported)")
-        parts[name][part] = tensor
+    """``{module name: ModuleLoRA}`` and the number of modules without alpha (alpha := r, kohya's rule).
+
+    Each module's type comes from its keys (lora_down/lora_up, hada_*, lokr_*); one file holds one type."""
     modules, missing = {}, 0
-    for name, p in parts.items():
-        if "lora_down.weight" not in p or "lora_up.weight" not in p:
-            raise UserError(f"LoRA module {name!r} lacks lora_down or lora_up")
-        down = p["lora_down.weight"]
-        alpha = float(p["alpha"]) if "alpha" in p else float(down.shape[0])
-        missing += "alpha" not in p
-        modules[name] = ModuleLoRA(down, p["lora_up.weight"], alpha)
+    for name, parts in group_parts(state_dict).items():
+        unknown = sorted(set(parts) - KNOWN_PARTS)
+        if unknown:
+            raise _foreign(name, unknown[0])
+        layout = layout_for_parts(parts)
+        if layout is None:
+            raise UserError(f"LoRA module {name!r} has no complete tensors of one type: {sorted(parts)}")
+        lacking = [p for p in layout.missing(parts) if p != "alpha"]
+        if lacking:
+            raise UserError(f"LoRA module {name!r} lacks {', '.join(lacking)}")
+        missing += "alpha" not in parts
+        modules[name] = ModuleLoRA(parts, layout)
+    algos = {m.layout.algo for m in modules.values()}
+    if len(algos) > 1:
+        raise UserError(f"the LoRA file mixes module types ({', '.join(sorted(algos))}); one file holds one type")
+    with_dora = sum(DORA in m.parts for m in modules.values())
+    if with_dora not in (0, len(modules)):
+        raise UserError(f"dora_scale is on {with_dora} of {len(modules)} modules; a DoRA file has it on every module")
     return modules, missing
 
 
@@ -89,67 +113,63 @@ def _resolve(modules: dict[str, ModuleLoRA], table: dict[str, tuple[int | str, s
     return per
 
 
-def _lora_config(mods: dict[str, ModuleLoRA]) -> Any:
-    """peft config targeting exactly these paths; per-module r/alpha beyond the most common go to the patterns."""
-    import re
+def _peft_config(mods: dict[str, ModuleLoRA]) -> Any:
+    """peft config of the file's type targeting exactly these paths; ranks beyond the most common go to
+    rank_pattern. Scales are set per layer when the tensors are copied in."""
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
 
-    from peft import LoraConfig
-
+    algo = next(iter(mods.values())).layout.algo
     r = Counter(m.rank for m in mods.values()).most_common(1)[0][0]
     alpha = Counter(m.alpha for m in mods.values()).most_common(1)[0][0]
     # peft matches pattern keys as regexes against the module path's tail: escape the dots of full paths.
     rank_pattern = {re.escape(p): m.rank for p, m in mods.items() if m.rank != r}
     alpha_pattern = {re.escape(p): m.alpha for p, m in mods.items() if m.alpha != alpha}
-    return LoraConfig(r=r, lora_alpha=alpha, target_modules=sorted(mods), rank_pattern=rank_pattern,
-                      alpha_pattern=alpha_pattern, use_rslora=False, init_lora_weights=True)
+    common = {"r": r, "target_modules": sorted(mods), "rank_pattern": rank_pattern}
+    has = {part for m in mods.values() for part in m.parts}
+    if algo == "lora":
+        return LoraConfig(lora_alpha=alpha, alpha_pattern=alpha_pattern, use_rslora=False, init_lora_weights=True,
+                          use_dora=DORA in has, **common)
+    if algo == "loha":
+        return LoHaConfig(alpha=alpha, alpha_pattern=alpha_pattern, use_effective_conv2d="hada_t1" in has, **common)
+    return LoKrConfig(alpha=alpha, alpha_pattern=alpha_pattern, use_effective_conv2d="lokr_t2" in has,
+                      decompose_both="lokr_w1_a" in has, **common)
 
 
-def _has_adapter(model: nn.Module) -> bool:
-    from peft.tuners.lora import LoraLayer
-
-    return any(isinstance(m, LoraLayer) and ADAPTER in m.lora_A for m in model.modules())
-
-
-def _copy_into(layer: Any, path: str, mod: ModuleLoRA) -> None:
-    """Copy one module's tensors into an existing peft layer; the file's alpha/r becomes the layer's scale."""
-    from peft.tuners.lora import LoraLayer
-
-    if not isinstance(layer, LoraLayer) or ADAPTER not in layer.lora_A:
-        raise UserError(f"module {path!r} carries no LoRA adapter in the model, but the file has one for it")
-    if layer.r[ADAPTER] != mod.rank:
-        raise UserError(f"rank mismatch on {path!r}: model r={layer.r[ADAPTER]}, file r={mod.rank}")
-    a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
-    if tuple(a.shape) != tuple(mod.down.shape) or tuple(b.shape) != tuple(mod.up.shape):
-        raise UserError(f"shape mismatch on {path!r}: model {tuple(a.shape)}/{tuple(b.shape)}, "
-                        f"file {tuple(mod.down.shape)}/{tuple(mod.up.shape)}")
-    with torch.no_grad():
-        a.copy_(mod.down.to(a.device, torch.float32))
-        b.copy_(mod.up.to(b.device, torch.float32))
-    layer.lora_alpha[ADAPTER] = mod.alpha
-    layer.scaling[ADAPTER] = mod.alpha / mod.rank
+def _copy_into(layer: Any, path: str, mod: ModuleLoRA, fresh: bool) -> None:
+    """Copy one module's tensors into its peft layer, so the layer's delta is the file's."""
+    if not mod.layout.is_layer(layer):
+        raise UserError(f"module {path!r} carries no {network_kind({mod.layout.algo}, False, False)} adapter in the "
+                        f"model, but the file has one for it")
+    problem = mod.layout.shape_problem(mod.parts, layer)
+    if problem is not None:
+        raise UserError(f"shape mismatch on {path!r}: {problem}")
+    mod.layout.load(layer, path, mod.parts, fresh=fresh)
 
 
 def _load_component(model: nn.Module, mods: dict[str, ModuleLoRA], report: ImportReport, label: str) -> None:
     from peft import inject_adapter_in_model
-    from peft.tuners.lora import LoraLayer
 
-    if not _has_adapter(model):
-        inject_adapter_in_model(_lora_config(mods), model, adapter_name=ADAPTER)
+    fresh = not adapter_layers(model)
+    if fresh:
+        inject_adapter_in_model(_peft_config(mods), model, adapter_name="default")
         report.injected.append(label)
     for path, mod in mods.items():
-        _copy_into(model.get_submodule(path), path, mod)
+        layer = model.get_submodule(path)
+        _copy_into(layer, path, mod, fresh)
+        kind = module_kind(layer)
+        report.per_kind[kind] = report.per_kind.get(kind, 0) + 1
     covered = set(mods)
-    report.untouched += [f"{label}:{p}" for p, m in model.named_modules()
-                         if isinstance(m, LoraLayer) and ADAPTER in m.lora_A and p not in covered]
+    report.untouched += [f"{label}:{p}" for p, _, _ in adapter_layers(model) if p not in covered]
 
 
 def load_kohya_into_peft(path_or_sd: str | Path | dict[str, torch.Tensor], unet: nn.Module | None,
                          text_encoders: list[nn.Module], family: Any) -> ImportReport:
-    """Load a kohya LoRA into peft adapters (adapter "default") on ``unet`` and ``text_encoders``.
+    """Load a kohya/LyCORIS LoRA (LoRA, LoCon, DoRA, LoHa or LoKr) into peft adapters (adapter "default") on
+    ``unet`` and ``text_encoders``, so that each layer's delta equals what loaders compute from the file.
 
-    Models without an adapter get one injected with the file's ranks and alphas (rank_pattern/alpha_pattern);
-    models that already have one (resume) get the tensors copied in after a rank check. lora_A <- lora_down,
-    lora_B <- lora_up, kept in fp32.
+    Models without an adapter get one of the file's type injected (ranks via rank_pattern; LoHa/LoKr factors laid
+    out in the file's shapes); models that already have one (resume) get the tensors copied in after a type, rank
+    and shape check. Tensors are kept in fp32.
     """
     state_dict = path_or_sd if isinstance(path_or_sd, dict) else read_kohya(path_or_sd)[0]
     modules, missing = group_modules(state_dict)
@@ -163,4 +183,12 @@ def load_kohya_into_peft(path_or_sd: str | Path | dict[str, torch.Tensor], unet:
         label = "unet" if component == "unet" else f"text_encoder_{component}"
         _load_component(model, mods, report, label)
         report.per_component[label] = len(mods)
+    report.kind = _file_kind(modules)
     return report
+
+
+def _file_kind(modules: dict[str, ModuleLoRA]) -> str:
+    algos = {m.layout.algo for m in modules.values()}
+    conv3x3 = any(m.parts[p].ndim == 4 and m.parts[p].shape[2:] != (1, 1) for m in modules.values()
+                  for p in ("lora_down.weight",) if p in m.parts)
+    return network_kind(algos, any(DORA in m.parts for m in modules.values()), conv3x3)

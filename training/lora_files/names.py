@@ -142,14 +142,15 @@ def unet_kohya_names(unet_module_paths: Iterable[str], sgm: bool, unet_config: M
 
 
 def target_paths(model: nn.Module) -> list[str]:
-    """Paths of every module a kohya LoRA can target: Linear/Conv2d leaves, or the peft layer wrapping one."""
-    from peft.tuners.lora import LoraLayer
+    """Paths of every module a kohya LoRA can target: Linear/Conv2d leaves, or the peft layer (LoRA, LoHa, LoKr)
+    wrapping one."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     out = []
     for path, module in model.named_modules():
         if not path or _PEFT_CHILDREN.intersection(path.split(".")):
             continue
-        if isinstance(module, LoraLayer | nn.Linear | nn.Conv2d):
+        if isinstance(module, BaseTunerLayer | nn.Linear | nn.Conv2d):
             out.append(path)
     return out
 
