@@ -27,6 +27,7 @@ from app.form import (
 )
 from app.model_check import CLIP_SKIP_SDXL, FAMILY_NAMES, detect_model_family, family_problem, preset_mismatch
 from app.tabs.context import AppContext, form_handler
+from app.tabs.network_section import build_network_choice, wire_network_choice
 from app.tabs.prompt_editor import build_prompt_editor
 from training.contract.config_io import ConfigError, load_config, save_config
 
@@ -67,10 +68,15 @@ def build_model_tab(ctx: AppContext) -> FormRestore:
               for name in shown_fields(ctx)}
     for section, (basic, advanced) in layout(ctx).items():
         with gr.Accordion(section.capitalize(), open=section in OPEN_SECTIONS, elem_id=f"section-{section}"):
+            network = build_network_choice(ctx) if section == "network" else None
             render_fields(ctx, basic, errors, family_info)
+            if network:
+                network.size.render()
             if advanced:
-                with gr.Accordion("Advanced", open=False, elem_id=f"advanced-{section}"):
+                with gr.Accordion("Advanced", open=False, elem_id=f"advanced-{section}") as folded:
                     render_fields(ctx, advanced, errors, family_info)
+                if network:
+                    wire_network_choice(ctx, network, folded)
     with gr.Row():
         path_box = gr.Textbox(value=str(ctx.settings.configs_dir / "my-run.toml"), label="Config file",
                               info=f"A .toml file under {ctx.settings.data_dir}", elem_id="config-path", scale=3)
@@ -227,7 +233,7 @@ class FormRestore:
 BASIC_FIELDS = {
     "model": ("pretrained_model_name_or_path", "output_name", "clip_skip"),
     "dataset": ("resolution", "enable_bucket", "shuffle_caption", "keep_tokens"),
-    "network": ("network_dim", "network_alpha", "network_train_unet_only"),
+    "network": ("network_dim", "network_alpha", "network_train_unet_only", "conv_dim", "conv_alpha"),
     "optimizer": ("optimizer_type", "learning_rate", "lr_scheduler", "unet_lr", "text_encoder_lr"),
     "training": ("max_train_epochs", "max_train_steps", "train_batch_size", "mixed_precision",
                  "gradient_checkpointing", "min_snr_gamma"),
