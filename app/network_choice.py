@@ -185,7 +185,8 @@ def choose_preset(values: dict[str, Any], preset: str) -> dict[str, Any]:
         return {}
     kind = type_of(spec)
     kept = _kept_args(values, kind, lycoris=True)
-    return _lycoris_fields(values, spec.algo, preset, kept, dora=spec.dora_wd)
+    algo = "locon" if spec.algo == "lora" else spec.algo  # LyCORIS's two names for one algorithm
+    return _lycoris_fields(values, algo, preset, kept, dora=spec.dora_wd)
 
 
 def module_counts(size: Any) -> str:
