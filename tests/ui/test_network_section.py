@@ -126,3 +126,96 @@ def test_algo_boft_in_network_args_shows_the_error_at_the_field_and_start_is_off
     expect(page.locator("#cfg-network_args input")).to_have_value("algo=lokr preset=full")
     page.get_by_role("tab", name="Train").click()
     expect(page.locator("#start-btn")).to_be_enabled()
+
+
+def locon_tensors() -> dict:
+    """kohya LoCon tensors written by hand: two attention Linears and a text-encoder one (down [r, in]), two resnet
+    3x3 convs (down [r, in, 3, 3], up [out, r, 1, 1])."""
+    import numpy as np
+
+    def module(name: str, n_in: int, n_out: int, conv: bool) -> dict:
+        down = np.zeros((8, n_in, 3, 3) if conv else (4, n_in), np.float16)
+        up = np.zeros((n_out, 8, 1, 1) if conv else (n_out, 4), np.float16)
+        return {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
+                f"{name}.alpha": np.array(2.0, np.float16)}
+
+    attn = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_{}"
+    out = module(attn.format("q"), 320, 320, False) | module(attn.format("k"), 320, 320, False)
+    out |= module("lora_te_text_model_encoder_layers_0_self_attn_q_proj", 768, 768, False)
+    for i in (1, 2):
+        out |= module(f"lora_unet_down_blocks_0_resnets_0_conv{i}", 320, 320, True)
+    return out
+
+
+def test_results_shows_the_type_and_module_counts_of_a_locon_file(page, app):
+    """A LoCon file placed in a run folder: its type and its linear and conv modules per part."""
+    import json
+    import re
+
+    from playwright.sync_api import expect
+    from safetensors.numpy import save_file
+
+    from training.contract.events import EventWriter
+
+    run_dir = app.settings.data_dir / "runs" / "style" / "20240101-120000"
+    run_dir.mkdir(parents=True)
+    lora = run_dir / "style.safetensors"
+    save_file(locon_tensors(), str(lora), metadata={"ss_network_module": "networks.lora", "ss_network_dim": "4",
+                                                    "ss_network_args": json.dumps({"conv_dim": "8",
+                                                                                   "conv_alpha": "2"})})
+    events = EventWriter(run_dir)
+    events.emit("start", run_id=run_dir.name, pid=1, total_steps=10, total_epochs=1)
+    events.emit("done", path=str(lora), step=10)
+    events.close()
+
+    open_model_tab(page, app.url)
+    page.get_by_role("tab", name="Results").click()
+    page.locator("#results-refresh").click()
+    page.locator("#results-run input").click()
+    page.get_by_role("option", name=re.compile(r"^style · ")).first.click()
+    report = page.locator("#results-report")
+    expect(report).to_contain_text("style.safetensors")
+    expect(report).to_contain_text("LoCon (networks.lora, conv_dim=8 conv_alpha=2)")
+    expect(report).to_contain_text("UNet: 2 linear, 2 conv · text encoder: 1 linear")
+
+
+@pytest.mark.slow
+def test_locon_chosen_in_the_ui_trains_and_results_counts_its_conv_modules(page, tmp_path, tiny_sd1, dataset_dir):
+    """End to end: a tiny SD1 model and dataset loaded from a TOML, LoCon picked in the Network section, Start, the
+    run to its end, and the Results tab shows the final LoRA's conv modules. Needs the engine's LoCon (the adapters
+    on the resnet convs and their export)."""
+    import re
+
+    from playwright.sync_api import expect
+    from timing import ms
+
+    ui, demo = serve(tmp_path / "data", dry_run=False)
+    try:
+        ui.settings.configs_dir.mkdir(parents=True, exist_ok=True)
+        (ui.settings.configs_dir / "tiny.toml").write_text(
+            f'pretrained_model_name_or_path = "{tiny_sd1}"\ntrain_data_dir = "{dataset_dir}"\n'
+            'resolution = "64"\nmin_bucket_reso = 64\nmax_bucket_reso = 128\nnetwork_dim = 4\nnetwork_alpha = 2.0\n'
+            'max_train_steps = 4\nmixed_precision = "no"\noutput_name = "locon"\n', encoding="utf-8")
+        open_model_tab(page, ui.url)
+        fill(page, "#config-path textarea", "tiny.toml")
+        page.locator("#load-toml").click()
+        expect(page.locator("#config-message")).to_contain_text("Loaded")
+        open_section(page, "network")
+        pick_type(page, "LoCon")
+        expect(page.locator("#cfg-conv_dim input")).to_have_value("4")
+        page.get_by_role("tab", name="Train").click()
+        page.locator("#start-btn").click()
+        expect(page.locator("#start-message")).to_contain_text("started")
+        expect(page.locator("#run-status")).to_contain_text("done", timeout=ms(300))
+
+        page.get_by_role("tab", name="Results").click()
+        page.locator("#results-refresh").click()
+        page.locator("#results-run input").click()
+        page.get_by_role("option", name=re.compile(r"^locon · .* · done")).first.click()
+        report = page.locator("#results-report")
+        expect(report).to_contain_text("locon.safetensors")
+        expect(report).to_contain_text("LoCon (networks.lora")
+        expect(report).to_contain_text(re.compile(r"UNet: \d+ linear, [1-9]\d* conv"))
+    finally:
+        stop_all(ui.supervisor)
+        demo.close()
