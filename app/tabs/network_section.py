@@ -8,7 +8,8 @@ form and the raw network_args box under Advanced all show the type they make.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
@@ -38,6 +39,9 @@ class NetworkSection:
     preset: Any  # gr.Dropdown: the LyCORIS module preset
     reason: Any  # gr.Markdown: why this type and preset
     size: Any  # gr.Markdown: the file size and module counts (rendered by the caller, under the fields)
+    # Set by wire_network_choice: redraw(form values, applied preset record) -> updates for outputs
+    redraw: Callable[[dict[str, Any], dict[str, Any] | None], tuple[Any, ...]] | None = None
+    outputs: list[Any] = field(default_factory=list)
 
 
 def build_network_choice(ctx: AppContext) -> NetworkSection:
@@ -65,7 +69,8 @@ def family_of(model: str, record: dict[str, Any] | None) -> str | None:
 
 
 def wire_network_choice(ctx: AppContext, section: NetworkSection, advanced: Any) -> None:
-    """A type or preset picked writes the network fields; any form change redraws the section from them."""
+    """A type or preset picked writes the network fields; section.redraw draws the section from them (the form's
+    check calls it on every change)."""
     fields = [ctx.components[n] for n in NETWORK_FIELDS]
     read = {ctx.components[n]: n for n in (*NETWORK_FIELDS, "network_dim", "network_alpha")}
 
@@ -83,18 +88,16 @@ def wire_network_choice(ctx: AppContext, section: NetworkSection, advanced: Any)
     section.kind.input(pick_type, inputs={section.kind, *read}, outputs=fields, api_visibility="private")
     section.preset.input(pick_preset, inputs={section.preset, *read}, outputs=fields, api_visibility="private")
 
-    def redraw(data: dict[Any, Any]) -> tuple[Any, ...]:
+    def redraw(values: dict[str, Any], record: dict[str, Any] | None) -> tuple[Any, ...]:
         """The type, preset, reason and size the fields make; the conv fields shown where they apply (or hold a
         value); Advanced opened when network_args or network_module has an error, so its message is in sight."""
-        values = {s.name: data[ctx.components[s.name]] for s in ctx.specs}
         view = network_view(values)
-        size = size_line(values, family_of(str(values.get("pretrained_model_name_or_path") or ""), data[ctx.preset]))
+        size = size_line(values, family_of(str(values.get("pretrained_model_name_or_path") or ""), record))
         conv = (gr.update(visible=view.has_conv or bool(str(values.get(n) or "").strip())) for n in CONV_FIELDS)
-        problem = network_problem(values)
         return (gr.update(value=view.kind), gr.update(value=view.preset, visible=view.lycoris), view.reason, size,
-                *conv, gr.update(open=True) if problem else gr.skip())
+                *conv, gr.update(open=True) if network_problem(values) else gr.skip())
 
-    gr.on([c.change for c in ctx.form_inputs] + [ctx.preset.change], redraw, inputs={*ctx.form_inputs, ctx.preset},
-          outputs=[section.kind, section.preset, section.reason, section.size,
-                   *(ctx.components[n] for n in CONV_FIELDS), advanced],
-          trigger_mode="always_last", show_progress="hidden", api_visibility="private")
+    # The form's check (app/tabs/model.py) calls redraw on every change and on page load: one event, not two.
+    section.redraw = redraw
+    section.outputs = [section.kind, section.preset, section.reason, section.size,
+                       *(ctx.components[n] for n in CONV_FIELDS), advanced]

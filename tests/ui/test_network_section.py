@@ -206,6 +206,8 @@ def test_locon_chosen_in_the_ui_trains_and_results_counts_its_conv_modules(page,
         page.get_by_role("tab", name="Train").click()
         page.locator("#start-btn").click()
         expect(page.locator("#start-message")).to_contain_text("started")
+        job = ui.supervisor.discover()[0].run_dir / "job.toml"
+        assert tomllib.loads(job.read_text(encoding="utf-8"))["network"]["conv_dim"] == 4  # the run's own job
         expect(page.locator("#run-status")).to_contain_text("done", timeout=ms(300))
 
         page.get_by_role("tab", name="Results").click()
