@@ -125,7 +125,7 @@ def network_view(values: dict[str, Any]) -> NetworkView:
         return NetworkView(None, None, False, f"⚠ {err}. Fix it under Advanced, or pick a type above.")
     kind = type_of(spec)
     preset = spec.preset if spec.module == LYCORIS else None
-    where = f" **Modules ({preset}):** {PRESET_REASONS[preset]}" if preset else f" **Modules:** {KOHYA_SET}."
+    where = f"\n\n**Modules ({preset}):** {PRESET_REASONS[preset]}" if preset else f"\n\n**Modules:** {KOHYA_SET}."
     return NetworkView(kind, preset, spec.has_conv, f"**{kind}:** {TYPE_REASONS[kind]}{where}")
 
 

@@ -18,7 +18,6 @@ from app.form import default_values
 from app.model_check import detect_model_family
 from app.network_choice import (
     NETWORK_FIELDS,
-    PRESET_REASONS,
     TYPES,
     choose_preset,
     choose_type,
@@ -52,8 +51,8 @@ def build_network_choice(ctx: AppContext) -> NetworkSection:
                         info="What the adapters learn and how big the file gets; writes network_module and "
                              "network_args (under Advanced) for you.")
         preset = gr.Dropdown([(f"{p}", p) for p in LYCORIS_PRESETS], value=view.preset, label="Module preset",
-                             info="Which layers get adapters (LyCORIS types): " + " ".join(
-                                 f"{p}: {why}" for p, why in PRESET_REASONS.items()),
+                             info="Which layers get adapters (LyCORIS types); the line below says what the "
+                                  "chosen one covers.",
                              elem_id="network-preset", visible=view.lycoris, scale=1)
     reason = gr.Markdown(view.reason, elem_id="network-reason")
     size = gr.Markdown(size_line(default_values(), None), elem_id="network-size", render=False)
