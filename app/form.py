@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shlex
 import tomllib
 import types
@@ -242,8 +243,11 @@ def _config_problems(flat: dict[str, Any]) -> dict[str, str]:
 
 
 def _named_field(message: str) -> str:
-    """The first field a whole-config message names (min_bucket_reso > max_bucket_reso), to show it there."""
-    return next((name for name in TrainConfig.model_fields if name in message), "form")
+    """The field a whole-config message names first (min_bucket_reso > max_bucket_reso; "network_args 'algo' needs
+    network_module = ...": the arg typed, not the module it asks for), to show it there."""
+    found = {m.start(): name for name in TrainConfig.model_fields
+             for m in [re.search(rf"\b{re.escape(name)}\b", message)] if m}
+    return found[min(found)] if found else "form"
 
 
 def _to_ui_value(spec: FieldSpec, value: Any) -> Any:

@@ -24,6 +24,7 @@ from training.contract.errors import UserError
 from training.contract.events import Checkpoint, Done, Sample, read_events
 from training.contract.layout import RunLayout
 from training.contract.lora_check import SelfCheck
+from training.contract.network import NetworkArgsError, parse_network
 
 SETTINGS_FILE = "ui-settings.json"
 WEBUI_FOLDER_KEY = "webui_lora_folder"
@@ -33,6 +34,17 @@ ALPHA_FORMATS = {"F16": "<e", "F32": "<f", "F64": "<d"}
 LEGACY_CHECK_RE = re.compile(r"(\d+) of (\d+) modules matched")
 EPOCH_SAVE_RE = re.compile(r"-(\d{6})$")  # kohya's per-epoch save name, <output_name>-000003
 PROBLEMS_SHOWN = 5
+# Each network type's tensors, as kohya (LoRA/LoCon) and LyCORIS (LoHa, LoKr) name them: a module's type is told by
+# the first marker it holds.
+ALGO_MARKERS = (("LoRA", "lora_down.weight"), ("LoHa", "hada_w1_a"), ("LoKr", "lokr_w1"), ("LoKr", "lokr_w1_a"))
+KNOWN_PARTS = ("lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha", "dora_scale", "hada_w1_a",
+               "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "lokr_w1", "lokr_w1_a", "lokr_w1_b",
+               "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
+RANK_AXES = (("lora_down.weight", 0), ("hada_w1_b", 0), ("lokr_w2_b", 0), ("lokr_w1_b", 0))
+# The UNet's 3x3 convolutions by kohya name: diffusers (resnets' conv1/conv2, samplers' conv, conv_in/conv_out) and
+# SGM for SDXL (in_layers.2/out_layers.3, a downsampler's op, an upsampler's conv, input_blocks.0.0, out.2).
+CONV_NAME_RE = re.compile(r"(_conv[12]?|_in_layers_2|_out_layers_3|_op|^lora_unet_conv_(in|out)|"
+                          r"^lora_unet_input_blocks_0_0|^lora_unet_out_2)$")
 PREVIEW_SUFFIX = ".preview.png"
 
 
@@ -80,10 +92,23 @@ class LoraReport:
     alphas: Counter = field(default_factory=Counter)
     dtypes: Counter = field(default_factory=Counter)
     metadata: dict[str, str] = field(default_factory=dict)
+    shapes: Counter = field(default_factory=Counter)  # (part of the model, "linear" | "conv") -> modules
+    algos: Counter = field(default_factory=Counter)  # LoRA | LoHa | LoKr -> modules, from their tensor names
+    dora_modules: int = 0  # modules with a dora_scale
 
     @property
     def modules(self) -> int:
         return self.unet_modules + self.te_modules
+
+    @property
+    def network_kind(self) -> str | None:
+        """The type the file's tensors make, as WebUIs load it: LoRA, LoCon (convs), LoHa, LoKr, +DoRA."""
+        if not self.algos:
+            return None
+        algo = self.algos.most_common(1)[0][0]
+        name = "LoCon" if algo == "LoRA" and sum(n for (_, shape), n in self.shapes.items() if shape == "conv") \
+            else algo
+        return f"{name}+DoRA" if self.dora_modules else name
 
 
 # --- runs and their saves -----------------------------------------------------------------------------------------
@@ -189,27 +214,65 @@ def _alpha_value(f: Any, start: int, info: dict[str, Any]) -> float | None:
 
 
 def lora_report(path: Path, check: str | None = None, check_result: SelfCheck | None = None) -> LoraReport:
-    """Modules, ranks, alphas, dtypes and metadata of a kohya LoRA file, read without loading its weights."""
+    """Modules (per type, part and kind), ranks, alphas, dtypes and metadata of a kohya/LyCORIS LoRA file, read
+    without loading its weights."""
     header, start = read_header(path)
     report = LoraReport(path, path.stat().st_size, check, check_result,
                         metadata=dict(header.pop("__metadata__", None) or {}))
+    modules: dict[str, dict[str, list[int]]] = {}  # module name -> {part: shape}
     with open(path, "rb") as f:
         for key, info in header.items():
             name, _, part = key.partition(".")
             report.keys += 1
-            report.parts[part if part in ("lora_down.weight", "lora_up.weight", "alpha") else "other"] += 1
+            report.parts[part if part in KNOWN_PARTS else "other"] += 1
             report.dtypes[info.get("dtype")] += 1
-            if part == "lora_down.weight":
-                report.ranks[int(info["shape"][0])] += 1
-                if name.startswith("lora_unet_"):
-                    report.unet_modules += 1
-                else:
-                    report.te_modules += 1
-            elif part == "alpha":
+            modules.setdefault(name, {})[part] = list(info.get("shape") or [])
+            if part == "alpha":
                 alpha = _alpha_value(f, start, info)
                 if alpha is not None:
                     report.alphas[round(alpha, 4)] += 1
+    for name, parts in modules.items():
+        _count_module(report, name, parts)
     return report
+
+
+def _count_module(report: LoraReport, name: str, parts: dict[str, list[int]]) -> None:
+    """One module: its type from its tensor names, its rank, whether it adapts a 3x3 conv, UNet or text encoder."""
+    algo = next((a for a, marker in ALGO_MARKERS if marker in parts), None)
+    if algo is None:
+        return  # an alpha or scale without weights: not a module a loader applies
+    part = "UNet" if name.startswith("lora_unet_") else "text encoder"
+    if part == "UNet":
+        report.unet_modules += 1
+    else:
+        report.te_modules += 1
+    report.algos[algo] += 1
+    report.dora_modules += "dora_scale" in parts
+    report.shapes[(part, "conv" if _is_conv(name, parts) else "linear")] += 1
+    rank = _rank(parts)
+    if rank is not None:
+        report.ranks[rank] += 1
+
+
+def _is_conv(name: str, parts: dict[str, list[int]]) -> bool:
+    """Whether the module adapts a convolution wider than 1x1 (the layers conv_dim ranks). A 4-D tensor says so by
+    its kernel; LoHa's and LoKr's factors of a conv may all be flattened to 2-D, and then the module's kohya name
+    tells (a resnet's conv1/conv2, a sampler's conv, conv_in/conv_out, in SD's diffusers or SGM naming)."""
+    kernels = [shape[2:] for shape in parts.values() if len(shape) == 4]
+    if kernels:
+        return any(k != [1, 1] for k in kernels)
+    if any(p in parts for p in ("lora_down.weight", "lokr_w2")):
+        return False  # a 2-D LoRA down or full LoKr factor belongs to a Linear
+    return bool(CONV_NAME_RE.search(name))
+
+
+def _rank(parts: dict[str, list[int]]) -> int | None:
+    """The module's rank: LoRA's down rows, LoHa's factor rank, a decomposed LoKr factor's; None for a LoKr of
+    full factors (its size is set by factor, not a rank)."""
+    for part, axis in RANK_AXES:
+        if part in parts and len(parts[part]) > axis:
+            return int(parts[part][axis])
+    return None
 
 
 def format_report(r: LoraReport, save: SaveInfo | None = None) -> str:
@@ -223,7 +286,9 @@ def format_report(r: LoraReport, save: SaveInfo | None = None) -> str:
         lines += ["This file holds no tensors" + (" (a dry-run placeholder)." if m.get("loraforge_dry_run") else "."),
                   ""]
     rows = [
+        ("Network", network_text(r)),
         ("Modules", f"{r.modules} (UNet {r.unet_modules}, text encoder {r.te_modules})"),
+        ("Modules by kind", kinds_text(r)),
         ("Rank", _counted(r.ranks) or m.get("ss_network_dim", "—")),
         ("Alpha", _alpha_text(r) or m.get("ss_network_alpha", "—")),
         ("Base model version", m.get("ss_base_model_version", "—") + (f" (v2: {m['ss_v2']})" if "ss_v2" in m else "")),
@@ -236,7 +301,8 @@ def format_report(r: LoraReport, save: SaveInfo | None = None) -> str:
          (f" · dtype {_counted(r.dtypes)}" if r.dtypes else "")),
     ]
     lines += ["| Property | Value |", "|---|---|", *(f"| {k} | {_cell(v)} |" for k, v in rows)]
-    shown = {"ss_network_dim", "ss_network_alpha", "ss_base_model_version", "ss_v2", "modelspec.architecture",
+    shown = {"ss_network_module", "ss_network_args",  # the Network row shows them
+             "ss_network_dim", "ss_network_alpha", "ss_base_model_version", "ss_v2", "modelspec.architecture",
              "modelspec.resolution", "ss_resolution", "modelspec.prediction_type", "ss_sd_model_name", "ss_steps",
              "ss_epoch"}
     other = sorted(k for k in m if k not in shown)
@@ -244,6 +310,65 @@ def format_report(r: LoraReport, save: SaveInfo | None = None) -> str:
         lines += ["", f"<details><summary>Other metadata ({len(other)} keys)</summary>", "", "| key | value |",
                   "|---|---|", *(f"| {k} | {_cell(_short(m[k]))} |" for k in other), "", "</details>"]
     return "\n".join(lines)
+
+
+def kinds_text(r: LoraReport) -> str:
+    """``UNet: 46 linear, 24 conv · text encoder: 30 linear``: the modules per part of the model and layer kind
+    (conv = wider than 1x1, the layers conv_dim ranks)."""
+    parts = []
+    for part in ("UNet", "text encoder"):
+        counts = [f"{r.shapes[(part, kind)]} {kind}" for kind in ("linear", "conv") if r.shapes[(part, kind)]]
+        if counts:
+            parts.append(f"{part}: {', '.join(counts)}")
+    return " · ".join(parts) or "—"
+
+
+def metadata_network(metadata: dict[str, str]) -> str | None:
+    """The type the file's metadata (ss_network_module, ss_network_args) names, or None when it names none."""
+    module = metadata.get("ss_network_module")
+    if not module:
+        return None
+    try:
+        raw = json.loads(metadata.get("ss_network_args") or "{}")
+    except ValueError:
+        raw = {}
+    args = [f"{k}={v}" for k, v in raw.items()] if isinstance(raw, dict) else [str(a) for a in raw or []]
+    dim = _metadata_number(metadata, "ss_network_dim", int) or 4
+    alpha = _metadata_number(metadata, "ss_network_alpha", float) or 1.0
+    try:
+        return parse_network(module, args, dim, alpha).kind
+    except NetworkArgsError:
+        return None
+
+
+def _metadata_number(metadata: dict[str, str], key: str, kind: type) -> Any:
+    try:
+        return kind(float(metadata.get(key, "")))
+    except ValueError:
+        return None
+
+
+def network_text(r: LoraReport) -> str:
+    """``LoCon (networks.lora, conv_dim=8 conv_alpha=4)``: the type the tensors make, with the module and args the
+    metadata records; a metadata type that disagrees with the tensors is said."""
+    kind = r.network_kind or "—"
+    module = r.metadata.get("ss_network_module")
+    args = _args_text(r.metadata.get("ss_network_args"))
+    text = kind + (f" ({module}{', ' + args if args else ''})" if module else "")
+    named = metadata_network(r.metadata)
+    if named and r.network_kind and named != r.network_kind:
+        text += f"; the metadata says {named}"
+    return text
+
+
+def _args_text(raw: str | None) -> str:
+    try:
+        value = json.loads(raw or "{}")
+    except ValueError:
+        return str(raw or "")
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items())
+    return " ".join(str(v) for v in value) if isinstance(value, list) else str(value)
 
 
 def check_line(check: str | None, result: SelfCheck | None = None) -> str:

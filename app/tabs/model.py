@@ -27,6 +27,7 @@ from app.form import (
 )
 from app.model_check import CLIP_SKIP_SDXL, FAMILY_NAMES, detect_model_family, family_problem, preset_mismatch
 from app.tabs.context import AppContext, form_handler
+from app.tabs.network_section import NetworkSection, build_network_choice, wire_network_choice
 from app.tabs.prompt_editor import build_prompt_editor
 from training.contract.config_io import ConfigError, load_config, save_config
 
@@ -63,20 +64,28 @@ def build_model_tab(ctx: AppContext) -> FormRestore:
             preset_info = gr.Markdown("Pick a preset, or fill the settings yourself.", elem_id="preset-info")
             device_note = gr.Markdown(elem_id="device-note")
     family_info = gr.Markdown(elem_id="model-family", render=False)
+    network: NetworkSection | None = None
     errors = {name: gr.Markdown(visible=False, elem_id=f"err-{name}", elem_classes=["field-error"], render=False)
               for name in shown_fields(ctx)}
     for section, (basic, advanced) in layout(ctx).items():
         with gr.Accordion(section.capitalize(), open=section in OPEN_SECTIONS, elem_id=f"section-{section}"):
+            here = build_network_choice(ctx) if section == "network" else None
             render_fields(ctx, basic, errors, family_info)
+            if here:
+                here.size.render()
             if advanced:
-                with gr.Accordion("Advanced", open=False, elem_id=f"advanced-{section}"):
+                with gr.Accordion("Advanced", open=False, elem_id=f"advanced-{section}") as folded:
                     render_fields(ctx, advanced, errors, family_info)
+                if here:
+                    wire_network_choice(ctx, here, folded)
+                    network = here
     with gr.Row():
         path_box = gr.Textbox(value=str(ctx.settings.configs_dir / "my-run.toml"), label="Config file",
                               info=f"A .toml file under {ctx.settings.data_dir}", elem_id="config-path", scale=3)
         save_btn = gr.Button("Save TOML", elem_id="save-toml", scale=0)
         load_btn = gr.Button("Load TOML", elem_id="load-toml", scale=0)
     message = gr.Markdown(elem_id="config-message")
+    assert network is not None, "the config has a network section"
 
     applied = gr.State(None)  # the preset this page last applied
     clip_skip_spec = next(s for s in ctx.specs if s.name == "clip_skip")
@@ -149,7 +158,7 @@ def build_model_tab(ctx: AppContext) -> FormRestore:
     save_btn.click(form_handler(save_toml, list(save_inputs)), inputs_kwargs=save_inputs, outputs=message,
                    api_name="save_toml")
     load_btn.click(load_toml, inputs=path_box, outputs=[*form, message], api_name="load_toml")
-    return wire_form_state(ctx, presets, FormParts(preset, applied, preset_info, device_note, errors))
+    return wire_form_state(ctx, presets, FormParts(preset, applied, preset_info, device_note, errors, network))
 
 
 @dataclass
@@ -161,6 +170,7 @@ class FormParts:
     preset_info: Any
     device_note: Any
     errors: dict[str, Any]  # field name -> the message box under it
+    network: NetworkSection  # the Network section's type, preset, reason and size, drawn from the fields
 
 
 def wire_form_state(ctx: AppContext, presets: dict[str, Preset], parts: FormParts) -> FormRestore:
@@ -183,7 +193,7 @@ def wire_form_state(ctx: AppContext, presets: dict[str, Preset], parts: FormPart
                 save_form(ctx.settings.data_dir, values, data[preset], data[ctx.preset])
         boxes = (gr.update(value=f"⚠ {problems[n]}", visible=True) if n in problems else
                  gr.update(value="", visible=False) for n in shown)
-        return (problems, *boxes, device_text(values))
+        return (problems, *boxes, device_text(values), *network.redraw(values, data[ctx.preset]))
 
     def device_text(values: dict[str, Any]) -> str:
         return cpu_fallback_note(values.get("optimizer_type"), values.get("mixed_precision"), ctx.device.line,
@@ -193,7 +203,8 @@ def wire_form_state(ctx: AppContext, presets: dict[str, Preset], parts: FormPart
         note = device_text({"optimizer_type": optimizer, "mixed_precision": precision})
         return note, gr.Timer(active=not ctx.device.ready)
 
-    check_outputs = [ctx.form_errors, *(errors[n] for n in shown), parts.device_note]
+    network = parts.network
+    check_outputs = [ctx.form_errors, *(errors[n] for n in shown), parts.device_note, *network.outputs]
     gr.on([c.change for c in form] + [preset.change], check_form, inputs=watched, outputs=check_outputs,
           trigger_mode="always_last", show_progress="hidden", api_visibility="private")
     note_timer.tick(refresh_note, inputs=[ctx.components["optimizer_type"], ctx.components["mixed_precision"]],
@@ -227,7 +238,7 @@ class FormRestore:
 BASIC_FIELDS = {
     "model": ("pretrained_model_name_or_path", "output_name", "clip_skip"),
     "dataset": ("resolution", "enable_bucket", "shuffle_caption", "keep_tokens"),
-    "network": ("network_dim", "network_alpha", "network_train_unet_only"),
+    "network": ("network_dim", "network_alpha", "network_train_unet_only", "conv_dim", "conv_alpha"),
     "optimizer": ("optimizer_type", "learning_rate", "lr_scheduler", "unet_lr", "text_encoder_lr"),
     "training": ("max_train_epochs", "max_train_steps", "train_batch_size", "mixed_precision",
                  "gradient_checkpointing", "min_snr_gamma"),
