@@ -3,17 +3,21 @@ diffusers pipelines by tests/ldm_convert.py) and kohya LoRA files written here f
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from ldm_convert import diffusers_to_ldm
 from safetensors.torch import save_file
+from timing import scaled
 from tiny_models import build_tiny_pipeline
 
 from training.lora_files.names import canonical_name, target_paths
 from training.models.families import FAMILIES
 
+ROOT = Path(__file__).resolve().parents[2]
 TE_LEAVES = ("q_proj", "k_proj", "v_proj", "out_proj")
 UNET_LEAVES = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -84,3 +88,22 @@ def tiny_ckpt(tmp_path_factory):
             made[family] = Tiny(family, tmp_path_factory.mktemp(f"ckpt_{family}"))
         return made[family]
     return get
+
+
+def delta_of(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """(alpha/r) * up @ down of one module, written here from the file's tensors (float32), shaped as the weight."""
+    down = tensors[f"{name}.lora_down.weight"].float()
+    up = tensors[f"{name}.lora_up.weight"].float()
+    rank = down.shape[0]
+    alpha = float(tensors[f"{name}.alpha"]) if f"{name}.alpha" in tensors else rank
+    return (alpha / rank) * (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:])
+
+
+def module_names(tensors: dict[str, torch.Tensor]) -> list[str]:
+    return sorted({k.split(".")[0] for k in tensors})
+
+
+def run_tools(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m training.tools ARGS`` as a user runs it, from the repository root."""
+    return subprocess.run([sys.executable, "-m", "training.tools", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=scaled(timeout))

@@ -151,14 +151,14 @@ def most_common(values: Iterable[float]) -> float | None:
     return counts[0][0] if counts else None
 
 
-def network_metadata(modules: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, str]:
-    """ss_network_dim/alpha as kohya writes them: the rank and alpha when every module shares them, "Dynamic"
-    when they differ (kohya's resize writes that for a dynamic resize)."""
-    ranks = {int(t[DOWN].shape[0]) for t in modules.values()}
-    alphas = {round(float(t[ALPHA]), 6) for t in modules.values() if ALPHA in t}
-    return {"ss_network_module": "networks.lora",
-            "ss_network_dim": str(ranks.pop()) if len(ranks) == 1 else "Dynamic",
-            "ss_network_alpha": f"{alphas.pop():g}" if len(alphas) == 1 else "Dynamic"}
+def network_metadata(modules: Mapping[str, Mapping[str, torch.Tensor]], dynamic: bool) -> dict[str, str]:
+    """ss_network_dim/alpha. Where modules differ: "Dynamic" when ``dynamic`` (kohya's resize writes that), else
+    the most common rank and alpha (what training's export writes, and what the self-check compares)."""
+    ranks = [int(t[DOWN].shape[0]) for t in modules.values()]
+    alphas = [float(t[ALPHA]) for t in modules.values() if ALPHA in t]
+    dim = "Dynamic" if dynamic and len(set(ranks)) > 1 else f"{most_common(ranks):g}"
+    alpha = "Dynamic" if dynamic and len(set(alphas)) > 1 else f"{most_common(alphas) or 1.0:g}"
+    return {"ss_network_module": "networks.lora", "ss_network_dim": dim, "ss_network_alpha": alpha}
 
 
 def family_metadata(family: str | None) -> dict[str, str]:
