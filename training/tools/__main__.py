@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--tuned", type=Path, required=True)
     extract.add_argument("--rank", type=positive_int, required=True)
     extract.add_argument("--conv-rank", type=positive_int, help="also extract the UNet's 3x3 convs (LoCon)")
-    extract.add_argument("--clamp-quantile", type=quantile, default=0.99, help="kohya's clamp of the factors")
+    extract.add_argument("--clamp-quantile", type=quantile, default=0.99,
+                         help="kohya's clamp of the factors to this quantile of their values (1: no clamp)")
     extract.add_argument("--min-diff", type=float, default=0.01, help="text encoders whose weights differ by at "
                          "most this are left out (kohya's rule)")
     extract.add_argument("--out", type=Path, required=True)

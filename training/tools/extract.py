@@ -2,9 +2,9 @@
 
 The modules are kohya's LoRA targets: the UNet's transformer blocks (attention, feed-forward, proj_in/out) and the
 text encoders' attention and MLP; with ``--conv-rank`` also the UNet's resnet and sampler convs (LoCon). As in
-kohya's extract_lora_from_models.py: alpha = rank, up = U_k S_k and down = Vh_k clamped to the ``--clamp-quantile``
-of their values, text encoders left out when no weight differs by more than ``--min-diff``. Modules whose weights
-are identical are left out (kohya writes them as zeros)."""
+kohya's extract_lora_from_models.py: alpha = rank, up = U_k S_k and down = Vh_k, both clamped to +-(the
+``--clamp-quantile`` of their signed values; 1 turns the clamp off), text encoders left out when no weight differs
+by more than ``--min-diff``. Modules whose weights are identical are left out (kohya writes them as zeros)."""
 
 from __future__ import annotations
 
@@ -43,8 +43,10 @@ def clamped_factors(diff: torch.Tensor, rank: int, quantile: float) -> Factors:
     rank = min(rank, out_dim, in_dim)
     u, singular, vh = singular_decomposition(diff.reshape(out_dim, -1))
     up, down = u[:, :rank] * singular[:rank], vh[:rank]
-    limit = torch.quantile(torch.cat([up.flatten(), down.flatten()]), quantile)
-    return Factors(up.clamp(-limit, limit), down.clamp(-limit, limit), singular, kept_share(singular, rank))
+    if quantile < 1.0:  # kohya's clamp: the quantile of the signed values, applied to both signs
+        limit = torch.quantile(torch.cat([up.flatten(), down.flatten()]), quantile)
+        up, down = up.clamp(-limit, limit), down.clamp(-limit, limit)
+    return Factors(up, down, singular, kept_share(singular, rank))
 
 
 def extract(base_path: Path, tuned_path: Path, out: Path, rank: int, conv_rank: int | None = None,
