@@ -49,6 +49,7 @@ class Target:
     kind: str
     rows: tuple[int, int] | None = None
     shape: tuple[int, ...] = field(default=())
+    component: str = ""  # the diffusers subfolder holding ``key`` ("" for a single-file checkpoint)
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def _index_unet(shapes: Mapping[str, Sequence[int]], family: str, index: dict[st
             index[name] = target
 
 
-def _add_text(index: dict[str, Target], aliases: list[str], hf_path: str, target_of) -> None:
+def add_text_names(index: dict[str, Target], aliases: list[str], hf_path: str, target_of) -> None:
     """A text-encoder module under each accepted name: ``prefix_text_model_...`` (canonical) and the bare form."""
     canonical = kohya_name(aliases[0], f"text_model.{hf_path}")
     target = target_of(canonical)
@@ -155,7 +156,7 @@ def _index_clip(shapes: Mapping[str, Sequence[int]], prefix: str, aliases: list[
                 ) -> None:
     for path, shape in _weights(shapes, prefix).items():
         kind = "text" if _TEXT_TARGETS.search(path) else "other"
-        _add_text(index, aliases, path, lambda name, p=path, s=shape, k=kind: Target(
+        add_text_names(index, aliases, path, lambda name, p=path, s=shape, k=kind: Target(
             f"{prefix}{p}.weight", name, aliases[0], k, None, s))
 
 
@@ -174,12 +175,44 @@ def _index_open_clip(shapes: Mapping[str, Sequence[int]], prefix: str, aliases: 
             for n, qkv in enumerate("qkv"):
                 rows = (n * width, (n + 1) * width)
                 fused = (width, int(shape[1]))
-                _add_text(index, aliases, f"{layer}.self_attn.{qkv}_proj", lambda name, r=rows, k=key, s=fused: Target(
-                    k, name, aliases[0], "text", r, s))
+                add_text_names(index, aliases, f"{layer}.self_attn.{qkv}_proj",
+                               lambda name, r=rows, k=key, s=fused: Target(k, name, aliases[0], "text", r, s))
         else:
             hf = _OPEN_CLIP[leaf.removesuffix(".weight")]
-            _add_text(index, aliases, f"{layer}.{hf}", lambda name, k=key, s=tuple(shape): Target(
+            add_text_names(index, aliases, f"{layer}.{hf}", lambda name, k=key, s=tuple(shape): Target(
                 k, name, aliases[0], "text", None, s))
+
+
+def index_diffusers_unet(shapes: Mapping[str, Sequence[int]], family: str, config: Mapping) -> dict[str, Target]:
+    """The same for a diffusers folder's UNet file: keys are diffusers paths, the SGM names come from
+    ``names.diffusers_to_sgm`` with the folder's own layout."""
+    lpb = config.get("layers_per_block", 2)
+    lpb = int(lpb if isinstance(lpb, int) else lpb[0])
+    up_attention = {i: "CrossAttn" in kind for i, kind in enumerate(config.get("up_block_types", ()))}
+    index: dict[str, Target] = {}
+    for path, shape in _weights(shapes, "").items():
+        sgm = diffusers_to_sgm(path, lpb, up_attention)
+        diff_name = kohya_name(UNET_PREFIX, path)
+        sgm_name = None if sgm is None else kohya_name(UNET_PREFIX, sgm)
+        canonical = sgm_name if family == "sdxl" and sgm_name else diff_name
+        kind = "transformer" if sgm and _TRANSFORMER.match(sgm) else "resnet" if sgm and _RESNET_OR_SAMPLER.match(
+            sgm) else "other"
+        target = Target(f"{path}.weight", canonical, "unet", kind, None, shape, "unet")
+        for name in filter(None, (diff_name, sgm_name)):
+            index[name] = target
+    return index
+
+
+def index_diffusers_text(shapes: Mapping[str, Sequence[int]], prefix: str, component: str) -> dict[str, Target]:
+    """A diffusers folder's text encoder file (Hugging Face CLIP names, with or without ``text_model.``)."""
+    aliases = [prefix, "lora_te1"] if prefix == "lora_te" else [prefix]
+    index: dict[str, Target] = {}
+    for path, shape in _weights(shapes, "").items():
+        hf = path.removeprefix("text_model.")
+        kind = "text" if _TEXT_TARGETS.search(hf) else "other"
+        add_text_names(index, aliases, hf, lambda name, p=path, s=shape, k=kind: Target(
+            f"{p}.weight", name, prefix, k, None, s, component))
+    return index
 
 
 def unmatched(names: Sequence[str], index: Mapping[str, Target]) -> list[str]:

@@ -30,11 +30,27 @@ class Checkpoint:
     def tensor(self, key: str) -> torch.Tensor:
         if self.tensors is not None:
             return self.tensors[key]
+        if key in self.offsets and self.dtypes[key] in TORCH_DTYPES:
+            return self._read(key)
         if self._handle is None:
             from safetensors import safe_open
 
             self._handle = safe_open(str(self.path), framework="pt", device="cpu")
         return self._handle.get_tensor(key)
+
+    def _read(self, key: str) -> torch.Tensor:
+        """A plain read of the tensor's bytes rather than safetensors' memory map, whose pages would stay in this
+        process's resident memory until the end of a merge."""
+        start, length = self.offsets[key]
+        with open(self.path, "rb") as fh:
+            fh.seek(start)
+            data = bytearray(fh.read(length))
+        if len(data) != length:
+            raise UserError(f"{self.path}: is truncated at {key}; get the file again")
+        dtype = TORCH_DTYPES[self.dtypes[key]]
+        if not data:
+            return torch.empty(self.shapes[key], dtype=dtype)
+        return torch.frombuffer(data, dtype=dtype).reshape(self.shapes[key])
 
     def entry(self, key: str, dtype: str | None = None) -> Entry:
         """The key as it is (bytes copied from a safetensors file), or cast to ``dtype`` when that differs."""
