@@ -68,15 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m training.tools", description="LoRA tools: merge, resize, "
                                      "extract, inspect. Exit status 0 done, 2 bad input, 1 a full disk or failure.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    merge = sub.add_parser("merge", help="add LoRAs into a single-file checkpoint")
-    merge.add_argument("--model", type=Path, required=True, help="SD1.x/2.x/XL checkpoint (.safetensors or .ckpt)")
+    merge = sub.add_parser("merge", help="add LoRAs into a checkpoint")
+    merge.add_argument("--model", type=Path, required=True,
+                       help="SD1.x/2.x/XL checkpoint (.safetensors or .ckpt) or diffusers folder")
     merge.add_argument("--lora", action="append", required=True, metavar="FILE[:STRENGTH]",
                        help="a LoRA and its strength (default 1); repeat for more")
     merge.add_argument("--unet-strength", type=float, default=1.0, help="multiplies every UNet module's strength")
     merge.add_argument("--te-strength", type=float, default=1.0, help="multiplies every text-encoder strength")
     merge.add_argument("--precision", choices=("fp16", "bf16", "fp32"), help="cast every float tensor (default: "
                        "keep each tensor's dtype)")
-    merge.add_argument("--out", type=Path, required=True, help="the merged checkpoint (.safetensors)")
+    merge.add_argument("--out", type=Path, required=True, help="the merged checkpoint (.safetensors; a folder for a "
+                       "diffusers --model)")
     merge.add_argument("--force", action="store_true", help="replace --out if it exists")
 
     merge_loras = sub.add_parser("merge-loras", help="combine LoRAs into one LoRA")
