@@ -11,6 +11,7 @@ from conftest import delta_of, module_names
 from ldm_convert import diffusers_to_ldm
 from safetensors.torch import load_file, save_file
 
+from training.contract.errors import UserError
 from training.lora_files.names import canonical_name
 from training.lora_files.self_check import verify_lora
 from training.models.families import FAMILIES
@@ -81,3 +82,28 @@ def test_an_unchanged_text_encoder_is_left_out(tiny_ckpt, tuned, tmp_path):
     modules = extract(folder / "base.safetensors", folder / "tuned.safetensors", tmp_path / "x.safetensors",
                       rank=2, min_diff=10.0, log=lambda *_: None)
     assert sorted(modules) == sorted(n for n in changes if n.startswith("lora_unet_"))
+
+
+def test_conv_rank_extracts_a_3x3_conv_change_as_locon(tiny_ckpt, tmp_path):
+    tiny = tiny_ckpt("sd1")
+    save_file(diffusers_to_ldm(tiny.pipe), str(tmp_path / "base.safetensors"))
+    pipe = copy.deepcopy(tiny.pipe)
+    path = "down_blocks.1.resnets.0.conv1"
+    weight = pipe.unet.get_submodule(path).weight
+    change = rank2(weight.shape[0], weight[0].numel(), seed=7).reshape(weight.shape)
+    with torch.no_grad():
+        weight += change
+    save_file(diffusers_to_ldm(pipe), str(tmp_path / "tuned.safetensors"))
+    with pytest.raises(UserError, match="no targeted weight differs"):  # without --conv-rank convs are not targets
+        extract(tmp_path / "base.safetensors", tmp_path / "tuned.safetensors", tmp_path / "none.safetensors", rank=4,
+                log=lambda *_: None)
+    modules = extract(tmp_path / "base.safetensors", tmp_path / "tuned.safetensors", tmp_path / "x.safetensors",
+                      rank=4, conv_rank=3, clamp_quantile=1.0, log=lambda *_: None)
+    name = canonical_name("unet", path, FAMILIES["sd1"], pipe.unet)
+    assert list(modules) == [name]
+    lora = load_file(str(tmp_path / "x.safetensors"))
+    assert lora[f"{name}.lora_down.weight"].shape == (3, *weight.shape[1:])
+    assert lora[f"{name}.lora_up.weight"].shape == (weight.shape[0], 3, 1, 1)
+    torch.testing.assert_close(delta_of(lora, name), change, rtol=1e-2, atol=1e-3)
+    report = verify_lora(tmp_path / "x.safetensors", FAMILIES["sd1"], pipe.unet, [pipe.text_encoder])
+    assert report.problems == []

@@ -12,7 +12,6 @@ untouched bytes sees). They are written under --workdir and deleted afterwards (
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -101,14 +100,29 @@ def write_lora(path: Path, shapes: dict[str, tuple[int, ...]], family: str, rank
 
 
 def timed(args: list[str]) -> tuple[float, float]:
-    """(seconds, peak RSS in GB) of ``python -m training.tools ARGS`` as a child process."""
+    """(seconds, peak RSS in GB) of ``python -m training.tools ARGS`` as a child process. The peak is the child's
+    own VmHWM, sampled until it exits: getrusage's figure for a child also counts the parent's memory, which the
+    child shares until it execs."""
     start = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", "training.tools", *args], stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
+    peak_kib = 0
+    while child.poll() is None:
+        peak_kib = max(peak_kib, high_water_kib(child.pid))
+        time.sleep(0.05)
     seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"error: {' '.join(args)} failed with status {os.waitstatus_to_exitcode(status)}")
-    return seconds, usage.ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
+    if child.returncode != 0:
+        raise SystemExit(f"error: {' '.join(args)} failed with status {child.returncode}")
+    return seconds, peak_kib / 1024**2
+
+
+def high_water_kib(pid: int) -> int:
+    """The process's peak resident memory so far (Linux /proc), 0 once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    line = next((line for line in status.splitlines() if line.startswith("VmHWM:")), "VmHWM: 0 kB")
+    return int(line.split()[1])
 
 
 def bench_family(family: str, rank: int, resize_rank: int, workdir: Path) -> list[str]:

@@ -9,7 +9,7 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from training.tools.deltas import module_delta
+from training.tools.deltas import DOWN, UP, module_delta
 from training.tools.lorafile import FAMILY_LABELS, LoraFile, read_lora
 
 SHOWN_METADATA = ("ss_output_name", "ss_sd_model_name", "ss_base_model_version", "ss_v2", "ss_network_module",
@@ -48,6 +48,8 @@ def block_order(block: str) -> tuple:
 def block_norms(lora: LoraFile) -> dict[str, float]:
     squares: dict[str, float] = defaultdict(float)
     for name, tensors in lora.modules.items():
+        if DOWN not in tensors or UP not in tensors:  # half a module changes nothing; the summary counts it
+            continue
         squares[block_of(name)] += float(module_delta(tensors).pow(2).sum())
     return {block: math.sqrt(squares[block]) for block in sorted(squares, key=block_order)}
 
@@ -61,9 +63,13 @@ def inspect(path: Path, log=print) -> dict:
     log(f"family:   {FAMILY_LABELS.get(family, 'unknown (no metadata, no telling keys)') if family else 'unknown'}")
     log(f"network:  {kind}, {len(lora.modules)} modules ({', '.join(f'{p}: {n}' for p, n in sorted(parts.items()))})")
     plain = kind in ("LoRA", "LoCon")
+    halves = sorted(name for name, t in lora.modules.items() if DOWN not in t or UP not in t)
+    if plain and halves:
+        log(f"broken:   {len(halves)} module(s) lack lora_down or lora_up, e.g. {halves[0]}")
     if plain:
-        ranks = Counter(lora.rank(name) for name in lora.modules)
-        alphas = Counter(round(lora.alpha(name), 6) for name in lora.modules)
+        whole = [name for name in lora.modules if name not in halves]
+        ranks = Counter(lora.rank(name) for name in whole)
+        alphas = Counter(round(lora.alpha(name), 6) for name in whole)
         log(f"ranks:    {', '.join(f'{r} x{n}' for r, n in sorted(ranks.items()))}")
         log(f"alphas:   {', '.join(f'{a:g} x{n}' for a, n in sorted(alphas.items()))}")
     shown = {k: lora.metadata[k] for k in SHOWN_METADATA if k in lora.metadata}

@@ -64,7 +64,7 @@ class Checkpoint:
 def open_checkpoint(path: Path) -> Checkpoint:
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{path}: a folder; merge and extract take a single-file checkpoint (.safetensors or .ckpt)")
+        raise UserError(f"{path}: a folder; extract takes single-file checkpoints (.safetensors or .ckpt)")
     if not path.is_file():
         raise UserError(f"{path}: checkpoint file not found; check the path")
     if path.suffix.lower() == ".safetensors":
