@@ -32,6 +32,7 @@ from training.tools.lorafile import (
 )
 from training.tools.source import PRECISIONS, TORCH_DTYPES, Checkpoint, open_checkpoint
 from training.tools.stream import DTYPES, Entry, tensor_writer, write_stream
+from training.tools.svd import one_thread
 
 # diffusers subfolder -> its weights file, and each text encoder's place in the family's kohya prefixes.
 FOLDER_WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors",
@@ -153,7 +154,8 @@ def merge(model: Path, loras: list[tuple[Path, float]], out: Path, unet_strength
     log(f"{FAMILY_LABELS[family]} checkpoint {checkpoint.path.name}: {touched} LoRA modules into {len(changes)} "
         f"of {len(entries)} tensors")
     metadata = merged_metadata(checkpoint.metadata, inputs, unet_strength, te_strength)
-    size = write_stream(Path(out), entries, metadata, f"the merged checkpoint {Path(out).name}")
+    with one_thread():
+        size = write_stream(Path(out), entries, metadata, f"the merged checkpoint {Path(out).name}")
     log(f"wrote {out} ({size / 1e9:.2f} GB)")
     return {"family": family, "tensors_changed": len(changes), "modules": touched}
 
@@ -199,8 +201,9 @@ def merge_folder(model: Path, loras: list[tuple[Path, float]], out: Path, unet_s
         for component, (checkpoint, _) in parts.items():
             mine = {key: c for (comp, key), c in changes.items() if comp == component}
             metadata = merged_metadata(checkpoint.metadata, inputs, unet_strength, te_strength)
-            write_stream(tmp / component / FOLDER_WEIGHTS[component], file_entries(checkpoint, mine, precision),
-                         metadata, f"the merged {component} of {out.name}")
+            with one_thread():
+                write_stream(tmp / component / FOLDER_WEIGHTS[component], file_entries(checkpoint, mine, precision),
+                             metadata, f"the merged {component} of {out.name}")
         replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

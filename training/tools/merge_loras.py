@@ -22,7 +22,7 @@ from training.tools.lorafile import (
     require_lora,
     save,
 )
-from training.tools.svd import low_rank_decomposition, to_module, truncate
+from training.tools.svd import low_rank_decomposition, one_thread, to_module, truncate
 
 
 def common_family(loras: list[LoraFile]) -> str | None:
@@ -60,19 +60,19 @@ def merge_loras(specs: list[tuple[Path, float]], out: Path, rank: int | None = N
     names = sorted({name for lora, _ in loras for name in lora.modules})
     modules: dict[str, dict[str, torch.Tensor]] = {}
     dropped_sq = total_sq = 0.0
-    for name in names:
-        up, down = stacked_factors(loras, name)
-        kernel = tuple(down.shape[2:])
-        if rank is None:
-            modules[name] = {DOWN: down, UP: up, ALPHA: torch.tensor(float(down.shape[0]))}
-            continue
-        factors = truncate(*low_rank_decomposition(up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1)),
-                           rank)
-        new_down, new_up = to_module(factors, kernel)
-        modules[name] = {DOWN: new_down, UP: new_up, ALPHA: torch.tensor(float(factors.rank))}
-        dropped_sq += factors.error ** 2
-        total_sq += float(factors.singular.pow(2).sum())
-        log(f"{name:90s} rank {factors.rank:4d}  error {factors.error:.4g}  kept {factors.kept:.1%}")
+    with one_thread():
+        for name in names:
+            up, down = stacked_factors(loras, name)
+            if rank is None:
+                modules[name] = {DOWN: down, UP: up, ALPHA: torch.tensor(float(down.shape[0]))}
+                continue
+            factors = truncate(*low_rank_decomposition(up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1)),
+                               rank)
+            new_down, new_up = to_module(factors, tuple(down.shape[2:]))
+            modules[name] = {DOWN: new_down, UP: new_up, ALPHA: torch.tensor(float(factors.rank))}
+            dropped_sq += factors.error ** 2
+            total_sq += float(factors.singular.pow(2).sum())
+            log(f"{name:90s} rank {factors.rank:4d}  error {factors.error:.4g}  kept {factors.kept:.1%}")
     if rank is not None:
         share = 1.0 if total_sq == 0 else math.sqrt(max(total_sq - dropped_sq, 0.0) / total_sq)
         log(f"overall: error {math.sqrt(dropped_sq):.4g} (Frobenius), {share:.2%} of the summed delta's norm kept")

@@ -4,13 +4,14 @@ Each module keeps its scale: the new alpha is (old alpha / old rank) * new rank,
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from training.tools.deltas import ALPHA, DOWN, UP, module_scale
 from training.tools.lorafile import check_output, network_metadata, read_lora, require_lora, save
-from training.tools.svd import dynamic_rank, low_rank_decomposition, to_module, truncate
+from training.tools.svd import dynamic_rank, low_rank_decomposition, one_thread, to_module, truncate
 
 
 def module_rank(singular: torch.Tensor, old_rank: int, rank: int | None, dynamic: tuple[str, float] | None) -> int:
@@ -21,6 +22,26 @@ def module_rank(singular: torch.Tensor, old_rank: int, rank: int | None, dynamic
     return max(1, min(int(new), old_rank))
 
 
+@dataclass
+class Resized:
+    tensors: dict[str, torch.Tensor]
+    old_rank: int
+    kept: float        # share of this module's Frobenius norm kept
+    total_sq: float    # squared Frobenius norm of its delta (with its scale)
+
+
+def resize_module(tensors: dict[str, torch.Tensor], rank: int | None, dynamic: tuple[str, float] | None,
+                  conv_rank: int | None) -> Resized:
+    down, up = tensors[DOWN].float(), tensors[UP].float()
+    old, kernel, scale = down.shape[0], tuple(down.shape[2:]), module_scale(tensors)
+    u, singular, vh = low_rank_decomposition(up.reshape(up.shape[0], old), down.reshape(old, -1))
+    wanted = conv_rank if conv_rank and kernel and kernel != (1, 1) else rank
+    factors = truncate(u, singular, vh, module_rank(singular, old, wanted, dynamic))
+    new_down, new_up = to_module(factors, kernel)
+    return Resized({DOWN: new_down, UP: new_up, ALPHA: torch.tensor(scale * factors.rank)}, old, factors.kept,
+                   scale**2 * float(singular.pow(2).sum()))
+
+
 def resize(path: Path, out: Path, rank: int | None = None, dynamic: tuple[str, float] | None = None,
            conv_rank: int | None = None, force: bool = False, log=print) -> dict[str, dict[str, torch.Tensor]]:
     check_output(out, [path], force)
@@ -28,23 +49,18 @@ def resize(path: Path, out: Path, rank: int | None = None, dynamic: tuple[str, f
     require_lora(lora, "resize")
     modules: dict[str, dict[str, torch.Tensor]] = {}
     kept_sq = total_sq = 0.0
-    old_ranks = set()
-    for name in sorted(lora.modules):
-        tensors = lora.modules[name]
-        down, up = tensors[DOWN].float(), tensors[UP].float()
-        old, kernel, scale = down.shape[0], tuple(down.shape[2:]), module_scale(tensors)
-        old_ranks.add(old)
-        u, singular, vh = low_rank_decomposition(up.reshape(up.shape[0], old), down.reshape(old, -1))
-        wanted = conv_rank if conv_rank and kernel and kernel != (1, 1) else rank
-        factors = truncate(u, singular, vh, module_rank(singular, old, wanted, dynamic))
-        new_down, new_up = to_module(factors, kernel)
-        modules[name] = {DOWN: new_down, UP: new_up, ALPHA: torch.tensor(scale * factors.rank)}
-        total_sq += scale**2 * float(singular.pow(2).sum())
-        kept_sq += scale**2 * float(singular[: factors.rank].pow(2).sum())
-        log(f"{name:90s} rank {old:4d} -> {factors.rank:4d}  Frobenius norm kept {factors.kept:.1%}")
+    with one_thread():
+        results = {name: resize_module(lora.modules[name], rank, dynamic, conv_rank) for name in sorted(lora.modules)}
+    for name, result in results.items():
+        modules[name] = result.tensors
+        total_sq += result.total_sq
+        kept_sq += result.total_sq * result.kept**2
+        log(f"{name:90s} rank {result.old_rank:4d} -> {result.tensors[DOWN].shape[0]:4d}  Frobenius norm kept "
+            f"{result.kept:.1%}")
     overall = 1.0 if total_sq == 0 else math.sqrt(kept_sq / total_sq)
     log(f"overall: {overall:.2%} of the LoRA's Frobenius norm kept")
-    save(out, modules, resized_metadata(lora.metadata, modules, max(old_ranks), rank, dynamic))
+    old_dim = max(result.old_rank for result in results.values())
+    save(out, modules, resized_metadata(lora.metadata, modules, old_dim, rank, dynamic))
     log(f"wrote {out}: {len(modules)} modules")
     return modules
 
