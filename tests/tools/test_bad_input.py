@@ -84,3 +84,27 @@ def test_not_enough_disk_space_is_refused_before_writing(files, monkeypatch):
     with pytest.raises(NoSpaceLeft, match=r"while saving the merged checkpoint out\.safetensors"):
         merge(files.sd1, [(files.good, 1.0)], files.out, log=lambda *_: None)
     assert [p for p in files.out.parent.iterdir() if p.name.startswith((".out", "out"))] == []
+
+
+def failing_after(calls: int, real):
+    """``real`` until its ``calls``-th call, which raises: a merge that fails half-way through its output."""
+    count = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] >= calls:
+            raise RuntimeError("failed half-way")
+        return real(*args, **kwargs)
+    return wrapped
+
+
+def test_a_merge_that_fails_half_way_leaves_nothing(files, monkeypatch, tmp_path, tiny_sd1):
+    import training.tools.merge as merge_module
+
+    monkeypatch.setattr(merge_module, "merged_tensor", failing_after(5, merge_module.merged_tensor))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(RuntimeError, match="half-way"):
+        merge(files.sd1, [(files.good, 1.0)], files.out, log=lambda *_: None)
+    with pytest.raises(RuntimeError, match="half-way"):
+        merge(tiny_sd1, [(files.good, 1.0)], tmp_path / "folder_out", log=lambda *_: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "no output, no temp file or folder"

@@ -82,3 +82,12 @@ def test_resize_output_passes_the_self_check(tiny_ckpt, rank8, tmp_path):
     resize(rank8[0], tmp_path / "r2.safetensors", rank=2, log=lambda *_: None)
     report = verify_lora(tmp_path / "r2.safetensors", FAMILIES["sd1"], tiny.pipe.unet, [tiny.pipe.text_encoder])
     assert report.problems == []
+
+
+def test_conv_rank_sets_the_rank_of_3x3_conv_modules(rank8, tmp_path):
+    path, before = rank8
+    modules = resize(path, tmp_path / "r.safetensors", rank=3, conv_rank=2, log=lambda *_: None)
+    convs = [n for n in module_names(before) if before[f"{n}.lora_down.weight"].ndim == 4]
+    assert convs
+    for name, tensors in modules.items():
+        assert tensors["lora_down.weight"].shape[0] == (2 if name in convs else 3), name
