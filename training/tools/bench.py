@@ -2,7 +2,7 @@
 checkpoints and for resizing an SDXL LoRA, each in its own child process (``python -m training.tools``) so that
 its peak RSS is its own.
 
-    python -m training.tools.bench [--family sd1 sdxl] [--rank 32] [--resize-rank 8] [--workdir /tmp]
+    python -m training.tools.bench [--family sd1 sdxl] [--rank 32] [--resize-rank 8] [--workdir /tmp] [--extract]
 
 The checkpoints have random fp16 weights in the original LDM/SGM layout, with every key and shape of the real
 files (from the diffusers configs in assets/models; the VAE keeps its diffusers names, which only the layout of
@@ -77,8 +77,9 @@ def random_writer(shape: tuple[int, ...], seed: int):
     return tensor_writer(make)
 
 
-def write_checkpoint(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
-    entries = [Entry(key, "F16", shape, random_writer(shape, n)) for n, (key, shape) in enumerate(shapes.items())]
+def write_checkpoint(path: Path, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> None:
+    entries = [Entry(key, "F16", shape, random_writer(shape, seed + n))
+               for n, (key, shape) in enumerate(shapes.items())]
     write_stream(path, entries, {"format": "pt"}, f"the benchmark checkpoint {path.name}")
 
 
@@ -125,7 +126,7 @@ def high_water_kib(pid: int) -> int:
     return int(line.split()[1])
 
 
-def bench_family(family: str, rank: int, resize_rank: int, workdir: Path) -> list[str]:
+def bench_family(family: str, rank: int, resize_rank: int, workdir: Path, extract: bool) -> list[str]:
     rows = []
     shapes = meta_shapes(family)
     with tempfile.TemporaryDirectory(dir=workdir, prefix=f"toolsbench-{family}-") as tmp:
@@ -146,7 +147,19 @@ def bench_family(family: str, rank: int, resize_rank: int, workdir: Path) -> lis
             rows.append(f"| resize the {family} rank-{rank} LoRA ({lora.stat().st_size / 1e6:.0f} MB) to rank "
                         f"{resize_rank} | {seconds:.1f} | {rss:.2f} |")
             print(rows[-1], flush=True)
+        if extract:
+            rows.append(bench_extract(family, shapes, model, folder, rank))
+            print(rows[-1], flush=True)
     return rows
+
+
+def bench_extract(family: str, shapes: dict[str, tuple[int, ...]], base: Path, folder: Path, rank: int) -> str:
+    """Extract from two unrelated random checkpoints: every difference is full rank, as costly as a real one."""
+    tuned = folder / "tuned.safetensors"
+    write_checkpoint(tuned, shapes, seed=len(shapes))
+    seconds, rss = timed(["extract", "--base", str(base), "--tuned", str(tuned), "--rank", str(rank),
+                          "--out", str(folder / "extracted.safetensors")])
+    return f"| extract a rank-{rank} LoRA from two {family} checkpoints | {seconds:.1f} | {rss:.2f} |"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--resize-rank", type=int, default=8)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--extract", action="store_true", help="also time extract (writes a second checkpoint)")
     args = parser.parse_args(argv)
     rows = ["| operation | seconds | peak RSS (GB) |", "|---|---:|---:|"]
     for family in args.family:
@@ -163,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         if free < need:
             print(f"{family}: skipped, {free:.0f} GB free in {args.workdir}, about {need} GB needed")
             continue
-        rows += bench_family(family, args.rank, args.resize_rank, args.workdir)
+        rows += bench_family(family, args.rank, args.resize_rank, args.workdir, args.extract)
     print("\n".join(rows))
     return 0
 
