@@ -8,6 +8,8 @@ import torch
 from conftest import delta_of, module_names, random_lora, run_tools, save_lora_file
 from safetensors.torch import load_file
 
+from training.lora_files.self_check import verify_lora
+from training.models.families import FAMILIES
 from training.tools.merge import merge
 from training.tools.merge_loras import merge_loras
 
@@ -26,7 +28,7 @@ def summed(tensors_and_strengths, name):
 
 
 def test_exact_merge_is_the_sum_of_the_deltas(two_loras, tmp_path):
-    _, pa, a, pb, b = two_loras
+    tiny, pa, a, pb, b = two_loras
     out = tmp_path / "ab.safetensors"
     done = run_tools("merge-loras", "--lora", f"{pa}:0.8", "--lora", f"{pb}:-1.5", "--out", out)
     assert done.returncode == 0, done.stderr
@@ -37,6 +39,8 @@ def test_exact_merge_is_the_sum_of_the_deltas(two_loras, tmp_path):
         torch.testing.assert_close(delta_of(ab, name), want, rtol=3e-3, atol=3e-3 * float(want.abs().max()))
         ranks = (4 if f"{name}.alpha" in a else 0) + (2 if f"{name}.alpha" in b else 0)
         assert ab[f"{name}.lora_down.weight"].shape[0] == ranks, "exact: the ranks add up"
+    report = verify_lora(out, FAMILIES["sd1"], tiny.pipe.unet, [tiny.pipe.text_encoder])
+    assert report.problems == []
 
 
 def test_merging_the_merged_lora_equals_merging_a_then_b(two_loras, tmp_path):
