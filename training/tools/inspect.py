@@ -60,7 +60,7 @@ def inspect(path: Path, log=print) -> dict:
     family = lora.family
     parts = Counter(part_of(name) for name in lora.modules)
     log(f"file:     {lora.path}")
-    log(f"family:   {FAMILY_LABELS.get(family, 'unknown (no metadata, no telling keys)') if family else 'unknown'}")
+    log(f"family:   {FAMILY_LABELS.get(family or '', 'unknown (neither the metadata nor the keys tell)')}")
     log(f"network:  {kind}, {len(lora.modules)} modules ({', '.join(f'{p}: {n}' for p, n in sorted(parts.items()))})")
     plain = kind in ("LoRA", "LoCon")
     halves = sorted(name for name, t in lora.modules.items() if DOWN not in t or UP not in t)
@@ -79,7 +79,7 @@ def inspect(path: Path, log=print) -> dict:
     norms = block_norms(lora) if plain else {}
     if norms:
         top = max(norms.values()) or 1.0
-        log("delta norm per block (Frobenius norm of (alpha/r) * up @ down, summed over the block's modules):")
+        log("delta norm per block (Frobenius norm of (alpha/r) * up @ down over all of the block's modules):")
         for block, norm in norms.items():
             log(f"  {block:28s} {norm:10.4g}  {'#' * round(BAR * norm / top)}")
     elif not plain:
