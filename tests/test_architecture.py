@@ -24,7 +24,7 @@ LAYERS = [
     {"training.lora_files", "training.plan", "training.caption"},
     {"training.run"},
     {"training.__main__", "training.bench", "training.demo", "training.compare", "training.options_doc",
-     "training.contract.services"},
+     "training.tools", "training.contract.services"},
 ]
 
 
