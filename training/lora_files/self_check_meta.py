@@ -103,6 +103,8 @@ def check_metadata_family(meta: dict[str, str], family: Any, facts: FileFacts, r
     _check_network_module(meta, facts, report)
     for key, values in (("ss_network_dim", facts.ranks), ("ss_network_alpha", facts.alphas)):
         common = Counter(values).most_common(1)[0][0] if values else None
+        if meta.get(key) == "Dynamic" and len(set(values)) > 1:
+            continue  # kohya's resize writes "Dynamic" when the modules' ranks differ
         try:
             ok = common is None or math.isclose(float(meta.get(key, "nan")), common, rel_tol=1e-3)
         except ValueError:

@@ -81,15 +81,12 @@ def extract(base_path: Path, tuned_path: Path, out: Path, rank: int, conv_rank: 
         log(f"{target.canonical:90s} rank {factors.rank:4d}  Frobenius norm kept {factors.kept:.1%}")
     if not modules:
         raise UserError(f"{tuned_path}: no targeted weight differs from {base_path.name}; nothing to extract")
-    args = {"conv_dim": str(conv_rank), "conv_alpha": str(float(conv_rank))} if conv_rank else None
     metadata = {**family_metadata(family), **network_metadata(modules, dynamic=False),
                 "ss_training_comment": f"extracted by LoRA Forge from {tuned_path.name} minus {base_path.name}",
                 "ss_sd_model_name": base_path.name,
                 "loraforge_extract": json_text({"base": base_path.name, "tuned": tuned_path.name, "rank": rank,
                                                 "conv_rank": conv_rank, "clamp_quantile": clamp_quantile,
                                                 "min_diff": min_diff})}
-    if args:
-        metadata["ss_network_args"] = json_text(args)
     save(out, modules, metadata)
     log(f"wrote {out}: {len(modules)} modules")
     return modules

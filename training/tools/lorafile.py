@@ -154,11 +154,26 @@ def most_common(values: Iterable[float]) -> float | None:
 def network_metadata(modules: Mapping[str, Mapping[str, torch.Tensor]], dynamic: bool) -> dict[str, str]:
     """ss_network_dim/alpha. Where modules differ: "Dynamic" when ``dynamic`` (kohya's resize writes that), else
     the most common rank and alpha (what training's export writes, and what the self-check compares)."""
+    linear = {n: t for n, t in modules.items() if not _conv3x3(t)}
+    conv = {n: t for n, t in modules.items() if _conv3x3(t)}
+    dim, alpha = _rank_and_alpha(linear or modules, dynamic)
+    out = {"ss_network_module": "networks.lora", "ss_network_dim": dim, "ss_network_alpha": alpha}
+    if conv:  # kohya's LoCon states its conv rank in the network args
+        conv_dim, conv_alpha = _rank_and_alpha(conv, dynamic)
+        out["ss_network_args"] = json_text({"conv_dim": conv_dim, "conv_alpha": conv_alpha})
+    return out
+
+
+def _conv3x3(tensors: Mapping[str, torch.Tensor]) -> bool:
+    return tensors[DOWN].ndim == 4 and tuple(tensors[DOWN].shape[2:]) != (1, 1)
+
+
+def _rank_and_alpha(modules: Mapping[str, Mapping[str, torch.Tensor]], dynamic: bool) -> tuple[str, str]:
     ranks = [int(t[DOWN].shape[0]) for t in modules.values()]
     alphas = [float(t[ALPHA]) for t in modules.values() if ALPHA in t]
     dim = "Dynamic" if dynamic and len(set(ranks)) > 1 else f"{most_common(ranks):g}"
     alpha = "Dynamic" if dynamic and len(set(alphas)) > 1 else f"{most_common(alphas) or 1.0:g}"
-    return {"ss_network_module": "networks.lora", "ss_network_dim": dim, "ss_network_alpha": alpha}
+    return dim, alpha
 
 
 def family_metadata(family: str | None) -> dict[str, str]:
