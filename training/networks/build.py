@@ -17,6 +17,7 @@ from training.contract.errors import UserError
 from training.contract.network import NetworkSpec
 from training.networks.dropout import LoraDropout, install_lora_dropout
 from training.networks.lora import ADAPTER
+from training.networks.support import refusals
 from training.networks.targets import ModuleInfo, Part, Target, factorization, select_targets
 
 if TYPE_CHECKING:
@@ -95,23 +96,6 @@ def peft_config(spec: NetworkSpec, targets: list[Target], ranks: Ranks) -> Any:
                           use_effective_conv2d=spec.use_tucker, decompose_both=spec.decompose_both,
                           decompose_factor=spec.factor, init_weights="lycoris", **common)
     return LoraConfig(lora_alpha=ranks.alpha, use_dora=spec.dora_wd, init_lora_weights=True, **common)
-
-
-def refusals(spec: NetworkSpec, network_dropout: float) -> list[str]:
-    """Settings this spec cannot train as asked, one line each (the run stops before loading a model)."""
-    out = []
-    if spec.use_tucker and spec.algo == "lora" and spec.has_conv:
-        out.append("network_args use_tucker=True: peft's LoCon has no Tucker-decomposed conv; use algo=loha or "
-                   "algo=lokr for Tucker, or remove use_tucker")
-    if spec.algo != "lora" and (spec.dropout or network_dropout):
-        out.append(f"network_dropout/dropout: {spec.kind} has no neuron dropout (LyCORIS ignores it too); set it to "
-                   f"0 and use rank_dropout or module_dropout")
-    if spec.dora_wd and (spec.rank_dropout or spec.module_dropout or spec.dropout or network_dropout):
-        out.append("dora_wd=True: DoRA here trains without network_dropout, rank_dropout and module_dropout; set "
-                   "them to 0")
-    if spec.dora_wd and not spec.wd_on_output:
-        out.append("network_args wd_on_output=False: peft's DoRA normalises each output row only; remove it")
-    return out
 
 
 def add_network(model: torch.nn.Module, spec: NetworkSpec, ranks: Ranks, part: Part,

@@ -117,11 +117,12 @@ def select_targets(spec: NetworkSpec, modules: list[ModuleInfo], part: Part) -> 
 
 
 def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
-    """LoKr's split of a dimension into (m, n), m <= n, m * n = dimension: ``factor`` itself when it divides the
-    dimension, else the largest divisor m with m <= n and m <= factor (``factor`` -1: no limit), as LyCORIS and peft
-    split it."""
+    """LoKr's split of a dimension into (m, n), m * n = dimension, as peft's LoKr layer splits it: (factor,
+    dimension / factor) when ``factor`` divides the dimension, else the largest divisor m with m <= n and m <= factor
+    (``factor`` -1: no limit). LyCORIS orders the first case smaller-first; the two agree whenever factor^2 <=
+    dimension, as for every SD/SDXL layer with factor <= 17."""
     if factor > 0 and dimension % factor == 0:
-        return min(factor, dimension // factor), max(factor, dimension // factor)
+        return factor, dimension // factor
     limit = dimension if factor < 0 else factor
     best = 1
     m = 1
