@@ -10,33 +10,18 @@ LoKr module whose two Kronecker factors are both full matrices by 1, and so does
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from training.contract.errors import UserError
 from training.contract.network import NetworkSpec
 from training.networks.dropout import LoraDropout, install_lora_dropout
 from training.networks.lora import ADAPTER
+from training.networks.sizes import lokr_shape
 from training.networks.support import refusals
-from training.networks.targets import ModuleInfo, Part, Target, factorization, select_targets
+from training.networks.targets import ModuleInfo, Part, Ranks, Target, select_targets
 
 if TYPE_CHECKING:
     import torch
-
-
-@dataclass(frozen=True)
-class Ranks:
-    """The linear and conv rank/alpha the run trains with."""
-
-    rank: int
-    alpha: float
-    conv_rank: int
-    conv_alpha: float
-
-    @classmethod
-    def of(cls, spec: NetworkSpec, network_dim: int, network_alpha: float) -> Ranks:
-        return cls(network_dim, network_alpha or network_dim, spec.conv_dim or network_dim,
-                   spec.conv_alpha or spec.conv_dim or network_dim)
 
 
 def module_infos(model: torch.nn.Module) -> list[ModuleInfo]:
@@ -61,15 +46,6 @@ def module_infos(model: torch.nn.Module) -> list[ModuleInfo]:
     return infos
 
 
-def lokr_both_full(module: ModuleInfo, rank: int, spec: NetworkSpec) -> bool:
-    """Whether LoKr stores both Kronecker factors of this module as full matrices (then LyCORIS scales it by 1)."""
-    in_m, in_n = factorization(module.in_features, spec.factor)
-    out_l, out_k = factorization(module.out_features, spec.factor)
-    full_w1 = not (spec.decompose_both and rank < max(out_l, in_m) / 2)
-    full_w2 = rank >= max(out_k, in_n) / 2
-    return full_w1 and full_w2
-
-
 def _pattern(path: str) -> str:
     return re.escape(path)
 
@@ -84,7 +60,8 @@ def peft_config(spec: NetworkSpec, targets: list[Target], ranks: Ranks) -> Any:
     if spec.algo == "lokr":
         for t in targets:
             rank = ranks.conv_rank if t.conv_rank else ranks.rank
-            if lokr_both_full(t.module, rank, spec):
+            shape = lokr_shape(t.module, rank, spec)
+            if shape.full_w1 and shape.full_w2:  # LyCORIS scales such a module by 1, whatever alpha says
                 alpha_pattern[_pattern(t.path)] = rank
     common = {"r": ranks.rank, "target_modules": "^(?:" + "|".join(_pattern(t.path) for t in targets) + ")$",
               "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern}

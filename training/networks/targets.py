@@ -22,13 +22,16 @@ Rules, by preset:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from training.contract.network import NetworkSpec
 
 ModuleKind = Literal["linear", "conv1x1", "conv3x3"]  # conv3x3: any Conv2d whose kernel is larger than 1x1
 Part = Literal["unet", "text_encoder"]
+TABLE_FILE = "modules.json"  # beside a bundled config folder's parts, written by training.networks.tables
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,21 @@ class Target:
     path: str
     conv_rank: bool
     module: ModuleInfo
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """The linear and conv rank/alpha the run trains with."""
+
+    rank: int
+    alpha: float
+    conv_rank: int
+    conv_alpha: float
+
+    @classmethod
+    def of(cls, spec: NetworkSpec, network_dim: int, network_alpha: float) -> Ranks:
+        return cls(network_dim, network_alpha or network_dim, spec.conv_dim or network_dim,
+                   spec.conv_alpha or spec.conv_dim or network_dim)
 
 
 KOHYA_UNET = ("Transformer2DModel",)
@@ -131,3 +149,20 @@ def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
             best = m
         m += 1
     return best, dimension // best
+
+
+def infos_from_table(table: dict[str, Any]) -> list[ModuleInfo]:
+    """One model's ModuleInfos from its module table (``training.networks.tables.table_of``)."""
+    classes = table["classes"]
+    infos = []
+    for path, kind, n_in, n_out, kernel in table["modules"]:
+        parts = path.split(".")
+        blocks = tuple(classes[".".join(parts[:depth])] for depth in range(len(parts)))
+        infos.append(ModuleInfo(path, kind, n_in, n_out, kernel, blocks))
+    return infos
+
+
+def read_module_table(config_dir: Path) -> dict[str, list[ModuleInfo]]:
+    """{part ("unet", "text_encoder", "text_encoder_2"): its ModuleInfos} of a bundled config folder."""
+    table = json.loads((config_dir / TABLE_FILE).read_text(encoding="utf-8"))
+    return {part: infos_from_table(content) for part, content in table.items()}
