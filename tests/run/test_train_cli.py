@@ -100,9 +100,18 @@ def test_cli_trains_and_exports_a_checked_lora(tmp_path, tiny_sd1, dataset_dir):
     assert again.returncode == 2 and "already holds a run" in again.stderr
 
 
+RESUMED_NETWORKS = {
+    "lora": {"network_dropout": 0.1},
+    # every LoHa tensor (both Hadamard pairs, convs included) and peft's rank/module dropout RNG survive the stop
+    "loha": {"network_module": "lycoris.kohya", "network_args": ["algo=loha", "preset=full", "conv_dim=2",
+                                                                  "rank_dropout=0.2", "module_dropout=0.1"]},
+}
+
+
 @pytest.mark.slow
-def test_stop_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_sd1, dataset_dir):
-    common = {"max_train_steps": 24, "save_precision": "float", "lr_scheduler": "cosine", "network_dropout": 0.1}
+@pytest.mark.parametrize("network", list(RESUMED_NETWORKS))
+def test_stop_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_sd1, dataset_dir, network):
+    common = {"max_train_steps": 24, "save_precision": "float", "lr_scheduler": "cosine"} | RESUMED_NETWORKS[network]
     straight = tmp_path / "straight"
     assert cli("--config", str(write_config(tmp_path / "a.toml", tiny_sd1, dataset_dir, straight,
                                              **common))).returncode == 0
@@ -119,6 +128,10 @@ def test_stop_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_sd1, datas
 
     mismatched = cli("--config", str(config), "--set", f"resume='{last['state']}'", "--set", "network_dim=8")
     assert mismatched.returncode == 2 and "does not match this run's network" in mismatched.stderr
+    if network == "loha":  # a state of another network type is refused the same way
+        other = cli("--config", str(config), "--set", f"resume='{last['state']}'", "--set",
+                    "network_args=['algo=lokr', 'preset=full', 'conv_dim=2']")
+        assert other.returncode == 2 and "does not match this run's network" in other.stderr
 
     resumed = cli("--config", str(config), "--set", f"resume='{last['state']}'")
     assert resumed.returncode == 0, resumed.stderr

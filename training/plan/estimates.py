@@ -20,9 +20,10 @@ from training.networks.targets import Ranks, read_module_table, select_targets
 from training.plan.schedule import Schedule
 
 BYTES_PER_VALUE = {"fp16": 2, "bf16": 2, "float": 4}
-# A safetensors header entry per tensor: its kohya name (about 70 characters for the UNet's) with dtype, shape and
-# offsets in JSON. An estimate, as is the metadata block (the ss_* keys, the dataset's tag counts).
-HEADER_BYTES_PER_TENSOR = 135
+# A safetensors header entry per tensor: its kohya name (about 70 characters for the UNet's; LoHa's and LoKr's
+# suffixes are shorter than lora_down.weight) with dtype, shape and offsets in JSON. An estimate, as is the metadata
+# block (the ss_* keys, the dataset's tag counts).
+HEADER_BYTES_PER_TENSOR = 125
 METADATA_BYTES = 2_000
 
 
