@@ -13,7 +13,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from training.contract.errors import UserError
-from training.contract.network import NetworkSpec
+from training.contract.network import KOHYA_LORA, NetworkSpec
 from training.networks.dropout import LoraDropout, install_lora_dropout
 from training.networks.lora import ADAPTER
 from training.networks.sizes import lokr_shape
@@ -88,9 +88,9 @@ def add_network(model: torch.nn.Module, spec: NetworkSpec, ranks: Ranks, part: P
         raise UserError(f"network preset={spec.preset} selects no module of the {part.replace('_', ' ')}")
     model.requires_grad_(False)
     inject_adapter_in_model(peft_config(spec, targets, ranks), model, adapter_name=ADAPTER)
-    if spec.algo == "lora":
-        dropout = LoraDropout(network_dropout if spec.module == "networks.lora" else spec.dropout or network_dropout,
-                              spec.rank_dropout, spec.module_dropout)
+    if spec.algo == "lora":  # sd-scripts hands network_dropout to LyCORIS as its dropout unless network_args set one
+        neuron = network_dropout if spec.module == KOHYA_LORA else spec.dropout or network_dropout
+        dropout = LoraDropout(neuron, spec.rank_dropout, spec.module_dropout)
         install_lora_dropout(model, dropout)
     params = [p for _, p in model.named_parameters() if p.requires_grad]
     if not params:
