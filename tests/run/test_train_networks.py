@@ -6,10 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
 from test_train_cli import cli, write_config
 
 from training.contract.events import read_events
 from training.contract.network import LYCORIS
+
+# a tensor suffix only the asked type's file holds (LoCon: 3x3 conv modules, checked below)
+MARKERS = {"LoCon": ".lora_down.weight", "LoHa": ".hada_w1_a", "LoKr": ".lokr_w1", "LoCon+DoRA": ".dora_scale"}
 
 NETWORKS = {
     "LoCon": {"conv_dim": 2, "conv_alpha": 1.0, "network_dropout": 0.1},
@@ -44,6 +48,12 @@ def test_each_network_type_trains_saves_samples_and_continues(tmp_path, tiny_sd1
     checkpoint = next(e for e in events if e["event"] == "checkpoint")
     matched, _, total = checkpoint["check"].split()[:3]
     assert matched == total and int(total) > 0
+    with safe_open(str(first / "lora.safetensors"), "pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}  # noqa: SIM118 - safe_open is not a mapping
+    assert any(k.endswith(MARKERS[kind]) for k in shapes), f"the file is not a {kind}"
+    if kind == "LoCon":  # the resnets' 3x3 convs at conv_dim 2
+        assert any(k.endswith("_conv1.lora_down.weight") and v[1:] == [32, 3, 3] and v[0] == 2
+                   for k, v in shapes.items())
 
     # network_weights: the same network continues from the file, with the validation loss it ended on.
     second = tmp_path / "second"
