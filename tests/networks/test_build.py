@@ -186,3 +186,24 @@ def test_what_peft_cannot_build_is_refused_in_one_line(settings, words):
     with pytest.raises(UserError) as err:
         add_network(pipe.unet, cfg.network, Ranks.of(cfg.network, 4, 2.0), "unet", cfg.network_dropout)
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_saved_adapter_state_loads_only_into_the_same_network():
+    """The resumable state's adapter tensors: all of them, per type; another type, rank or preset is refused."""
+    from training.run.checkpoints import load_adapter_state
+
+    def built(kind: str, **extra):
+        pipe = build_tiny_pipeline("sd1")
+        cfg = config(kind, **extra)
+        add_network(pipe.unet, cfg.network, Ranks.of(cfg.network, cfg.network_dim, 2.0), "unet")
+        return pipe.unet
+
+    loha = built("LoHa")
+    saved = {k: v.clone() + 1.0 for k, v in adapter_state(loha).items()}
+    assert {k.rsplit(".", 2)[-2] for k in saved} == {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"}
+    again = built("LoHa")
+    load_adapter_state(again, saved, "state")
+    assert all(torch.equal(v, saved[k]) for k, v in adapter_state(again).items())
+    for other in (built("LoKr"), built("LoHa", network_dim=8), built("LoHa Tucker")):
+        with pytest.raises(RuntimeError, match="does not match this network"):
+            load_adapter_state(other, saved, "state")

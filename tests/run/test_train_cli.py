@@ -105,7 +105,7 @@ RESUMED_NETWORKS = {
     # every LoHa tensor (both Hadamard pairs, on Linears and 1x1 convs) and peft's rank/module dropout RNG survive
     # the stop; fewer steps, as LoHa rebuilds each weight change every step
     "loha": {"network_module": "lycoris.kohya", "network_args": ["algo=loha", "preset=attn-mlp", "rank_dropout=0.2",
-                                                                  "module_dropout=0.1"], "max_train_steps": 16},
+                                                                  "module_dropout=0.1"], "max_train_steps": 12},
 }
 
 
@@ -130,10 +130,6 @@ def test_stop_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_sd1, datas
 
     mismatched = cli("--config", str(config), "--set", f"resume='{last['state']}'", "--set", "network_dim=8")
     assert mismatched.returncode == 2 and "does not match this run's network" in mismatched.stderr
-    if network == "loha":  # a state of another network type is refused the same way
-        other = cli("--config", str(config), "--set", f"resume='{last['state']}'", "--set",
-                    "network_args=['algo=lokr', 'preset=attn-mlp']")
-        assert other.returncode == 2 and "does not match this run's network" in other.stderr
 
     resumed = cli("--config", str(config), "--set", f"resume='{last['state']}'")
     assert resumed.returncode == 0, resumed.stderr
