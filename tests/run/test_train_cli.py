@@ -140,6 +140,7 @@ def test_stop_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_sd1, datas
 
     a, b = load_file(str(straight / "lora.safetensors")), load_file(str(stopped / "lora.safetensors"))
     assert a.keys() == b.keys()
+    assert any(k.endswith(".hada_w2_b") for k in a) == (network == "loha")  # the type asked for was trained
     for key in a:
         assert (a[key] - b[key]).abs().max() <= 1e-5 * (1 + a[key].abs().max()), key
 
