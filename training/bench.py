@@ -3,13 +3,18 @@
     python -m training.bench --batch 1 --steps 50                        # SD1.5, 512 px
     python -m training.bench --batch 8 --steps 50 --compile
     python -m training.bench --family sdxl --batch 1 --steps 20 --gradient-checkpointing --optimizer AdamW8bit
+    python -m training.bench --network loha --steps 20                    # one network type
+    python -m training.bench --networks all --steps 20                    # every type, one child process each
 
 Runs the same ``train_step`` as real training, on step parts from training's own builder (``build_step_parts``),
 on batches shaped like cached latents and cached text-encoder outputs (random tensors of the real shapes: the
 common setting, and SDXL's only one that fits small GPUs), with SDXL's size and crop keys so its time ids are built
-as in training. UNet-only LoRA on the attention projections. After warm-up steps it prints one JSON line: images/s,
-seconds per step and peak GPU memory. Numbers go to docs/benchmarks.md with the command that made them. The run
-fails (exit 1, one line on stderr) on a non-finite loss, on LoRA layers that received no gradient, and on running
+as in training. UNet-only network as training injects it (``--network``: kohya's LoRA set by default; attention-only
+LoRA, LoCon, LoHa, LoKr, DoRA). After warm-up steps it prints one JSON line: images/s, seconds per step, adapter
+parameters, the LoRA file's size, peak GPU memory and the process's peak RSS. ``--networks`` runs each named type in
+a child process of its own (so each RSS peak is its own) and adds a table with each step time relative to
+attention-only LoRA. Numbers go to docs/benchmarks.md with the command that made them. The run
+fails (exit 1, one line on stderr) on a non-finite loss, on adapters that received no gradient, and on running
 out of GPU memory (``--memory-cap-gib`` emulates a smaller card).
 """
 
@@ -18,20 +23,33 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import resource
+import subprocess
 import sys
 import time
 import typing
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from training.contract.config import Optimizer, TrainConfig
+from training.contract.network import LYCORIS
 from training.models.families import SD1, SDXL, Family
 
 if TYPE_CHECKING:
     from training.run.parts import StepParts
 
 BENCH_FAMILIES = {"sd1": SD1, "sdxl": SDXL}
+BASELINE = "attn-lora"
+# network name -> the TrainConfig settings that choose it (conv ranks and alphas follow --rank, as LyCORIS's do)
+NETWORKS: dict[str, dict[str, Any]] = {
+    BASELINE: {"network_module": LYCORIS, "network_args": ["algo=lora", "preset=attn-only"]},
+    "lora": {},
+    "locon": {"conv_dim": 0},  # conv_dim: --rank, set in bench_config
+    "loha": {"network_module": LYCORIS, "network_args": ["algo=loha", "preset=full"]},
+    "lokr": {"network_module": LYCORIS, "network_args": ["algo=lokr", "preset=full", "factor=8"]},
+    "dora": {"network_module": LYCORIS, "network_args": ["algo=locon", "preset=full", "dora_wd=True"]},
+}
 MODEL_NAMES = {"sd1": "SD1.5 UNet (random weights)", "sdxl": "SDXL UNet (random weights)"}
 GIB = 2**30
 
@@ -79,11 +97,14 @@ def bench_precision(requested: str) -> str:
 
 
 def bench_config(args: argparse.Namespace) -> TrainConfig:
-    """The run the benchmark stands for: UNet-only LoRA with cached latents and text-encoder outputs."""
+    """The run the benchmark stands for: a UNet-only network with cached latents and text-encoder outputs."""
+    network = dict(NETWORKS[args.network])
+    if "conv_dim" in network:
+        network.update(conv_dim=args.rank, conv_alpha=args.rank / 2)
     return TrainConfig(network_dim=args.rank, network_alpha=args.rank / 2, train_batch_size=args.batch,
                        mixed_precision=args.precision, gradient_checkpointing=args.gradient_checkpointing,
                        network_train_unet_only=True, max_train_steps=args.steps + args.warmup,
-                       optimizer_type=args.optimizer, torch_compile=args.compile, seed=0)
+                       optimizer_type=args.optimizer, torch_compile=args.compile, seed=0, **network)
 
 
 def cached_caption(unet_config, device: torch.device, dtype: torch.dtype) -> dict:
@@ -97,17 +118,18 @@ def cached_caption(unet_config, device: torch.device, dtype: torch.dtype) -> dic
 
 
 def make_step_parts(cfg: TrainConfig, family: Family, unet, accelerator) -> StepParts:
-    """LoRA on ``unet`` as ``training.run.prepare`` injects it for a UNet-only run, then the step's parts from
+    """The network on ``unet`` as ``training.run.prepare`` injects it for a UNet-only run, then the step's parts from
     training's own builder (no VAE, no text encoders: latents and text embeddings come cached)."""
     from diffusers import DDPMScheduler
 
-    from training.networks.lora import UNET_TARGETS, add_lora
+    from training.networks.build import Ranks, add_network
     from training.run.prepare import build_step_parts, dtype_for
 
     dtype = dtype_for(accelerator.mixed_precision)
-    params = add_lora(unet, UNET_TARGETS, cfg.network_dim, cfg.network_alpha)
+    params = add_network(unet, cfg.network, Ranks.of(cfg.network, cfg.network_dim, cfg.network_alpha), "unet",
+                         cfg.network_dropout)
     for p in params:
-        p.data = p.data.float()  # trainable LoRA weights in float32, as training.run.prepare keeps them
+        p.data = p.data.float()  # trainable adapter weights in float32, as training.run.prepare keeps them
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     groups = [{"params": params, "lr": cfg.effective_unet_lr, "name": "unet"}]
@@ -129,11 +151,17 @@ def make_batch(parts: StepParts, args: argparse.Namespace, sdxl: bool) -> dict:
     return batch
 
 
-def untrained_lora_layers(unet: torch.nn.Module) -> tuple[int, int]:
-    """(LoRA up-weights still exactly zero, all of them): peft starts every up-weight at zero, so one that never
-    moved got no gradient (a checkpointing or autocast bug would show here, not in the speed)."""
-    ups = [p for n, p in unet.named_parameters() if "lora_B" in n]
-    return sum(int(not p.detach().any()) for p in ups), len(ups)
+def zero_adapters(params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    """The adapter tensors that start at exactly zero (LoRA's up, one factor of LoHa and LoKr): they make a fresh
+    network's delta zero, and one still zero after training got no gradient (a checkpointing or autocast bug would
+    show here, not in the speed)."""
+    return [p for p in params if not p.detach().any()]
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (GIB if sys.platform == "darwin" else 2**20), 2)
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -149,7 +177,9 @@ def measure(args: argparse.Namespace) -> dict:
     family = BENCH_FAMILIES[args.family]
     accelerator = Accelerator(mixed_precision=bench_precision(args.precision))
     unet = build_unet(family, accelerator.device, dtype_for(accelerator.mixed_precision))
-    parts = make_step_parts(bench_config(args), family, unet, accelerator)
+    cfg = bench_config(args)
+    parts = make_step_parts(cfg, family, unet, accelerator)
+    started_at_zero = zero_adapters(parts.params)
     batch = make_batch(parts, args, sdxl=text_shapes(unet.config)[1] is not None)
     cuda = accelerator.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -166,9 +196,10 @@ def measure(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - start
     if not torch.isfinite(torch.stack(losses)).all():
         raise BenchFailure(f"non-finite loss in the benchmark: {[round(x, 4) for x in torch.stack(losses).tolist()]}")
-    still_zero, layers = untrained_lora_layers(unet)
+    still_zero = len(zero_adapters(started_at_zero))
     if still_zero:
-        raise BenchFailure(f"{still_zero} of {layers} LoRA layers received no gradient: their weights never moved")
+        raise BenchFailure(f"{still_zero} of {len(started_at_zero)} zero-initialised adapter tensors received no "
+                           f"gradient: their weights never moved")
     peak = torch.cuda.max_memory_allocated() if cuda else 0
     return {
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
@@ -177,7 +208,10 @@ def measure(args: argparse.Namespace) -> dict:
         "optimizer": args.optimizer, "compile": args.compile, "gradient_checkpointing": args.gradient_checkpointing,
         "steps": args.steps, "warmup": args.warmup,
         "images_per_s": round(args.steps * args.batch / seconds, 2), "s_per_step": round(seconds / args.steps, 4),
-        "loss": round(float(torch.stack(losses).float().mean()), 4), "lora_layers": layers,
+        "loss": round(float(torch.stack(losses).float().mean()), 4), "network": args.network,
+        "kind": cfg.network.kind, "lora_layers": adapter_layers(unet),
+        "adapter_params": sum(p.numel() for p in parts.params), "file_mb": round(file_megabytes(cfg, args), 2),
+        "peak_rss_gib": peak_rss_gib(),
         # timed window only (as before); then the whole run including build and warm-up, and the allocator's
         # reservations, which is what a card of that size must hold (plus the CUDA context, about 0.5 GiB)
         "peak_mem_gib": round(peak / GIB, 2) if cuda else None,
@@ -186,6 +220,19 @@ def measure(args: argparse.Namespace) -> dict:
         if cuda else None,
         "memory_cap_gib": args.memory_cap_gib if cuda else None,
     }
+
+
+def adapter_layers(unet: torch.nn.Module) -> int:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return sum(isinstance(m, BaseTunerLayer) for m in unet.modules())
+
+
+def file_megabytes(cfg: TrainConfig, args: argparse.Namespace) -> float:
+    """The LoRA file this network saves in fp16 (the estimate the UI shows: tensors exact, header estimated)."""
+    from training.plan.estimates import lora_size
+
+    return lora_size(cfg, args.family).megabytes
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -208,6 +255,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="(default %(default)s)")
     parser.add_argument("--compile", action="store_true", help="compile the UNet with torch.compile")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
+    parser.add_argument("--network", choices=sorted(NETWORKS), default="lora",
+                        help="network type: kohya's LoRA set (default), attn-lora (attention only, the baseline), "
+                             "locon (+ 3x3 convs at --rank), loha, lokr (factor 8), dora (LyCORIS full preset)")
+    parser.add_argument("--networks", default=None, metavar="NAMES",
+                        help="comma-separated network types, or 'all': each measured in its own child process, then "
+                             "a table relative to attn-lora")
     parser.add_argument("--memory-cap-gib", type=float, default=None,
                         help="let the CUDA allocator use at most this many GiB, as on a smaller card (CUDA only)")
     args = parser.parse_args(argv)
@@ -215,6 +268,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.resolution % 64 or args.resolution < 64:
         parser.error(f"--resolution {args.resolution}: use a multiple of 64 (latents are 1/8 of it, and the UNet "
                      "halves them up to 3 times)")
+    if args.networks is not None:
+        names = list(NETWORKS) if args.networks == "all" else [n.strip() for n in args.networks.split(",") if n]
+        unknown = [n for n in names if n not in NETWORKS]
+        if unknown or not names:
+            parser.error(f"--networks {args.networks}: use 'all' or names from {', '.join(NETWORKS)}")
+        args.networks = [BASELINE] + [n for n in names if n != BASELINE]
     if args.batch < 1 or args.steps < 1 or args.warmup < 0 or args.rank < 1:
         parser.error("--batch, --steps and --rank must be at least 1, --warmup at least 0")
     return args
@@ -226,6 +285,9 @@ def main(argv: list[str] | None = None) -> None:
 
     quiet_libraries()
     args = parse_args(argv)
+    if args.networks:
+        compare_networks(args, sys.argv[1:] if argv is None else argv)
+        return
     try:
         result = measure(args)
     except (BenchFailure, UserError) as err:
@@ -235,6 +297,45 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"training.bench: out of GPU memory{cap} ({args.family}, {args.resolution} px, batch {args.batch}); "
                  "try --gradient-checkpointing, a smaller --batch or --optimizer AdamW8bit")
     print(json.dumps(result))
+
+
+def child_args(argv: list[str], network: str) -> list[str]:
+    """The command line for one network's child: the same options, --networks replaced by --network."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--networks", "--network"):
+            skip = True
+        elif not arg.startswith(("--networks=", "--network=")):
+            out.append(arg)
+    return [*out, "--network", network]
+
+
+def compare_networks(args: argparse.Namespace, argv: list[str]) -> None:
+    """Each network in a child process; its JSON line as it comes, then a Markdown table of the comparison."""
+    results = []
+    for name in args.networks:
+        child = subprocess.run([sys.executable, "-m", "training.bench", *child_args(argv, name)],
+                               capture_output=True, text=True)
+        if child.returncode != 0:
+            line = (child.stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
+            sys.exit(f"training.bench: {name}: {line}")
+        results.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), flush=True)
+    print(comparison_table(results))
+
+
+def comparison_table(results: list[dict]) -> str:
+    base = results[0]["s_per_step"]
+    lines = ["| network | kind | adapter layers | parameters | file MB (fp16) | s/step | vs attn-only LoRA | "
+             "peak RSS GiB | peak GPU GiB |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        gpu = "n/a" if r.get("peak_mem_gib_run") is None else f"{r['peak_mem_gib_run']:.2f}"
+        lines.append(f"| {r['network']} | {r['kind']} | {r['lora_layers']} | {r['adapter_params']:,} | "
+                     f"{r['file_mb']:.1f} | {r['s_per_step']:.3f} | {r['s_per_step'] / base:.2f}x | "
+                     f"{r['peak_rss_gib']:.2f} | {gpu} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -100,9 +100,20 @@ def test_cli_trains_and_exports_a_checked_lora(tmp_path, tiny_sd1, dataset_dir):
     assert again.returncode == 2 and "already holds a run" in again.stderr
 
 
+RESUMED_NETWORKS = {
+    "lora": {"network_dropout": 0.1},
+    # every LoHa tensor (both Hadamard pairs, on Linears and 1x1 convs) and peft's rank/module dropout RNG survive
+    # the stop; fewer steps, as LoHa rebuilds each weight change every step
+    "loha": {"network_module": "lycoris.kohya", "network_args": ["algo=loha", "preset=attn-mlp", "rank_dropout=0.2",
+                                                                  "module_dropout=0.1"], "max_train_steps": 12},
+}
+
+
 @pytest.mark.slow
-def test_stop_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_sd1, dataset_dir):
-    common = {"max_train_steps": 24, "save_precision": "float", "lr_scheduler": "cosine", "network_dropout": 0.1}
+@pytest.mark.parametrize("network", list(RESUMED_NETWORKS))
+def test_stop_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_sd1, dataset_dir, network):
+    common = {"max_train_steps": 24, "save_precision": "float", "lr_scheduler": "cosine"} | RESUMED_NETWORKS[network]
+    total = common["max_train_steps"]
     straight = tmp_path / "straight"
     assert cli("--config", str(write_config(tmp_path / "a.toml", tiny_sd1, dataset_dir, straight,
                                              **common))).returncode == 0
@@ -114,7 +125,7 @@ def test_stop_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_sd1, datas
     Control(stopped).request("stop")  # what the UI's Stop button does
     assert proc.wait(timeout=scaled(120)) == 0
     last = read_events(stopped)[-1]
-    assert last["event"] == "stopped" and 5 <= last["step"] < 24
+    assert last["event"] == "stopped" and 5 <= last["step"] < total
     assert Path(last["last_checkpoint"]).is_file() and Path(last["state"]).is_dir()
 
     mismatched = cli("--config", str(config), "--set", f"resume='{last['state']}'", "--set", "network_dim=8")
@@ -125,10 +136,11 @@ def test_stop_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_sd1, datas
     events = read_events(stopped)
     assert events[-1]["event"] == "done"
     resumed_steps = [e["step"] for e in events if e["event"] == "step"]
-    assert resumed_steps == list(range(1, 25))  # no step counted twice or lost
+    assert resumed_steps == list(range(1, total + 1))  # no step counted twice or lost
 
     a, b = load_file(str(straight / "lora.safetensors")), load_file(str(stopped / "lora.safetensors"))
     assert a.keys() == b.keys()
+    assert any(k.endswith(".hada_w2_b") for k in a) == (network == "loha")  # the type asked for was trained
     for key in a:
         assert (a[key] - b[key]).abs().max() <= 1e-5 * (1 + a[key].abs().max()), key
 

@@ -73,8 +73,9 @@ def test_cli_trains_sdxl_with_both_text_encoders_and_exports_kohya_sdxl(tmp_path
     # zeros (harmless in every loader, and a kohya file continues training here unchanged).
     tensors = load_file(str(path))
     untrained = {m for m in modules if not tensors[f"{m}.lora_up.weight"].any()}
-    assert untrained == {f"lora_te1_text_model_encoder_layers_2_self_attn_{leaf}"
-                         for leaf in ("q_proj", "k_proj", "v_proj", "out_proj")}
+    assert untrained == {f"lora_te1_text_model_encoder_layers_2_{leaf}"  # kohya's set: attention and MLP
+                         for leaf in ("self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "self_attn_out_proj",
+                                      "mlp_fc1", "mlp_fc2")}
     pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl)
     changed, expected, worst, lines = apply_with_diffusers(pipe, path, "sdxl", **configured_scale(events))
     assert len(expected) == len(modules) and worst <= 2e-3

@@ -328,8 +328,9 @@ class TrainConfig(BaseModel):
         return self.text_encoder_lrs[0]
 
     def trained_text_encoders(self, count: int) -> list[int]:
-        """Indexes of the model's ``count`` text encoders that get a LoRA."""
-        if self.network_train_unet_only:
+        """Indexes of the model's ``count`` text encoders that get a LoRA (none when the network's preset has no
+        text-encoder modules, LyCORIS's unet-transformer-only)."""
+        if self.network_train_unet_only or not self.network.trains_text_encoders:
             return []
         return [i for i in range(count) if self.text_encoder_lrs[i] > 0]
 

@@ -26,7 +26,6 @@ IGNORED_KOHYA_KEYS = {
     "mem_eff_attn": "attention always uses PyTorch SDPA",
     "bucket_no_upscale": "buckets never upscale images",
     "persistent_data_loader_workers": "loader workers are managed automatically",
-    "network_module": "the network is always LoRA (networks.lora)",
     "save_model_as": "LoRAs are always saved as .safetensors",
     "lowram": "not needed",
     "max_token_length": "captions use the standard 75-token window",

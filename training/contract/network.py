@@ -79,6 +79,11 @@ class NetworkSpec:
         return f"{name}+DoRA" if self.dora_wd else name
 
     @property
+    def trains_text_encoders(self) -> bool:
+        """Whether the preset has text-encoder modules at all (LyCORIS's unet-transformer-only has none)."""
+        return self.preset != "unet-transformer-only"
+
+    @property
     def has_conv(self) -> bool:
         """Whether 3x3 convolutions get adapters."""
         return self.conv_dim > 0 and self.preset in PRESETS_WITH_CONV

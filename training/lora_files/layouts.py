@@ -126,8 +126,11 @@ def weight_shape(layer: nn.Module) -> tuple[int, ...]:
 
 
 def module_kind(layer: nn.Module) -> str:
-    """"conv" for a Conv2d target (1x1 or 3x3), "linear" for a Linear one: the counts the self-check reports."""
-    return "conv" if isinstance(base_layer(layer), nn.Conv2d) else "linear"
+    """"conv" for a spatial Conv2d target (3x3: the layers conv_dim ranks), "linear" for a Linear or a 1x1 conv (a
+    1x1 conv is a per-pixel Linear, ranked with network_dim): the counts the self-check, the size estimate and the
+    Results tab all report."""
+    base = base_layer(layer)
+    return "conv" if isinstance(base, nn.Conv2d) and tuple(base.kernel_size) != (1, 1) else "linear"
 
 
 def to_file(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -9,6 +9,7 @@ from training.contract.errors import UserError
 from training.contract.layout import RunLayout, is_state_dir
 from training.contract.run_folder import folder_problem
 from training.data.folder import DatasetScan, scan_dataset
+from training.networks.support import refusals
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
 
@@ -37,6 +38,9 @@ def preflight(cfg: TrainConfig) -> DatasetScan:
         raise UserError(f"network_weights: {cfg.network_weights} does not exist")
     if cfg.network_weights and not cfg.network_weights.lower().endswith(".safetensors"):
         raise UserError(f"network_weights: {cfg.network_weights} is not a .safetensors LoRA file")
+    problems = refusals(cfg.network, cfg.network_dropout)
+    if problems:
+        raise UserError(problems[0])
     check_outputs(cfg)
     return scan_dataset(data, cfg.caption_extension)
 
@@ -115,4 +119,5 @@ def advice(cfg: TrainConfig) -> list[tuple[str, str]]:
     if cfg.network_train_unet_only and cfg.text_encoder_lr:
         notes.append(("text_encoder_lr_unused", "text_encoder_lr is set but network_train_unet_only is on: "
                                                 "the text encoder is not trained"))
+    notes += [("network_args", note) for note in cfg.network.notes]
     return notes

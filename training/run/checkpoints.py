@@ -86,27 +86,45 @@ def save_lora_file(tr: Trainer, state: TrainState, name: str) -> tuple[Path, Sel
 
 
 def register_lora_only_state(accelerator) -> None:
-    """Make accelerate's save_state/load_state store only the LoRA weights of each model, not the frozen base
-    (a few MB instead of gigabytes per save)."""
-    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+    """Make accelerate's save_state/load_state store only the adapter weights of each model, not the frozen base
+    (a few MB instead of gigabytes per save): every adapter tensor of every network type (LoRA's A/B, DoRA's
+    magnitudes, LoHa's and LoKr's factors), under the model's own parameter names."""
     from safetensors.torch import load_file, save_file
+
+    from training.networks.build import adapter_state
 
     def save_hook(models, weights, output_dir):
         for i, model in enumerate(models):
-            lora = get_peft_model_state_dict(accelerator.unwrap_model(model))
-            save_file({k: v.contiguous() for k, v in lora.items()}, str(Path(output_dir) / f"lora_{i}.safetensors"))
+            tensors = adapter_state(accelerator.unwrap_model(model))
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(Path(output_dir) / f"lora_{i}.safetensors"))
         weights.clear()
 
     def load_hook(models, input_dir):
         for i, model in enumerate(list(models)):
-            lora = load_file(str(Path(input_dir) / f"lora_{i}.safetensors"))
-            result = set_peft_model_state_dict(accelerator.unwrap_model(model), lora)
-            if result.unexpected_keys:
-                raise RuntimeError(f"state {input_dir} does not match this network: {result.unexpected_keys[:3]}")
+            saved = load_file(str(Path(input_dir) / f"lora_{i}.safetensors"))
+            load_adapter_state(accelerator.unwrap_model(model), saved, input_dir)
         models.clear()
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
+
+
+def load_adapter_state(model: torch.nn.Module, saved: dict[str, torch.Tensor], where: Any) -> None:
+    """Copy a saved adapter state into ``model``; the saved tensors and the model's adapter tensors must be the same
+    set with the same shapes (another network type, rank or module set is refused, naming an example)."""
+    from training.networks.build import adapter_state
+
+    expected = adapter_state(model)
+    missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+    if missing or unexpected:
+        example = (missing or unexpected)[0]
+        raise RuntimeError(f"state {where} does not match this network: {len(missing)} adapter tensors missing, "
+                           f"{len(unexpected)} unexpected (e.g. {example})")
+    for name, tensor in saved.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise RuntimeError(f"state {where} does not match this network: {name} is {tuple(tensor.shape)}, the "
+                               f"network has {tuple(expected[name].shape)}")
+    model.load_state_dict(saved, strict=False)
 
 
 def save_state(tr: Trainer, state: TrainState, name: str) -> Path:

@@ -28,7 +28,7 @@ from training.data.sampler import BucketBatchSampler
 from training.models.conditioning import TextEmbeds
 from training.models.loading import BaseModel, load_base_model, load_vae
 from training.models.text import encode_text
-from training.networks.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora
+from training.networks.build import Ranks, add_network
 from training.plan.preflight import advice
 from training.plan.schedule import Schedule, split_validation
 from training.run.checkpoints import register_lora_only_state
@@ -76,15 +76,18 @@ def make_dataset(cfg: TrainConfig, scan: DatasetScan) -> TrainDataset:
 
 
 def add_networks(cfg: TrainConfig, base: BaseModel) -> list[dict[str, Any]]:
-    """Inject LoRA and return optimizer groups, one per trained part with its own learning rate (SDXL's two text
-    encoders each have theirs: ``text_encoder_lr = [TE1, TE2]``)."""
-    groups = [{"params": add_lora(base.unet, UNET_TARGETS, cfg.network_dim, cfg.network_alpha,
-                                  cfg.network_dropout), "lr": cfg.effective_unet_lr, "name": "unet"}]
+    """Inject the configured network (``cfg.network``: LoRA, LoCon, LoHa, LoKr, DoRA) and return optimizer groups,
+    one per trained part with its own learning rate (SDXL's two text encoders each have theirs:
+    ``text_encoder_lr = [TE1, TE2]``)."""
+    spec = cfg.network
+    ranks = Ranks.of(spec, cfg.network_dim, cfg.network_alpha)
+    groups = [{"params": add_network(base.unet, spec, ranks, "unet", cfg.network_dropout),
+               "lr": cfg.effective_unet_lr, "name": "unet"}]
     trained = cfg.trained_text_encoders(len(base.text_encoders))
     for i, encoder in enumerate(base.text_encoders):
         encoder.requires_grad_(False)
         if i in trained:
-            params = add_lora(encoder, TEXT_ENCODER_TARGETS, cfg.network_dim, cfg.network_alpha, cfg.network_dropout)
+            params = add_network(encoder, spec, ranks, "text_encoder", cfg.network_dropout)
             groups.append({"params": params, "lr": cfg.text_encoder_lrs[i], "name": TEXT_ENCODER_GROUPS[i]})
     if cfg.network_weights:
         continue_from(cfg, base, trained)
