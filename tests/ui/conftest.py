@@ -71,6 +71,13 @@ def served(data_dir: Path, dry_run: bool) -> Iterator[UiApp]:
         demo.close()
 
 
+@pytest.fixture
+def app(tmp_path) -> Iterator[UiApp]:
+    """A dry-run app of its own for one test: for tests that change the saved form or the data folder."""
+    with served(tmp_path / "data", dry_run=True) as ui:
+        yield ui
+
+
 @pytest.fixture(scope="module")
 def dry_app(tmp_path_factory) -> Iterator[UiApp]:
     """Runs replay the trainer's dry run at a quick pace: no model, no dataset."""

@@ -18,16 +18,6 @@ MODEL = "#cfg-pretrained_model_name_or_path input"
 pytestmark = [pytest.mark.e2e, *(pytest.mark.filterwarnings(f) for f in NOISE_FILTERS)]
 
 
-@pytest.fixture
-def app(tmp_path):
-    ui, demo = serve(tmp_path / "data", dry_run=True)
-    try:
-        yield ui
-    finally:
-        stop_all(ui.supervisor)
-        demo.close()
-
-
 def open_model_tab(page, url: str) -> None:
     open_app(page, url)
     page.get_by_role("tab", name="Model & preset").click()

@@ -15,16 +15,6 @@ from ui_helpers import NOISE_FILTERS, fill, serve, stop_all
 pytestmark = [pytest.mark.e2e, *(pytest.mark.filterwarnings(f) for f in NOISE_FILTERS)]
 
 
-@pytest.fixture
-def app(tmp_path):
-    ui, demo = serve(tmp_path / "data", dry_run=True)
-    try:
-        yield ui
-    finally:
-        stop_all(ui.supervisor)
-        demo.close()
-
-
 def pick_type(page, kind: str) -> None:
     page.locator("#network-type").get_by_text(kind, exact=True).click()
 
