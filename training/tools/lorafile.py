@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from training.contract.errors import UserError
-from training.tools.deltas import ALPHA, DOWN, UP
+from training.lora_files.kinds import layout_for_parts
+from training.tools.deltas import ALPHA, DOWN
 
 # Key parts that name a network type other than LoRA/LoCon (LyCORIS' and peft's names).
 OTHER_TYPES = {"hada_w1_a": "LoHa", "hada_w1_b": "LoHa", "lokr_w1": "LoKr", "lokr_w1_a": "LoKr", "lokr_w2": "LoKr",
@@ -103,15 +104,23 @@ def group_modules(tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, to
     return dict(modules)
 
 
-def require_lora(lora: LoraFile, operation: str) -> None:
-    """Refuse what ``deltas.module_delta`` cannot compute yet, and modules missing half of their pair."""
+def require_lora(lora: LoraFile, operation: str, any_type: bool = False) -> None:
+    """Refuse a type the operation cannot take (``any_type``: every type training exports, LoRA/LoCon/LoHa/LoKr/DoRA,
+    else LoRA and LoCon only), and modules missing a part their type needs."""
     kind = lora.network_type
-    if kind not in ("LoRA", "LoCon"):
-        raise UserError(f"{lora.path}: {operation} of {kind} files is not supported yet; use a LoRA or LoCon file")
-    broken = sorted(name for name, parts in lora.modules.items() if DOWN not in parts or UP not in parts)
+    exported = set(kind.split("+")) <= {"LoRA", "LoCon", "LoHa", "LoKr", "DoRA"}
+    if not (exported if any_type else kind in ("LoRA", "LoCon")):
+        accepted = "LoRA, LoCon, LoHa, LoKr or DoRA" if any_type else "LoRA or LoCon"
+        raise UserError(f"{lora.path}: {operation} of {kind} files is not supported yet; use a {accepted} file")
+    broken = sorted(name for name, parts in lora.modules.items() if _incomplete(parts))
     if broken:
-        raise UserError(f"{lora.path}: {len(broken)} module(s) lack lora_down or lora_up, e.g. {broken[:3]}; the "
-                        "file is incomplete, export it again")
+        raise UserError(f"{lora.path}: {len(broken)} module(s) lack a part of their type (e.g. lora_down or "
+                        f"lora_up), e.g. {broken[:3]}; the file is incomplete, export it again")
+
+
+def _incomplete(parts: Mapping[str, torch.Tensor]) -> bool:
+    layout = layout_for_parts(parts)
+    return layout is None or bool(layout.missing(dict(parts)))
 
 
 def parse_strength(spec: str) -> tuple[Path, float]:

@@ -90,6 +90,10 @@ def plan_changes(index: Mapping[str, Target], model: Path, family: str, inputs: 
 
 
 def check_shape(lora: LoraFile, name: str, target: Target) -> None:
+    """A LoRA/LoCon module's size against its target, before anything is written. (LoHa/LoKr factor shapes are
+    checked when their delta is computed: ``module_delta`` refuses a delta that does not fit the weight.)"""
+    if "lora_down.weight" not in lora.modules[name]:
+        return
     down, up = lora.modules[name]["lora_down.weight"], lora.modules[name]["lora_up.weight"]
     numel = up.shape[0] * (down[0].numel() if down.ndim else 0)
     want = target.shape
@@ -104,7 +108,11 @@ def merged_tensor(checkpoint: Checkpoint, key: str, changes: list[Change], dtype
     for change in changes:
         rows = change.target.rows
         view = weight if rows is None else weight[rows[0]:rows[1]]
-        delta = module_delta(change.source.lora.modules[change.name]).reshape(view.shape)
+        try:
+            delta = module_delta(change.source.lora.modules[change.name], view).reshape(view.shape)
+        except RuntimeError as err:  # factors whose product does not fit this weight
+            raise UserError(f"{change.source.lora.path}: module {change.name} does not fit the checkpoint's weight "
+                            f"{list(view.shape)} ({str(err).splitlines()[0]}); the LoRA is for another model") from None
         view.add_(delta, alpha=change.strength)
     return weight.to(dtype)
 
@@ -134,7 +142,7 @@ def merged_metadata(metadata: Mapping[str, str], inputs: list[MergeInput], unet_
 def read_inputs(loras: list[tuple[Path, float]]) -> list[MergeInput]:
     inputs = [MergeInput(read_lora(path), strength) for path, strength in loras]
     for item in inputs:
-        require_lora(item.lora, "merge")
+        require_lora(item.lora, "merge", any_type=True)
     return inputs
 
 
