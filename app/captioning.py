@@ -138,6 +138,8 @@ class CaptionStatus:
     items: list[tuple[str, str]] = field(default_factory=list)
     line: str = ""  # plain text, one line
     error: bool = False  # the job ended without captioning: ``line`` says why
+    # (time, images done) at the first finished image: the rate from there on excludes loading the model
+    pace_from: tuple[float, int] | None = None
 
     @property
     def finished(self) -> bool:
@@ -230,14 +232,14 @@ class CaptionJobs:
         if job.ended:
             return
         for event in job.reader.read_new():
-            _apply(job.status, event)
+            _apply(job.status, event, time.monotonic())
         if job.stop_asked is not None and time.monotonic() - job.stop_asked > STOP_GRACE_S:
             job.popen.terminate()  # the batch takes too long: SIGTERM keeps what was written too
         code = job.popen.poll()
         if code is None:
             return
         for event in job.reader.read_new():  # what it wrote just before exiting
-            _apply(job.status, event)
+            _apply(job.status, event, time.monotonic())
         job.ended = True
         job.status.running = False
         if job.status.line.startswith(("Loading", "Captioning", "Previewing")):  # it ended before its last event
@@ -245,7 +247,7 @@ class CaptionJobs:
             job.status.line = _last_line(job.folder / "caption.log") or f"the captioner exited with status {code}"
 
 
-def _apply(status: CaptionStatus, event: object) -> None:
+def _apply(status: CaptionStatus, event: object, now: float) -> None:
     verb = "Previewing" if status.preview else "Captioning"
     match event:
         case CaptionStart(total=total):
@@ -254,12 +256,25 @@ def _apply(status: CaptionStatus, event: object) -> None:
         case CaptionProgress():
             status.done, status.total = event.done, event.total
             status.items.append((event.path, event.caption or f"({event.status}: {event.reason or 'no caption'})"))
-            status.line = f"{verb}: {event.done} of {event.total} image(s)"
+            status.pace_from = status.pace_from or (now, event.done)
+            status.line = f"{verb}: {event.done} of {event.total} image(s){_time_left(status, now)}"
         case CaptionDone():
             status.line = _summary(status, event)
         case CaptionError(msg=msg):
             status.error = True
             status.line = _one_line(msg)
+
+
+def _time_left(status: CaptionStatus, now: float) -> str:
+    """" · about 2 min left" from the pace since the first finished image, once two more have finished."""
+    if status.pace_from is None:
+        return ""
+    started, done_then = status.pace_from
+    counted = status.done - done_then
+    if counted < 2 or status.done >= status.total:
+        return ""
+    seconds = (now - started) / counted * (status.total - status.done)
+    return f" · about {round(seconds / 60)} min left" if seconds >= 90 else f" · about {max(5, round(seconds))} s left"
 
 
 def _summary(status: CaptionStatus, done: CaptionDone) -> str:

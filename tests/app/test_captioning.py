@@ -107,3 +107,19 @@ def test_offline_a_suggested_hub_model_not_cached_gives_way_to_the_users_folder(
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     assert default_choice(tmp_path, "tagger", hub) == hub  # online it downloads once
     assert model_of(FOLDER_CHOICE, " /some/folder ") == "/some/folder" and model_of(hub, "/ignored") == hub
+
+
+def test_the_progress_line_gives_the_time_left_from_the_pace_after_the_model_loaded():
+    """Model loading (before the first image) does not count; the estimate appears once two more images finished."""
+    from app.captioning import CaptionStatus, _apply
+    from training.contract.caption_events import CaptionProgress, CaptionStart
+
+    status = CaptionStatus(job_id="x", running=True)
+    _apply(status, CaptionStart(100), now=0.0)
+    lines = []
+    for done, now in ((1, 60.0), (2, 62.0), (3, 64.0), (60, 178.0)):  # 60 s loading, then 2 s per image
+        _apply(status, CaptionProgress(done, 100, f"img{done}.png", "written", "a caption"), now=now)
+        lines.append(status.line)
+    assert lines[:2] == ["Captioning: 1 of 100 image(s)", "Captioning: 2 of 100 image(s)"]
+    assert lines[2] == "Captioning: 3 of 100 image(s) · about 3 min left"  # 97 images x 2 s
+    assert lines[3] == "Captioning: 60 of 100 image(s) · about 80 s left"
