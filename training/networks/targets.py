@@ -22,6 +22,7 @@ Rules, by preset:
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +163,9 @@ def infos_from_table(table: dict[str, Any]) -> list[ModuleInfo]:
     return infos
 
 
+@functools.lru_cache(maxsize=8)
 def read_module_table(config_dir: Path) -> dict[str, list[ModuleInfo]]:
-    """{part ("unet", "text_encoder", "text_encoder_2"): its ModuleInfos} of a bundled config folder."""
+    """{part ("unet", "text_encoder", "text_encoder_2"): its ModuleInfos} of a bundled config folder. Read once per
+    folder: the Model tab asks for the size on every change of the form. Callers must not mutate the lists."""
     table = json.loads((config_dir / TABLE_FILE).read_text(encoding="utf-8"))
     return {part: infos_from_table(content) for part, content in table.items()}
