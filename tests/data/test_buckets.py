@@ -15,6 +15,7 @@ from training.data.buckets import assign_bucket, assign_buckets, bucket_table, m
 from training.data.dataset import TrainDataset, collate
 from training.data.folder import scan_dataset
 from training.data.sampler import BucketBatchSampler
+from training.data.subset import SubsetOptions
 
 RES = (512, 512)
 
@@ -292,7 +293,8 @@ def test_dataset_with_loader_gives_bucket_shaped_batches(tmp_path):
         d = tmp_path / "2_shapes"
         d.mkdir(exist_ok=True)
         Image.new("RGB", size, (i * 40, 0, 0)).save(d / f"{i}.png")
-    ds = TrainDataset(scan_dataset(tmp_path), resolution=128, min_reso=64, max_reso=256, flip_aug=True, seed=1)
+    ds = TrainDataset(scan_dataset(tmp_path), resolution=128, min_reso=64, max_reso=256,
+                      options=SubsetOptions(flip_aug=True), seed=1)
     assert len(ds) == 8
     assert ds.bucket_counts() == {(128, 128): 2, (192, 64): 1, (64, 64): 1}
     sampler = BucketBatchSampler(ds.buckets, batch_size=3, seed=1)

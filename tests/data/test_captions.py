@@ -9,6 +9,7 @@ from tiny_models import make_image_dataset
 from training.data.captions import process_caption
 from training.data.dataset import TrainDataset
 from training.data.folder import scan_dataset
+from training.data.subset import SubsetOptions
 
 CAPTION = "sks girl, red hair, blue eyes, smiling, outdoors, hat, scarf, night"
 
@@ -58,7 +59,7 @@ def test_stray_commas_are_dropped_when_shuffling():
 def test_dataset_augmentation_is_seeded_per_epoch_and_index(tmp_path):
     root = make_image_dataset(tmp_path / "data", {"3_red": 2})
     scan = scan_dataset(root)
-    kw = {"resolution": 64, "shuffle_caption": True, "keep_tokens": 1, "flip_aug": True, "seed": 5}
+    kw = {"resolution": 64, "options": SubsetOptions(shuffle_caption=True, keep_tokens=1, flip_aug=True), "seed": 5}
     a, b = TrainDataset(scan, **kw), TrainDataset(scan, **kw)
     assert len(a) == 6  # repeats expanded
 

@@ -12,6 +12,7 @@ from training.contract.errors import UserError
 from training.data.dataset import TrainDataset, collate
 from training.data.folder import scan_dataset
 from training.data.latents import LatentCache
+from training.data.subset import SubsetOptions
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def test_nan_latents_are_a_user_error_naming_the_image(tmp_path, vae):
 
 def test_dataset_serves_cached_latents_for_both_flips(tmp_path, vae):
     root = make_image_dataset(tmp_path / "data", {"2_a": 2})
-    ds = TrainDataset(scan_dataset(root), resolution=64, flip_aug=True, seed=0)
+    ds = TrainDataset(scan_dataset(root), resolution=64, options=SubsetOptions(flip_aug=True), seed=0)
     jobs = ds.latent_jobs()
     assert len(jobs) == 4 and {f for *_, f in jobs} == {False, True}
     cache = LatentCache(vae, None, "cpu", torch.float32)

@@ -8,6 +8,7 @@ from PIL import Image
 
 from training.data.dataset import TrainDataset, collate
 from training.data.folder import scan_dataset
+from training.data.subset import SubsetOptions
 from training.models.conditioning import TextEmbeds, unet_kwargs
 from training.models.text import encode_prompts, encode_text
 from training.run.loop import batch_time_ids
@@ -71,7 +72,8 @@ def test_add_time_ids_for_a_cropped_bucketed_sample(tmp_path):
     Image.new("RGB", (303, 200), "white").save(folder / "b.png")  # 97x64 after resizing: an odd margin
     scan = scan_dataset(tmp_path, ".txt")
     plain = TrainDataset(scan, resolution=64, min_reso=64, max_reso=128, step=64)
-    flipped = TrainDataset(scan, resolution=64, min_reso=64, max_reso=128, step=64, flip_aug=True, seed=1)
+    flipped = TrainDataset(scan, resolution=64, min_reso=64, max_reso=128, step=64,
+                           options=SubsetOptions(flip_aug=True), seed=1)
     batch = collate([plain[0], plain[1]])
     ids = batch_time_ids(batch)
     assert ids.tolist() == [[200, 300, 0, 16, 64, 64], [200, 303, 0, 16, 64, 64]]

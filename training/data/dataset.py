@@ -19,9 +19,12 @@ from torch.utils.data import Dataset
 
 from training.data.buckets import Bucket, assign_buckets
 from training.data.captions import process_caption
-from training.data.folder import DatasetScan
+from training.data.folder import DatasetScan, ImageItem
 from training.data.images import crop_geometry, fit_to_bucket, load_image, to_tensor
 from training.data.latents import Job, LatentCache
+from training.data.subset import SubsetOptions
+
+DEFAULT_OPTIONS = SubsetOptions()
 
 
 class TrainDataset(Dataset):
@@ -34,10 +37,7 @@ class TrainDataset(Dataset):
         min_reso: int = 256,
         max_reso: int = 1024,
         step: int = 64,
-        shuffle_caption: bool = False,
-        keep_tokens: int = 0,
-        caption_dropout_rate: float = 0.0,
-        flip_aug: bool = False,
+        options: SubsetOptions = DEFAULT_OPTIONS,
         seed: int = 0,
     ) -> None:
         self.items = list(scan.items)
@@ -52,10 +52,7 @@ class TrainDataset(Dataset):
         # Repeats are expanded into the index list (kohya does the same), so an epoch visits each image `repeats` times.
         self.index = [i for i, it in enumerate(self.items) for _ in range(it.repeats)]
         self.buckets: list[Bucket] = [self.item_buckets[i] for i in self.index]
-        self.shuffle_caption = shuffle_caption
-        self.keep_tokens = keep_tokens
-        self.caption_dropout_rate = caption_dropout_rate
-        self.flip_aug = flip_aug
+        self.options = options
         self.seed = seed
         self.epoch = 0
         self._latents: dict[tuple[int, bool], torch.Tensor] | None = None
@@ -74,8 +71,8 @@ class TrainDataset(Dataset):
         """Every ``(path, bucket, flip)`` training can ask for: both orientations when ``flip_aug`` is on, because a
         VAE is not flip-equivariant, so flipping a cached latent is not the latent of the flipped image (kohya also
         caches the flipped latent separately)."""
-        flips = (False, True) if self.flip_aug else (False,)
-        return [(it.path, b, f) for it, b in zip(self.items, self.item_buckets, strict=True) for f in flips]
+        return [(it.path, b, f) for it, b in zip(self.items, self.item_buckets, strict=True)
+                for f in self.flips(it)]
 
     def attach_latents(self, cache: LatentCache, device: torch.device | str = "cpu") -> None:
         """Serve latents from ``cache`` instead of pixels; run ``cache.encode_all(self.latent_jobs())`` first.
@@ -83,9 +80,8 @@ class TrainDataset(Dataset):
         The tensors are copied into the dataset so that it never holds the VAE (cheap to send to DataLoader workers).
         """
         table: dict[tuple[int, bool], torch.Tensor] = {}
-        flips = (False, True) if self.flip_aug else (False,)
         for item_idx, (item, bucket) in enumerate(zip(self.items, self.item_buckets, strict=True)):
-            for flip in flips:
+            for flip in self.flips(item):
                 latent = cache.get(item.path, bucket, flip)
                 if latent is None:
                     raise RuntimeError(f"no cached latent for {item.path} ({bucket}, flip={flip}): run encode_all")
@@ -93,17 +89,25 @@ class TrainDataset(Dataset):
                 table[(item_idx, flip)] = latent.to(device)
         self._latents = table
 
+    def options_of(self, item: ImageItem) -> SubsetOptions:
+        """The item's own subset options (kohya's dataset config), else the run's."""
+        return item.options or self.options
+
+    def flips(self, item: ImageItem) -> tuple[bool, ...]:
+        return (False, True) if self.options_of(item).flip_aug else (False,)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         item_idx = self.index[index]
         item, bucket = self.items[item_idx], self.item_buckets[item_idx]
+        options = self.options_of(item)
         # A string seed is hashed with SHA-512 by `random`, so it is stable across processes and PYTHONHASHSEED.
         rng = random.Random(f"{self.seed}:{self.epoch}:{index}")
-        flip = self.flip_aug and rng.random() < 0.5  # drawn first, always, so the caption draws stay aligned
+        flip = options.flip_aug and rng.random() < 0.5  # drawn first, always, so the caption draws stay aligned
         caption = process_caption(
             item.caption,
-            shuffle=self.shuffle_caption,
-            keep_tokens=self.keep_tokens,
-            dropout_rate=self.caption_dropout_rate,
+            shuffle=options.shuffle_caption,
+            keep_tokens=options.keep_tokens,
+            dropout_rate=options.caption_dropout_rate,
             rng=rng,
         )
         (resized_w, _), (top, left) = crop_geometry(item.size, bucket)

@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from training.contract.errors import UserError
+from training.data.subset import SubsetOptions
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 # Formats people do drop in a dataset but that we do not train on: say so instead of skipping them silently.
@@ -34,6 +35,7 @@ class ImageItem:
     concept: str
     repeats: int
     size: tuple[int, int]  # (width, height) after EXIF orientation, as PIL reports it
+    options: SubsetOptions | None = None  # its subset's caption/augmentation options; None: the run's
 
 
 @dataclass(frozen=True)

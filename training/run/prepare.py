@@ -25,6 +25,7 @@ from training.data.dataset import TrainDataset, collate
 from training.data.folder import DatasetScan, ImageItem, scan_dataset
 from training.data.latents import LatentCache
 from training.data.sampler import BucketBatchSampler
+from training.data.subset import SubsetOptions
 from training.models.conditioning import TextEmbeds
 from training.models.loading import BaseModel, load_base_model, load_vae
 from training.models.text import encode_text
@@ -71,8 +72,7 @@ def dtype_for(precision: str) -> torch.dtype:
 def make_dataset(cfg: TrainConfig, scan: DatasetScan) -> TrainDataset:
     return TrainDataset(scan, resolution=cfg.resolution_wh, enable_bucket=cfg.enable_bucket,
                         min_reso=cfg.min_bucket_reso, max_reso=cfg.max_bucket_reso, step=cfg.bucket_reso_steps,
-                        shuffle_caption=cfg.shuffle_caption, keep_tokens=cfg.keep_tokens,
-                        caption_dropout_rate=cfg.caption_dropout_rate, flip_aug=cfg.flip_aug, seed=cfg.seed)
+                        options=SubsetOptions.from_config(cfg), seed=cfg.seed)
 
 
 def add_networks(cfg: TrainConfig, base: BaseModel) -> list[dict[str, Any]]:
