@@ -107,3 +107,29 @@ def run_tools(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m training.tools ARGS`` as a user runs it, from the repository root."""
     return subprocess.run([sys.executable, "-m", "training.tools", *map(str, args)], capture_output=True, text=True,
                           cwd=ROOT, timeout=scaled(timeout))
+
+
+def lycoris_lora(modules: dict[str, torch.nn.Module], algo: str, rank: int, alpha: float, seed: int
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Random LoHa or LoKr factors (file tensors, fp16), and each module's delta written here from the factors, shaped
+    like its weight: LoHa (alpha/r) * (w1a @ w1b) * (w2a @ w2b), a conv's factors flat [r, in*kh*kw] as LyCORIS
+    writes them; LoKr (alpha/r) * kron(w1, w2a @ w2b), Linear modules only."""
+    gen = torch.Generator().manual_seed(seed)
+    tensors, deltas = {}, {}
+    for name, module in modules.items():
+        out, fan_in = module.weight.shape[0], module.weight[0].numel()
+        def rand(*shape):
+            return (torch.randn(*shape, generator=gen) * 0.3).half()
+        if algo == "loha":
+            parts = {"hada_w1_a": rand(out, rank), "hada_w1_b": rand(rank, fan_in),
+                     "hada_w2_a": rand(out, rank), "hada_w2_b": rand(rank, fan_in)}
+            f = {k: v.float() for k, v in parts.items()}
+            delta = (f["hada_w1_a"] @ f["hada_w1_b"]) * (f["hada_w2_a"] @ f["hada_w2_b"])
+        else:  # w1 a small whole factor, w2 decomposed: the layout LyCORIS writes for a factor of 4
+            parts = {"lokr_w1": rand(4, 4), "lokr_w2_a": rand(out // 4, rank), "lokr_w2_b": rand(rank, fan_in // 4)}
+            f = {k: v.float() for k, v in parts.items()}
+            delta = torch.kron(f["lokr_w1"], f["lokr_w2_a"] @ f["lokr_w2_b"])
+        parts["alpha"] = torch.tensor(alpha).half()
+        tensors.update({f"{name}.{part}": value for part, value in parts.items()})
+        deltas[name] = (delta * (alpha / rank)).reshape(module.weight.shape)
+    return tensors, deltas

@@ -27,11 +27,11 @@ def files(tiny_ckpt, tmp_path):
     cut.write_bytes(good.read_bytes()[:-100])
     cut_model = tmp_path / "cut_model.safetensors"
     cut_model.write_bytes(sd1.path.read_bytes()[:-1000])
-    loha = tmp_path / "loha.safetensors"
-    save_file({"lora_unet_a_to_q.hada_w1_a": torch.zeros(2, 2), "lora_unet_a_to_q.hada_w1_b": torch.zeros(2, 2),
-               "lora_unet_a_to_q.lora_down.weight": torch.zeros(2, 2)}, str(loha))
-    Files = namedtuple("Files", "sd1 good xl stray cut cut_model loha out")
-    return Files(sd1.path, good, xl, stray_path, cut, cut_model, loha, tmp_path / "out.safetensors")
+    dora = tmp_path / "dora.safetensors"
+    save_file({"lora_unet_a_to_q.lora_down.weight": torch.ones(2, 4), "lora_unet_a_to_q.lora_up.weight":
+               torch.ones(4, 2), "lora_unet_a_to_q.dora_scale": torch.ones(4, 1)}, str(dora))
+    Files = namedtuple("Files", "sd1 good xl stray cut cut_model dora out")
+    return Files(sd1.path, good, xl, stray_path, cut, cut_model, dora, tmp_path / "out.safetensors")
 
 
 CASES = {
@@ -50,9 +50,9 @@ CASES = {
     "the output is the input": (
         lambda f: ["resize", "--lora", f.good, "--rank", "1", "--out", f.good, "--force"], ["sd1.safetensors",
                                                                                            "also an input"]),
-    "a LoHa file to resize": (
-        lambda f: ["resize", "--lora", f.loha, "--rank", "1", "--out", f.out], ["loha.safetensors", "LoHa",
-                                                                               "not supported yet"]),
+    "a DoRA file to resize": (
+        lambda f: ["resize", "--lora", f.dora, "--rank", "1", "--out", f.out], ["dora.safetensors", "DoRA",
+                                                                               "`merge`"]),
 }
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import re
 
-import torch
 from conftest import delta_of, random_lora, run_tools
 from safetensors.torch import save_file
 
@@ -36,11 +35,3 @@ def test_inspect_reports_what_the_file_holds(tiny_ckpt, tmp_path):
     assert math.isclose(float(row.split()[2]), norm, rel_tol=1e-3)
     rows = [line.split()[1] for line in text.splitlines() if line.startswith("  lora_te") or line.startswith("  unet")]
     assert rows.index("input_blocks_1") < rows.index("middle_block") < rows.index("output_blocks_2")
-
-
-def test_inspect_names_a_loha_file_without_computing_norms(tmp_path):
-    save_file({"lora_unet_x_to_q.hada_w1_a": torch.zeros(2, 2), "lora_unet_x_to_q.hada_w1_b": torch.zeros(2, 2)},
-              str(tmp_path / "h.safetensors"))
-    done = run_tools("inspect", tmp_path / "h.safetensors")
-    assert done.returncode == 0, done.stderr
-    assert "network:  LoHa" in done.stdout and "not computed for LoHa" in done.stdout

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from conftest import delta_of, random_lora, run_tools, save_lora_file
+from conftest import delta_of, lycoris_lora, random_lora, run_tools, save_lora_file
 from ldm_convert import diffusers_to_ldm
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -105,31 +105,6 @@ def test_a_ckpt_pickle_merges_like_its_safetensors(tiny_ckpt, tmp_path):
     for key in out:
         torch.testing.assert_close(out[key].float(), expected[key].half().float() if tiny.state[key].dtype ==
                                    torch.float16 else expected[key], rtol=2e-3, atol=2e-3)
-
-
-def lycoris_lora(modules: dict[str, torch.nn.Module], algo: str, rank: int, alpha: float, seed: int
-                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Random LoHa or LoKr factors for Linear modules (file tensors, fp16), and each module's delta written here from
-    the factors: LoHa (alpha/r) * (w1a @ w1b) * (w2a @ w2b); LoKr (alpha/r) * kron(w1, w2a @ w2b)."""
-    gen = torch.Generator().manual_seed(seed)
-    tensors, deltas = {}, {}
-    for name, module in modules.items():
-        out, fan_in = module.weight.shape
-        def rand(*shape):
-            return (torch.randn(*shape, generator=gen) * 0.3).half()
-        if algo == "loha":
-            parts = {"hada_w1_a": rand(out, rank), "hada_w1_b": rand(rank, fan_in),
-                     "hada_w2_a": rand(out, rank), "hada_w2_b": rand(rank, fan_in)}
-            f = {k: v.float() for k, v in parts.items()}
-            delta = (f["hada_w1_a"] @ f["hada_w1_b"]) * (f["hada_w2_a"] @ f["hada_w2_b"])
-        else:  # w1 a small whole factor, w2 decomposed: the layout LyCORIS writes for a factor of 4
-            parts = {"lokr_w1": rand(4, 4), "lokr_w2_a": rand(out // 4, rank), "lokr_w2_b": rand(rank, fan_in // 4)}
-            f = {k: v.float() for k, v in parts.items()}
-            delta = torch.kron(f["lokr_w1"], f["lokr_w2_a"] @ f["lokr_w2_b"])
-        parts["alpha"] = torch.tensor(alpha).half()
-        tensors.update({f"{name}.{part}": value for part, value in parts.items()})
-        deltas[name] = delta * (alpha / rank)
-    return tensors, deltas
 
 
 @pytest.mark.parametrize("algo", ["loha", "lokr"])

@@ -47,7 +47,7 @@ class LokrLayout(Layout):
                 return int(t[part].shape[0])
         return None
 
-    def _factors(self, t: Tensors) -> tuple[torch.Tensor, torch.Tensor]:
+    def factors(self, t: Tensors) -> tuple[torch.Tensor, torch.Tensor]:
         w1 = t["lokr_w1"].float() if "lokr_w1" in t else t["lokr_w1_a"].float() @ t["lokr_w1_b"].float()
         if "lokr_w2" in t:
             w2 = t["lokr_w2"].float()
@@ -58,7 +58,7 @@ class LokrLayout(Layout):
         return w1, w2
 
     def file_delta(self, t: Tensors, weight: torch.Tensor) -> torch.Tensor:
-        w1, w2 = self._factors(t)
+        w1, w2 = self.factors(t)
         if w2.dim() == 4:
             w1 = w1[:, :, None, None]
         return torch.kron(w1.contiguous(), w2.contiguous()).reshape(weight.shape) * self.scale(t)

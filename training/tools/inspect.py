@@ -9,7 +9,8 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from training.tools.deltas import DOWN, UP, module_delta
+from training.lora_files.kinds import DORA, layout_for_parts
+from training.tools.deltas import flat_delta
 from training.tools.lorafile import FAMILY_LABELS, LoraFile, read_lora
 
 SHOWN_METADATA = ("ss_output_name", "ss_sd_model_name", "ss_base_model_version", "ss_v2", "ss_network_module",
@@ -45,13 +46,29 @@ def block_order(block: str) -> tuple:
     return (stage, block.split(" ")[0], numbers)
 
 
+def whole(tensors: dict) -> bool:
+    """A module with every part its type needs (half a module changes nothing; the summary counts it)."""
+    layout = layout_for_parts(tensors)
+    return layout is not None and not layout.missing(tensors)
+
+
 def block_norms(lora: LoraFile) -> dict[str, float]:
+    """Frobenius norm of the change per block. DoRA's magnitude rescaling needs the base weights, so a DoRA module
+    counts its low-rank part only."""
     squares: dict[str, float] = defaultdict(float)
     for name, tensors in lora.modules.items():
-        if DOWN not in tensors or UP not in tensors:  # half a module changes nothing; the summary counts it
+        if not whole(tensors):
             continue
-        squares[block_of(name)] += float(module_delta(tensors).pow(2).sum())
+        low_rank = {part: tensor for part, tensor in tensors.items() if part != DORA}
+        squares[block_of(name)] += float(flat_delta(name, low_rank, lora.family)[0].pow(2).sum())
     return {block: math.sqrt(squares[block]) for block in sorted(squares, key=block_order)}
+
+
+def module_rank(tensors: dict) -> int | str:
+    """The rank loaders read for the module's type; "full" for a LoKr with both factors whole."""
+    layout = layout_for_parts(tensors)
+    rank = layout.rank(tensors) if layout else None
+    return "full" if rank is None else rank
 
 
 def inspect(path: Path, log=print) -> dict:
@@ -62,27 +79,27 @@ def inspect(path: Path, log=print) -> dict:
     log(f"file:     {lora.path}")
     log(f"family:   {FAMILY_LABELS.get(family or '', 'unknown (neither the metadata nor the keys tell)')}")
     log(f"network:  {kind}, {len(lora.modules)} modules ({', '.join(f'{p}: {n}' for p, n in sorted(parts.items()))})")
-    plain = kind in ("LoRA", "LoCon")
-    halves = sorted(name for name, t in lora.modules.items() if DOWN not in t or UP not in t)
-    if plain and halves:
-        log(f"broken:   {len(halves)} module(s) lack lora_down or lora_up, e.g. {halves[0]}")
-    if plain:
-        whole = [name for name in lora.modules if name not in halves]
-        ranks = Counter(lora.rank(name) for name in whole)
-        alphas = Counter(round(lora.alpha(name), 6) for name in whole)
-        log(f"ranks:    {', '.join(f'{r} x{n}' for r, n in sorted(ranks.items()))}")
+    halves = sorted(name for name, t in lora.modules.items() if not whole(t))
+    if halves:
+        log(f"broken:   {len(halves)} module(s) lack a part of their type, e.g. {halves[0]}")
+    complete = [lora.modules[name] for name in lora.modules if name not in halves]
+    ranks = Counter(module_rank(t) for t in complete)
+    alphas = Counter(round(float(t["alpha"]), 6) for t in complete if "alpha" in t)
+    if ranks:
+        log(f"ranks:    {', '.join(f'{r} x{n}' for r, n in sorted(ranks.items(), key=lambda item: str(item[0])))}")
+    if alphas:
         log(f"alphas:   {', '.join(f'{a:g} x{n}' for a, n in sorted(alphas.items()))}")
     shown = {k: lora.metadata[k] for k in SHOWN_METADATA if k in lora.metadata}
     log(f"metadata: {len(lora.metadata)} keys" + ("" if shown else " (no training metadata)"))
     for key, value in shown.items():
         log(f"  {key:26s} {value if len(value) <= 100 else value[:97] + '...'}")
-    norms = block_norms(lora) if plain else {}
+    norms = block_norms(lora)
     if norms:
         top = max(norms.values()) or 1.0
-        log("delta norm per block (Frobenius norm of (alpha/r) * up @ down over all of the block's modules):")
+        what = "(alpha/r) * up @ down" if kind in ("LoRA", "LoCon") else f"each {kind} module's change"
+        dora = "; DoRA modules without their magnitude rescaling" if "DoRA" in kind else ""
+        log(f"delta norm per block (Frobenius norm of {what} over all of the block's modules{dora}):")
         for block, norm in norms.items():
             log(f"  {block:28s} {norm:10.4g}  {'#' * round(BAR * norm / top)}")
-    elif not plain:
-        log(f"delta norms: not computed for {kind} files yet")
     return {"family": family, "network": kind, "modules": dict(parts), "block_norms": norms,
             "metadata": json.loads(json.dumps(shown))}

@@ -104,10 +104,15 @@ def group_modules(tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, to
     return dict(modules)
 
 
-def require_lora(lora: LoraFile, operation: str, any_type: bool = False) -> None:
+def require_lora(lora: LoraFile, operation: str, any_type: bool = False, needs_base_ok: bool = True) -> None:
     """Refuse a type the operation cannot take (``any_type``: every type training exports, LoRA/LoCon/LoHa/LoKr/DoRA,
-    else LoRA and LoCon only), and modules missing a part their type needs."""
+    else LoRA and LoCon only; ``needs_base_ok=False``: not DoRA, whose change needs the base weights), and modules
+    missing a part their type needs."""
     kind = lora.network_type
+    if not needs_base_ok and "DoRA" in kind.split("+"):
+        raise UserError(f"{lora.path}: {operation} of DoRA files is not possible: a DoRA module's change depends on "
+                        "the base model's weights, which the file does not hold; merge it into the checkpoint with "
+                        "`merge` instead")
     exported = set(kind.split("+")) <= {"LoRA", "LoCon", "LoHa", "LoKr", "DoRA"}
     if not (exported if any_type else kind in ("LoRA", "LoCon")):
         accepted = "LoRA, LoCon, LoHa, LoKr or DoRA" if any_type else "LoRA or LoCon"

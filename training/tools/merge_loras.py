@@ -1,6 +1,8 @@
 """``merge-loras``: several LoRAs as one. By default exactly: per module the factors are stacked (the ranks add up)
 with each input's strength and alpha/r folded into its up weights, so the merged delta is the sum of the inputs'
-deltas. With ``--rank N`` each module's summed delta is re-factorised by SVD to rank N and the error is printed."""
+deltas. With ``--rank N`` each module's summed delta is re-factorised by SVD to rank N and the error is printed; that
+is also how LoHa and LoKr inputs merge (their changes are not up @ down products, so they cannot be stacked): the
+result is a LoRA/LoCon."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 import torch
 
 from training.contract.errors import UserError
-from training.tools.deltas import ALPHA, DOWN, UP, module_scale
+from training.tools.deltas import ALPHA, DOWN, UP, flat_delta, module_scale
 from training.tools.lorafile import (
     FAMILY_LABELS,
     LoraFile,
@@ -22,7 +24,7 @@ from training.tools.lorafile import (
     require_lora,
     save,
 )
-from training.tools.svd import low_rank_decomposition, one_thread, to_module, truncate
+from training.tools.svd import low_rank_decomposition, one_thread, singular_decomposition, to_module, truncate
 
 
 def common_family(loras: list[LoraFile]) -> str | None:
@@ -48,6 +50,23 @@ def stacked_factors(loras: list[tuple[LoraFile, float]], name: str) -> tuple[tor
     return torch.cat(ups, dim=1), torch.cat(downs, dim=0)
 
 
+def summed_delta(loras: list[tuple[LoraFile, float]], name: str, family: str | None
+                 ) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """The sum of the inputs' changes of one module as an [out, in*kh*kw] matrix, and the layer's kernel."""
+    total, kernel = None, None
+    for lora, strength in loras:
+        if name not in lora.modules:
+            continue
+        matrix, its_kernel = flat_delta(name, lora.modules[name], family)
+        if total is not None and (matrix.shape != total.shape or its_kernel != kernel):
+            raise UserError(f"{lora.path}: module {name} changes a {list(matrix.shape)} weight, another input a "
+                            f"{list(total.shape)} one; the LoRAs are for different models")
+        total = matrix * strength if total is None else total + matrix * strength
+        kernel = its_kernel
+    assert total is not None and kernel is not None
+    return total, kernel
+
+
 def merge_loras(specs: list[tuple[Path, float]], out: Path, rank: int | None = None, force: bool = False,
                 log=print) -> dict[str, dict[str, torch.Tensor]]:
     if len(specs) < 2:
@@ -55,20 +74,30 @@ def merge_loras(specs: list[tuple[Path, float]], out: Path, rank: int | None = N
     check_output(out, [p for p, _ in specs], force)
     loras = [(read_lora(path), strength) for path, strength in specs]
     for lora, _ in loras:
-        require_lora(lora, "merge-loras")
+        require_lora(lora, "merge-loras", any_type=True, needs_base_ok=False)
+    stackable = all(lora.network_type in ("LoRA", "LoCon") for lora, _ in loras)
+    if not stackable and rank is None:
+        kinds = ", ".join(f"{lora.path.name} is {lora.network_type}" for lora, _ in loras)
+        raise UserError(f"merge-loras of LoHa/LoKr files re-factorises their summed change by SVD ({kinds}): "
+                        "give --rank N (e.g. the largest input rank) for the merged LoRA")
     family = common_family([lora for lora, _ in loras])
     names = sorted({name for lora, _ in loras for name in lora.modules})
     modules: dict[str, dict[str, torch.Tensor]] = {}
     dropped_sq = total_sq = 0.0
     with one_thread():
         for name in names:
-            up, down = stacked_factors(loras, name)
-            if rank is None:
-                modules[name] = {DOWN: down, UP: up, ALPHA: torch.tensor(float(down.shape[0]))}
-                continue
-            factors = truncate(*low_rank_decomposition(up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1)),
-                               rank)
-            new_down, new_up = to_module(factors, tuple(down.shape[2:]))
+            if stackable:
+                up, down = stacked_factors(loras, name)
+                if rank is None:
+                    modules[name] = {DOWN: down, UP: up, ALPHA: torch.tensor(float(down.shape[0]))}
+                    continue
+                kernel = tuple(down.shape[2:])
+                svd = low_rank_decomposition(up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1))
+            else:
+                matrix, kernel = summed_delta(loras, name, family)
+                svd = singular_decomposition(matrix)
+            factors = truncate(*svd, rank)
+            new_down, new_up = to_module(factors, kernel)
             modules[name] = {DOWN: new_down, UP: new_up, ALPHA: torch.tensor(float(factors.rank))}
             dropped_sq += factors.error ** 2
             total_sq += float(factors.singular.pow(2).sum())

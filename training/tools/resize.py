@@ -1,5 +1,7 @@
 """``resize``: a LoRA re-factorised by SVD to a lower rank, fixed or chosen per module by kohya's dynamic rules.
-Each module keeps its scale: the new alpha is (old alpha / old rank) * new rank, as kohya's resize_lora.py does."""
+Each module keeps its scale: the new alpha is (old alpha / old rank) * new rank, as kohya's resize_lora.py does.
+A LoHa or LoKr file becomes a LoRA/LoCon: each module's whole change is factorised (alpha = the new rank), which is
+also how to take one to a loader that reads only LoRA."""
 
 from __future__ import annotations
 
@@ -9,9 +11,17 @@ from pathlib import Path
 
 import torch
 
-from training.tools.deltas import ALPHA, DOWN, UP, module_scale
+from training.lora_files.kinds import layout_for_parts
+from training.tools.deltas import ALPHA, DOWN, UP, flat_delta, module_scale
 from training.tools.lorafile import check_output, network_metadata, read_lora, require_lora, save
-from training.tools.svd import dynamic_rank, low_rank_decomposition, one_thread, to_module, truncate
+from training.tools.svd import (
+    dynamic_rank,
+    low_rank_decomposition,
+    one_thread,
+    singular_decomposition,
+    to_module,
+    truncate,
+)
 
 
 def module_rank(singular: torch.Tensor, old_rank: int, rank: int | None, dynamic: tuple[str, float] | None) -> int:
@@ -30,13 +40,20 @@ class Resized:
     total_sq: float    # squared Frobenius norm of its delta (with its scale)
 
 
-def resize_module(tensors: dict[str, torch.Tensor], rank: int | None, dynamic: tuple[str, float] | None,
-                  conv_rank: int | None) -> Resized:
-    down, up = tensors[DOWN].float(), tensors[UP].float()
-    old, kernel, scale = down.shape[0], tuple(down.shape[2:]), module_scale(tensors)
-    u, singular, vh = low_rank_decomposition(up.reshape(up.shape[0], old), down.reshape(old, -1))
+def resize_module(name: str, tensors: dict[str, torch.Tensor], family: str | None, rank: int | None,
+                  dynamic: tuple[str, float] | None, conv_rank: int | None) -> Resized:
+    layout = layout_for_parts(tensors)
+    if layout is not None and layout.algo == "lora":
+        down, up = tensors[DOWN].float(), tensors[UP].float()
+        old, kernel, scale = down.shape[0], tuple(down.shape[2:]), module_scale(tensors)
+        u, singular, vh = low_rank_decomposition(up.reshape(up.shape[0], old), down.reshape(old, -1))
+        cap = old
+    else:  # LoHa / LoKr: the change itself (its rank can exceed the file's r: LoHa's is up to r squared)
+        matrix, kernel = flat_delta(name, tensors, family)
+        u, singular, vh = singular_decomposition(matrix)
+        old, scale, cap = (layout.rank(tensors) or 0) if layout else 0, 1.0, min(matrix.shape)
     wanted = conv_rank if conv_rank and kernel and kernel != (1, 1) else rank
-    factors = truncate(u, singular, vh, module_rank(singular, old, wanted, dynamic))
+    factors = truncate(u, singular, vh, module_rank(singular, cap, wanted, dynamic))
     new_down, new_up = to_module(factors, kernel)
     return Resized({DOWN: new_down, UP: new_up, ALPHA: torch.tensor(scale * factors.rank)}, old, factors.kept,
                    scale**2 * float(singular.pow(2).sum()))
@@ -46,11 +63,12 @@ def resize(path: Path, out: Path, rank: int | None = None, dynamic: tuple[str, f
            conv_rank: int | None = None, force: bool = False, log=print) -> dict[str, dict[str, torch.Tensor]]:
     check_output(out, [path], force)
     lora = read_lora(path)
-    require_lora(lora, "resize")
+    require_lora(lora, "resize", any_type=True, needs_base_ok=False)
     modules: dict[str, dict[str, torch.Tensor]] = {}
     kept_sq = total_sq = 0.0
     with one_thread():
-        results = {name: resize_module(lora.modules[name], rank, dynamic, conv_rank) for name in sorted(lora.modules)}
+        results = {name: resize_module(name, lora.modules[name], lora.family, rank, dynamic, conv_rank)
+                   for name in sorted(lora.modules)}
     for name, result in results.items():
         modules[name] = result.tensors
         total_sq += result.total_sq
@@ -73,5 +91,7 @@ def resized_metadata(metadata: dict[str, str], modules: dict, old_dim: int, rank
         note = f"Dynamic resize with {dynamic[0]}: {dynamic[1]:g} from {old_dim}"
     else:
         note = f"dimension is resized from {old_dim} to {rank}"
-    kept = {k: v for k, v in metadata.items() if not k.startswith("sshs_")}  # the hashes describe the old tensors
+    # The hashes describe the old tensors; the network args the old type (a LoHa's algo): network_metadata restates
+    # what the new file is.
+    kept = {k: v for k, v in metadata.items() if not k.startswith("sshs_") and k != "ss_network_args"}
     return {**kept, **network_metadata(modules, dynamic=True), "ss_training_comment": f"{note}; {comment}"}
