@@ -106,7 +106,7 @@ def _layout(data_dir: Path) -> CaptionUi:
         with gr.Row():
             preview = gr.Button(f"Preview on {PREVIEW_IMAGES} images", elem_id="autocap-preview")
             run = gr.Button("Caption all", variant="primary", elem_id="autocap-run")
-            stop = gr.Button("Stop", variant="stop", elem_id="autocap-stop")
+            stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="autocap-stop")
         status = gr.Markdown(elem_id="autocap-status")
         gallery = gr.Gallery(label="Captions proposed or written", columns=4, height=360, object_fit="contain",
                              allow_preview=False, interactive=False, elem_id="autocap-gallery")
@@ -139,14 +139,19 @@ def _items(ctx: AppContext, status: CaptionStatus) -> list[tuple[str, str]]:
 def _wire(ctx: AppContext, ui: CaptionUi, jobs: CaptionJobs, loaded: Any, view: list[Any],
           reload: Callable[[dict[str, Any] | None, str], tuple[Any, ...]]) -> None:
     ext = ctx.components["caption_extension"]
+    buttons = [ui.preview, ui.run, ui.stop]
+
+    def enabled(running: bool) -> tuple[Any, ...]:
+        """Preview and Caption all while no job runs, Stop while one does."""
+        return gr.update(interactive=not running), gr.update(interactive=not running), gr.update(interactive=running)
 
     def start(preview: bool, state, caption_extension, *settings) -> tuple[Any, ...]:
         try:
             status = jobs.start(_request(state, caption_extension, *settings), preview=preview)
         except UserError as err:
             # The timer is left as it is: a refusal while a job runs must not stop that job's progress.
-            return f"**Not started:** {md_escape(str(err))}", gr.skip(), gr.skip()
-        return md_escape(status.line), [], gr.Timer(active=True)
+            return f"**Not started:** {md_escape(str(err))}", gr.skip(), gr.skip(), *(gr.skip() for _ in buttons)
+        return md_escape(status.line), [], gr.Timer(active=True), *enabled(True)
 
     def caption_preview(state, caption_extension, *settings) -> tuple[Any, ...]:
         """Propose captions for the loaded folder's first images; writes nothing."""
@@ -160,25 +165,25 @@ def _wire(ctx: AppContext, ui: CaptionUi, jobs: CaptionJobs, loaded: Any, view: 
         status = jobs.poll()
         line = f"**Not captioned:** {md_escape(status.line)}" if status.error else md_escape(status.line)
         if status.running:
-            return line, _items(ctx, status), gr.skip(), *(gr.skip() for _ in view)
+            return line, _items(ctx, status), gr.skip(), *enabled(True), *(gr.skip() for _ in view)
         # Over: stop polling; a run that may have written captions reloads the folder's view to show them.
         redraw = reload(state, caption_extension) if state and not status.preview else [gr.skip() for _ in view]
-        return line, _items(ctx, status), gr.Timer(active=False), *redraw
+        return line, _items(ctx, status), gr.Timer(active=False), *enabled(False), *redraw
 
     def attach() -> tuple[Any, ...]:
         # A reloaded page (or another tab) opens the panel with its timer off: follow a job that is still running.
         status = jobs.poll()
         if not status.running:
-            return gr.skip(), gr.skip(), gr.skip()
-        return md_escape(status.line), _items(ctx, status), gr.Timer(active=True)
+            return gr.skip(), gr.skip(), gr.skip(), *enabled(False)
+        return md_escape(status.line), _items(ctx, status), gr.Timer(active=True), *enabled(True)
 
     inputs = [loaded, ext, *ui.settings]
-    start_out = [ui.status, ui.gallery, ui.timer]
+    start_out = [ui.status, ui.gallery, ui.timer, *buttons]
     ui.preview.click(caption_preview, inputs=inputs, outputs=start_out, api_visibility="private")
     ui.run.click(caption_all, inputs=inputs, outputs=start_out, api_visibility="private")
     ui.stop.click(lambda: jobs.stop(), outputs=ui.status, api_visibility="private")
     ui.section.expand(attach, outputs=start_out, api_visibility="private")
-    ui.timer.tick(tick, inputs=[loaded, ext], outputs=[ui.status, ui.gallery, ui.timer, *view],
+    ui.timer.tick(tick, inputs=[loaded, ext], outputs=[*start_out, *view],
                   api_visibility="private")
 
 

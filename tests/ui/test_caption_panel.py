@@ -96,7 +96,10 @@ def test_stop_midway_keeps_what_was_written(page, dry_app, tmp_path, tiny_tagger
     total = 500  # about 20 s of captioning: time to reload the page and press Stop
     dataset = red_dataset(tmp_path / "many", total, side=1500)  # large images: each takes a moment to read
     open_panel(page, dry_app.url, dataset, str(tiny_tagger), total)
+    expect(page.locator("#autocap-stop")).to_be_disabled()  # nothing to stop yet
     page.locator("#autocap-run").click()
+    expect(page.locator("#autocap-run")).to_be_disabled()  # one job at a time: Stop is the button that acts
+    expect(page.locator("#autocap-stop")).to_be_enabled()
     # Stop once at least one caption is written (the status counts images handled).
     expect(page.locator("#autocap-status")).to_contain_text(re.compile(rf"Captioning: [1-9]\d* of {total} "),
                                                             timeout=60_000)
@@ -106,6 +109,8 @@ def test_stop_midway_keeps_what_was_written(page, dry_app, tmp_path, tiny_tagger
     expect(page.locator("#autocap-status")).to_contain_text(re.compile(rf"Captioning: [1-9]\d* of {total} "))
     page.locator("#autocap-stop").click()
     expect(page.locator("#autocap-status")).to_contain_text("Stopped after", timeout=60_000)
+    expect(page.locator("#autocap-run")).to_be_enabled()
+    expect(page.locator("#autocap-stop")).to_be_disabled()
     written = captions(dataset)
     assert 0 < len(written) < total
     assert set(written.values()) == {RED_CAPTION}  # every kept caption is whole
