@@ -45,6 +45,23 @@ REPORT_HINT = ("*Check dataset* counts images and steps with the form's settings
                "duplicate or unreadable images, missing or too long captions.")
 EXPLORER_IGNORE = ("*.txt", "*[.]txt")  # the same pattern twice: switching between them makes the browser re-list
 # Left and right arrow keys step through the images while the preview is on screen and no text box has the focus.
+# After a folder loads in the browser: show its first image in the editor by clicking the first thumbnail, the same
+# path a user's click takes. In the page only (an API caller, who has no caption box, keeps nothing selected), not
+# while the user types in a box (the folder box loads as it is typed: the focus stays there), and not when an image
+# is already shown. The thumbnails render a moment after the update, so it looks a few times.
+OPEN_FIRST_JS = """
+() => {
+  let tries = 0;
+  const look = () => {
+    const typing = document.activeElement && document.activeElement.closest('input, textarea');
+    const shown = document.querySelector('#caption-file input');
+    if (typing || (shown && shown.value)) { return; }
+    const first = document.querySelector('#dataset-gallery .thumbnail-item, #dataset-gallery button img');
+    if (first) { first.click(); } else if (++tries < 20) { setTimeout(look, 100); }
+  };
+  setTimeout(look, 50);
+}
+"""
 ARROW_KEYS_JS = """
 if (!window.loraforgeDatasetKeys) {
   window.loraforgeDatasetKeys = true;
@@ -302,14 +319,18 @@ def _wire_loading(ctx: AppContext, ui: Ui, datasets_dir: Path) -> None:
     explorer_gen = gr.State(0)
     upload_out = [ui.upload, *ui.view, ui.explorer, explorer_gen]
     leaving = [ui.caption_text, ui.loaded]  # what loading another folder saves first: the shown caption, if edited
-    ui.load.click(dataset_load, inputs=[ui.folder, ext, *leaving], outputs=ui.view, api_name="dataset_load")
-    ui.folder.submit(dataset_load, inputs=[ui.folder, ext, *leaving], outputs=ui.view, api_visibility="private")
+    ui.load.click(dataset_load, inputs=[ui.folder, ext, *leaving], outputs=ui.view, api_name="dataset_load"
+                  ).then(None, js=OPEN_FIRST_JS)
+    ui.folder.submit(dataset_load, inputs=[ui.folder, ext, *leaving], outputs=ui.view, api_visibility="private"
+                     ).then(None, js=OPEN_FIRST_JS)
     ui.folder.blur(settle, inputs=ui.folder, outputs=ui.folder, api_visibility="private")
     ui.folder.change(follow, inputs=[ui.folder, ext, *leaving], outputs=ui.view, trigger_mode="always_last",
                      api_visibility="private")
-    ui.explorer.change(pick, inputs=[ui.explorer, ext, *leaving], outputs=ui.view, api_visibility="private")
+    ui.explorer.change(pick, inputs=[ui.explorer, ext, *leaving], outputs=ui.view, api_visibility="private"
+                       ).then(None, js=OPEN_FIRST_JS)
     ui.upload_btn.click(dataset_upload, inputs=[ui.upload, ui.upload_name, ui.upload_repeats, ui.upload_concept, ext,
-                                                explorer_gen, *leaving], outputs=upload_out, api_name="dataset_upload")
+                                                explorer_gen, *leaving], outputs=upload_out, api_name="dataset_upload"
+                        ).then(None, js=OPEN_FIRST_JS)
 
 
 # --- the check

@@ -42,6 +42,7 @@ def load(page, url: str, dataset: Path, count: int = COUNT) -> None:
     page.locator(BOX).first.fill(str(dataset))
     page.locator("#dataset-load").click()
     expect(page.locator("#dataset-message")).to_contain_text(f"{dataset.name}: {count} image(s)")
+    expect(page.locator("#caption-file input")).not_to_have_value("")  # it opens on its first image
 
 
 def test_an_edited_caption_is_saved_when_leaving_it_and_an_unchanged_one_is_not_written(page, dry_app, tmp_path):
@@ -51,6 +52,10 @@ def test_an_edited_caption_is_saved_when_leaving_it_and_an_unchanged_one_is_not_
     load(page, dry_app.url, dataset)
     name, caption, message = (page.locator("#caption-file input"), page.locator("#caption-text textarea"),
                               page.locator("#caption-message"))
+    # A loaded folder opens on its first image: its caption is there to edit without a click.
+    expect(name).to_have_value("5_cat/img00.png")
+    expect(caption).to_have_value("cat, blue hair, number 0")
+    expect(page.locator("#dataset-preview img")).to_be_visible()
 
     # Next: the edit of img00 is written, the editor shows img01.
     page.locator("#dataset-gallery img").nth(0).click()
@@ -148,8 +153,7 @@ def test_the_filter_box_narrows_the_gallery_survives_a_save_and_a_new_folder_cle
     page.get_by_role("option", name="red hair · 20").click()
     expect(filter_message).to_contain_text("20 of 30 images have 'red hair'")
     expect(page.locator("#dataset-gallery img")).to_have_count(20)
-    page.locator("#dataset-next").click()
-    expect(name).to_have_value("5_cat/img01.png")  # the first red-haired image
+    expect(name).to_have_value("5_cat/img01.png")  # img00 (shown on load) has blue hair: the first red-haired one
     page.locator("#dataset-next").click()
     expect(name).to_have_value("5_cat/img02.png")
     page.locator("#dataset-next").click()
