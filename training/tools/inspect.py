@@ -45,16 +45,19 @@ def block_order(block: str) -> tuple:
     return (stage, block.split(" ")[0], numbers)
 
 
-def block_norms(lora: LoraFile) -> dict[str, float]:
+def block_norms(lora: LoraFile, progress=None) -> dict[str, float]:
     squares: dict[str, float] = defaultdict(float)
-    for name, tensors in lora.modules.items():
+    for done, (name, tensors) in enumerate(lora.modules.items(), 1):
+        if progress:
+            progress(done, len(lora.modules), "modules")
         if DOWN not in tensors or UP not in tensors:  # half a module changes nothing; the summary counts it
             continue
         squares[block_of(name)] += float(module_delta(tensors).pow(2).sum())
     return {block: math.sqrt(squares[block]) for block in sorted(squares, key=block_order)}
 
 
-def inspect(path: Path, log=print) -> dict:
+def inspect(path: Path, log=print, progress=None) -> dict:
+    """``progress(done, total, what)``, when given, is called per module of the block norms (the UI's bar)."""
     lora = read_lora(path)
     kind = lora.network_type
     family = lora.family
@@ -76,7 +79,7 @@ def inspect(path: Path, log=print) -> dict:
     log(f"metadata: {len(lora.metadata)} keys" + ("" if shown else " (no training metadata)"))
     for key, value in shown.items():
         log(f"  {key:26s} {value if len(value) <= 100 else value[:97] + '...'}")
-    norms = block_norms(lora) if plain else {}
+    norms = block_norms(lora, progress) if plain else {}
     if norms:
         top = max(norms.values()) or 1.0
         log("delta norm per block (Frobenius norm of (alpha/r) * up @ down over all of the block's modules):")

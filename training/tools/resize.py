@@ -43,14 +43,20 @@ def resize_module(tensors: dict[str, torch.Tensor], rank: int | None, dynamic: t
 
 
 def resize(path: Path, out: Path, rank: int | None = None, dynamic: tuple[str, float] | None = None,
-           conv_rank: int | None = None, force: bool = False, log=print) -> dict[str, dict[str, torch.Tensor]]:
+           conv_rank: int | None = None, force: bool = False, log=print,
+           progress=None) -> dict[str, dict[str, torch.Tensor]]:
+    """``progress(done, total, what)``, when given, is called after each module (the UI's progress bar)."""
     check_output(out, [path], force)
     lora = read_lora(path)
     require_lora(lora, "resize")
     modules: dict[str, dict[str, torch.Tensor]] = {}
     kept_sq = total_sq = 0.0
+    results: dict[str, Resized] = {}
     with one_thread():
-        results = {name: resize_module(lora.modules[name], rank, dynamic, conv_rank) for name in sorted(lora.modules)}
+        for name in sorted(lora.modules):
+            results[name] = resize_module(lora.modules[name], rank, dynamic, conv_rank)
+            if progress:
+                progress(len(results), len(lora.modules), "modules")
     for name, result in results.items():
         modules[name] = result.tensors
         total_sq += result.total_sq
