@@ -165,7 +165,7 @@ class ToolRequest:
             raise UserError("resize needs a rank, or a dynamic method and its value")
         if self.conv_rank is not None:
             args += ["--conv-rank", str(_rank(self.conv_rank, "conv rank"))]
-        suffix = f"r{self.rank}" if not self.dynamic_method else self.dynamic_method
+        suffix = f"r{self.rank:g}" if not self.dynamic_method else self.dynamic_method
         out_args, out = self._output(folders, f"{_stem(lora)}-{suffix}")
         return args + out_args, out
 

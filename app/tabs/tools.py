@@ -138,13 +138,13 @@ def _layout(folders: ToolFolders) -> ToolsUi:
         precision = gr.Dropdown([KEEP, *PRECISIONS], value=KEEP, label="Precision", elem_id="tools-precision",
                                 info="keep: each tensor's own dtype")
     with gr.Row():
-        rank = gr.Number(None, label=RANK_LABELS["resize"], precision=0, elem_id="tools-rank")
+        # Text boxes, not numbers: an empty box means unset (a gr.Number sends 0).
+        rank = gr.Textbox(label=RANK_LABELS["resize"], max_lines=1, elem_id="tools-rank")
         dynamic_method = gr.Dropdown([FIXED, *DYNAMIC_METHODS], value=FIXED, label="Dynamic rank (kohya's rules)",
                                      elem_id="tools-dynamic-method")
-        dynamic_value = gr.Number(None, label="Dynamic value (sv_ratio > 1; sv_fro, sv_cumulative in (0, 1])",
-                                  elem_id="tools-dynamic-value")
-        conv_rank = gr.Number(None, label="Conv rank (3x3 convs; empty: the rank)", precision=0,
-                              elem_id="tools-conv-rank")
+        dynamic_value = gr.Textbox(label="Dynamic value (sv_ratio > 1; sv_fro, sv_cumulative in (0, 1])",
+                                   max_lines=1, elem_id="tools-dynamic-value")
+        conv_rank = gr.Textbox(label="Conv rank (3x3 convs; empty: the rank)", max_lines=1, elem_id="tools-conv-rank")
         clamp = gr.Number(0.99, label="Clamp quantile (1: no clamp)", visible=False, elem_id="tools-clamp")
     with gr.Row() as output_row:
         output_name = gr.Textbox(label=f"Output name (written to {folders.tools_dir}/NAME/)", max_lines=1,
@@ -171,8 +171,9 @@ def _request(operation: str, model: str | None, base: str | None, tuned: str | N
     return ToolRequest(
         operation, tuple((loras[i] or "", _number(strengths[i], 1.0)) for i in range(used)), model or "",
         base or "", tuned or "", _number(unet_strength, 1.0), _number(te_strength, 1.0),
-        "" if precision in (None, KEEP) else precision, _optional(rank),
-        "" if dynamic_method in (None, FIXED) else dynamic_method, _optional(dynamic_value), _optional(conv_rank),
+        "" if precision in (None, KEEP) else precision, _optional(rank, "rank"),
+        "" if dynamic_method in (None, FIXED) else dynamic_method, _optional(dynamic_value, "dynamic value"),
+        _optional(conv_rank, "conv rank"),
         _number(clamp, 0.99), output_name or "", bool(overwrite))
 
 
@@ -180,8 +181,15 @@ def _number(value: Any, default: float) -> float:
     return default if value is None or value == "" else float(value)
 
 
-def _optional(value: Any) -> Any:
-    return None if value is None or value == "" else value
+def _optional(text: str | None, what: str) -> float | None:
+    """An optional number typed in a text box: None when empty, one line when not a number."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"{what} {text!r} is not a number") from None
 
 
 def progress_html(status: ToolStatus) -> str:
