@@ -148,3 +148,36 @@ def test_stop_ends_the_job_and_leaves_nothing_under_the_output_name(folders):
     assert status.stopped and not status.error and status.output == ""
     assert status.line == "Stopped: resize wrote nothing under the output name."
     assert sorted(p.name for p in (folders.tools_dir / "cut").iterdir()) == ["events.jsonl", "tool.log"]
+
+
+def test_launch_options_name_the_users_folders_and_refuse_a_missing_one(tmp_path, capsys):
+    from app.__main__ import main, parse_args
+    from app.settings import Settings
+
+    (tmp_path / "m1").mkdir()
+    (tmp_path / "m2").mkdir()
+    args = parse_args(["--models-dir", str(tmp_path / "m1"), "--models-dir", str(tmp_path / "m2"),
+                       "--loras-dir", str(tmp_path / "m1")])
+    assert args.models_dirs == [tmp_path / "m1", tmp_path / "m2"] and args.loras_dirs == [tmp_path / "m1"]
+    settings = Settings(data_dir=tmp_path / "data", models_dirs=args.models_dirs, loras_dirs=args.loras_dirs)
+    assert ToolFolders.of(settings) == ToolFolders((tmp_path / "data").resolve(),
+                                                   ((tmp_path / "m1").resolve(), (tmp_path / "m2").resolve()),
+                                                   ((tmp_path / "m1").resolve(),))
+    assert main(["--data-dir", str(tmp_path / "data"), "--loras-dir", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'nowhere'} is not a folder; give --models-dir/--loras-dir an existing folder"
+
+
+def test_model_list_offers_checkpoints_and_diffusers_folders_not_loras(tiny_ckpt, folders, rank4, tmp_path):
+    models = tmp_path / "models"
+    (models / "pipe").mkdir(parents=True)
+    (models / "pipe" / "model_index.json").write_text("{}", encoding="utf-8")
+    (models / "pipe" / "unet").mkdir()
+    (models / "pipe" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(tiny_ckpt("sd1").path.read_bytes())
+    (models / "sd1.safetensors").write_bytes(tiny_ckpt("sd1").path.read_bytes())
+    (models / "old.ckpt").write_bytes(b"pickle")
+    (models / "style.safetensors").write_bytes(rank4.read_bytes())
+    mine = ToolFolders(folders.data_dir, models=(models,), loras=folders.loras)
+    listed = sorted(label for label, _ in model_choices(mine))
+    assert listed == ["models/old.ckpt", "models/pipe", "models/sd1.safetensors"]
+    assert [label for label, _ in lora_choices(mine)] == ["loras/style.safetensors"]
