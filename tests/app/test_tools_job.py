@@ -181,3 +181,28 @@ def test_model_list_offers_checkpoints_and_diffusers_folders_not_loras(tiny_ckpt
     listed = sorted(label for label, _ in model_choices(mine))
     assert listed == ["models/old.ckpt", "models/pipe", "models/sd1.safetensors"]
     assert [label for label, _ in lora_choices(mine)] == ["loras/style.safetensors"]
+
+
+def test_merge_into_a_checkpoint_then_extract_it_back_from_the_merged_output(tiny_ckpt, folders, rank4, tmp_path):
+    """The other two operations through the job: merge counts tensors and writes a checkpoint (listed as a model
+    from then on), and extract reads that output back from <data>/tools against its base."""
+    models = tmp_path / "models"
+    models.mkdir()
+    base = models / "sd1.safetensors"
+    base.write_bytes(tiny_ckpt("sd1").path.read_bytes())
+    mine = ToolFolders(folders.data_dir, models=(models,), loras=folders.loras)
+    jobs = ToolJobs(mine, lambda: False)
+    jobs.start(ToolRequest("merge", loras=((str(rank4), 0.5),), model=str(base), precision="fp32",
+                           output_name="merged"))
+    status = finished(jobs)
+    merged = mine.tools_dir / "merged" / "merged.safetensors"
+    assert not status.error, status.line
+    assert status.output == str(merged) and status.what == "tensors" and status.done == status.total > 0
+    assert {t.dtype for t in load_file(str(merged)).values()} == {torch.float32}
+    assert str(merged) in {v for _, v in model_choices(mine)}
+    jobs.start(ToolRequest("extract", base=str(base), tuned=str(merged), rank=4, output_name="back"))
+    status = finished(jobs)
+    assert not status.error, status.line
+    extracted = load_file(str(mine.tools_dir / "back" / "back.safetensors"))
+    assert {v.shape[0] for k, v in extracted.items() if k.endswith("lora_down.weight")} <= {4}
+    assert status.what == "modules" and status.done == status.total > 0
