@@ -1,5 +1,5 @@
 """Start the LoraForge web UI: ``python launch.py [--host H] [--port P] [--auth user:pass] [--no-browser]
-[--data-dir DIR]``.
+[--data-dir DIR] [--models-dir DIR] [--loras-dir DIR]``.
 
 Thin on purpose: environment defaults, a Python check, then app's command line. torch and
 diffusers load only in child processes (training, the demo's preparation, the device check), so the page is usable

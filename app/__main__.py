@@ -24,6 +24,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     parser.add_argument("--data-dir", type=Path, default=Path("~/LoraForge"),
                         help="folder for runs and saved configs (default ~/LoraForge)")
+    parser.add_argument("--models-dir", type=Path, action="append", default=[], metavar="DIR", dest="models_dirs",
+                        help="a folder of your checkpoints (.safetensors, .ckpt, diffusers folders) the Tools tab "
+                             "may read and lists; repeat for more")
+    parser.add_argument("--loras-dir", type=Path, action="append", default=[], metavar="DIR", dest="loras_dirs",
+                        help="a folder of your LoRA files the Tools tab may read and lists; repeat for more")
     parser.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)  # tests, demos: synthetic runs
     return parser.parse_args(argv)
 
@@ -43,8 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.share and auth is None:
         print("error: --share puts the UI on a public link; add --auth user:password", file=sys.stderr)
         return 2
+    missing = next((d for d in (*args.models_dirs, *args.loras_dirs) if not d.expanduser().is_dir()), None)
+    if missing is not None:
+        print(f"error: {missing} is not a folder; give --models-dir/--loras-dir an existing folder", file=sys.stderr)
+        return 2
     settings = Settings(data_dir=args.data_dir, host=args.host, port=args.port, auth=auth,
-                        open_browser=not args.no_browser, share=args.share, dry_run=args.dry_run)
+                        open_browser=not args.no_browser, share=args.share, dry_run=args.dry_run,
+                        models_dirs=args.models_dirs, loras_dirs=args.loras_dirs)
     from app.main import launch
 
     launch(settings)  # prints the URL once the server answers, and the device line once it is known

@@ -1,4 +1,4 @@
-"""The Gradio app: tabs Dataset, Model & preset, Train, Results; ``launch(settings)`` serves it.
+"""The Gradio app: tabs Dataset, Model & preset, Train, Results, Tools; ``launch(settings)`` serves it.
 
 Imports neither torch nor diffusers (docs/architecture.md): training runs in child processes started by
 JobSupervisor, so the page is up within seconds and survives a trainer crash.
@@ -24,6 +24,7 @@ from app.tabs.context import AppContext
 from app.tabs.dataset import build_dataset_tab
 from app.tabs.model import build_model_tab
 from app.tabs.results import build_results_tab
+from app.tabs.tools import build_tools_tab
 from app.tabs.train import build_train_tab
 
 TITLE = "LoraForge"
@@ -63,6 +64,8 @@ def build_app(settings: Settings, supervisor: JobSupervisor | None = None,
                 attach = build_train_tab(ctx)
             with gr.Tab("Results", id="results") as results_tab:
                 results = build_results_tab(ctx)
+            with gr.Tab("Tools", id="tools") as tools_tab:
+                build_tools_tab(ctx, tools_tab)
         demo.load(attach.fn, outputs=attach.outputs, api_visibility="private").then(
             attach.controls, inputs=attach.controls_inputs, outputs=attach.controls_outputs,
             api_visibility="private")

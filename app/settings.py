@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.runs import RUNS_DIR
@@ -23,9 +23,15 @@ class Settings:
     open_browser: bool = True
     share: bool = False  # a public gradio.live link: only with auth (launch refuses it otherwise)
     dry_run: bool = False  # runs use the trainer's --dry-run (tests, demos): no model, no dataset
+    # The user's own checkpoint and LoRA folders (--models-dir, --loras-dir): the Tools tab may read files there
+    # besides the data dir, and lists what they hold.
+    models_dirs: list[Path] = field(default_factory=list)
+    loras_dirs: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser().resolve()
+        self.models_dirs = [Path(d).expanduser().resolve() for d in self.models_dirs]
+        self.loras_dirs = [Path(d).expanduser().resolve() for d in self.loras_dirs]
         (self.data_dir / RUNS_DIR).mkdir(parents=True, exist_ok=True)
 
     @property

@@ -8,6 +8,10 @@
                                      --out L.safetensors
     python -m training.tools inspect A.safetensors
 
+Every subcommand also takes ``--events FILE``: JSON lines for a UI watching the job (start, progress per module or
+tensor, each printed line, done with the output, or the one-line error), the format of
+training/contract/tool_events.py.
+
 Exit status (training.contract.exit_codes): 0 done, 2 bad input (one line naming the file and what to do), 1 a
 full disk or another failure. Nothing is written under the output name unless it is complete, and an existing
 output is replaced only with --force.
@@ -68,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m training.tools", description="LoRA tools: merge, resize, "
                                      "extract, inspect. Exit status 0 done, 2 bad input, 1 a full disk or failure.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    merge = sub.add_parser("merge", help="add LoRAs into a checkpoint")
+    events = OneLineParser(add_help=False)
+    events.add_argument("--events", type=Path, metavar="FILE", help="also write JSON-line events here (progress, "
+                        "the printed lines, the output or the error), for a UI")
+    merge = sub.add_parser("merge", help="add LoRAs into a checkpoint", parents=[events])
     merge.add_argument("--model", type=Path, required=True,
                        help="SD1.x/2.x/XL checkpoint (.safetensors or .ckpt) or diffusers folder")
     merge.add_argument("--lora", action="append", required=True, metavar="FILE[:STRENGTH]",
@@ -81,14 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "diffusers --model)")
     merge.add_argument("--force", action="store_true", help="replace --out if it exists")
 
-    merge_loras = sub.add_parser("merge-loras", help="combine LoRAs into one LoRA")
+    merge_loras = sub.add_parser("merge-loras", help="combine LoRAs into one LoRA", parents=[events])
     merge_loras.add_argument("--lora", action="append", required=True, metavar="FILE[:STRENGTH]")
     merge_loras.add_argument("--rank", type=positive_int, help="re-factorise each module's summed delta to this "
                              "rank by SVD (default: exact, the ranks add up)")
     merge_loras.add_argument("--out", type=Path, required=True)
     merge_loras.add_argument("--force", action="store_true")
 
-    resize = sub.add_parser("resize", help="cut a LoRA's rank by SVD")
+    resize = sub.add_parser("resize", help="cut a LoRA's rank by SVD", parents=[events])
     resize.add_argument("--lora", type=Path, required=True)
     resize.add_argument("--rank", type=positive_int, help="the new rank (with --dynamic: the largest allowed)")
     resize.add_argument("--conv-rank", type=positive_int, help="the new rank of 3x3 conv modules (default --rank)")
@@ -97,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     resize.add_argument("--out", type=Path, required=True)
     resize.add_argument("--force", action="store_true")
 
-    extract = sub.add_parser("extract", help="the LoRA of a fine-tuned checkpoint against its base")
+    extract = sub.add_parser("extract", help="the LoRA of a fine-tuned checkpoint against its base", parents=[events])
     extract.add_argument("--base", type=Path, required=True)
     extract.add_argument("--tuned", type=Path, required=True)
     extract.add_argument("--rank", type=positive_int, required=True)
@@ -109,38 +116,40 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--out", type=Path, required=True)
     extract.add_argument("--force", action="store_true")
 
-    inspect = sub.add_parser("inspect", help="what a LoRA file holds")
+    inspect = sub.add_parser("inspect", help="what a LoRA file holds", parents=[events])
     inspect.add_argument("lora", type=Path)
     return parser
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace, log=print, progress=None) -> None:
+    """Run the subcommand; ``log`` gets each report line, ``progress(done, total, what)`` the loop's count."""
     from training.tools.lorafile import parse_strength
 
     if args.command == "merge":
         from training.tools.merge import merge
 
         merge(args.model, [parse_strength(s) for s in args.lora], args.out, args.unet_strength, args.te_strength,
-              args.precision, args.force)
+              args.precision, args.force, log=log, progress=progress)
     elif args.command == "merge-loras":
         from training.tools.merge_loras import merge_loras
 
-        merge_loras([parse_strength(s) for s in args.lora], args.out, args.rank, args.force)
+        merge_loras([parse_strength(s) for s in args.lora], args.out, args.rank, args.force, log=log,
+                    progress=progress)
     elif args.command == "resize":
         from training.tools.resize import resize
 
         if args.rank is None and args.dynamic is None:
             raise_usage("resize needs --rank N or --dynamic METHOD=VALUE")
-        resize(args.lora, args.out, args.rank, args.dynamic, args.conv_rank, args.force)
+        resize(args.lora, args.out, args.rank, args.dynamic, args.conv_rank, args.force, log=log, progress=progress)
     elif args.command == "extract":
         from training.tools.extract import extract
 
         extract(args.base, args.tuned, args.out, args.rank, args.conv_rank, args.clamp_quantile, args.min_diff,
-                args.force)
+                args.force, log=log, progress=progress)
     else:
         from training.tools.inspect import inspect
 
-        inspect(args.lora)
+        inspect(args.lora, log=log, progress=progress)
 
 
 def raise_usage(message: str) -> None:
@@ -152,16 +161,32 @@ def raise_usage(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from training.contract.errors import UserError
+    from training.contract.tool_events import ToolEventWriter
 
+    events = ToolEventWriter(args.events)
+
+    def log(text: str = "") -> None:
+        print(text, flush=True)
+        events.line(text)
+
+    events.start(args.command)
     try:
-        run(args)
+        run(args, log, events.progress)
+        events.done(getattr(args, "out", None))
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_status
+        return failed(events, str(err), err.exit_status)
     except KeyboardInterrupt:
-        print("error: interrupted; nothing was written under the output name", file=sys.stderr)
-        return exit_codes.ABORTED
+        return failed(events, "interrupted; nothing was written under the output name", exit_codes.ABORTED)
+    finally:
+        events.close()
     return exit_codes.DONE
+
+
+def failed(events, message: str, status: int) -> int:
+    """The one line on stderr and as the last event."""
+    print(f"error: {message}", file=sys.stderr)
+    events.error(message)
+    return status
 
 
 if __name__ == "__main__":

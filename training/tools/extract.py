@@ -50,8 +50,9 @@ def clamped_factors(diff: torch.Tensor, rank: int, quantile: float) -> Factors:
 
 
 def extract(base_path: Path, tuned_path: Path, out: Path, rank: int, conv_rank: int | None = None,
-            clamp_quantile: float = 0.99, min_diff: float = 0.01, force: bool = False, log=print
+            clamp_quantile: float = 0.99, min_diff: float = 0.01, force: bool = False, log=print, progress=None
             ) -> dict[str, dict[str, torch.Tensor]]:
+    """``progress(done, total, what)``, when given, is called after each module (the UI's progress bar)."""
     check_output(out, [base_path, tuned_path], force)
     base, tuned = open_checkpoint(base_path), open_checkpoint(tuned_path)
     family, tuned_family = detect_family(base), detect_family(tuned)
@@ -68,7 +69,9 @@ def extract(base_path: Path, tuned_path: Path, out: Path, rank: int, conv_rank: 
         log(f"text encoders differ by at most {te_change:.3g} (<= --min-diff {min_diff:g}): UNet only")
         chosen = [t for t in chosen if t.part == "unet"]
     modules: dict[str, dict[str, torch.Tensor]] = {}
-    for target in chosen:  # one module's difference in memory at a time
+    for done, target in enumerate(chosen, 1):  # one module's difference in memory at a time
+        if progress:
+            progress(done, len(chosen), "modules")
         diff = difference(base, tuned, target)
         if not bool(diff.any()):
             continue

@@ -52,11 +52,13 @@ def whole(tensors: dict) -> bool:
     return layout is not None and not layout.missing(tensors)
 
 
-def block_norms(lora: LoraFile) -> dict[str, float]:
+def block_norms(lora: LoraFile, progress=None) -> dict[str, float]:
     """Frobenius norm of the change per block. DoRA's magnitude rescaling needs the base weights, so a DoRA module
-    counts its low-rank part only."""
+    counts its low-rank part only. ``progress(done, total, what)`` is called per module."""
     squares: dict[str, float] = defaultdict(float)
-    for name, tensors in lora.modules.items():
+    for done, (name, tensors) in enumerate(lora.modules.items(), 1):
+        if progress:
+            progress(done, len(lora.modules), "modules")
         if not whole(tensors):
             continue
         low_rank = {part: tensor for part, tensor in tensors.items() if part != DORA}
@@ -71,7 +73,8 @@ def module_rank(tensors: dict) -> int | str:
     return "full" if rank is None else rank
 
 
-def inspect(path: Path, log=print) -> dict:
+def inspect(path: Path, log=print, progress=None) -> dict:
+    """``progress(done, total, what)``, when given, is called per module of the block norms (the UI's bar)."""
     lora = read_lora(path)
     kind = lora.network_type
     family = lora.family
@@ -93,7 +96,7 @@ def inspect(path: Path, log=print) -> dict:
     log(f"metadata: {len(lora.metadata)} keys" + ("" if shown else " (no training metadata)"))
     for key, value in shown.items():
         log(f"  {key:26s} {value if len(value) <= 100 else value[:97] + '...'}")
-    norms = block_norms(lora)
+    norms = block_norms(lora, progress)
     if norms:
         top = max(norms.values()) or 1.0
         what = "(alpha/r) * up @ down" if kind in ("LoRA", "LoCon") else f"each {kind} module's change"

@@ -117,17 +117,28 @@ def merged_tensor(checkpoint: Checkpoint, key: str, changes: list[Change], dtype
     return weight.to(dtype)
 
 
-def file_entries(checkpoint: Checkpoint, changes: Mapping[str, list[Change]], precision: str | None) -> list[Entry]:
-    """The output file's tensors in the source's order: merged where changed, else as they are (or cast)."""
+def file_entries(checkpoint: Checkpoint, changes: Mapping[str, list[Change]], precision: str | None,
+                 progress=None) -> list[Entry]:
+    """The output file's tensors in the source's order: merged where changed, else as they are (or cast).
+    ``progress(done, total, what)``, when given, is called as each changed tensor is merged (the UI's bar)."""
     want = DTYPES[PRECISIONS[precision]] if precision else None
     entries = []
+    merged = [0]
+
+    def merged_and_counted(key: str, dtype: torch.dtype) -> torch.Tensor:
+        tensor = merged_tensor(checkpoint, key, changes[key], dtype)
+        merged[0] += 1
+        if progress:
+            progress(merged[0], len(changes), "tensors")
+        return tensor
+
     for key in checkpoint.shapes:
         if key not in changes:
             entries.append(checkpoint.entry(key, want))
             continue
         dtype = want or checkpoint.dtypes[key]
         entries.append(Entry(key, dtype, checkpoint.shapes[key], tensor_writer(
-            lambda k=key, d=TORCH_DTYPES[dtype]: merged_tensor(checkpoint, k, changes[k], d))))
+            lambda k=key, d=TORCH_DTYPES[dtype]: merged_and_counted(k, d))))
     return entries
 
 
@@ -147,9 +158,11 @@ def read_inputs(loras: list[tuple[Path, float]]) -> list[MergeInput]:
 
 
 def merge(model: Path, loras: list[tuple[Path, float]], out: Path, unet_strength: float = 1.0,
-          te_strength: float = 1.0, precision: str | None = None, force: bool = False, log=print) -> dict:
+          te_strength: float = 1.0, precision: str | None = None, force: bool = False, log=print,
+          progress=None) -> dict:
+    """``progress(done, total, what)``, when given, is called as each changed tensor is merged."""
     if Path(model).is_dir():
-        return merge_folder(model, loras, out, unet_strength, te_strength, precision, force, log)
+        return merge_folder(model, loras, out, unet_strength, te_strength, precision, force, log, progress)
     check_output(out, [model, *(p for p, _ in loras)], force)
     inputs = read_inputs(loras)
     checkpoint = open_checkpoint(model)
@@ -157,7 +170,7 @@ def merge(model: Path, loras: list[tuple[Path, float]], out: Path, unet_strength
     index = index_checkpoint(checkpoint.shapes, family)
     changes = {key: c for (_, key), c in plan_changes(index, checkpoint.path, family, inputs, unet_strength,
                                                      te_strength).items()}
-    entries = file_entries(checkpoint, changes, precision)
+    entries = file_entries(checkpoint, changes, precision, progress)
     touched = sum(len(v) for v in changes.values())
     log(f"{FAMILY_LABELS[family]} checkpoint {checkpoint.path.name}: {touched} LoRA modules into {len(changes)} "
         f"of {len(entries)} tensors")
@@ -192,7 +205,7 @@ def folder_parts(folder: Path, family: str) -> dict[str, tuple[Checkpoint, dict[
 
 
 def merge_folder(model: Path, loras: list[tuple[Path, float]], out: Path, unet_strength: float, te_strength: float,
-                 precision: str | None, force: bool, log=print) -> dict:
+                 precision: str | None, force: bool, log=print, progress=None) -> dict:
     from training.models.detect import family_from_folder
 
     model, out = Path(model), Path(out)
@@ -210,8 +223,9 @@ def merge_folder(model: Path, loras: list[tuple[Path, float]], out: Path, unet_s
             mine = {key: c for (comp, key), c in changes.items() if comp == component}
             metadata = merged_metadata(checkpoint.metadata, inputs, unet_strength, te_strength)
             with one_thread():
-                write_stream(tmp / component / FOLDER_WEIGHTS[component], file_entries(checkpoint, mine, precision),
-                             metadata, f"the merged {component} of {out.name}")
+                write_stream(tmp / component / FOLDER_WEIGHTS[component],
+                             file_entries(checkpoint, mine, precision, progress), metadata,
+                             f"the merged {component} of {out.name}")
         replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

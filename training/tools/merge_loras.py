@@ -68,7 +68,8 @@ def summed_delta(loras: list[tuple[LoraFile, float]], name: str, family: str | N
 
 
 def merge_loras(specs: list[tuple[Path, float]], out: Path, rank: int | None = None, force: bool = False,
-                log=print) -> dict[str, dict[str, torch.Tensor]]:
+                log=print, progress=None) -> dict[str, dict[str, torch.Tensor]]:
+    """``progress(done, total, what)``, when given, is called after each module (the UI's progress bar)."""
     if len(specs) < 2:
         raise UserError("merge-loras needs two or more --lora files")
     check_output(out, [p for p, _ in specs], force)
@@ -85,7 +86,9 @@ def merge_loras(specs: list[tuple[Path, float]], out: Path, rank: int | None = N
     modules: dict[str, dict[str, torch.Tensor]] = {}
     dropped_sq = total_sq = 0.0
     with one_thread():
-        for name in names:
+        for done, name in enumerate(names, 1):
+            if progress:
+                progress(done, len(names), "modules")
             if stackable:
                 up, down = stacked_factors(loras, name)
                 if rank is None:

@@ -60,15 +60,20 @@ def resize_module(name: str, tensors: dict[str, torch.Tensor], family: str | Non
 
 
 def resize(path: Path, out: Path, rank: int | None = None, dynamic: tuple[str, float] | None = None,
-           conv_rank: int | None = None, force: bool = False, log=print) -> dict[str, dict[str, torch.Tensor]]:
+           conv_rank: int | None = None, force: bool = False, log=print,
+           progress=None) -> dict[str, dict[str, torch.Tensor]]:
+    """``progress(done, total, what)``, when given, is called after each module (the UI's progress bar)."""
     check_output(out, [path], force)
     lora = read_lora(path)
     require_lora(lora, "resize", any_type=True, needs_base_ok=False)
     modules: dict[str, dict[str, torch.Tensor]] = {}
     kept_sq = total_sq = 0.0
+    results: dict[str, Resized] = {}
     with one_thread():
-        results = {name: resize_module(name, lora.modules[name], lora.family, rank, dynamic, conv_rank)
-                   for name in sorted(lora.modules)}
+        for name in sorted(lora.modules):
+            results[name] = resize_module(name, lora.modules[name], lora.family, rank, dynamic, conv_rank)
+            if progress:
+                progress(len(results), len(lora.modules), "modules")
     for name, result in results.items():
         modules[name] = result.tensors
         total_sq += result.total_sq
