@@ -15,6 +15,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_models import make_image_dataset, save_tiny_pipeline
+from tool_files import tiny_ckpt  # noqa: F401  (the LoRA tools tests' tiny LDM checkpoints, a fixture)
 
 
 def pytest_collection_modifyitems(config, items):

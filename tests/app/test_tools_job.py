@@ -5,7 +5,6 @@ while training holds the GPU, and no path outside the data folder and the user's
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 
@@ -13,16 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from timing import scaled
+from tool_files import random_lora, save_lora_file
 
 from app.tools_job import ToolFolders, ToolJobs, ToolRequest, lora_choices, model_choices
 from training.contract.errors import UserError
 from training.contract.tool_events import ToolDone, ToolEventReader, ToolLine, ToolProgress, ToolStart
-
-# The LoRA tools' own fixtures (tiny LDM checkpoints, random kohya LoRAs), loaded under a name of their own.
-_spec = importlib.util.spec_from_file_location("tools_fixtures", Path(__file__).parents[1] / "tools" / "conftest.py")
-tools_fixtures = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tools_fixtures)
-tiny_ckpt = tools_fixtures.tiny_ckpt  # the fixture, usable here
 
 
 @pytest.fixture
@@ -35,8 +29,8 @@ def folders(tmp_path) -> ToolFolders:
 @pytest.fixture
 def rank4(tiny_ckpt, folders) -> Path:
     tiny = tiny_ckpt("sd1")
-    tensors = tools_fixtures.random_lora(tiny.modules(), rank=4, alpha=4.0, seed=3)
-    return tools_fixtures.save_lora_file(folders.loras[0] / "style.safetensors", tensors, "sd1")
+    tensors = random_lora(tiny.modules(), rank=4, alpha=4.0, seed=3)
+    return save_lora_file(folders.loras[0] / "style.safetensors", tensors, "sd1")
 
 
 def finished(jobs: ToolJobs, timeout: float = 180):
@@ -131,8 +125,8 @@ def test_no_job_while_training_holds_the_gpu(folders, rank4):
 def many_modules_lora(path: Path, count: int) -> Path:
     """A LoRA of ``count`` 192x192 modules at rank 24: resizing it takes seconds, time to press Stop."""
     modules = {f"lora_unet_block_{i}_proj": torch.nn.Linear(192, 192, bias=False) for i in range(count)}
-    tensors = tools_fixtures.random_lora(modules, rank=24, alpha=24.0, seed=5)
-    return tools_fixtures.save_lora_file(path, tensors)
+    tensors = random_lora(modules, rank=24, alpha=24.0, seed=5)
+    return save_lora_file(path, tensors)
 
 
 def test_stop_ends_the_job_and_leaves_nothing_under_the_output_name(folders):

@@ -7,8 +7,8 @@ from collections import namedtuple
 
 import pytest
 import torch
-from conftest import random_lora, run_tools, save_lora_file
 from safetensors.torch import save_file
+from tool_files import random_lora, run_tools, save_lora_file
 
 from training.contract.errors import NoSpaceLeft, UserError
 from training.tools.merge import merge

@@ -7,9 +7,9 @@ import copy
 
 import pytest
 import torch
-from conftest import delta_of, module_names
 from ldm_convert import diffusers_to_ldm
 from safetensors.torch import load_file, save_file
+from tool_files import delta_of, module_names
 
 from training.contract.errors import UserError
 from training.lora_files.names import canonical_name

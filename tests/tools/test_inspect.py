@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 import re
 
-from conftest import delta_of, random_lora, run_tools
 from safetensors.torch import save_file
+from tool_files import delta_of, random_lora, run_tools
 
 
 def test_inspect_reports_what_the_file_holds(tiny_ckpt, tmp_path):

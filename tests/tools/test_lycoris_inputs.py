@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-from conftest import delta_of, lycoris_lora, random_lora, run_tools, save_lora_file
 from safetensors.torch import load_file
+from tool_files import delta_of, lycoris_lora, random_lora, run_tools, save_lora_file
 
 from training.lora_files.names import unet_kohya_names, uses_sgm_names
 from training.models.families import FAMILIES

@@ -9,10 +9,10 @@ import json
 
 import pytest
 import torch
-from conftest import delta_of, lycoris_lora, random_lora, run_tools, save_lora_file
 from ldm_convert import diffusers_to_ldm
 from safetensors import safe_open
 from safetensors.torch import load_file
+from tool_files import delta_of, lycoris_lora, random_lora, run_tools, save_lora_file
 
 from training.tools.merge import merge
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import delta_of, random_lora, save_lora_file
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
+from tool_files import delta_of, random_lora, save_lora_file
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from training.lora_files.names import canonical_name, target_paths

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import delta_of, module_names, random_lora, run_tools, save_lora_file
 from safetensors.torch import load_file
+from tool_files import delta_of, module_names, random_lora, run_tools, save_lora_file
 
 from training.lora_files.self_check import verify_lora
 from training.models.families import FAMILIES

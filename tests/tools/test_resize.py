@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
-from conftest import delta_of, module_names, random_lora, run_tools, save_lora_file
 from safetensors import safe_open
 from safetensors.torch import load_file
+from tool_files import delta_of, module_names, random_lora, run_tools, save_lora_file
 
 from training.tools.resize import resize
 

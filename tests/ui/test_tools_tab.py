@@ -5,7 +5,6 @@ Debian's Chromium."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 from collections.abc import Iterator
@@ -15,15 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from timing import ms
+from tool_files import random_lora, save_lora_file
 from ui_helpers import NOISE_FILTERS, UiApp, open_app, stop_all
 
 pytestmark = [pytest.mark.e2e, *(pytest.mark.filterwarnings(f) for f in NOISE_FILTERS)]
 
-# The LoRA tools' own fixtures (tiny LDM checkpoints, random kohya LoRAs), loaded under a name of their own.
-_spec = importlib.util.spec_from_file_location("tools_fixtures", Path(__file__).parents[1] / "tools" / "conftest.py")
-tools_fixtures = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tools_fixtures)
-tiny_ckpt = tools_fixtures.tiny_ckpt  # the fixture, usable here
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +31,8 @@ def tools_app(tmp_path_factory, tiny_ckpt) -> Iterator[UiApp]:
     root = tmp_path_factory.mktemp("tools-ui")
     loras = root / "my-loras"
     loras.mkdir()
-    tensors = tools_fixtures.random_lora(tiny_ckpt("sd1").modules(), rank=4, alpha=4.0, seed=7)
-    tools_fixtures.save_lora_file(loras / "style.safetensors", tensors, "sd1")
+    tensors = random_lora(tiny_ckpt("sd1").modules(), rank=4, alpha=4.0, seed=7)
+    save_lora_file(loras / "style.safetensors", tensors, "sd1")
     settings = Settings(data_dir=root / "data", open_browser=False, dry_run=True, loras_dirs=[loras])
     supervisor = JobSupervisor(settings.data_dir, dry_run=True)
     previous = os.environ.get("GRADIO_TEMP_DIR")
@@ -144,7 +139,7 @@ def test_stop_ends_a_long_resize_and_writes_nothing(page, tools_app):
 
     modules = {f"lora_unet_block_{i}_proj": torch.nn.Linear(192, 192, bias=False) for i in range(6000)}
     big = tools_app.settings.loras_dirs[0] / "big.safetensors"
-    tools_fixtures.save_lora_file(big, tools_fixtures.random_lora(modules, rank=24, alpha=24.0, seed=5))
+    save_lora_file(big, random_lora(modules, rank=24, alpha=24.0, seed=5))
     open_tools(page, tools_app)
     pick_lora(page, "my-loras/big.safetensors")
     page.locator("#tools-rank input").fill("4")

@@ -1,4 +1,4 @@
-"""Fixtures for the LoRA tools: tiny single-file checkpoints in the original LDM/SGM layout (built from the tiny
+"""Shared by the LoRA tools tests: tiny single-file checkpoints in the original LDM/SGM layout (built from the tiny
 diffusers pipelines by tests/ldm_convert.py) and kohya LoRA files written here from random factors."""
 
 from __future__ import annotations
