@@ -79,21 +79,24 @@ class Problems:
     """Every key of a config that cannot be used, gathered so one message names them all (a file with ten kohya
     keys to fix takes one round, not ten). Each problem names its origin unless it is the only file read."""
 
-    def __init__(self, source: str, origins: Mapping[str, str] | None = None) -> None:
+    def __init__(self, source: str, origins: Mapping[str, str] | None = None, order: list[str] | None = None) -> None:
         self.source = source
         self.origins = origins or {}
-        self.items: list[tuple[str, str]] = []  # (origin, text)
+        self.order = order or []  # the keys as the file lists them: problems are told in that order
+        self.items: list[tuple[str, str, str]] = []  # (key, origin, text)
 
     def origin(self, key: str) -> str:
         return self.origins.get(key, self.source)
 
     def add(self, key: str, text: str) -> None:
-        self.items.append((self.origin(key), text))
+        self.items.append((key, self.origin(key), text))
 
     def raise_any(self) -> None:
         if not self.items:
             return
-        texts = [text if origin == SET_FLAG else f"{origin}: {text}" for origin, text in self.items]
+        position = {key: i for i, key in enumerate(self.order)}
+        items = sorted(self.items, key=lambda item: position.get(item[0], len(position)))
+        texts = [text if origin == SET_FLAG else f"{origin}: {text}" for _, origin, text in items]
         if len(texts) == 1:
             raise ConfigError(texts[0])
         raise ConfigError(f"{len(texts)} keys to fix: " + "; ".join(texts))
@@ -177,6 +180,8 @@ def read_as_sd_scripts(flat: dict[str, Any], problems: Problems) -> list[str]:
             continue
         notes.append(f"{problems.origin(old)}: '{old}' read as {new} = {value!r}")
         flat[new] = value
+    if flat.get("text_encoder_lr") == []:  # sd-scripts: an empty list is no rate of its own
+        del flat["text_encoder_lr"]
     optimizer = flat.get("optimizer_type")
     if isinstance(optimizer, str):
         if optimizer == "":
@@ -286,7 +291,7 @@ def config_from_dict(flat: dict[str, Any], source: str = "config", origins: Mapp
     Messages name ``source``, or for a key listed in ``origins`` the file (or --set) it came from. ``kohya`` fills
     the keys the dict leaves out with sd-scripts' defaults instead of ours."""
     flat = migrate(flatten_sections(dict(flat), source), source)
-    problems = Problems(source, origins)
+    problems = Problems(source, origins, order=list(flat))
     notes = read_as_sd_scripts(flat, problems)
     notes += reject_unknown(flat, problems)
     problems.raise_any()
