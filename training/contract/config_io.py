@@ -235,13 +235,13 @@ def toml_text(value: Any) -> str:
     return tomli_w.dumps({"v": value}).strip().removeprefix("v = ")
 
 
-def kohya_signs(doc: dict[str, Any]) -> list[str]:
+def kohya_signs(doc: dict[str, Any], source: str) -> list[str]:
     """The keys that make a file a kohya file: sd-scripts options this trainer has no field for (xformers,
     save_model_as, ...), in a file without schema_version and without a [preset] table, which every file this
     trainer writes or ships carries. A file of our own field names only is read as ours."""
     if "schema_version" in doc or isinstance(doc.get("preset"), dict):
         return []
-    flat = flatten_sections(doc, "")
+    flat = flatten_sections(doc, source)
     if "schema_version" in flat:
         return []
     return [key for key in flat if key in BY_NAME and BY_NAME[key].status != SUPPORTED]
@@ -345,7 +345,7 @@ def load_config(path: Path | list[Path], overrides: dict[str, Any] | None = None
     signs: dict[str, list[str]] = {}
     for p in paths:
         doc = parse_toml(p)
-        signs[p.name] = kohya_signs(doc)
+        signs[p.name] = kohya_signs(doc, p.name)
         if isinstance(doc.get("preset"), dict):
             del doc["preset"]
         data = flatten_sections(doc, p.name)
