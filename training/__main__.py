@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from training.contract import exit_codes
 
 if TYPE_CHECKING:
+    from training.contract.config import TrainConfig
     from training.contract.events import Checkpoint
 
 
@@ -33,6 +34,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one option, e.g. --set max_train_steps=200 (TOML value syntax; a value that "
                              "is not TOML is taken as text, e.g. a path); repeatable, wins over the files")
+    parser.add_argument("--kohya", action=argparse.BooleanOptionalAction, default=None,
+                        help="read the files as kohya (sd-scripts) files: every key they leave out takes sd-scripts' "
+                             "default, not ours (docs/options.md, 'kohya files'); --no-kohya never does; without "
+                             "either, a file with no schema_version and no [preset] table that holds sd-scripts keys "
+                             "this trainer has no setting for is read as a kohya file")
+    parser.add_argument("--output_config", "--output-config", nargs="?", const=True, default=None, metavar="FILE",
+                        help="write the resolved config (every value, defaults taken included) to FILE, default "
+                             "<output_dir>/<output_name>.toml, and exit without training, as sd-scripts' "
+                             "--output_config does; an existing file is never overwritten. The key output_config = "
+                             "true in a file does the same")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the config, then replay a synthetic run into output_dir without loading torch "
                              "or a model and without checking the model or dataset paths (for UI tests; pace: "
@@ -136,13 +147,19 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --config run.toml is required (see README.md or python -m training --help)", file=sys.stderr)
         return exit_codes.BAD_INPUT
 
-    from training.contract.config_io import load_config
+    from training.contract.config_io import load_config, wants_output_config
     from training.contract.errors import UserError
     from training.contract.presets import preset_family
     from training.plan.preflight import check_preset_family, preflight
 
     try:
-        cfg, notes = load_config(args.config, parse_overrides(args.set))
+        overrides = parse_overrides(args.set)
+        cfg, notes = load_config(args.config, overrides, kohya=args.kohya)
+        if args.output_config or wants_output_config(args.config, overrides):
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr)
+            print(f"wrote {output_config(cfg, args.output_config)}")
+            return exit_codes.DONE
         scan = None
         if not args.dry_run:  # a dry run needs neither the model nor the dataset
             scan = preflight(cfg)
@@ -179,6 +196,28 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("RANK", "0") == "0":  # once, not once per GPU
         print(summary(Path(cfg.output_dir)))
     return exit_codes.DONE
+
+
+def output_config(cfg: TrainConfig, target: str | bool | None) -> Path:
+    """Write the resolved config where --output_config FILE says, else beside the run's LoRA files as
+    <output_name>.toml; like sd-scripts, never over an existing file."""
+    from training.contract.config_io import ConfigError, save_config
+
+    if isinstance(target, str):
+        path = Path(target)
+    elif cfg.output_dir:
+        path = Path(cfg.output_dir) / f"{cfg.output_name}.toml"
+    else:
+        raise ConfigError("output_config: set output_dir, or name the file: --output_config FILE")
+    if path.exists():
+        raise ConfigError(f"output_config: {path} already exists; remove it or name another file "
+                          "(--output_config FILE)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, path)
+    except OSError as err:
+        raise ConfigError(f"output_config: cannot write {path}: {err.strerror or err}") from None
+    return path
 
 
 def summary(run_dir: Path) -> str:

@@ -84,6 +84,9 @@ def build_model_tab(ctx: AppContext) -> FormRestore:
                               info=f"A .toml file under {ctx.settings.data_dir}", elem_id="config-path", scale=3)
         save_btn = gr.Button("Save TOML", elem_id="save-toml", scale=0)
         load_btn = gr.Button("Load TOML", elem_id="load-toml", scale=0)
+        kohya_box = gr.Checkbox(False, label="kohya file", elem_id="kohya-file", scale=0,
+                                info="Load TOML fills what the file leaves out with sd-scripts' defaults, not ours "
+                                     "(a file sd-scripts wrote is recognised without this)")
     message = gr.Markdown(elem_id="config-message")
     assert network is not None, "the config has a network section"
 
@@ -134,18 +137,22 @@ def build_model_tab(ctx: AppContext) -> FormRestore:
             return f"**Not saved:** {path}: {err.strerror or err}"
         return f"Saved {path}. The same run from a terminal:\n{cli_command(path)}"
 
-    def load_toml(path_text: str) -> tuple[Any, ...]:
+    def load_toml(path_text: str, kohya_file: bool) -> tuple[Any, ...]:
+        """Fill the form from a file; a kohya file's omitted keys take sd-scripts' defaults, and the message lists
+        what was ignored and which defaults were taken."""
         path, error = config_path(ctx, path_text)
-        cfg = None
+        cfg, notes = None, []
         if path is not None:
             try:
-                cfg, _notes = load_config(path)
+                cfg, notes = load_config(path, kohya=True if kohya_file else None)
             except ConfigError as err:
                 error = str(err)
         if cfg is None:
             return (*(gr.skip() for _ in ctx.specs), f"**Not loaded:** {error}")
         values = loaded_values(cfg)
-        return (*(values[s.name] for s in ctx.specs), f"Loaded {path}.\n{cli_command(path)}")
+        listed = "".join(f"\n- {note.removeprefix(f'{path.name}: ')}" for note in notes)
+        command = cli_command(path).replace("--config", "--kohya --config", 1) if kohya_file else cli_command(path)
+        return (*(values[s.name] for s in ctx.specs), f"Loaded {path}.{listed}\n\n{command}")
 
     form = ctx.form_inputs
     model_box = ctx.components["pretrained_model_name_or_path"]
@@ -157,7 +164,7 @@ def build_model_tab(ctx: AppContext) -> FormRestore:
     save_inputs = ctx.form_kwargs(config_file=path_box)
     save_btn.click(form_handler(save_toml, list(save_inputs)), inputs_kwargs=save_inputs, outputs=message,
                    api_name="save_toml")
-    load_btn.click(load_toml, inputs=path_box, outputs=[*form, message], api_name="load_toml")
+    load_btn.click(load_toml, inputs=[path_box, kohya_box], outputs=[*form, message], api_name="load_toml")
     return wire_form_state(ctx, presets, FormParts(preset, applied, preset_info, device_note, errors, network))
 
 
