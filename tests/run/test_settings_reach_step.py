@@ -53,10 +53,10 @@ class StepSpy:
         real_loss, real_conditioning, real_step = (loop_module.per_sample_loss, loop_module.conditioning,
                                                    loop_module.train_step)
 
-        def loss(unet, scheduler, latents, cond, noise, timesteps, min_snr_gamma=None, time_ids=None):
-            weighted = real_loss(unet, scheduler, latents, cond, noise, timesteps, min_snr_gamma, time_ids)
+        def loss(unet, scheduler, latents, cond, noise, timesteps, min_snr_gamma=None, time_ids=None, **more):
+            weighted = real_loss(unet, scheduler, latents, cond, noise, timesteps, min_snr_gamma, time_ids, **more)
             with torch.no_grad():
-                plain = real_loss(unet, scheduler, latents, cond, noise, timesteps, None, time_ids)
+                plain = real_loss(unet, scheduler, latents, cond, noise, timesteps, None, time_ids, **more)
             self.gammas.append(min_snr_gamma)
             self.weights.append((timesteps.cpu(), (weighted.detach() / plain).cpu()))
             return weighted

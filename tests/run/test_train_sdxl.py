@@ -97,11 +97,11 @@ def test_every_step_conditions_on_each_images_size_crop_and_bucket(tmp_path, tin
     seen: list[tuple[str, list[int], tuple, tuple]] = []
     real = loop_module.per_sample_loss
 
-    def spy(unet, scheduler, latents, cond, noise, timesteps, gamma=None, time_ids=None):
+    def spy(unet, scheduler, latents, cond, noise, timesteps, gamma=None, time_ids=None, **more):
         for i, path in enumerate(spy.paths):
             seen.append((Path(path).stem, time_ids[i].tolist(), tuple(cond.hidden[i].shape),
                          tuple(cond.pooled[i].shape)))
-        return real(unet, scheduler, latents, cond, noise, timesteps, gamma, time_ids)
+        return real(unet, scheduler, latents, cond, noise, timesteps, gamma, time_ids, **more)
 
     real_step = loop_module.train_step
 

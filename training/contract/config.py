@@ -174,6 +174,74 @@ class TrainConfig(BaseModel):
         0.0, "training", "Noise offset",
         "Adds a per-channel offset to the noise so the LoRA can learn darker darks (0.05-0.1).",
         ge=0, le=1)
+    # --- loss and noise (kohya's names, defaults and order of application: training/run/loss.py)
+    loss_type: Literal["l2", "l1", "huber", "smooth_l1"] = opt(
+        "l2", "training", "Loss type",
+        "l2 (squared error) is the standard; huber and smooth_l1 weigh outliers less (huber_c sets where).")
+    huber_c: float = opt(
+        0.1, "training", "Huber c",
+        "Where huber/smooth_l1 loss turns from squared to linear; scheduled over timesteps by huber_schedule.",
+        gt=0, le=1)
+    huber_schedule: Literal["snr", "exponential", "constant"] = opt(
+        "snr", "training", "Huber schedule",
+        "How huber_c changes with the timestep: snr (large c at low noise), exponential, or constant.")
+    huber_scale: float = opt(
+        1.0, "training", "Huber scale",
+        "Multiplies huber_c in the exponential and constant schedules (kohya's huber_scale).", gt=0, le=100)
+    debiased_estimation_loss: bool = opt(
+        False, "training", "Debiased estimation loss",
+        "Weights each sample's loss by 1/sqrt(SNR) (1/(SNR+1) for v-prediction): less weight on easy, "
+        "low-noise timesteps.")
+    scale_v_pred_loss_like_noise_pred: bool = opt(
+        False, "training", "Scale v-pred loss like noise-pred",
+        "v-prediction models only: weights the loss by SNR/(SNR+1) so timesteps count as for epsilon models.")
+    v_pred_like_loss: float | None = opt(
+        None, "training", "v-pred-like loss",
+        "Epsilon models only: adds this much of a v-prediction-like loss (loss x (SNR+1)/SNR). Unset: off.",
+        gt=0, le=10)
+    zero_terminal_snr: bool = opt(
+        False, "training", "Zero terminal SNR",
+        "Rescales the noise schedule so the last timestep is pure noise (for v-prediction models: "
+        "full darks and brights).")
+    noise_offset_random_strength: bool = opt(
+        False, "training", "Random noise offset strength",
+        "Draws the noise offset's strength between 0 and noise_offset each step.")
+    adaptive_noise_scale: float | None = opt(
+        None, "training", "Adaptive noise scale",
+        "Adds this times the absolute mean of each latent channel to noise_offset (needs noise_offset). "
+        "Unset: off.",
+        ge=-1, le=1)
+    multires_noise_iterations: int | None = opt(
+        None, "training", "Multires noise iterations",
+        "Adds noise at coarser resolutions too (6-10 is usual): helps learn overall brightness and colour. "
+        "Unset: off.", ge=1, le=64)
+    multires_noise_discount: float = opt(
+        0.3, "training", "Multires noise discount",
+        "How much each coarser level of multires noise counts (0.1-0.3 usual).", ge=0, le=1)
+    ip_noise_gamma: float | None = opt(
+        None, "training", "Input perturbation noise",
+        "Perturbs the noisy input (not the target) by this much extra noise (around 0.1): a regulariser. "
+        "Unset: off.", gt=0, le=1)
+    ip_noise_gamma_random_strength: bool = opt(
+        False, "training", "Random input perturbation strength",
+        "Draws the input perturbation's strength between 0 and ip_noise_gamma each step.")
+    min_timestep: int | None = opt(
+        None, "training", "Min timestep",
+        "Lowest timestep trained (0-999; unset: 0). Higher values skip the fine-detail, low-noise steps.",
+        ge=0, le=999)
+    max_timestep: int | None = opt(
+        None, "training", "Max timestep",
+        "Timesteps trained stay below this (1-1000; unset: 1000). Lower values skip composition-level steps.",
+        ge=1, le=1000)
+    masked_loss: bool = opt(
+        False, "training", "Masked loss",
+        "Weights the loss per pixel by a mask: from conditioning_data_dir, else the image's alpha (alpha_mask).")
+    alpha_mask: bool = opt(
+        False, "training", "Alpha channel as mask",
+        "Uses each image's transparency as its loss mask: transparent parts are not learned.")
+    conditioning_data_dir: str | None = opt(
+        None, "training", "Mask folder",
+        "Folder of mask images named like the training images (white: learn, black: ignore), for masked_loss.")
     max_data_loader_n_workers: int = opt(
         2, "training", "Data-loader workers",
         "Background processes that load images when latents are not cached.", ge=0, le=64)
@@ -286,6 +354,18 @@ class TrainConfig(BaseModel):
         if self.min_bucket_reso > self.max_bucket_reso:
             raise ValueError(
                 f"min_bucket_reso ({self.min_bucket_reso}) must not exceed max_bucket_reso ({self.max_bucket_reso})")
+        return self
+
+    @model_validator(mode="after")
+    def _loss_and_noise_consistent(self) -> TrainConfig:
+        """The combinations sd-scripts refuses, refused here too (the v-prediction ones wait for the model;
+        adaptive_noise_scale without noise_offset is refused by the preflight check, so each numeric field's own
+        range stays what the form says)."""
+        if self.min_timestep is not None and self.max_timestep is not None and self.min_timestep > self.max_timestep:
+            raise ValueError(f"min_timestep ({self.min_timestep}) must not exceed max_timestep ({self.max_timestep})")
+        if self.masked_loss and not (self.conditioning_data_dir or self.alpha_mask):
+            raise ValueError("masked_loss needs masks: set conditioning_data_dir (a folder of masks named like the "
+                             "images) or alpha_mask = true")
         return self
 
     @model_validator(mode="after")

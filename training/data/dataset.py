@@ -22,6 +22,7 @@ from training.data.captions import process_caption
 from training.data.folder import DatasetScan, ImageItem
 from training.data.images import crop_geometry, fit_to_bucket, load_image, to_tensor
 from training.data.latents import Job, LatentCache
+from training.data.masks import MaskSource
 from training.data.subset import SubsetOptions
 
 DEFAULT_OPTIONS = SubsetOptions()
@@ -56,6 +57,7 @@ class TrainDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self._latents: dict[tuple[int, bool], torch.Tensor] | None = None
+        self.masks: MaskSource | None = None  # loss masks (masked_loss, alpha_mask): set by the run when used
 
     def __len__(self) -> int:
         return len(self.index)
@@ -110,13 +112,16 @@ class TrainDataset(Dataset):
             dropout_rate=options.caption_dropout_rate,
             rng=rng,
         )
-        (resized_w, _), (top, left) = crop_geometry(item.size, bucket)
+        (resized_w, resized_h), (top, left) = crop_geometry(item.size, bucket)
         pixels = latents = None
         if self._latents is not None:
             latents = self._latents[(item_idx, flip)]
         else:
             img, (top, left) = fit_to_bucket(load_image(item.path), bucket)
             pixels = to_tensor(img, flip)
+        # The mask through the pixels' own geometry (the crop window before mirroring, then the mirror).
+        mask = None if self.masks is None else self.masks.latent_mask(item.path, (resized_w, resized_h),
+                                                                      (top, left), bucket, flip)
         if flip:
             left = resized_w - bucket[0] - left  # the crop window as seen in the mirrored image
         return {
@@ -128,6 +133,7 @@ class TrainDataset(Dataset):
             "original_size": (item.size[1], item.size[0]),
             "crop_top_left": (top, left),
             "target_size": (bucket[1], bucket[0]),
+            "mask": mask,
         }
 
 

@@ -102,7 +102,8 @@ def write_lora_bytes(path: Path, blob: bytes) -> None:
 # --- metadata: the ss_* keys kohya's tools and the WebUIs read, and the modelspec.* keys --------------------------
 
 # config key -> ss_ name (without the prefix), where kohya's name differs from the config key.
-_RENAMED = {"optimizer_type": "optimizer", "train_batch_size": "batch_size_per_device"}
+_RENAMED = {"optimizer_type": "optimizer", "train_batch_size": "batch_size_per_device",
+            "debiased_estimation_loss": "debiased_estimation"}
 _DIRECT = (
     "learning_rate", "unet_lr", "text_encoder_lr", "lr_scheduler", "lr_warmup_steps", "max_grad_norm",
     "gradient_checkpointing", "gradient_accumulation_steps", "network_dropout", "clip_skip", "max_token_length",
@@ -111,6 +112,8 @@ _DIRECT = (
     "random_crop", "shuffle_caption", "keep_tokens", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
     "bucket_no_upscale", "caption_dropout_rate", "caption_dropout_every_n_epochs", "caption_tag_dropout_rate",
     "output_name", "max_train_steps", "training_comment", "prior_loss_weight",
+    "adaptive_noise_scale", "noise_offset_random_strength", "ip_noise_gamma", "ip_noise_gamma_random_strength",
+    "huber_schedule", "huber_scale", "huber_c",
 )
 # training facts stored as JSON whatever their value (kohya's readers JSON-parse them).
 _JSON_FACTS = {"tag_frequency", "dataset_dirs", "reg_dataset_dirs", "bucket_info", "datasets"}
@@ -270,6 +273,9 @@ class LoraMetadata:
         }
         if cfg.get("clip_skip") is not None:
             spec["modelspec.encoder_layer"] = str(cfg["clip_skip"])
+        if cfg.get("min_timestep") is not None or cfg.get("max_timestep") is not None:
+            low, high = cfg.get("min_timestep"), cfg.get("max_timestep")  # sd-scripts' defaults: 0 and 1000
+            spec["modelspec.timestep_range"] = f"{0 if low is None else low},{1000 if high is None else high}"
         spec.update({f"modelspec.{key}": _s(cfg[key]) for key in _MODELSPEC_FROM_CONFIG if cfg.get(key)})
         return spec
 

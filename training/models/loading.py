@@ -192,6 +192,13 @@ def training_scheduler(config_dir: Path, family: Family) -> DDPMScheduler:
     return DDPMScheduler.from_config(config, prediction_type=family.prediction_type)
 
 
+def with_zero_terminal_snr(scheduler: DDPMScheduler) -> DDPMScheduler:
+    """The same schedule with its betas rescaled so the last timestep's SNR is zero (alphas_cumprod[-1] == 0: pure
+    noise, as at the start of sampling). Only a v-prediction model can learn that step: its epsilon target is the
+    input itself there."""
+    return DDPMScheduler.from_config(scheduler.config, rescale_betas_zero_snr=True)
+
+
 def build_tokenizer(family: Family, second: bool = False) -> CLIPTokenizer:
     """The CLIP BPE tokenizer from the bundled vocabulary, padded as the family's original tokenizer pads
     (``second``: SDXL's tokenizer_2, same vocabulary, pads with "!")."""

@@ -38,6 +38,9 @@ def preflight(cfg: TrainConfig) -> DatasetScan:
         raise UserError(f"network_weights: {cfg.network_weights} does not exist")
     if cfg.network_weights and not cfg.network_weights.lower().endswith(".safetensors"):
         raise UserError(f"network_weights: {cfg.network_weights} is not a .safetensors LoRA file")
+    if cfg.adaptive_noise_scale is not None and not cfg.noise_offset:
+        raise UserError("adaptive_noise_scale adds to noise_offset: set noise_offset too (e.g. 0.05), or unset "
+                        "adaptive_noise_scale")
     problems = refusals(cfg.network, cfg.network_dropout)
     if problems:
         raise UserError(problems[0])

@@ -23,7 +23,7 @@ from training.models.conditioning import TextEmbeds, add_time_ids
 from training.models.text import encode_text
 from training.plan.schedule import perform
 from training.run.checkpoints import TrainState, save_lora_file, save_state
-from training.run.loss import per_sample_loss, random_timesteps, sample_noise
+from training.run.loss import input_noise, per_sample_loss, random_timesteps, sample_noise
 from training.run.metrics import LossEMA, Throughput
 from training.run.parts import StepParts, Trainer
 from training.run.samples import generate_samples
@@ -58,18 +58,29 @@ def batch_latents(parts: StepParts, batch: dict) -> torch.Tensor:
         return vae.encode(pixels).latent_dist.sample().float() * vae.config.scaling_factor
 
 
+def batch_mask(parts: StepParts, batch: dict) -> torch.Tensor | None:
+    """The batch's loss masks at latent size ([B, h, w], see training/data/masks.py), when the run uses them."""
+    mask = batch.get("mask")
+    return None if mask is None else mask.to(parts.accelerator.device, non_blocking=True)
+
+
 def train_step(parts: StepParts, batch: dict) -> torch.Tensor:
     """One forward/backward (and an optimizer step when accumulation completes). Returns the loss on the device."""
     acc, settings = parts.accelerator, parts.settings
     with acc.accumulate(*parts.trained_models):
         latents = batch_latents(parts, batch).to(parts.weight_dtype)
-        noise = sample_noise(latents, parts.generator, settings.noise_offset)
-        timesteps = random_timesteps(latents.shape[0], parts.noise_scheduler, parts.generator, latents.device)
+        noise_options = settings.noise
+        noise = sample_noise(latents, parts.generator, noise_options.noise_offset, noise_options)
+        timesteps = random_timesteps(latents.shape[0], parts.noise_scheduler, parts.generator, latents.device,
+                                     noise_options)
+        noisy_with = input_noise(noise, parts.generator, noise_options)
         with acc.autocast():
             cond = conditioning(parts, batch["caption"])
             time_ids = batch_time_ids(batch) if cond.pooled is not None else None  # SDXL only
             loss = per_sample_loss(parts.unet, parts.noise_scheduler, latents, cond, noise, timesteps,
-                                   settings.min_snr_gamma, time_ids).mean()
+                                   settings.min_snr_gamma, time_ids, options=settings.loss,
+                                   noisy_with=noisy_with,
+                                   mask=batch_mask(parts, batch)).mean()
         acc.backward(loss)
         if acc.sync_gradients and settings.max_grad_norm > 0:
             acc.clip_grad_norm_(parts.params, settings.max_grad_norm)

@@ -5,7 +5,7 @@ model. ``training.run.prepare`` builds them; the loop, checkpoints and the bench
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from training.models.conditioning import TextEmbeds
 from training.models.families import Family
 from training.models.loading import BaseModel
 from training.plan.schedule import Schedule
+from training.run.loss import LossOptions, NoiseOptions
 from training.run.validation import ValidationSet
 
 
@@ -32,10 +33,13 @@ class StepSettings:
     min_snr_gamma: float | None
     max_grad_norm: float
     clip_skip: int
+    noise: NoiseOptions = field(default_factory=NoiseOptions)  # how noise and timesteps are drawn
+    loss: LossOptions = field(default_factory=LossOptions)
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> StepSettings:
-        return cls(cfg.noise_offset, cfg.min_snr_gamma, cfg.max_grad_norm, cfg.clip_skip)
+        return cls(cfg.noise_offset, cfg.min_snr_gamma, cfg.max_grad_norm, cfg.clip_skip,
+                   NoiseOptions.from_config(cfg), LossOptions.from_config(cfg))
 
 
 @dataclass

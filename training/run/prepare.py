@@ -24,15 +24,17 @@ from training.data.buckets import bucket_table, buckets_for
 from training.data.dataset import TrainDataset, collate
 from training.data.folder import DatasetScan, ImageItem, scan_dataset
 from training.data.latents import LatentCache
+from training.data.masks import mask_source
 from training.data.sampler import BucketBatchSampler
 from training.data.subset import SubsetOptions
 from training.models.conditioning import TextEmbeds
-from training.models.loading import BaseModel, load_base_model, load_vae
+from training.models.loading import BaseModel, load_base_model, load_vae, with_zero_terminal_snr
 from training.models.text import encode_text
 from training.networks.build import Ranks, add_network
 from training.plan.preflight import advice
 from training.plan.schedule import Schedule, split_validation
 from training.run.checkpoints import register_lora_only_state
+from training.run.loss import prediction_advice
 from training.run.optim import make_optimizer, make_scheduler
 from training.run.parts import RunFacts, StepParts, StepSettings, TrainData, Trainer
 from training.run.validation import build_validation_set
@@ -70,9 +72,11 @@ def dtype_for(precision: str) -> torch.dtype:
 
 
 def make_dataset(cfg: TrainConfig, scan: DatasetScan) -> TrainDataset:
-    return TrainDataset(scan, resolution=cfg.resolution_wh, enable_bucket=cfg.enable_bucket,
-                        min_reso=cfg.min_bucket_reso, max_reso=cfg.max_bucket_reso, step=cfg.bucket_reso_steps,
-                        options=SubsetOptions.from_config(cfg), seed=cfg.seed)
+    dataset = TrainDataset(scan, resolution=cfg.resolution_wh, enable_bucket=cfg.enable_bucket,
+                           min_reso=cfg.min_bucket_reso, max_reso=cfg.max_bucket_reso, step=cfg.bucket_reso_steps,
+                           options=SubsetOptions.from_config(cfg), seed=cfg.seed)
+    dataset.masks = mask_source(cfg, scan.items)
+    return dataset
 
 
 def add_networks(cfg: TrainConfig, base: BaseModel) -> list[dict[str, Any]]:
@@ -174,6 +178,8 @@ def load_model(cfg: TrainConfig, events: EventWriter, weight_dtype) -> tuple[Bas
         base.vae = load_vae(cfg.vae, base.family)
     for code, msg in family_advice(cfg, base):
         events.emit("warning", code=code, msg=msg)
+    if cfg.zero_terminal_snr:
+        base.noise_scheduler = with_zero_terminal_snr(base.noise_scheduler)
     base.vae.requires_grad_(False)
     base.vae.to(dtype=vae_dtype(base, weight_dtype))
     base.unet.to(dtype=weight_dtype)  # cast before moving: an fp32 copy on the GPU would double peak memory
@@ -206,6 +212,7 @@ def family_advice(cfg: TrainConfig, base: BaseModel) -> list[tuple[str, str]]:
     if base.family.v2 and cfg.clip_skip > 1:
         notes.append(("clip_skip_sd2", f"clip_skip = {cfg.clip_skip} on an SD2 model: SD2 was trained on the last "
                                        "layer; use 1 unless the model says so"))
+    notes += prediction_advice(cfg, base.family.v_parameterization)
     width, height = cfg.resolution_wh
     native = base.family.default_resolution
     if len(base.text_encoders) == 2 and width * height < (native * 3 // 4) ** 2:  # 512 is the config's default
