@@ -26,7 +26,6 @@ IGNORED_KOHYA_KEYS = {
     "mem_eff_attn": "attention always uses PyTorch SDPA",
     "bucket_no_upscale": "buckets never upscale images",
     "persistent_data_loader_workers": "loader workers are managed automatically",
-    "save_model_as": "LoRAs are always saved as .safetensors",
     "lowram": "not needed",
     "max_token_length": "captions use the standard 75-token window",
     "log_with": "events.jsonl is always written; TensorBoard when installed",
@@ -41,7 +40,7 @@ UNSUPPORTED_KOHYA_KEYS = (
     "reg_data_dir", "color_aug", "random_crop", "face_crop_aug_range",
     "full_fp16", "full_bf16", "fp8_base", "multires_noise_iterations", "multires_noise_discount",
     "adaptive_noise_scale", "zero_terminal_snr", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss",
-    "dataset_config", "in_json", "optimizer_args", "lr_scheduler_power", "prior_loss_weight", "huber_c",
+    "dataset_config", "in_json", "prior_loss_weight", "huber_c",
     "loss_type", "ip_noise_gamma", "debiased_estimation_loss", "masked_loss",
 )
 
