@@ -89,7 +89,14 @@ def test_warmup_init_turns_relative_step_on_as_kohya_does():
 def test_the_adafactor_schedule_needs_relative_step():
     cfg = TrainConfig(optimizer_type="AdamW", lr_scheduler="adafactor")
     with pytest.raises(UserError, match="relative_step=True"):
+        check_optimizer_settings(cfg)
+    with pytest.raises(UserError, match="relative_step=True"):
         make_scheduler(cfg, make_optimizer(cfg, params()), 10)
+
+
+def test_a_schedule_class_refuses_a_warmup_as_kohya_does():
+    with pytest.raises(UserError, match="set lr_warmup_steps = 0"):
+        check_optimizer_settings(TrainConfig(lr_scheduler_type="StepLR", lr_warmup_steps=10))
 
 
 def lrs_over(cfg: TrainConfig, steps: int, total: int) -> list[float]:
@@ -166,5 +173,16 @@ def test_warmup_stable_decay_holds_then_decays_over_lr_decay_steps():
 def test_an_unknown_schedule_name_is_refused_listing_the_known_ones(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('lr_scheduler = "reduce_lr_on_plateau"\n')
-    with pytest.raises(ConfigError, match="one of constant.*warmup_stable_decay"):
+    with pytest.raises(ConfigError, match=r"one of constant.*warmup_stable_decay"):
         load_config(path)
+
+
+def test_the_forms_one_line_of_args_reads_back_as_the_same_list():
+    """The form shows a list as one shell-quoted line; reading it back gives the same key=value strings, brackets
+    and literal quotes kept."""
+    import shlex
+
+    args = ["betas=(0.9, 0.99)", "weight_decay=0.1", "step_rules='1:3,0.1'"]
+    assert TrainConfig(optimizer_args=shlex.join(args)).optimizer_args == args
+    assert TrainConfig(optimizer_args="betas=(0.9, 0.99), eps=1e-6").optimizer_kwargs == {
+        "betas": (0.9, 0.99), "eps": 1e-6}

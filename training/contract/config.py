@@ -7,6 +7,7 @@ Torch-free on purpose: the UI imports this module.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -59,7 +60,20 @@ def split_literal_args(value: Any) -> list[str]:
             continue
         current += char
     args.append(current)
-    return [a.strip().rstrip(",") for a in args if a.strip().rstrip(",")]
+    return [_unquoted(a.strip().rstrip(",")) for a in args if a.strip().rstrip(",")]
+
+
+def _unquoted(arg: str) -> str:
+    """A whole ``key=value`` in shell quotes (as the form writes a list back: ``'betas=(0.9, 0.99)'``) unquoted;
+    a key never starts with a quote, so anything else is left as typed (``step_rules='1:3,0.1'`` keeps its quotes,
+    which the literal needs)."""
+    if arg[:1] in ("'", '"'):
+        try:
+            parts = shlex.split(arg)
+        except ValueError:
+            return arg
+        return parts[0] if len(parts) == 1 else arg
+    return arg
 
 
 def literal_pairs(args: list[str]) -> dict[str, Any]:

@@ -93,10 +93,25 @@ def optimizer_kwargs(cfg: TrainConfig, cls: type) -> dict[str, Any]:
 
 
 def check_optimizer_settings(cfg: TrainConfig) -> None:
-    """optimizer_args and the schedule's class checked before any model loads (one line each)."""
-    optimizer_kwargs(cfg, optimizer_class(cfg))
+    """optimizer_args and the schedule's choice checked before any model loads (one line each)."""
+    relative = bool(optimizer_kwargs(cfg, optimizer_class(cfg)).get("relative_step"))
     if cfg.lr_scheduler_type:
         custom_scheduler_class(cfg.lr_scheduler_type)
+        refuse_warmup_with_a_class(cfg)
+    elif cfg.lr_scheduler == "adafactor" and not relative:
+        refuse_adafactor_schedule()
+
+
+def refuse_warmup_with_a_class(cfg: TrainConfig) -> None:
+    if cfg.lr_warmup_steps:
+        raise UserError(f"lr_warmup_steps = {cfg.lr_warmup_steps:g} does nothing with lr_scheduler_type = "
+                        f"'{cfg.lr_scheduler_type}'; set lr_warmup_steps = 0 (kohya refuses it too)")
+
+
+def refuse_adafactor_schedule() -> None:
+    raise UserError("lr_scheduler = 'adafactor' reports Adafactor's own step sizes: use it with "
+                    "optimizer_type = 'Adafactor' and optimizer_args relative_step=True, or choose another "
+                    "lr_scheduler")
 
 
 def make_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
@@ -156,9 +171,7 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_ste
     schedule when it finds its step size, then lr_scheduler by name; lr_scheduler_args go to each constructor."""
     kwargs, warmup = cfg.lr_scheduler_kwargs, warmup_steps(cfg, total_steps)
     if cfg.lr_scheduler_type:
-        if warmup:
-            raise UserError(f"lr_warmup_steps = {cfg.lr_warmup_steps} does nothing with lr_scheduler_type = "
-                            f"'{cfg.lr_scheduler_type}'; set lr_warmup_steps = 0 (kohya refuses it too)")
+        refuse_warmup_with_a_class(cfg)
         cls = custom_scheduler_class(cfg.lr_scheduler_type)
         return _built(f"lr_scheduler_type = '{cfg.lr_scheduler_type}'", cls, optimizer, **kwargs)
     is_relative = bool(optimizer.defaults.get("relative_step"))
@@ -170,9 +183,7 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_ste
 def adafactor_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, is_relative: bool):
     """transformers' AdafactorSchedule: reports the step sizes Adafactor chose (relative_step=True only)."""
     if not is_relative:
-        raise UserError("lr_scheduler = 'adafactor' reports Adafactor's own step sizes: use it with "
-                        "optimizer_type = 'Adafactor' and optimizer_args relative_step=True, or choose another "
-                        "lr_scheduler")
+        refuse_adafactor_schedule()
     from transformers.optimization import AdafactorSchedule
 
     return AdafactorSchedule(optimizer, cfg.learning_rate)
