@@ -44,11 +44,11 @@ def module_norms(path: Path) -> list[float]:
 
 
 def test_save_last_n_epochs_keeps_that_many_and_max_norm_holds_every_module(tmp_path, tiny_sd1):
-    """4 epochs of 2 steps, a save after each but the last: epochs 1-3 are saved, the newest two LoRAs stay
+    """4 epochs of 1 step, a save after each but the last: epochs 1-3 are saved, the newest two LoRAs stay
     (kohya removes epoch e - 1 x 2 at epoch e) and the newest state; the final LoRA and state always stay.
     scale_weight_norms: every module's norm in the exported file is at or below the limit, and the step events
     say how many modules were scaled."""
-    data = make_image_dataset(tmp_path / "data", {"1_red": 2})
+    data = make_image_dataset(tmp_path / "data", {"1_red": 1})
     out, limit = tmp_path / "run", 0.02
     cfg = config(tiny_sd1, data, out, max_train_epochs=4, save_every_n_epochs=1, save_last_n_epochs=2,
                  save_state=True, save_last_n_epochs_state=1, scale_weight_norms=limit)
@@ -60,21 +60,21 @@ def test_save_last_n_epochs_keeps_that_many_and_max_norm_holds_every_module(tmp_
     assert norms and max(norms) <= limit * (1 + 1e-4)
     assert max(norms) > limit * 0.99  # the limit was reached: the check above is not trivially true
     steps = [e for e in read_events(out) if e["event"] == "step"]
-    assert len(steps) == 8 and all(e["keys_scaled"] is not None for e in steps)
+    assert len(steps) == 4 and all(e["keys_scaled"] is not None for e in steps)
     assert sum(e["keys_scaled"] for e in steps) > 0 and max(e["max_key_norm"] for e in steps) <= limit * (1 + 1e-4)
     assert all(e["average_key_norm"] <= e["max_key_norm"] for e in steps)
 
 
 def test_save_last_n_steps_and_the_state_at_the_end(tmp_path, tiny_sd1):
-    """Saves every 2 steps of 8 (2, 4, 6; the final replaces 8); save_last_n_steps = 3 keeps the saves of the last
-    3 steps, so step 2 goes at step 6. save_state_on_train_end writes only the final state."""
-    data = make_image_dataset(tmp_path / "data", {"1_red": 2})
+    """Saves every step of 5 (1 to 4; the final replaces 5); save_last_n_steps = 2 keeps the saves of the last 2
+    steps, so step 1 goes at step 4. save_state_on_train_end writes only the final state."""
+    data = make_image_dataset(tmp_path / "data", {"1_red": 1})
     out = tmp_path / "run"
-    cfg = config(tiny_sd1, data, out, max_train_steps=8, save_every_n_steps=2, save_last_n_steps=3,
+    cfg = config(tiny_sd1, data, out, max_train_steps=5, save_every_n_steps=1, save_last_n_steps=2,
                  save_state_on_train_end=True)
     assert run(cfg) == "done"
-    assert saves(out) == ["mylora-state", "mylora-step00000004.safetensors", "mylora-step00000006.safetensors",
-                          "mylora.safetensors"]
+    assert saves(out) == ["mylora-state", "mylora-step00000002.safetensors", "mylora-step00000003.safetensors",
+                          "mylora-step00000004.safetensors", "mylora.safetensors"]
 
 
 @pytest.mark.parametrize(("every", "last", "step", "removed"), [
