@@ -186,3 +186,12 @@ def test_the_forms_one_line_of_args_reads_back_as_the_same_list():
     assert TrainConfig(optimizer_args=shlex.join(args)).optimizer_args == args
     assert TrainConfig(optimizer_args="betas=(0.9, 0.99), eps=1e-6").optimizer_kwargs == {
         "betas": (0.9, 0.99), "eps": 1e-6}
+
+
+@pytest.mark.parametrize("algo", ["loha", "lokr"])
+def test_scale_weight_norms_is_refused_for_networks_without_an_up_down_product(tmp_path, algo):
+    path = tmp_path / "run.toml"
+    path.write_text(f'scale_weight_norms = 1.0\nnetwork_module = "lycoris.kohya"\nnetwork_args = ["algo={algo}"]\n')
+    with pytest.raises(ConfigError, match=r"scale_weight_norms works on LoRA and LoCon") as err:
+        load_config(path)
+    assert "\n" not in str(err.value)

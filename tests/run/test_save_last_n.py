@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from tiny_models import make_image_dataset
 
 from training.contract.config import TrainConfig
+from training.contract.config_io import ConfigError, load_config
 from training.contract.events import read_events
 from training.run.checkpoints import old_saves
 from training.run.runner import run
@@ -89,3 +90,15 @@ def test_step_saves_are_removed_by_kohyas_arithmetic(tmp_path, every, last, step
                       save_last_n_steps_state=1)
     got = old_saves(tmp_path, cfg, f"mylora-step{step:08d}", step, 0)
     assert [p.name for p in got] == [f"mylora-step{n:08d}.safetensors" for n in removed]
+
+
+@pytest.mark.parametrize("value", ["ckpt", "pt", "diffusers"])
+def test_save_model_as_other_than_safetensors_is_refused_in_one_line(tmp_path, value):
+    path = tmp_path / "kohya.toml"
+    path.write_text(f'save_model_as = "{value}"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "save_model_as" in message and "safetensors only" in message and "\n" not in message
+    path.write_text('save_model_as = "safetensors"\n')
+    assert load_config(path)[0].save_model_as == "safetensors"
