@@ -7,6 +7,7 @@ Torch-free on purpose: the UI imports this module.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,8 +27,74 @@ def opt(default: Any, section: str, title: str, why: str, **limits: Any) -> Any:
 
 Optimizer = Literal["AdamW", "AdamW8bit", "Prodigy", "Lion", "Adafactor"]
 Scheduler = Literal[
-    "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
+    "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+    "piecewise_constant", "cosine_with_min_lr", "warmup_stable_decay", "inverse_sqrt", "adafactor",
 ]
+# Optimizer arguments that exist only in transformers' Adafactor (kohya's): asking for one of them trains with it.
+ADAFACTOR_TRANSFORMERS_ARGS = ("relative_step", "scale_parameter", "warmup_init", "clip_threshold", "decay_rate",
+                               "beta1")
+
+
+def split_literal_args(value: Any) -> list[str]:
+    """optimizer_args / lr_scheduler_args as kohya takes them: a TOML list of ``key=value`` strings, or one line of
+    them separated by spaces, where brackets and quotes keep a value together (``betas=(0.9, 0.99)``)."""
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return [str(v).strip() for v in value if str(v).strip()]
+    if not isinstance(value, str):
+        raise ValueError("must be a list of 'key=value' strings")
+    args, current, depth, quote = [], "", 0, ""
+    for char in value:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char.isspace() and depth <= 0:
+            args.append(current)
+            current = ""
+            continue
+        current += char
+    args.append(current)
+    return [_unquoted(a.strip().rstrip(",")) for a in args if a.strip().rstrip(",")]
+
+
+def _unquoted(arg: str) -> str:
+    """A whole ``key=value`` in shell quotes (as the form writes a list back: ``'betas=(0.9, 0.99)'``) unquoted;
+    a key never starts with a quote, so anything else is left as typed (``step_rules='1:3,0.1'`` keeps its quotes,
+    which the literal needs)."""
+    if arg[:1] in ("'", '"'):
+        try:
+            parts = shlex.split(arg)
+        except ValueError:
+            return arg
+        return parts[0] if len(parts) == 1 else arg
+    return arg
+
+
+def literal_pairs(args: list[str]) -> dict[str, Any]:
+    """``{key: value}`` of kohya's ``key=value`` args, each value read as a Python literal (numbers, True/False,
+    quoted strings, tuples), as sd-scripts reads them; a bad one is a ValueError naming it."""
+    import ast
+
+    pairs: dict[str, Any] = {}
+    for arg in args:
+        key, sep, text = arg.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"'{arg}': write key=value, e.g. weight_decay=0.01")
+        if key in pairs:
+            raise ValueError(f"'{key}' is given twice")
+        try:
+            pairs[key] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            raise ValueError(f"'{arg}': the value must be a Python literal: a number, True/False, a quoted string "
+                             f"or a tuple such as (0.9, 0.999)") from None
+    return pairs
 
 
 class TrainConfig(BaseModel):
@@ -147,6 +214,37 @@ class TrainConfig(BaseModel):
         "Restarts for cosine_with_restarts.", ge=1, le=100)
     max_grad_norm: float = opt(1.0, "optimizer", "Gradient clipping",
         "Clip gradients to this norm (0 turns clipping off).", ge=0)
+    # Our defaults stay in force for what optimizer_args leaves out: weight_decay 0.01 (Adafactor 0), Prodigy with
+    # safeguard_warmup and use_bias_correction on, Adafactor with fixed learning rates (relative_step=False).
+    optimizer_args: list[str] = opt(
+        [], "optimizer", "Optimizer arguments",
+        "kohya's optimizer_args: key=value settings passed to the optimizer, e.g. weight_decay=0.1 betas=(0.9,0.99) "
+        "d_coef=2 relative_step=True; unset keys keep this trainer's defaults (weight_decay 0.01).")
+    lr_scheduler_args: list[str] = opt(
+        [], "optimizer", "Schedule arguments",
+        "kohya's lr_scheduler_args: key=value settings passed to the schedule, e.g. step_size=100 gamma=0.5 for "
+        "lr_scheduler_type StepLR, or step_rules='1:100,0.1' for piecewise_constant.")
+    lr_scheduler_type: str = opt(
+        "", "optimizer", "Custom schedule class",
+        "A schedule class to use instead of lr_scheduler, as module.Class (a bare name is taken from "
+        "torch.optim.lr_scheduler), built with lr_scheduler_args; empty uses lr_scheduler.")
+    lr_scheduler_power: float = opt(
+        1.0, "optimizer", "Polynomial power",
+        "Power of the polynomial schedule's decay: 1 is linear, above 1 drops faster early.", gt=0, le=100)
+    lr_scheduler_min_lr_ratio: float | None = opt(
+        None, "optimizer", "Minimum LR ratio",
+        "Lowest learning rate as a share of the start for cosine_with_min_lr and warmup_stable_decay (unset: 0).",
+        ge=0, le=1)
+    lr_decay_steps: float = opt(
+        0, "optimizer", "Decay steps",
+        "warmup_stable_decay's decay length in steps (a value below 1 is a share of all steps).", ge=0)
+    lr_scheduler_timescale: int | None = opt(
+        None, "optimizer", "Inverse-sqrt timescale",
+        "inverse_sqrt's timescale in steps (unset: the warm-up steps).", ge=1)
+    scale_weight_norms: float | None = opt(
+        None, "optimizer", "Max-norm limit",
+        "After each step, scale down any LoRA module whose weight change (up x down x alpha/rank) has a norm above "
+        "this (1 is a common value): fewer burnt-in features. LoRA/LoCon only. Unset turns it off.", gt=0)
 
     # --- training
     train_batch_size: int = opt(1, "training", "Batch size", "Images per step on each GPU.", ge=1, le=256)
@@ -271,9 +369,43 @@ class TrainConfig(BaseModel):
     save_every_n_epochs: int | None = opt(None, "save", "Save every N epochs",
         "Also save the LoRA every N epochs.", ge=1)
     save_every_n_steps: int | None = opt(None, "save", "Save every N steps", "Also save the LoRA every N steps.", ge=1)
+    save_last_n_epochs: int | None = opt(
+        None, "save", "Keep last N epoch saves",
+        "With save_every_n_epochs: keep only the newest N per-epoch LoRA files (the final one is always kept).",
+        ge=1)
+    save_last_n_epochs_state: int | None = opt(
+        None, "save", "Keep last N epoch states",
+        "Keep only the newest N per-epoch state folders (unset: save_last_n_epochs).", ge=1)
+    save_last_n_steps: int | None = opt(
+        None, "save", "Keep saves of the last N steps",
+        "With save_every_n_steps: delete per-step LoRA files older than this many steps (kohya counts steps here, "
+        "not files).", ge=1)
+    save_last_n_steps_state: int | None = opt(
+        None, "save", "Keep states of the last N steps",
+        "Delete per-step state folders older than this many steps (unset: save_last_n_steps).", ge=1)
     save_state: bool = opt(
         False, "save", "Save training state",
         "Save the full training state with each save so the run can be resumed exactly.")
+    save_state_on_train_end: bool = opt(
+        False, "save", "Save state at the end",
+        "Save the training state with the final LoRA (<name>-state) even without save_state, to continue later.")
+    save_model_as: str = opt(
+        "safetensors", "save", "File format",
+        "Format of the saved LoRA: safetensors only (ckpt/pt are pickle files that can run code when opened).")
+    training_comment: str | None = opt(
+        None, "save", "Training comment", "A note stored in the LoRA file (ss_training_comment).")
+    metadata_title: str | None = opt(
+        None, "save", "Title", "The model's title in the file's metadata (modelspec.title; unset: output_name).")
+    metadata_author: str | None = opt(None, "save", "Author", "Author stored in the file (modelspec.author).")
+    metadata_description: str | None = opt(
+        None, "save", "Description", "Description stored in the file (modelspec.description).")
+    metadata_license: str | None = opt(None, "save", "License", "License stored in the file (modelspec.license).")
+    metadata_tags: str | None = opt(
+        None, "save", "Tags", "Comma-separated tags stored in the file (modelspec.tags).")
+    no_metadata: bool = opt(
+        False, "save", "Minimal metadata",
+        "Store only what loaders need (base model, network type, rank, alpha, modelspec) and no training details "
+        "such as dataset folders or tag counts.")
     resume: str | None = opt(None, "save", "Resume from state",
         "Resume from a saved state folder (<output_name>-...-state).")
 
@@ -335,6 +467,36 @@ class TrainConfig(BaseModel):
         except NetworkArgsError as err:
             raise ValueError(str(err).removeprefix("network_args").lstrip(": ")) from None
 
+    @field_validator("optimizer_args", "lr_scheduler_args", mode="before")
+    @classmethod
+    def _literal_args_text(cls, value: Any, info: Any) -> list[str]:
+        """A TOML list, or the form's and --set's one line of space-separated key=value pairs."""
+        return split_literal_args(value)
+
+    @field_validator("optimizer_args", "lr_scheduler_args")
+    @classmethod
+    def _literal_args_valid(cls, value: list[str]) -> list[str]:
+        literal_pairs(value)
+        return value
+
+    @field_validator("lr_scheduler_type")
+    @classmethod
+    def _scheduler_class_path(cls, value: str) -> str:
+        value = value.strip()
+        if value and not all(part.isidentifier() for part in value.split(".")):
+            raise ValueError("must be a class path such as torch.optim.lr_scheduler.StepLR")
+        return value
+
+    @field_validator("save_model_as")
+    @classmethod
+    def _safetensors_only(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value != "safetensors":
+            raise ValueError(f"'{value}' is not written here: LoRAs are saved as safetensors only (ckpt/pt are pickle "
+                             f"files that can run code when loaded, diffusers folders are not LoRA files); set "
+                             f"save_model_as = \"safetensors\"")
+        return value
+
     @field_validator("caption_extension")
     @classmethod
     def _caption_extension(cls, value: str) -> str:
@@ -367,6 +529,23 @@ class TrainConfig(BaseModel):
             raise ValueError("masked_loss needs masks: set conditioning_data_dir (a folder of masks named like the "
                              "images) or alpha_mask = true")
         return self
+
+    def _max_norm_needs_lora(self) -> TrainConfig:
+        kind = self.network.kind
+        if self.scale_weight_norms is not None and kind not in ("LoRA", "LoCon"):
+            raise ValueError(f"scale_weight_norms works on LoRA and LoCon modules (an up x down product), not on "
+                             f"{kind}; unset scale_weight_norms or train LoRA/LoCon")
+        return self
+
+    @property
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        """optimizer_args as {key: value}."""
+        return literal_pairs(self.optimizer_args)
+
+    @property
+    def lr_scheduler_kwargs(self) -> dict[str, Any]:
+        """lr_scheduler_args as {key: value}."""
+        return literal_pairs(self.lr_scheduler_args)
 
     @model_validator(mode="after")
     def _network_valid(self) -> TrainConfig:

@@ -95,6 +95,10 @@ class Step(Event):
     elapsed: float | None = None
     eta: float | None = None
     peak_mem_gb: float | None = None
+    # scale_weight_norms (kohya's names): LoRA modules scaled down at this step, mean and largest module norm after
+    keys_scaled: int | None = None
+    average_key_norm: float | None = None
+    max_key_norm: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -111,7 +111,7 @@ _DIRECT = (
     "multires_noise_discount", "min_snr_gamma", "zero_terminal_snr", "loss_type", "flip_aug", "color_aug",
     "random_crop", "shuffle_caption", "keep_tokens", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
     "bucket_no_upscale", "caption_dropout_rate", "caption_dropout_every_n_epochs", "caption_tag_dropout_rate",
-    "output_name", "max_train_steps", "training_comment", "prior_loss_weight",
+    "output_name", "max_train_steps", "training_comment", "prior_loss_weight", "scale_weight_norms",
     "adaptive_noise_scale", "noise_offset_random_strength", "ip_noise_gamma", "ip_noise_gamma_random_strength",
     "huber_schedule", "huber_scale", "huber_c",
 )
@@ -119,7 +119,12 @@ _DIRECT = (
 _JSON_FACTS = {"tag_frequency", "dataset_dirs", "reg_dataset_dirs", "bucket_info", "datasets"}
 # ss_ names stated by the file itself (NetworkFacts) and its family: never taken from the config or run facts.
 _FILE_FACTS = {"network_module", "network_dim", "network_alpha", "network_args", "v2", "base_model_version"}
+# modelspec.<key> from the config's metadata_<key> (kohya's option names), or a plain <key> a tool's config gives
 _MODELSPEC_FROM_CONFIG = ("author", "description", "license", "tags", "trigger_phrase", "usage_hint")
+# What no_metadata keeps, as kohya does: the keys loaders filter and scale by (the network facts and family
+# markers), the modelspec block and the hash; nothing about the dataset or the training.
+_MINIMUM_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha",
+                 "ss_network_args")
 
 
 def _s(value: Any) -> str:
@@ -230,7 +235,8 @@ class LoraMetadata:
         facts = {k: v for k, v in training.items() if k != "title"}
         facts.setdefault("session_id", int.from_bytes(os.urandom(4), "big"))  # a random one when the run gave none
         finished = training.get("training_finished_at")
-        title = training.get("title") or config.get("title") or config.get("output_name") or f"LoRA@{int(time.time())}"
+        title = (training.get("title") or config.get("metadata_title") or config.get("title")
+                 or config.get("output_name") or f"LoRA@{int(time.time())}")
         return cls(config, family, facts, NetworkFacts.of(config, state_dict),
                    parse_resolution(config.get("resolution"), family.default_resolution), str(title),
                    dt.datetime.fromtimestamp(float(finished)) if finished is not None else dt.datetime.now())
@@ -239,6 +245,8 @@ class LoraMetadata:
         """ss_ name -> value as the config states it (plus what follows from it: batch total, model file name)."""
         cfg = self.config
         values = {k: cfg[k] for k in _DIRECT if k in cfg} | {name: cfg[k] for k, name in _RENAMED.items() if k in cfg}
+        if cfg.get("optimizer_args") and "optimizer" in values:  # kohya's form: the name, then (key=value,...)
+            values["optimizer"] = f"{values['optimizer']}({','.join(cfg['optimizer_args'])})"
         values["resolution"] = self.resolution
         if "train_batch_size" in cfg:
             values["total_batch_size"] = int(cfg["train_batch_size"]) * int(cfg.get("gradient_accumulation_steps") or 1)
@@ -276,12 +284,18 @@ class LoraMetadata:
         if cfg.get("min_timestep") is not None or cfg.get("max_timestep") is not None:
             low, high = cfg.get("min_timestep"), cfg.get("max_timestep")  # sd-scripts' defaults: 0 and 1000
             spec["modelspec.timestep_range"] = f"{0 if low is None else low},{1000 if high is None else high}"
-        spec.update({f"modelspec.{key}": _s(cfg[key]) for key in _MODELSPEC_FROM_CONFIG if cfg.get(key)})
+        for key in _MODELSPEC_FROM_CONFIG:
+            value = cfg.get(f"metadata_{key}") or cfg.get(key)
+            if value:
+                spec[f"modelspec.{key}"] = _s(value)
         return spec
 
     def render(self) -> dict[str, str]:
         """The header metadata, every value a string; the groups share no key."""
         family_markers = {"ss_v2": str(bool(self.family.v2)), "ss_base_model_version": self.family.base_model_version}
+        if self.config.get("no_metadata"):
+            minimum = {**self.network.render(), **family_markers}
+            return {**{k: minimum[k] for k in _MINIMUM_KEYS if k in minimum}, **self.modelspec()}
         return {**self.training_entries(), **self.network.render(), **family_markers, **self.modelspec(),
                 "loraforge_config": json.dumps(dict(self.config), default=str, sort_keys=True)}
 

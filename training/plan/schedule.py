@@ -49,6 +49,7 @@ class Schedule:
     sample_every_n_steps: int
     sample_every_n_epochs: int
     save_state: bool
+    save_state_on_train_end: bool = False
 
     @classmethod
     def build(cls, cfg: TrainConfig, batches_per_epoch: int, num_processes: int = 1) -> Schedule:
@@ -60,7 +61,8 @@ class Schedule:
         validation_every = 0 if every == 0 else every or max(1, total // VALIDATION_POINTS)
         return cls(batches_per_epoch, steps_per_epoch, total, math.ceil(total / steps_per_epoch), validation_every,
                    cfg.output_name, cfg.save_every_n_steps or 0, cfg.save_every_n_epochs or 0,
-                   cfg.sample_every_n_steps or 0, cfg.sample_every_n_epochs or 0, cfg.save_state)
+                   cfg.sample_every_n_steps or 0, cfg.sample_every_n_epochs or 0, cfg.save_state,
+                   cfg.save_state_on_train_end)
 
     def epoch_of(self, step: int) -> int:
         """The 1-based epoch a step trains in (step 0 counts as epoch 1)."""
@@ -102,7 +104,8 @@ class Schedule:
         """A run that finished: the last validation loss unless one was taken at this very step, then the final
         LoRA. ``validated_at`` is the step of the latest validation, None when there was none."""
         actions = [Action(VALIDATE)] if self.validation_every and validated_at != step else []
-        return [*actions, self.periodic_save(self.output_name)]
+        final = Action(SAVE, self.output_name, with_state=self.save_state or self.save_state_on_train_end)
+        return [*actions, final]
 
     def requested_save(self, step: int) -> Action:
         """A save the user asked for (the save flag) or a stop needs: always with its state, so the run resumes."""

@@ -6,6 +6,7 @@ File and folder names come from ``training.contract.layout``.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -15,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from training.contract.atomic import write_atomic
+from training.contract.config import TrainConfig
 from training.contract.disk_space import ensure_space, folder_size, no_space, ran_out_of_space
 from training.contract.errors import UserError
-from training.contract.layout import NOISE_STATE_FILE, STATE_FILE, RunLayout
+from training.contract.layout import LORA_SUFFIX, NOISE_STATE_FILE, STATE_FILE, STATE_SUFFIX, RunLayout, lora_name
 from training.contract.lora_check import SelfCheck
 from training.lora_files.export import build_metadata, kohya_state_dict, save_lora
 from training.lora_files.self_check import verify_lora
@@ -190,3 +192,64 @@ def load_state(tr: Trainer, state_dir: Path) -> TrainState:
                         f"({str(err).splitlines()[0][:200]}); resume with the settings it was saved with") from None
     tr.parts.generator.set_state(torch.load(state_dir / NOISE_STATE_FILE, weights_only=True))
     return state
+
+
+# --- save_last_n_*: which older intermediate saves a periodic save leaves behind (never the final LoRA or state)
+
+@dataclass(frozen=True)
+class KeepRule:
+    """Saves of one kind (per epoch or per step) numbered at most ``newest - keep`` and made by the periodic
+    schedule (a multiple of ``every``) are removed: kohya's save_last_n_epochs counts saves (keep = every x N),
+    save_last_n_steps counts steps (keep = N + 1: the saves of the last N steps stay)."""
+
+    pattern: str       # the number's part of the name, e.g. r"-(\d{6})" for epochs
+    every: int
+    keep_lora: int | None
+    keep_state: int | None
+
+    def old(self, run_dir: Path, output_name: str, newest: int) -> list[Path]:
+        name = re.compile(rf"{re.escape(output_name)}{self.pattern}({re.escape(LORA_SUFFIX)}|{STATE_SUFFIX})")
+        out = []
+        for path in sorted(Path(run_dir).iterdir()):
+            match = name.fullmatch(path.name)
+            if match is None:
+                continue
+            number, is_state = int(match.group(1)), match.group(2) == STATE_SUFFIX
+            keep = self.keep_state if is_state else self.keep_lora
+            if keep is not None and number % self.every == 0 and number <= newest - keep:
+                out.append(path)
+        return out
+
+
+def keep_rules(cfg: TrainConfig) -> dict[str, KeepRule]:
+    """The rules a config sets, by the kind of save they apply to ("epoch", "step")."""
+    rules = {}
+    every, last, last_state = cfg.save_every_n_epochs, cfg.save_last_n_epochs, cfg.save_last_n_epochs_state
+    if every and (last or last_state):
+        states = last_state or last
+        rules["epoch"] = KeepRule(r"-(\d{6})", every, every * last if last else None, every * states)
+    every, last, last_state = cfg.save_every_n_steps, cfg.save_last_n_steps, cfg.save_last_n_steps_state
+    if every and (last or last_state):
+        states = last_state or last
+        rules["step"] = KeepRule(r"-step(\d{8})", every, last + 1 if last else None, states + 1)
+    return rules
+
+
+def old_saves(run_dir: Path, cfg: TrainConfig, saved: str, step: int, epochs_done: int) -> list[Path]:
+    """The intermediate LoRA files and state folders to remove after the save named ``saved``: the older ones of
+    its kind beyond what save_last_n_epochs(_state) / save_last_n_steps(_state) keep. Only a save of the periodic
+    kind prunes, as in kohya; the final save (named ``output_name``) never does."""
+    rules = keep_rules(cfg)
+    if "epoch" in rules and saved == lora_name(cfg.output_name, epoch=epochs_done):
+        return rules["epoch"].old(run_dir, cfg.output_name, epochs_done)
+    if "step" in rules and saved == lora_name(cfg.output_name, step=step):
+        return rules["step"].old(run_dir, cfg.output_name, step)
+    return []
+
+
+def remove_saves(paths: list[Path]) -> None:
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

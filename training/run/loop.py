@@ -22,14 +22,38 @@ from training.contract.prompts import load_prompts
 from training.models.conditioning import TextEmbeds, add_time_ids
 from training.models.text import encode_text
 from training.plan.schedule import perform
-from training.run.checkpoints import TrainState, save_lora_file, save_state
+from training.run.checkpoints import TrainState, old_saves, remove_saves, save_lora_file, save_state
 from training.run.loss import input_noise, per_sample_loss, random_timesteps, sample_noise
+from training.run.max_norm import MaxNorm, NormStats
 from training.run.metrics import LossEMA, Throughput
 from training.run.parts import StepParts, Trainer
 from training.run.samples import generate_samples
 from training.run.validation import validation_loss
 
 READBACK_EVERY = 10  # steps between host read-backs of the loss (NaN checks, events, progress bar)
+
+
+# the step event's max-norm fields -> kohya's TensorBoard tags for them
+MAX_NORM_TAGS = {"keys_scaled": "max_norm/keys_scaled", "average_key_norm": "norm/avg_key_norm",
+                 "max_key_norm": "max_norm/max_key_norm"}
+
+
+def read_norms(stats: list[NormStats | None]) -> list[dict[str, float] | None]:
+    """The max-norm statistics of the pending steps as numbers, in one transfer from the device."""
+    present = [s for s in stats if s is not None]
+    if not present:
+        return [None] * len(stats)
+    rows = torch.stack([torch.stack([s.keys_scaled.float(), s.average_key_norm.float(), s.max_key_norm.float()])
+                        for s in present]).cpu().tolist()
+    numbers = iter(rows)
+    out: list[dict[str, float] | None] = []
+    for s in stats:
+        if s is None:
+            out.append(None)
+            continue
+        keys, average, largest = next(numbers)
+        out.append({"keys_scaled": int(keys), "average_key_norm": round(average, 6), "max_key_norm": round(largest, 6)})
+    return out
 
 
 class NonFiniteLoss(Exception):
@@ -102,7 +126,11 @@ class Loop:
         self.parts, self.data, self.schedule = tr.parts, tr.data, tr.facts.schedule
         self.ema = LossEMA(**state.ema) if state.ema else LossEMA()
         self.speed = Throughput()
-        self.pending: list[tuple[int, int, torch.Tensor, list[str]]] = []  # (step, epoch, loss, paths)
+        # (step, epoch, loss, paths, max-norm statistics): device values waiting for the next read-back
+        self.pending: list[tuple[int, int, torch.Tensor, list[str], NormStats | None]] = []
+        limit = tr.cfg.scale_weight_norms
+        self.max_norm = None if limit is None else MaxNorm(
+            [tr.parts.accelerator.unwrap_model(m) for m in tr.parts.trained_models], limit)
         self.snapshot = [p.detach().clone() for p in tr.parts.params]  # last LoRA weights known to be finite
         self.snapshot_step = state.global_step
         self.images = 0
@@ -119,19 +147,21 @@ class Loop:
         if self.parts.accelerator.num_processes > 1:
             losses = self.parts.accelerator.reduce(losses, "mean")  # every rank sees the same values and NaN verdict
         values = losses.cpu().tolist()
+        norms = read_norms([p[4] for p in self.pending])
         now = time.time()
-        for (step, epoch, _, paths), loss in zip(self.pending, values, strict=True):
+        for (step, epoch, _, paths, _), loss, norm in zip(self.pending, values, norms, strict=True):
             if not math.isfinite(loss):
                 self.pending.clear()
                 raise NonFiniteLoss(step, paths)
-            self.emit_step(step, epoch, loss, now)
+            self.emit_step(step, epoch, loss, now, norm)
         self.pending.clear()
         for snap, p in zip(self.snapshot, self.parts.params, strict=True):
             snap.copy_(p.detach())
         self.snapshot_step = self.state.global_step
 
-    def emit_step(self, step: int, epoch: int, loss: float, now: float) -> None:
+    def emit_step(self, step: int, epoch: int, loss: float, now: float, norm: dict[str, float] | None = None) -> None:
         acc = self.parts.accelerator
+        norm = norm or {}
         smoothed = self.ema.update(loss)
         self.speed.record(now, step, self.images)
         remaining = self.schedule.total_steps - step
@@ -140,8 +170,10 @@ class Loop:
         self.events.emit("step", step=step, epoch=epoch + 1, loss=round(loss, 6), smoothed=round(smoothed, 6),
                          lr=lrs, images_per_s=round(self.speed.images_per_second(), 3),
                          elapsed=round(now - self.t0, 1), eta=round(self.speed.eta(remaining), 1),
-                         peak_mem_gb=None if peak is None else round(peak, 3))
-        acc.log({"loss": loss, "loss/smoothed": smoothed, **{f"lr/{k}": v for k, v in lrs.items()}}, step=step)
+                         peak_mem_gb=None if peak is None else round(peak, 3), **norm)
+        tags = {MAX_NORM_TAGS[k]: v for k, v in norm.items()}
+        acc.log({"loss": loss, "loss/smoothed": smoothed, **{f"lr/{k}": v for k, v in lrs.items()}, **tags},
+                step=step)
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(loss=f"{smoothed:.4f}")
@@ -229,8 +261,19 @@ class Loop:
             self.state.ema = vars(self.ema).copy()
             state_dir = save_state(tr, self.state, name)
             self.events.emit("state_saved", step=self.state.global_step, path=str(state_dir))
+        if self.parts.accelerator.is_main_process:
+            self.remove_old_saves(name)
         self.events.emit("status", phase="training", msg="training")
         return path
+
+    def remove_old_saves(self, saved: str) -> None:
+        """save_last_n_epochs / save_last_n_steps (and their _state forms): older intermediate saves go."""
+        step = self.state.global_step
+        old = old_saves(self.tr.run_dir, self.tr.cfg, saved, step, self.schedule.epochs_done(step))
+        if old:
+            remove_saves(old)
+            self.events.emit("status", phase="saving",
+                             msg=f"removed older saves (save_last_n_*): {', '.join(p.name for p in old)}")
 
     def restore_snapshot(self) -> None:
         for snap, p in zip(self.snapshot, self.parts.params, strict=True):
@@ -252,8 +295,9 @@ class Loop:
             self.images += len(batch["caption"]) * acc.num_processes
             if not acc.sync_gradients:
                 continue
+            norms = self.max_norm.apply() if self.max_norm is not None else None  # after the optimizer's step
             state.global_step += 1
-            self.pending.append((state.global_step, epoch, loss, batch["path"]))
+            self.pending.append((state.global_step, epoch, loss, batch["path"], norms))
             self.after_step()
             if self.schedule.is_done(state.global_step) or self.stop_requested:
                 return

@@ -35,7 +35,7 @@ from training.plan.preflight import advice
 from training.plan.schedule import Schedule, split_validation
 from training.run.checkpoints import register_lora_only_state
 from training.run.loss import prediction_advice
-from training.run.optim import make_optimizer, make_scheduler
+from training.run.optim import check_optimizer_settings, make_optimizer, make_scheduler
 from training.run.parts import RunFacts, StepParts, StepSettings, TrainData, Trainer
 from training.run.validation import build_validation_set
 
@@ -277,6 +277,7 @@ def build_step_parts(cfg: TrainConfig, accelerator: Accelerator, unet: torch.nn.
 
 
 def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter, scan: DatasetScan | None = None) -> Trainer:
+    check_optimizer_settings(cfg)  # optimizer_args and lr_scheduler_type refused before any model loads
     accelerator = make_accelerator(cfg, run_dir, events)
     set_seed(cfg.seed)  # LoRA initialisation, dropout: the same seed gives the same run
     device, weight_dtype = accelerator.device, dtype_for(accelerator.mixed_precision)
