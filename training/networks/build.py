@@ -2,9 +2,10 @@
 
 LoRA, LoCon and DoRA are ``peft.LoraConfig`` layers (``use_dora`` for DoRA), LoHa ``peft.LoHaConfig`` and LoKr
 ``peft.LoKrConfig``; the modules and their ranks come from ``trained_targets`` (conv, per-block and per-module ranks
-and alphas as peft's per-module patterns). Every adapter starts with a zero delta, so a fresh network leaves the model's output unchanged.
-Scale = alpha / rank, kohya's and LyCORIS's convention (alpha 0 means alpha = rank, as in both); LyCORIS scales a
-LoKr module whose two Kronecker factors are both full matrices by 1, and so does this builder.
+and alphas as peft's per-module patterns). Every adapter starts with a zero delta, so a fresh network leaves the
+model's output unchanged. Scale = alpha / rank, kohya's and LyCORIS's convention (alpha 0 means alpha = rank, as in
+both); LyCORIS scales a LoKr module whose two Kronecker factors are both full matrices by 1, and so does this
+builder.
 """
 
 from __future__ import annotations
