@@ -178,7 +178,8 @@ def group_parts(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, t
 class NetworkFacts:
     """ss_network_*: the module (networks.lora or lycoris.kohya) and its args as kohya/LyCORIS write them (a JSON
     object of strings, e.g. {"algo": "loha", "conv_dim": "8"}); dim and alpha are the file's most common rank and
-    alpha when its tensors are given, so that the metadata always agrees with the file, the config's otherwise."""
+    alpha when its tensors are given, so that the metadata always agrees with the file, the config's otherwise (and
+    with block_dims/block_alphas, where sd-scripts writes network_dim/network_alpha whatever the blocks say)."""
 
     module: str
     dim: float
@@ -190,9 +191,10 @@ class NetworkFacts:
         spec = network_spec(config)
         dim = config.get("network_dim") or 4
         alpha = 1.0 if config.get("network_alpha") is None else config["network_alpha"]
-        if state_dict:
+        if state_dict:  # per-block values: networks.lora writes network_dim/network_alpha as they are
             ranks, alphas = file_ranks(state_dict)
-            dim, alpha = _most_common(ranks) or dim, _most_common(alphas) or alpha
+            dim = dim if spec.block_dims else _most_common(ranks) or dim
+            alpha = alpha if spec.block_alphas else _most_common(alphas) or alpha
         args = dict(arg.split("=", 1) for arg in spec.args())
         return cls(spec.module, dim, alpha, args or None)
 
