@@ -227,15 +227,15 @@ def test_dim_from_weights_continues_a_rank_8_file_when_network_dim_says_4(rank8_
         p.numel() for m in (second.unet, second.text_encoder) for n, p in m.named_parameters() if "lora_" in n)
 
     without = cfg.model_copy(update={"dim_from_weights": False})
-    with pytest.raises(UserError, match=r"rank mismatch.*dim_from_weights = true takes each module's rank"):
+    with pytest.raises(UserError, match=r"file r=8 .*set network_dim.* or dim_from_weights = true"):
         add_networks(without, tiny_base("sd1"))
 
 
-def test_dim_from_weights_keeps_a_per_block_file_s_ranks(tmp_path):
-    dims = [1 + i % 3 for i in range(25)]
+def test_dim_from_weights_keeps_a_per_block_locon_file_s_ranks(tmp_path):
+    dims, conv_dims = [1 + i % 3 for i in range(25)], [2 + i % 2 for i in range(25)]
     first = tiny_base("sd1")
-    randomise_up(add_networks(TrainConfig(network_dim=4, network_train_unet_only=True,
-                                          network_args=[f"block_dims={csv(dims)}"]), first))
+    randomise_up(add_networks(TrainConfig(network_dim=4, network_train_unet_only=True, network_args=[
+        f"block_dims={csv(dims)}", f"conv_block_dims={csv(conv_dims)}"]), first))
     path = tmp_path / "blocks.safetensors"
     save_file(kohya_state_dict(first.unet, [], first.family, torch.float32), str(path))
     cfg = TrainConfig(network_dim=4, network_weights=str(path), dim_from_weights=True)
@@ -243,9 +243,15 @@ def test_dim_from_weights_keeps_a_per_block_file_s_ranks(tmp_path):
         add_networks(cfg, tiny_base("sd1"))
     second = tiny_base("sd1")
     add_networks(cfg.model_copy(update={"network_train_unet_only": True}), second)
-    ranks = {n.removesuffix(".lora_A.default.weight"): p.shape[0] for n, p in second.unet.named_parameters()
-             if n.endswith("lora_A.default.weight")}
-    assert ranks and all(r == dims[sd1_block("lora_unet_" + n.replace(".", "_"))] for n, r in ranks.items())
+    adapters = {n.removesuffix(".lora_A.default.weight"): p for n, p in second.unet.named_parameters()
+                if n.endswith("lora_A.default.weight")}
+    assert len(adapters) == len(file_modules(path))
+    for name, down in adapters.items():
+        block = sd1_block("lora_unet_" + name.replace(".", "_"))
+        conv3x3 = down.ndim == 4 and tuple(down.shape[2:]) != (1, 1)
+        assert down.shape[0] == (conv_dims[block] if conv3x3 else dims[block]), name
+    export(cfg, second, tmp_path / "continued.safetensors")  # the metadata states the LoCon the file is
+    assert verify_lora(tmp_path / "continued.safetensors", second.family, second.unet, second.text_encoders).ok
 
 
 def test_config_needs_network_weights_for_dim_from_weights():

@@ -138,7 +138,8 @@ def continue_from(cfg: TrainConfig, base: BaseModel, trained: list[int]) -> None
     try:
         load_kohya_into_peft(path, base.unet, base.text_encoders, base.family)
     except UserError as err:
-        hint = "" if cfg.dim_from_weights else "; dim_from_weights = true takes each module's rank from the file"
+        hint = "" if cfg.dim_from_weights else ("; set network_dim/network_alpha (and conv_dim) to the file's, or "
+                                                "dim_from_weights = true to take each module's rank from the file")
         raise UserError(f"network_weights {path.name}: {err} (network_dim is {cfg.network_dim}){hint}") from None
 
 
