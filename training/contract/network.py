@@ -119,9 +119,10 @@ class NetworkSpec:
         return bool(self.block_dims) or self.has_block_lr
 
     def loraplus_ratio(self, unet: bool) -> float | None:
-        """LoRA+'s ratio for the UNet or the text encoders (None: off); the part's own ratio wins, as in sd-scripts."""
+        """LoRA+'s ratio for the UNet or the text encoders (None: off); the part's own ratio wins, and 0 counts as
+        not given, as in sd-scripts."""
         own = self.loraplus_unet_lr_ratio if unet else self.loraplus_text_encoder_lr_ratio
-        return own or self.loraplus_lr_ratio
+        return own or self.loraplus_lr_ratio or None
 
     def args(self) -> list[str]:
         """Canonical network_args for metadata and saved configs: the values that differ from the module's defaults
