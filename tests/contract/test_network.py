@@ -122,3 +122,21 @@ def test_split_args_keeps_commas_inside_a_value():
     assert split_args("block_dims=2,4,4 conv_dim=4") == ["block_dims=2,4,4", "conv_dim=4"]
     assert split_args("algo=loha, preset=full") == ["algo=loha", "preset=full"]
     assert split_args(None) == []
+
+
+def test_networks_lora_block_args_parse_and_round_trip():
+    dims = ",".join(str(1 + i % 4) for i in range(25))
+    spec = TrainConfig(network_args=[f"block_dims={dims}", "conv_block_dims=" + ",".join(["2"] * 25),
+                                     "down_lr_weight=cosine+0.5", "mid_lr_weight=0.5", "up_lr_weight=1,,0.5",
+                                     "block_lr_zero_threshold=0.1", "loraplus_unet_lr_ratio=16"]).network
+    assert spec.block_dims == tuple(1 + i % 4 for i in range(25)) and spec.conv_block_dims == (2,) * 25
+    assert (spec.down_lr_weight, spec.mid_lr_weight, spec.up_lr_weight) == ("cosine+0.5", "0.5", "1,,0.5")
+    assert (spec.per_block, spec.has_conv, spec.kind) == (True, True, "LoCon")  # conv_block_dims: 3x3 convs train
+    assert (spec.loraplus_ratio(unet=True), spec.loraplus_ratio(unet=False)) == (16, None)
+    assert parse_network(KOHYA_LORA, spec.args(), 16, 8) == spec
+
+
+def test_block_args_without_block_dims_or_rates_are_noted_as_doing_nothing():
+    _, notes = config_from_dict({"network_args": ["block_alphas=" + ",".join(["2"] * 23)]}, "run.toml")
+    assert any("no effect without block_dims" in note for note in notes)
+    assert not TrainConfig(network_args=["conv_block_dims=" + ",".join(["2"] * 25)]).network.has_conv

@@ -7,6 +7,7 @@ OUT00.. = 13..; SDXL: input_blocks_N = 1 + N, middle_block_N = 10 + N, output_bl
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -115,6 +116,7 @@ def test_block_dims_give_each_block_its_rank_and_alpha_in_the_exported_file(tmp_
     text = [m for name, m in modules.items() if name.startswith("lora_te_")]
     assert text and all(m[:2] == (4, 2.0) for m in text)  # block_dims are the UNet's only
     assert (meta["ss_network_dim"], meta["ss_network_alpha"]) == ("4", "2.0")  # network_dim/alpha, as kohya writes
+    assert json.loads(meta["ss_network_args"])["block_dims"] == csv(dims)
 
 
 def test_sdxl_block_dims_count_23_blocks_in_the_sgm_layout(tmp_path):
