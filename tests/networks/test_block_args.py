@@ -93,6 +93,7 @@ def export(cfg: TrainConfig, base: BaseModel, path):
 def test_block_dims_give_each_block_its_rank_and_alpha_in_the_exported_file(tmp_path):
     dims = [i % 5 for i in range(25)]  # blocks 0, 5, 10, 15, 20 at rank 0: no linear module there
     alphas = [0.5 * (i + 1) for i in range(25)]
+    alphas[1] = 0.0  # alpha 0 means alpha = rank, as networks.lora reads it
     conv_dims = [1 + i % 3 for i in range(25)]
     conv_alphas = [0.25 * (i + 2) for i in range(25)]
     cfg = TrainConfig(network_dim=4, network_alpha=2.0, network_args=[
@@ -108,7 +109,7 @@ def test_block_dims_give_each_block_its_rank_and_alpha_in_the_exported_file(tmp_
     unet = {name: m for name, m in modules.items() if name.startswith("lora_unet_")}
     for name, (rank, alpha, conv3x3) in unet.items():
         block = sd1_block(name)
-        want = (conv_dims[block], conv_alphas[block]) if conv3x3 else (dims[block], alphas[block])
+        want = (conv_dims[block], conv_alphas[block]) if conv3x3 else (dims[block], alphas[block] or dims[block])
         assert (rank, alpha) == want, name
     linear_blocks = {sd1_block(n) for n, (_, _, conv) in unet.items() if not conv}
     assert linear_blocks == {b for b in set(TINY_SD1_BLOCKS.values()) if dims[b] > 0} - {3}  # a downsampler: conv only

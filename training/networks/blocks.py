@@ -115,8 +115,10 @@ class BlockRanks:
         if index is None:
             return None
         if conv:
-            return (self.conv_dims[index], self.conv_alphas[index]) if self.conv_dims else (0, 0.0)
-        return self.dims[index], self.alphas[index]
+            rank, alpha = (self.conv_dims[index], self.conv_alphas[index]) if self.conv_dims else (0, 0.0)
+        else:
+            rank, alpha = self.dims[index], self.alphas[index]
+        return rank, alpha or rank  # alpha 0 means alpha = rank, as networks.lora reads it
 
 
 def _sized(key: str, values: tuple, count: int, sdxl: bool) -> tuple:
