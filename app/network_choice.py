@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from training.contract.network import (
+    BLOCK_LR_ARGS,
+    BLOCK_RANK_ARGS,
     KOHYA_LORA,
     KOHYA_LORA_ARGS,
+    LORAPLUS_ARGS,
     LYCORIS,
     LYCORIS_PRESETS,
     PRESETS_WITH_CONV,
@@ -59,7 +62,10 @@ CONV_TYPES = ("LoCon",)  # always with convolutions; the LyCORIS types have them
 DEFAULT_LYCORIS_PRESET = "full"  # LyCORIS's own default when network_args names no preset
 # network_args the section writes itself; any other arg the user typed is kept when it still applies.
 WRITTEN_ARGS = ("algo", "preset", "conv_dim", "conv_alpha", "dora_wd")
-ONLY_FOR = {"factor": ("LoKr",), "decompose_both": ("LoKr",), "wd_on_output": ("DoRA",)}
+ONLY_FOR = {"factor": ("LoKr",), "decompose_both": ("LoKr",), "wd_on_output": ("DoRA",),
+            # networks.lora's own: per-block ranks (conv ones only with convolutions), per-block rates, LoRA+
+            **dict.fromkeys((*BLOCK_RANK_ARGS[:2], *BLOCK_LR_ARGS, *LORAPLUS_ARGS), ("LoRA", "LoCon")),
+            **dict.fromkeys(BLOCK_RANK_ARGS[2:], ("LoCon",))}
 NETWORK_FIELDS = ("network_module", "network_args", "conv_dim", "conv_alpha")
 
 

@@ -71,6 +71,15 @@ def test_the_users_own_args_stay_where_they_still_apply():
     assert choose_type(broken, "LoHa")["network_args"] == "algo=loha preset=full"  # started afresh
 
 
+def test_networks_lora_block_args_stay_with_lora_and_locon_only():
+    conv_blocks = "conv_block_dims=" + ",".join(["2"] * 25)
+    values = default_values() | {"network_args": f"loraplus_lr_ratio=16 mid_lr_weight=0.5 {conv_blocks}",
+                                 "conv_dim": "4"}
+    assert choose_type(values, "LoCon")["network_args"] == f"loraplus_lr_ratio=16 mid_lr_weight=0.5 {conv_blocks}"
+    assert choose_type(values, "LoRA")["network_args"] == "loraplus_lr_ratio=16 mid_lr_weight=0.5"  # no convs
+    assert choose_type(values, "LoHa")["network_args"] == "algo=loha preset=full"  # LyCORIS has none of them
+
+
 def test_a_preset_keeps_the_algorithm_and_sets_the_conv_fields():
     values = with_choice(default_values(), "DoRA")
     attn = values | choose_preset(values, "attn-only")

@@ -76,7 +76,19 @@ def test_config_notes_carry_the_network_warnings():
     (LYCORIS, ["algo=loha", "dora_wd=True"], "dora_wd=True works with algo=locon"),
     (LYCORIS, ["conv_dim=eight"], "conv_dim=eight: must be an integer"),
     (LYCORIS, ["frobnicate=1"], "'frobnicate' is unknown to lycoris.kohya; it accepts algo, preset"),
-    (LYCORIS, ["block_dims=2,4,4"], "'block_dims' (per-block ranks) is not supported yet"),
+    (LYCORIS, ["block_dims=2,4,4"], "'block_dims' works with network_module = \"networks.lora\" only"),
+    (LYCORIS, ["use_scalar=True"], "'use_scalar' (LyCORIS's trainable scalar) is not supported yet"),
+    (KOHYA_LORA, ["block_dims=2,4,4"], "block_dims has 3 values; it takes one per UNet block: 25 for SD1/SD2, 23 "
+                                       "for SDXL"),
+    (KOHYA_LORA, [f"block_dims={','.join(['4'] * 25)}", f"block_alphas={','.join(['2'] * 23)}"],
+     "block_dims, block_alphas must have the same number of values"),
+    (KOHYA_LORA, ["block_dims=" + ",".join(["4"] * 24 + ["x"])], "block_dims=x: must be an integer"),
+    (KOHYA_LORA, ["down_lr_weight=cosin"], "down_lr_weight=cosin: write one weight per block separated by commas, "
+                                           "or one of cosine, sine, linear, reverse_linear, zeros"),
+    (KOHYA_LORA, ["up_lr_weight=0.5"], "up_lr_weight=0.5: write one weight per block"),
+    (KOHYA_LORA, ["mid_lr_weight=-1"], "mid_lr_weight=-1: must be >= 0"),
+    (KOHYA_LORA, ["loraplus_lr_ratio=big"], "loraplus_lr_ratio=big: must be a number"),
+    (KOHYA_LORA, ["dim_from_weights=True"], "write dim_from_weights = true as its own setting"),
     (LYCORIS, ["algo=loha", "algo=lokr"], "'algo' is given twice"),
     (LYCORIS, ["conv_dim"], "'conv_dim': write key=value"),
     (LYCORIS, ["rank_dropout=2"], "rank_dropout=2: must be between 0 and 1"),
@@ -110,3 +122,21 @@ def test_split_args_keeps_commas_inside_a_value():
     assert split_args("block_dims=2,4,4 conv_dim=4") == ["block_dims=2,4,4", "conv_dim=4"]
     assert split_args("algo=loha, preset=full") == ["algo=loha", "preset=full"]
     assert split_args(None) == []
+
+
+def test_networks_lora_block_args_parse_and_round_trip():
+    dims = ",".join(str(1 + i % 4) for i in range(25))
+    spec = TrainConfig(network_args=[f"block_dims={dims}", "conv_block_dims=" + ",".join(["2"] * 25),
+                                     "down_lr_weight=cosine+0.5", "mid_lr_weight=0.5", "up_lr_weight=1,,0.5",
+                                     "block_lr_zero_threshold=0.1", "loraplus_unet_lr_ratio=16"]).network
+    assert spec.block_dims == tuple(1 + i % 4 for i in range(25)) and spec.conv_block_dims == (2,) * 25
+    assert (spec.down_lr_weight, spec.mid_lr_weight, spec.up_lr_weight) == ("cosine+0.5", "0.5", "1,,0.5")
+    assert (spec.per_block, spec.has_conv, spec.kind) == (True, True, "LoCon")  # conv_block_dims: 3x3 convs train
+    assert (spec.loraplus_ratio(unet=True), spec.loraplus_ratio(unet=False)) == (16, None)
+    assert parse_network(KOHYA_LORA, spec.args(), 16, 8) == spec
+
+
+def test_block_args_without_block_dims_or_rates_are_noted_as_doing_nothing():
+    _, notes = config_from_dict({"network_args": ["block_alphas=" + ",".join(["2"] * 23)]}, "run.toml")
+    assert any("no effect without block_dims" in note for note in notes)
+    assert not TrainConfig(network_args=["conv_block_dims=" + ",".join(["2"] * 25)]).network.has_conv

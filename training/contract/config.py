@@ -191,7 +191,11 @@ class TrainConfig(BaseModel):
         False, "network", "Train UNet only",
         "Train only the UNet; leaves the text encoder untouched (and lets its outputs be cached).")
     network_weights: str | None = opt(
-        None, "network", "Start from LoRA file", "Start from an existing kohya-format LoRA file of the same rank.")
+        None, "network", "Start from LoRA file",
+        "Start from an existing kohya-format LoRA file of the same rank (another rank: turn on Ranks from that file).")
+    dim_from_weights: bool = opt(
+        False, "network", "Ranks from that file",
+        "Take each module's rank and alpha from the network_weights file, so a LoRA of any rank can be continued.")
 
     # --- optimizer
     optimizer_type: Optimizer = opt(
@@ -550,6 +554,11 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _network_valid(self) -> TrainConfig:
         self.network  # noqa: B018 - parsing is the check; it raises on a bad module or arg
+        if self.dim_from_weights and not self.network_weights:
+            raise ValueError("dim_from_weights = true reads the ranks from network_weights: set network_weights to "
+                             "a LoRA file, or turn dim_from_weights off")
+        if self.dim_from_weights and self.network_module != KOHYA_LORA:
+            raise ValueError(f"dim_from_weights works with network_module = \"{KOHYA_LORA}\" here")
         return self
 
     # --- derived values: one place computes them so the loop, metadata and UI agree

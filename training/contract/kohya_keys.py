@@ -275,7 +275,7 @@ KEYS: tuple[KohyaKey, ...] = (
     _k("network_args", None, SUP, means=[]),
     _k("network_train_unet_only", False, SUP),
     _k("network_train_text_encoder_only", False, REF, "training only the text encoders is not offered"),
-    _k("dim_from_weights", False, REF, NOT_YET),
+    _k("dim_from_weights", False, SUP),
     _k("base_weights", None, REF, "merging LoRAs into the model before training is not offered; merge them first "
                                 "(python -m training.tools merge)"),
     _k("base_weights_multiplier", None, REF, "goes with base_weights, which is not offered"),

@@ -28,18 +28,22 @@ LYCORIS_ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr"
 UNSUPPORTED_ALGOS = ("ia3", "dylora", "glora", "full", "diag-oft", "boft", "tlora")
 PRESETS_WITH_CONV = ("kohya", "full")  # kohya: only with conv_dim
 
+# networks.lora's per-block settings: SD1/SD2 UNets have 25 blocks (IN00-IN11, MID, OUT00-OUT11), SDXL's 23 (its
+# time embedding, IN00-IN08, MID00-MID02, OUT00-OUT08, its output layers); training.networks.blocks numbers them.
+BLOCK_COUNTS = {"SD1/SD2": 25, "SDXL": 23}
+BLOCK_RANK_ARGS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas")
+BLOCK_LR_ARGS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold")
+LR_WEIGHT_PRESETS = ("cosine", "sine", "linear", "reverse_linear", "zeros")
+LORAPLUS_ARGS = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
+
 # network_args each module accepts here (kohya's spelling), and the ones recognised but not built yet.
-KOHYA_LORA_ARGS = ("conv_dim", "conv_alpha", "rank_dropout", "module_dropout")
+KOHYA_LORA_ARGS = ("conv_dim", "conv_alpha", "rank_dropout", "module_dropout", *BLOCK_RANK_ARGS, *BLOCK_LR_ARGS,
+                   *LORAPLUS_ARGS)
 LYCORIS_ARGS = ("algo", "preset", "conv_dim", "conv_alpha", "dropout", "rank_dropout", "module_dropout", "factor",
                 "decompose_both", "use_tucker", "use_cp", "use_conv_cp", "disable_conv_cp", "dora_wd",
                 "wd_on_output")
 NOT_YET = {
-    "block_dims": "per-block ranks", "block_alphas": "per-block alphas", "conv_block_dims": "per-block conv ranks",
-    "conv_block_alphas": "per-block conv alphas", "down_lr_weight": "per-block learning rates",
-    "mid_lr_weight": "per-block learning rates", "up_lr_weight": "per-block learning rates",
-    "block_lr_zero_threshold": "per-block learning rates", "loraplus_lr_ratio": "LoRA+",
-    "loraplus_unet_lr_ratio": "LoRA+", "loraplus_text_encoder_lr_ratio": "LoRA+", "dim_from_weights": "ranks read "
-    "from network_weights", "use_scalar": "LyCORIS's trainable scalar", "train_norm": "norm-layer training",
+    "use_scalar": "LyCORIS's trainable scalar", "train_norm": "norm-layer training",
     "bypass_mode": "LyCORIS's bypass mode", "rs_lora": "rank-stabilised scaling", "constraint": "weight constraints",
     "rescaled": "rescaled LoHa/LoKr", "full_matrix": "LoKr full matrices", "unbalanced_factorization":
     "unbalanced LoKr factors", "block_size": "block-diagonal OFT",
@@ -67,6 +71,21 @@ class NetworkSpec:
     use_tucker: bool = False  # Tucker (CP) decomposition of 3x3 conv kernels
     dora_wd: bool = False  # DoRA: learn each output's magnitude apart from its direction
     wd_on_output: bool = True  # DoRA's norm axis, LyCORIS's default
+    # networks.lora's per-block ranks and alphas of the UNet (empty: not given); lengths checked against the model's
+    # block count when it is known (training.networks.blocks)
+    block_dims: tuple[int, ...] = ()
+    block_alphas: tuple[float, ...] = ()
+    conv_block_dims: tuple[int, ...] = ()
+    conv_block_alphas: tuple[float, ...] = ()
+    # per-block learning-rate weights as written: a comma list, or (down/up) a preset name with an optional "+number"
+    down_lr_weight: str = ""
+    mid_lr_weight: str = ""
+    up_lr_weight: str = ""
+    block_lr_zero_threshold: float = 0.0
+    # LoRA+: the up (B) matrices learn at lr x ratio; the per-part ratios win over the common one
+    loraplus_lr_ratio: float | None = None
+    loraplus_unet_lr_ratio: float | None = None
+    loraplus_text_encoder_lr_ratio: float | None = None
     notes: tuple[str, ...] = field(default=(), compare=False)  # warnings worth showing, not errors
 
     @property
@@ -85,8 +104,25 @@ class NetworkSpec:
 
     @property
     def has_conv(self) -> bool:
-        """Whether 3x3 convolutions get adapters."""
-        return self.conv_dim > 0 and self.preset in PRESETS_WITH_CONV
+        """Whether 3x3 convolutions get adapters (networks.lora: conv_dim or conv_block_dims, as sd-scripts)."""
+        conv = self.conv_dim > 0 or (bool(self.conv_block_dims) and self.per_block)
+        return conv and self.preset in PRESETS_WITH_CONV
+
+    @property
+    def has_block_lr(self) -> bool:
+        """Whether per-block learning-rate weights are set (sd-scripts then also turns per-block ranks on)."""
+        return bool(self.down_lr_weight or self.mid_lr_weight or self.up_lr_weight)
+
+    @property
+    def per_block(self) -> bool:
+        """Whether the UNet's ranks or learning rates differ by block."""
+        return bool(self.block_dims) or self.has_block_lr
+
+    def loraplus_ratio(self, unet: bool) -> float | None:
+        """LoRA+'s ratio for the UNet or the text encoders (None: off); the part's own ratio wins, and 0 counts as
+        not given, as in sd-scripts."""
+        own = self.loraplus_unet_lr_ratio if unet else self.loraplus_text_encoder_lr_ratio
+        return own or self.loraplus_lr_ratio or None
 
     def args(self) -> list[str]:
         """Canonical network_args for metadata and saved configs: the values that differ from the module's defaults
@@ -104,7 +140,14 @@ class NetworkSpec:
             out += [f"dropout={self.dropout:g}"] if self.dropout else []
         out += [f"rank_dropout={self.rank_dropout:g}"] if self.rank_dropout else []
         out += [f"module_dropout={self.module_dropout:g}"] if self.module_dropout else []
-        return out
+        return out + self._block_args()
+
+    def _block_args(self) -> list[str]:
+        out = [f"{key}={','.join(f'{v:g}' for v in getattr(self, key))}" for key in BLOCK_RANK_ARGS
+               if getattr(self, key)]
+        out += [f"{key}={getattr(self, key)}" for key in BLOCK_LR_ARGS[:3] if getattr(self, key)]
+        out += [f"block_lr_zero_threshold={self.block_lr_zero_threshold:g}"] if self.block_lr_zero_threshold else []
+        return out + [f"{key}={getattr(self, key):g}" for key in LORAPLUS_ARGS if getattr(self, key) is not None]
 
 
 def split_args(value: Any) -> list[str]:
@@ -161,6 +204,12 @@ def _check_known(pairs: dict[str, str], module: str) -> None:
     for key in pairs:
         if key in accepted:
             continue
+        if key == "dim_from_weights":  # sd-scripts reads it from the command line, never from network_args
+            raise NetworkArgsError("network_args 'dim_from_weights' is not a network arg: write dim_from_weights = "
+                                   "true as its own setting, beside network_weights")
+        if key in KOHYA_LORA_ARGS:
+            raise NetworkArgsError(f"network_args '{key}' works with network_module = \"{KOHYA_LORA}\" only; "
+                                   f"remove it or change network_module")
         if key in NOT_YET:
             raise NetworkArgsError(f"network_args '{key}' ({NOT_YET[key]}) is not supported yet; remove it")
         if key in LYCORIS_ARGS and module == KOHYA_LORA:
@@ -211,7 +260,8 @@ def parse_network(module: str, args: list[str], network_dim: int, network_alpha:
                 if key in pairs}
     if module == KOHYA_LORA:
         dim, alpha = _conv(pairs, conv_dim, conv_alpha, 0, network_alpha)
-        return _with_notes(NetworkSpec(module, "lora", "kohya", dim, alpha, **dropouts))
+        spec = NetworkSpec(module, "lora", "kohya", dim, alpha, **dropouts, **_block_settings(pairs))
+        return _with_notes(spec)
     # LyCORIS: conv rank/alpha default to the linear ones; 0 also means "the linear rank" there.
     dim, alpha = _conv(pairs, conv_dim, conv_alpha, network_dim, network_alpha)
     spec = NetworkSpec(
@@ -233,8 +283,61 @@ def parse_network(module: str, args: list[str], network_dim: int, network_alpha:
     return _with_notes(spec, explicit_conv)
 
 
+def _numbers(key: str, text: str, kind: type, low: float) -> tuple:
+    """A comma list of numbers as sd-scripts reads block_dims and its kin: every entry given."""
+    values = tuple(_number(key, part.strip(), kind, low) for part in text.split(","))
+    if len(values) not in BLOCK_COUNTS.values():
+        counts = ", ".join(f"{n} for {family}" for family, n in BLOCK_COUNTS.items())
+        raise NetworkArgsError(f"network_args {key} has {len(values)} values; it takes one per UNet block: {counts}")
+    return values
+
+
+def _lr_weight(key: str, text: str) -> str:
+    """down_lr_weight/up_lr_weight: a comma list (an empty entry is 0, as in sd-scripts) or a preset with an optional
+    "+number" added to every block; mid_lr_weight: a comma list or one number."""
+    if "," in text or key == "mid_lr_weight":
+        for part in text.split(","):
+            if part.strip():
+                _number(key, part.strip(), float, 0)
+        return text
+    name, plus, offset = text.partition("+")
+    if name not in LR_WEIGHT_PRESETS or (plus and not offset):
+        raise NetworkArgsError(f"network_args {key}={text}: write one weight per block separated by commas, or one "
+                               f"of {', '.join(LR_WEIGHT_PRESETS)} (optionally +number, e.g. cosine+0.5)")
+    if plus:
+        _number(key, offset, float, 0)
+    return text
+
+
+def _block_settings(pairs: dict[str, str]) -> dict[str, Any]:
+    """networks.lora's block_dims and kin, LoRA+ ratios, parsed and range-checked (lengths against the model's
+    blocks come later, when the model is known)."""
+    out: dict[str, Any] = {}
+    for key, kind, low in (("block_dims", int, 0), ("block_alphas", float, 0), ("conv_block_dims", int, 0),
+                           ("conv_block_alphas", float, 0)):
+        if key in pairs:
+            out[key] = _numbers(key, pairs[key], kind, low)
+    lengths = {len(v) for v in out.values()}
+    if len(lengths) > 1:
+        raise NetworkArgsError(f"network_args {', '.join(out)} must have the same number of values (one per block)")
+    for key in BLOCK_LR_ARGS[:3]:
+        if key in pairs:
+            out[key] = _lr_weight(key, pairs[key])
+    if "block_lr_zero_threshold" in pairs:
+        out["block_lr_zero_threshold"] = _number("block_lr_zero_threshold", pairs["block_lr_zero_threshold"], float, 0)
+    for key in LORAPLUS_ARGS:
+        if key in pairs:
+            out[key] = _number(key, pairs[key], float, 0)
+    return out
+
+
 def _with_notes(spec: NetworkSpec, explicit_conv: bool = True) -> NetworkSpec:
     notes = []
+    if not spec.per_block and (spec.block_alphas or spec.conv_block_dims or spec.conv_block_alphas):
+        notes.append("block_alphas/conv_block_dims/conv_block_alphas have no effect without block_dims or a "
+                     "per-block learning rate (as in sd-scripts)")
+    if spec.conv_block_alphas and not spec.conv_block_dims:
+        notes.append("conv_block_alphas has no effect without conv_block_dims")
     if explicit_conv and spec.conv_dim and spec.preset not in PRESETS_WITH_CONV:
         notes.append(f"conv_dim={spec.conv_dim} has no effect: preset={spec.preset} has no convolutions "
                      f"(use preset=full for LoCon)")

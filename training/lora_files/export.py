@@ -26,7 +26,7 @@ from torch import nn
 from training.contract.atomic import write_bytes_atomic
 from training.contract.disk_space import ensure_space, no_space, ran_out_of_space
 from training.contract.errors import UserError
-from training.contract.network import NetworkArgsError, NetworkSpec, parse_network, split_args
+from training.contract.network import KOHYA_LORA, NetworkArgsError, NetworkSpec, parse_network, split_args
 from training.lora_files.kinds import adapter_layers, layout_for_parts
 from training.lora_files.names import canonical_name, strip_peft_prefix
 
@@ -182,11 +182,25 @@ def group_parts(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, t
     return grouped
 
 
+def _conv_args(state_dict: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """conv_dim/conv_alpha as networks.lora states a LoCon: the most common rank and alpha of the 3x3 convs."""
+    ranks, alphas = [], []
+    for parts in group_parts(state_dict).values():
+        down = parts.get("lora_down.weight")
+        if down is not None and down.ndim == 4 and tuple(down.shape[2:]) != (1, 1):
+            ranks.append(int(down.shape[0]))
+            alphas.append(float(parts["alpha"]) if "alpha" in parts else float(down.shape[0]))
+    if not ranks:
+        return {}
+    return {"conv_dim": str(_most_common(ranks)), "conv_alpha": f"{_most_common(alphas):g}"}
+
+
 @dataclass(frozen=True)
 class NetworkFacts:
     """ss_network_*: the module (networks.lora or lycoris.kohya) and its args as kohya/LyCORIS write them (a JSON
     object of strings, e.g. {"algo": "loha", "conv_dim": "8"}); dim and alpha are the file's most common rank and
-    alpha when its tensors are given, so that the metadata always agrees with the file, the config's otherwise."""
+    alpha when its tensors are given, so that the metadata always agrees with the file, the config's otherwise (and
+    with block_dims/block_alphas, where sd-scripts writes network_dim/network_alpha whatever the blocks say)."""
 
     module: str
     dim: float
@@ -198,10 +212,13 @@ class NetworkFacts:
         spec = network_spec(config)
         dim = config.get("network_dim") or 4
         alpha = 1.0 if config.get("network_alpha") is None else config["network_alpha"]
-        if state_dict:
+        if state_dict:  # per-block values: networks.lora writes network_dim/network_alpha as they are
             ranks, alphas = file_ranks(state_dict)
-            dim, alpha = _most_common(ranks) or dim, _most_common(alphas) or alpha
+            dim = dim if spec.block_dims else _most_common(ranks) or dim
+            alpha = alpha if spec.block_alphas else _most_common(alphas) or alpha
         args = dict(arg.split("=", 1) for arg in spec.args())
+        if state_dict and spec.module == KOHYA_LORA and not ({"conv_dim", "conv_block_dims"} & set(args)):
+            args |= _conv_args(state_dict)  # dim_from_weights: a LoCon file's convs came from the file, not the args
         return cls(spec.module, dim, alpha, args or None)
 
     def render(self) -> dict[str, str]:

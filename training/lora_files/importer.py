@@ -192,3 +192,16 @@ def _file_kind(modules: dict[str, ModuleLoRA]) -> str:
     conv3x3 = any(m.parts[p].ndim == 4 and m.parts[p].shape[2:] != (1, 1) for m in modules.values()
                   for p in ("lora_down.weight",) if p in m.parts)
     return network_kind(algos, any(DORA in m.parts for m in modules.values()), conv3x3)
+
+
+def file_module_ranks(path: str | Path, unet: nn.Module | None, text_encoders: list[nn.Module],
+                      family: Any) -> dict[int | str, dict[str, tuple[int, float]]]:
+    """Each module's (rank, alpha) in a LoRA/LoCon file, by component ("unet" or the text-encoder index) and module
+    path: sd-scripts' dim_from_weights, so a network of the file's ranks can be built before its tensors load."""
+    modules, _ = group_modules(read_kohya(path)[0])
+    algos = {m.layout.algo for m in modules.values()}
+    if algos - {"lora"} or any(DORA in m.parts for m in modules.values()):
+        raise UserError(f"dim_from_weights: {Path(path).name} is a {_file_kind(modules)} file; networks.lora reads "
+                        f"ranks from LoRA and LoCon files only")
+    per = _resolve(modules, module_lookup(unet, text_encoders, family))
+    return {component: {p: (m.rank, m.alpha) for p, m in mods.items()} for component, mods in per.items()}

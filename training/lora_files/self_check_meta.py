@@ -77,7 +77,7 @@ def _check_network_module(meta: dict[str, str], facts: FileFacts, report: SelfCh
         report.problems.append("metadata 'ss_network_args' values must be strings, as kohya writes them")
     lycoris = bool(facts.algos - {"lora"}) or facts.dora
     if module == "networks.lora" and not lycoris:
-        if facts.conv3x3 and not args.get("conv_dim"):
+        if facts.conv3x3 and not (args.get("conv_dim") or args.get("conv_block_dims")):
             report.problems.append("metadata 'ss_network_args' lacks conv_dim, but the file has 3x3 conv modules")
         return
     if module != "lycoris.kohya":
@@ -101,10 +101,14 @@ def check_metadata_family(meta: dict[str, str], family: Any, facts: FileFacts, r
         if meta.get(key) != value:
             report.problems.append(f"metadata {key!r} is {meta.get(key)!r}, expected {value!r}")
     _check_network_module(meta, facts, report)
-    for key, values in (("ss_network_dim", facts.ranks), ("ss_network_alpha", facts.alphas)):
+    per_block = _network_args(meta)
+    for key, values, block_key in (("ss_network_dim", facts.ranks, "block_dims"),
+                                   ("ss_network_alpha", facts.alphas, "block_alphas")):
         common = Counter(values).most_common(1)[0][0] if values else None
         if meta.get(key) == "Dynamic" and len(set(values)) > 1:
             continue  # kohya's resize writes "Dynamic" when the modules' ranks differ
+        if block_key in per_block:
+            continue  # networks.lora writes network_dim/alpha, which per-block values need not contain
         try:
             ok = common is None or math.isclose(float(meta.get(key, "nan")), common, rel_tol=1e-3)
         except ValueError:

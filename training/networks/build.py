@@ -1,10 +1,11 @@
 """A NetworkSpec's adapters injected into one model (the UNet or a text encoder), as peft layers.
 
 LoRA, LoCon and DoRA are ``peft.LoraConfig`` layers (``use_dora`` for DoRA), LoHa ``peft.LoHaConfig`` and LoKr
-``peft.LoKrConfig``; the modules come from ``select_targets`` and the conv rank/alpha from peft's per-module
-patterns. Every adapter starts with a zero delta, so a fresh network leaves the model's output unchanged.
-Scale = alpha / rank, kohya's and LyCORIS's convention (alpha 0 means alpha = rank, as in both); LyCORIS scales a
-LoKr module whose two Kronecker factors are both full matrices by 1, and so does this builder.
+``peft.LoKrConfig``; the modules and their ranks come from ``trained_targets`` (conv, per-block and per-module ranks
+and alphas as peft's per-module patterns). Every adapter starts with a zero delta, so a fresh network leaves the
+model's output unchanged. Scale = alpha / rank, kohya's and LyCORIS's convention (alpha 0 means alpha = rank, as in
+both); LyCORIS scales a LoKr module whose two Kronecker factors are both full matrices by 1, and so does this
+builder.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from training.networks.dropout import LoraDropout, install_lora_dropout
 from training.networks.lora import ADAPTER
 from training.networks.sizes import lokr_shape
 from training.networks.support import refusals
-from training.networks.targets import ModuleInfo, Part, Ranks, Target, select_targets
+from training.networks.targets import ModuleInfo, Part, Ranks, Target, trained_targets
 
 if TYPE_CHECKING:
     import torch
@@ -50,21 +51,29 @@ def _pattern(path: str) -> str:
     return re.escape(path)
 
 
-def peft_config(spec: NetworkSpec, targets: list[Target], ranks: Ranks) -> Any:
-    """The peft config that puts ``spec``'s adapter on exactly ``targets``."""
+def _patterns(values: dict[str, Any], default: Any) -> dict[str, Any]:
+    """peft's rank_pattern/alpha_pattern for the modules whose value differs from the default: one alternation per
+    value, so peft tries a handful of regexes per module, not one per module (SDXL has hundreds)."""
+    by_value: dict[Any, list[str]] = {}
+    for path, value in values.items():
+        if value != default:
+            by_value.setdefault(value, []).append(_pattern(path))
+    return {"(?:" + "|".join(paths) + ")": value for value, paths in by_value.items()}
+
+
+def peft_config(spec: NetworkSpec, ranked: list[tuple[Target, int, float]], ranks: Ranks) -> Any:
+    """The peft config that puts ``spec``'s adapter on exactly the ``ranked`` targets, each at its own rank/alpha."""
     from peft import LoHaConfig, LoKrConfig, LoraConfig
 
-    conv = [t for t in targets if t.conv_rank]
-    rank_pattern = {_pattern(t.path): ranks.conv_rank for t in conv} if ranks.conv_rank != ranks.rank else {}
-    alpha_pattern = {_pattern(t.path): ranks.conv_alpha for t in conv} if ranks.conv_alpha != ranks.alpha else {}
+    alphas = {t.path: alpha for t, _, alpha in ranked}
     if spec.algo == "lokr":
-        for t in targets:
-            rank = ranks.conv_rank if t.conv_rank else ranks.rank
+        for t, rank, _ in ranked:
             shape = lokr_shape(t.module, rank, spec)
             if shape.full_w1 and shape.full_w2:  # LyCORIS scales such a module by 1, whatever alpha says
-                alpha_pattern[_pattern(t.path)] = rank
-    common = {"r": ranks.rank, "target_modules": "^(?:" + "|".join(_pattern(t.path) for t in targets) + ")$",
-              "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern}
+                alphas[t.path] = rank
+    common = {"r": ranks.rank, "target_modules": "^(?:" + "|".join(_pattern(t.path) for t, _, _ in ranked) + ")$",
+              "rank_pattern": _patterns({t.path: rank for t, rank, _ in ranked}, ranks.rank),
+              "alpha_pattern": _patterns(alphas, ranks.alpha)}
     if spec.algo == "loha":
         return LoHaConfig(alpha=ranks.alpha, rank_dropout=spec.rank_dropout, module_dropout=spec.module_dropout,
                           use_effective_conv2d=spec.use_tucker, init_weights=True, **common)
@@ -83,11 +92,11 @@ def add_network(model: torch.nn.Module, spec: NetworkSpec, ranks: Ranks, part: P
     problems = refusals(spec, network_dropout)
     if problems:
         raise UserError(problems[0])
-    targets = select_targets(spec, module_infos(model), part)
-    if not targets:
+    ranked = trained_targets(spec, module_infos(model), part, ranks)
+    if not ranked:
         raise UserError(f"network preset={spec.preset} selects no module of the {part.replace('_', ' ')}")
     model.requires_grad_(False)
-    inject_adapter_in_model(peft_config(spec, targets, ranks), model, adapter_name=ADAPTER)
+    inject_adapter_in_model(peft_config(spec, ranked, ranks), model, adapter_name=ADAPTER)
     if spec.algo == "lora":  # sd-scripts hands network_dropout to LyCORIS as its dropout unless network_args set one
         neuron = network_dropout if spec.module == KOHYA_LORA else spec.dropout or network_dropout
         dropout = LoraDropout(neuron, spec.rank_dropout, spec.module_dropout)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from training.contract.network import NetworkSpec
-from training.networks.targets import ModuleInfo, Ranks, Target, factorization
+from training.networks.targets import ModuleInfo, Part, Ranks, Target, factorization
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,8 @@ def _lokr(m: ModuleInfo, rank: int, spec: NetworkSpec) -> tuple[int, int]:
     return w1[0] + w2[0], w1[1] + w2[1] + 1
 
 
-def module_size(target: Target, spec: NetworkSpec, ranks: Ranks) -> ModuleSize:
-    """What ``spec``'s adapter on ``target`` stores."""
-    rank = ranks.conv_rank if target.conv_rank else ranks.rank
+def module_size(target: Target, spec: NetworkSpec, ranks: Ranks, part: Part = "unet") -> ModuleSize:
+    """What ``spec``'s adapter on ``target`` (a module of ``part``) stores, at its own rank (per block, per module)."""
+    rank = ranks.of_target(target, part)[0]
     values, tensors = {"lora": _lora, "loha": _loha, "lokr": _lokr}[spec.algo](target.module, rank, spec)
     return ModuleSize(values, tensors, target.conv_rank)

@@ -10,7 +10,9 @@ Rules, by preset:
 - ``kohya``, sd-scripts' ``networks.lora``: every ``Linear`` and 1x1 ``Conv2d`` inside a UNet
   ``Transformer2DModel``, and inside the text encoders' ``CLIPAttention`` and ``CLIPMLP``. With ``conv_dim`` the UNet
   targets grow by ``ResnetBlock2D``, ``Downsample2D`` and ``Upsample2D``: their 3x3 convs at the conv rank, their
-  Linear (the resnets' ``time_emb_proj``) and 1x1 convs (``conv_shortcut``) at the linear rank.
+  Linear (the resnets' ``time_emb_proj``) and 1x1 convs (``conv_shortcut``) at the linear rank. Per-block ranks
+  (``block_dims`` and kin, ``training.networks.blocks``) change a UNet module's rank by its block, and rank 0
+  removes it (``trained_targets``).
 - LyCORIS's presets, as its kohya wrapper selects them: every Linear and 1x1 conv inside a target class, at the
   linear rank, whether or not the preset enables convs; a conv with a larger kernel at the conv rank only when the
   preset enables convs (``full``). ``full`` also names ``conv_in``, ``conv_out`` and the time embedding's Linears.
@@ -24,11 +26,13 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from training.contract.network import NetworkSpec
+from training.networks.blocks import BlockRanks, block_ranks
 
 ModuleKind = Literal["linear", "conv1x1", "conv3x3"]  # conv3x3: any Conv2d whose kernel is larger than 1x1
 Part = Literal["unet", "text_encoder"]
@@ -58,17 +62,33 @@ class Target:
 
 @dataclass(frozen=True)
 class Ranks:
-    """The linear and conv rank/alpha the run trains with."""
+    """The linear and conv rank/alpha the run trains with; networks.lora's per-block ranks of the UNet (``blocks``),
+    or each module's own, read from a file (``modules``: {module path: (rank, alpha)}, one model's)."""
 
     rank: int
     alpha: float
     conv_rank: int
     conv_alpha: float
+    blocks: BlockRanks | None = None
+    modules: Mapping[str, tuple[int, float]] | None = None
 
     @classmethod
-    def of(cls, spec: NetworkSpec, network_dim: int, network_alpha: float) -> Ranks:
-        return cls(network_dim, network_alpha or network_dim, spec.conv_dim or network_dim,
-                   spec.conv_alpha or spec.conv_dim or network_dim)
+    def of(cls, spec: NetworkSpec, network_dim: int, network_alpha: float, sdxl: bool = False) -> Ranks:
+        """``sdxl``: the UNet's blocks are numbered as SDXL's (only per-block settings need it)."""
+        alpha, conv_rank = network_alpha or network_dim, spec.conv_dim or network_dim
+        conv_alpha = spec.conv_alpha or spec.conv_dim or network_dim
+        return cls(network_dim, alpha, conv_rank, conv_alpha,
+                   block_ranks(spec, network_dim, alpha, conv_rank, conv_alpha, sdxl))
+
+    def of_target(self, target: Target, part: Part) -> tuple[int, float]:
+        """The (rank, alpha) ``target`` trains at; rank 0: no adapter there."""
+        if self.modules is not None:
+            return self.modules.get(target.path, (0, 0.0))
+        if self.blocks is not None and part == "unet":
+            by_block = self.blocks.of(target.path, target.conv_rank)
+            if by_block is not None:
+                return by_block
+        return (self.conv_rank, self.conv_alpha) if target.conv_rank else (self.rank, self.alpha)
 
 
 KOHYA_UNET = ("Transformer2DModel",)
@@ -108,11 +128,11 @@ def _named(module: ModuleInfo, names: tuple[str, ...]) -> bool:
 
 
 def _kohya(spec: NetworkSpec, module: ModuleInfo, part: Part) -> Target | None:
-    blocks = CLIP_BLOCKS if part == "text_encoder" else KOHYA_UNET + (KOHYA_UNET_CONV if spec.conv_dim else ())
+    blocks = CLIP_BLOCKS if part == "text_encoder" else KOHYA_UNET + (KOHYA_UNET_CONV if spec.has_conv else ())
     if not _inside(module, blocks):
         return None
     if module.kind == "conv3x3":
-        return Target(module.path, True, module) if spec.conv_dim else None
+        return Target(module.path, True, module) if spec.has_conv else None
     return Target(module.path, False, module)
 
 
@@ -133,6 +153,14 @@ def select_targets(spec: NetworkSpec, modules: list[ModuleInfo], part: Part) -> 
     """The modules of one model (a UNet or one text encoder) that ``spec`` puts adapters on, in model order."""
     rule = _kohya if spec.preset == "kohya" else _lycoris
     return [t for t in (rule(spec, m, part) for m in modules) if t is not None]
+
+
+def trained_targets(spec: NetworkSpec, modules: list[ModuleInfo], part: Part,
+                    ranks: Ranks) -> list[tuple[Target, int, float]]:
+    """``select_targets`` with each module's (rank, alpha), leaving out those at rank 0 (a block sd-scripts skips,
+    a module a rank-giving file does not have)."""
+    ranked = [(t, *ranks.of_target(t, part)) for t in select_targets(spec, modules, part)]
+    return [(t, rank, alpha) for t, rank, alpha in ranked if rank > 0]
 
 
 def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from training.contract.config import TrainConfig
 from training.models.families import FAMILIES
 from training.networks.sizes import ModuleSize, module_size
-from training.networks.targets import Ranks, read_module_table, select_targets
+from training.networks.targets import Ranks, read_module_table, trained_targets
 from training.plan.schedule import Schedule
 
 BYTES_PER_VALUE = {"fp16": 2, "bf16": 2, "float": 4}
@@ -63,12 +63,13 @@ def lora_size(cfg: TrainConfig, family: str) -> LoraSize:
     """The size of the LoRA file ``cfg`` saves for a base model of ``family`` (sd1, sd2, sd2-v, sdxl): the UNet always,
     each text encoder the config trains; the modules ``cfg.network`` selects, as the trainer selects them."""
     spec = cfg.network
-    ranks = Ranks.of(spec, cfg.network_dim, cfg.network_alpha)
+    ranks = Ranks.of(spec, cfg.network_dim, cfg.network_alpha, FAMILIES[family].unet_sgm_names)
     table = read_module_table(FAMILIES[family].config_dir)
     parts = [("unet", table["unet"])]
     encoders = [name for name in ("text_encoder", "text_encoder_2") if name in table]
     parts += [("text_encoder", table[encoders[i]]) for i in cfg.trained_text_encoders(len(encoders))]
-    modules = [module_size(t, spec, ranks) for part, infos in parts for t in select_targets(spec, infos, part)]
+    modules = [module_size(t, spec, ranks, part) for part, infos in parts
+               for t, _, _ in trained_targets(spec, infos, part, ranks)]
     return LoraSize.of(modules, cfg.save_precision)
 
 

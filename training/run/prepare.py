@@ -36,6 +36,7 @@ from training.plan.schedule import Schedule, split_validation
 from training.run.checkpoints import register_lora_only_state
 from training.run.loss import prediction_advice
 from training.run.optim import check_optimizer_settings, make_optimizer, make_scheduler
+from training.run.param_groups import network_param_groups
 from training.run.parts import RunFacts, StepParts, StepSettings, TrainData, Trainer
 from training.run.validation import build_validation_set
 
@@ -82,24 +83,47 @@ def make_dataset(cfg: TrainConfig, scan: DatasetScan) -> TrainDataset:
 def add_networks(cfg: TrainConfig, base: BaseModel) -> list[dict[str, Any]]:
     """Inject the configured network (``cfg.network``: LoRA, LoCon, LoHa, LoKr, DoRA) and return optimizer groups,
     one per trained part with its own learning rate (SDXL's two text encoders each have theirs:
-    ``text_encoder_lr = [TE1, TE2]``)."""
+    ``text_encoder_lr = [TE1, TE2]``), split further by block and by LoRA+ when networks.lora's args ask
+    (``network_param_groups``)."""
     spec = cfg.network
-    ranks = Ranks.of(spec, cfg.network_dim, cfg.network_alpha)
-    groups = [{"params": add_network(base.unet, spec, ranks, "unet", cfg.network_dropout),
-               "lr": cfg.effective_unet_lr, "name": "unet"}]
+    sdxl = base.family.unet_sgm_names  # sd-scripts numbers SDXL's UNet blocks in its SGM layout
+    ranks = Ranks.of(spec, cfg.network_dim, cfg.network_alpha, sdxl)
     trained = cfg.trained_text_encoders(len(base.text_encoders))
-    for i, encoder in enumerate(base.text_encoders):
+    from_file = ranks_from_weights(cfg, base, trained) if cfg.dim_from_weights else None
+    if from_file is not None:
+        spec = dataclasses.replace(spec, conv_dim=spec.conv_dim or 1)  # every kohya module: the file picks
+    models = [("unet", base.unet, cfg.effective_unet_lr, "unet")]
+    models += [(i, base.text_encoders[i], cfg.text_encoder_lrs[i], TEXT_ENCODER_GROUPS[i]) for i in trained]
+    for encoder in base.text_encoders:
         encoder.requires_grad_(False)
-        if i in trained:
-            params = add_network(encoder, spec, ranks, "text_encoder", cfg.network_dropout)
-            groups.append({"params": params, "lr": cfg.text_encoder_lrs[i], "name": TEXT_ENCODER_GROUPS[i]})
+    groups = []
+    for component, model, lr, name in models:
+        model_ranks = ranks if from_file is None else dataclasses.replace(ranks, modules=from_file[component])
+        add_network(model, spec, model_ranks, "unet" if component == "unet" else "text_encoder", cfg.network_dropout)
+        groups += network_param_groups(model, lr, name, spec, unet=component == "unet", sdxl=sdxl)
     if cfg.network_weights:
         continue_from(cfg, base, trained)
     return groups
 
 
+def ranks_from_weights(cfg: TrainConfig, base: BaseModel, trained: list[int]) -> dict[int | str, dict]:
+    """dim_from_weights: each module's rank and alpha from the network_weights file, per model; every trained model
+    must have modules there (sd-scripts trains only the file's modules)."""
+    from training.lora_files.importer import file_module_ranks
+
+    path = Path(cfg.network_weights or "")
+    per = file_module_ranks(path, base.unet, base.text_encoders, base.family)
+    for component in ["unet", *trained]:
+        if not per.get(component):
+            which = "the UNet" if component == "unet" else f"text encoder {int(component) + 1}"
+            hint = "" if component == "unet" else ": set network_train_unet_only = true, or pick a file that has it"
+            raise UserError(f"dim_from_weights: network_weights {path.name} has no modules for {which}{hint}")
+    return per
+
+
 def continue_from(cfg: TrainConfig, base: BaseModel, trained: list[int]) -> None:
-    """Start the new LoRA from an existing kohya file (same rank, same parts)."""
+    """Start the new LoRA from an existing kohya file (same ranks, same parts; dim_from_weights builds the network
+    at the file's ranks first)."""
     from safetensors import safe_open
 
     from training.lora_files.importer import load_kohya_into_peft
@@ -119,7 +143,9 @@ def continue_from(cfg: TrainConfig, base: BaseModel, trained: list[int]) -> None
     try:
         load_kohya_into_peft(path, base.unet, base.text_encoders, base.family)
     except UserError as err:
-        raise UserError(f"network_weights {path.name}: {err} (network_dim is {cfg.network_dim})") from None
+        hint = "" if cfg.dim_from_weights else ("; set network_dim/network_alpha (and conv_dim) to the file's, or "
+                                                "dim_from_weights = true to take each module's rank from the file")
+        raise UserError(f"network_weights {path.name}: {err} (network_dim is {cfg.network_dim}){hint}") from None
 
 
 def cache_text(cfg: TrainConfig, base: BaseModel, captions: set[str], device) -> dict[str, TextEmbeds] | None:
