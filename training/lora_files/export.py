@@ -110,6 +110,7 @@ _DIRECT = (
     "multires_noise_discount", "min_snr_gamma", "zero_terminal_snr", "loss_type", "flip_aug", "color_aug",
     "random_crop", "shuffle_caption", "keep_tokens", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
     "bucket_no_upscale", "caption_dropout_rate", "caption_dropout_every_n_epochs", "caption_tag_dropout_rate",
+    "face_crop_aug_range",
     "output_name", "max_train_steps", "training_comment", "prior_loss_weight",
 )
 # training facts stored as JSON whatever their value (kohya's readers JSON-parse them).

@@ -21,7 +21,7 @@ from training.contract.errors import UserError
 from training.contract.events import EventWriter
 from training.contract.layout import LATENT_CACHE_DIR, RunLayout
 from training.data.buckets import bucket_table, buckets_for
-from training.data.dataset import TrainDataset, collate
+from training.data.dataset import StepClock, TrainDataset, collate
 from training.data.folder import DatasetScan, ImageItem, scan_dataset
 from training.data.latents import LatentCache
 from training.data.sampler import BucketBatchSampler
@@ -118,9 +118,11 @@ def continue_from(cfg: TrainConfig, base: BaseModel, trained: list[int]) -> None
         raise UserError(f"network_weights {path.name}: {err} (network_dim is {cfg.network_dim})") from None
 
 
-def cache_text(cfg: TrainConfig, base: BaseModel, captions: set[str], device) -> dict[str, TextEmbeds] | None:
-    """Text embeddings computed once, when the text encoders are frozen and the captions never change."""
-    if not cfg.cache_text_encoder_outputs or cfg.trains_text_encoder or cfg.shuffle_caption:
+def cache_text(cfg: TrainConfig, base: BaseModel, captions: set[str] | None,
+               device) -> dict[str, TextEmbeds] | None:
+    """Text embeddings computed once, when the text encoders are frozen and the captions never change: ``captions``
+    is None when some do (shuffled, tag dropout, token warm-up, wildcards: ``TrainDataset.fixed_captions``)."""
+    if not cfg.cache_text_encoder_outputs or cfg.trains_text_encoder or captions is None:
         return None
     for encoder in base.text_encoders:
         encoder.to(device)
@@ -228,7 +230,9 @@ def build_caches(cfg: TrainConfig, base: BaseModel, data: LoadedData, run_dir: P
         val_jobs = [(it.path, b, False) for it, b in zip(data.val_items, val_buckets, strict=True)]
         latent_cache.encode_all(data.dataset.latent_jobs() + val_jobs, batch_size=4)
         data.dataset.attach_latents(latent_cache, device)
-    text_cache = cache_text(cfg, base, {it.caption for it in data.train_items + data.val_items}, device)
+    fixed = data.dataset.fixed_captions()  # the captions as trained (prefix, suffix, separators applied)
+    captions = None if fixed is None else fixed | {it.caption for it in data.val_items}
+    text_cache = cache_text(cfg, base, captions, device)
     validation = None
     if data.val_items:
         validation = build_validation_set(cfg, base, data.val_items, data.val_kind, latent_cache, device)
@@ -281,6 +285,9 @@ def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter, scan: DatasetS
     place_models(base, device, text_cache is not None)
 
     schedule = Schedule.build(cfg, len(loaded.sampler), accelerator.num_processes)
+    loaded.dataset.set_clock(StepClock(loaded.sampler.batches, schedule.steps_per_epoch,
+                                       cfg.gradient_accumulation_steps * accelerator.num_processes,
+                                       schedule.total_steps))  # token warm-up counts steps
     parts = build_step_parts(cfg, accelerator, base.unet, base.text_encoders, groups, schedule.total_steps,
                              noise_scheduler=base.noise_scheduler, tokenizers=base.tokenizers, vae=base.vae,
                              text_cache=text_cache, weight_dtype=weight_dtype)
