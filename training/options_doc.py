@@ -23,7 +23,8 @@ def options_markdown() -> str:
             field = TrainConfig.model_fields[name]
             default = "unset" if field.default is None else f"`{field.default!r}`".replace("|", "\\|")
             allowed = allowed_values(name).replace("|", "\\|")
-            lines.append(f"| `{name}` | {default} | {allowed} | {field.description} | {field_title(name)} |")
+            why = (field.description or "").replace("|", "\\|")  # '|||' in a reason must not split the row
+            lines.append(f"| `{name}` | {default} | {allowed} | {why} | {field_title(name)} |")
         lines.append("")
     lines += ["## kohya keys this trainer does not use", "",
               "kohya options that mean nothing here are ignored with a note. Options for features this trainer "

@@ -162,8 +162,8 @@ class TrainConfig(BaseModel):
         "Also keep cached latents on disk (.latent_cache beside the run folder) for later runs.")
     cache_text_encoder_outputs: bool = opt(
         True, "dataset", "Cache text-encoder outputs",
-        "Encode each caption once when the text encoders are frozen and captions are not shuffled; "
-        "the encoders then leave the GPU (saves ~1.6 GB on SDXL).")
+        "Encode each caption once when the text encoders are frozen and captions do not change between steps (no "
+        "shuffle, tag dropout, token warm-up or wildcards); the encoders then leave the GPU (saves ~1.6 GB on SDXL).")
     validation_split: float = opt(
         0.0, "dataset", "Validation share",
         "Share of images held out for the validation loss; 0 uses a fixed training subset.",
