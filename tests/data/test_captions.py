@@ -232,3 +232,15 @@ def test_fixed_captions_hold_every_caption_a_step_can_ask_for(tmp_path):
                     {"enable_wildcard": True}):
         assert TrainDataset(scan_dataset(root), resolution=64, options=SubsetOptions(**varying)).fixed_captions() \
             is None, varying
+
+
+def test_validation_captions_read_like_training_ones_without_their_randomness(tmp_path):
+    root = make_image_dataset(tmp_path / "data", {"2_red": 2})
+    options = SubsetOptions(shuffle_caption=True, caption_tag_dropout_rate=0.5, caption_dropout_rate=0.5,
+                            token_warmup_step=10, enable_wildcard=True, caption_prefix="sks |||",
+                            keep_tokens_separator="|||")
+    ds = TrainDataset(scan_dataset(root), resolution=64, options=options)
+    validation = ds.with_fixed_captions(ds.items)
+    # In file order (no shuffle), all tags (no dropout, no warm-up), the prefix's separator not trained as text.
+    assert [it.caption for it in validation] == ["sks, red, circle, variant 0", "sks, red, circle, variant 1"]
+    assert [it.caption for it in ds.items] == ["red, circle, variant 0", "red, circle, variant 1"]  # untouched

@@ -118,7 +118,10 @@ def rearrange_tags(caption: str, options: SubsetOptions, rng: random.Random, tim
 
 
 def fixed_caption(caption: str, options: SubsetOptions) -> str:
-    """The caption an image trains on whenever it is not dropped, for options whose captions do not vary
-    (``not options.captions_vary``): what the text-encoder cache must hold."""
-    never_dropped = dataclasses.replace(options, caption_dropout_rate=0.0, caption_dropout_every_n_epochs=0)
-    return process_caption(caption, never_dropped, random.Random(0))
+    """The caption without its per-step randomness: prefix, suffix, separators and the first wildcard draw of a fixed
+    seed applied; no dropout, shuffle or warm-up. For options whose captions do not vary (``not
+    options.captions_vary``) it is the caption every non-dropped step trains on (what the text-encoder cache holds);
+    the validation loss uses it for every image, so its captions read like the training ones and never change."""
+    steady = dataclasses.replace(options, caption_dropout_rate=0.0, caption_dropout_every_n_epochs=0,
+                                 shuffle_caption=False, caption_tag_dropout_rate=0.0, token_warmup_step=0.0)
+    return process_caption(caption, steady, random.Random(0))

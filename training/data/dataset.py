@@ -1,4 +1,4 @@
-"""The training dataset: one index per (image, repeat), a bucket per index, seeded caption and flip augmentation.
+"""The training dataset: one index per (image, repeat), a bucket per index, seeded caption and image augmentation.
 
 Randomness is seeded per ``(seed, epoch, index)``, never from a global RNG, so the sample at a given step is the same
 on resume and does not depend on DataLoader worker count or order.
@@ -9,6 +9,7 @@ workers would keep the first epoch's number and repeat its augmentations.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -156,6 +157,10 @@ class TrainDataset(Dataset):
         if any(self.options_of(it).captions_vary for it in self.items):
             return None
         return {fixed_caption(it.caption, self.options_of(it)) for it in self.items} | {""}
+
+    def with_fixed_captions(self, items: Sequence[ImageItem]) -> list[ImageItem]:
+        """``items`` (the validation images) with the caption they are trained on, without per-step randomness."""
+        return [dataclasses.replace(it, caption=fixed_caption(it.caption, self.options_of(it))) for it in items]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item_idx = self.index[index]

@@ -230,12 +230,13 @@ def build_caches(cfg: TrainConfig, base: BaseModel, data: LoadedData, run_dir: P
         val_jobs = [(it.path, b, False) for it, b in zip(data.val_items, val_buckets, strict=True)]
         latent_cache.encode_all(data.dataset.latent_jobs() + val_jobs, batch_size=4)
         data.dataset.attach_latents(latent_cache, device)
-    fixed = data.dataset.fixed_captions()  # the captions as trained (prefix, suffix, separators applied)
-    captions = None if fixed is None else fixed | {it.caption for it in data.val_items}
+    val_items = data.dataset.with_fixed_captions(data.val_items)  # prefix, suffix, separators as in training
+    fixed = data.dataset.fixed_captions()
+    captions = None if fixed is None else fixed | {it.caption for it in val_items}
     text_cache = cache_text(cfg, base, captions, device)
     validation = None
-    if data.val_items:
-        validation = build_validation_set(cfg, base, data.val_items, data.val_kind, latent_cache, device)
+    if val_items:
+        validation = build_validation_set(cfg, base, val_items, data.val_kind, latent_cache, device)
     if latent_cache is not None:
         base.vae.to("cpu")
     return latent_cache, text_cache, validation
