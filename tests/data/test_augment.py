@@ -229,3 +229,19 @@ def test_caption_and_image_options_reach_the_step(tmp_path, tiny_sd1):
     header = json.loads(lora.read_bytes()[8 : 8 + int.from_bytes(lora.read_bytes()[:8], "little")])
     meta = header["__metadata__"]
     assert (meta["ss_color_aug"], meta["ss_random_crop"], meta["ss_face_crop_aug_range"]) == ("True", "True", "None")
+
+
+def test_text_encoder_cache_holds_the_captions_as_trained_and_is_off_when_they_vary(tmp_path, tiny_sd1):
+    from training.models.loading import load_base_model
+    from training.run.prepare import cache_text
+
+    base = load_base_model(str(tiny_sd1))
+    scan = scan_dataset(make_image_dataset(tmp_path / "data", {"1_red": 2}))
+    steady = TrainDataset(scan, resolution=64, options=SubsetOptions(caption_prefix="sks,", caption_dropout_rate=0.5))
+    cfg = TrainConfig(network_train_unet_only=True)
+    cache = cache_text(cfg, base, steady.fixed_captions(), "cpu")
+    assert cache is not None and set(cache) == {"", "sks, red, circle, variant 0", "sks, red, circle, variant 1"}
+    assert all(steady[i]["caption"] in cache for i in range(len(steady)))  # every step finds its caption
+    for varying in ({"caption_tag_dropout_rate": 0.2}, {"token_warmup_step": 3}, {"enable_wildcard": True}):
+        shifting = TrainDataset(scan, resolution=64, options=SubsetOptions(**varying))
+        assert cache_text(cfg, base, shifting.fixed_captions(), "cpu") is None, varying
