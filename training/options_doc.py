@@ -24,7 +24,8 @@ def options_markdown() -> str:
             field = TrainConfig.model_fields[name]
             default = "unset" if field.default is None else f"`{field.default!r}`".replace("|", "\\|")
             allowed = allowed_values(name).replace("|", "\\|")
-            lines.append(f"| `{name}` | {default} | {allowed} | {field.description} | {field_title(name)} |")
+            why = (field.description or "").replace("|", "\\|")  # '|||' in a reason must not split the row
+            lines.append(f"| `{name}` | {default} | {allowed} | {why} | {field_title(name)} |")
         lines.append("")
     lines += kohya_file_section() + kohya_keys_section()
     return "\n".join(lines)

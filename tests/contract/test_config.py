@@ -64,7 +64,7 @@ def test_bad_choice_lists_the_choices(tmp_path):
     ('resolution = "512x512"', "resolution"),
     ("min_bucket_reso = 1024\nmax_bucket_reso = 512", "min_bucket_reso"),
     ("network_dim = 8\n[network]\nnetwork_dim = 16", "set twice"),
-    ("color_aug = true", "does not support"),
+    ("in_json = \"meta.json\"", "does not support"),
     ('network_module = "lycoris.kohya"\nnetwork_args = ["algo=boft"]', "algo=boft"),
     ("schema_version = 99", "newer"),
     ('output_name = "../x"', "output_name"),

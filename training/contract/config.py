@@ -97,6 +97,35 @@ def literal_pairs(args: list[str]) -> dict[str, Any]:
     return pairs
 
 
+def parse_face_crop_range(value: Any) -> tuple[float, float] | None:
+    """``face_crop_aug_range`` as (min, max) face sizes per crop side: from '2.0,4.0', [2.0, 4.0] or None."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        low, high = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ValueError("must be two numbers 'MIN,MAX', e.g. '2.0,4.0'") from None
+    if not 0 < low <= high:
+        raise ValueError("needs 0 < MIN <= MAX, e.g. '2.0,4.0'")
+    return low, high
+
+
+def pixel_augmentations(options: Any, bucketing: bool) -> list[str]:
+    """The settings of ``options`` (a TrainConfig or a subset's options) that change an image's pixels each step,
+    so a latent cached once cannot stand for it. The face crop acts only without buckets (as in kohya)."""
+    names = ("color_aug", "random_crop") + (() if bucketing else ("face_crop_aug_range",))
+    return [name for name in names if getattr(options, name, None)]
+
+
+def uncacheable_message(changing: list[str], where: str = "") -> str:
+    """The one line that refuses cache_latents with augmentations that change the pixels each step."""
+    verb = "changes" if len(changing) == 1 else "change"
+    return (f"cache_latents = true with {' and '.join(changing)}{where}: {verb} the image every step, which a "
+            "latent encoded once cannot hold; set cache_latents = false, or turn "
+            f"{'it' if len(changing) == 1 else 'them'} off")
+
+
 class TrainConfig(BaseModel):
     """Every training option. Invalid values are refused before anything loads."""
 
@@ -149,6 +178,50 @@ class TrainConfig(BaseModel):
     flip_aug: bool = opt(
         False, "dataset", "Horizontal flips",
         "Random horizontal flips: doubles variety, wrong for asymmetric subjects or text.")
+    color_aug: bool = opt(
+        False, "dataset", "Colour jitter",
+        "A third of the steps shift an image's hue a little or change its gamma (kohya's weak colour "
+        "augmentation); needs cache_latents off.")
+    random_crop: bool = opt(
+        False, "dataset", "Random crop",
+        "Crop a random window of the resized image instead of the centre, a new one each epoch; needs "
+        "cache_latents off.")
+    face_crop_aug_range: str | None = opt(
+        None, "dataset", "Face crop range",
+        "'MIN,MAX', e.g. '2.0,4.0': crop around the face so the crop's short side is MIN to MAX face sizes; the face "
+        "comes from file names ending _cx_cy_w_h. Only with enable_bucket off (as kohya); needs cache_latents off.")
+    caption_separator: str = opt(
+        ",", "dataset", "Tag separator", "The text between tags when tags are shuffled, dropped or kept.",
+        min_length=1)
+    keep_tokens_separator: str = opt(
+        "", "dataset", "Keep-tags separator",
+        "E.g. '|||': tags before it (and after a second one) stay in place; only the part between is shuffled "
+        "and dropped. Replaces keep_tokens for captions that contain it.")
+    secondary_separator: str | None = opt(
+        None, "dataset", "Tag group separator",
+        "E.g. ';;;': 'sky;;;cloud' is one tag when shuffling and dropping, then trained as 'sky,cloud'.")
+    caption_prefix: str | None = opt(
+        None, "dataset", "Caption prefix",
+        "Text put before every caption (with a space), before shuffling: counts toward keep_tokens.")
+    caption_suffix: str | None = opt(
+        None, "dataset", "Caption suffix",
+        "Text put after every caption (with a space), before shuffling.")
+    enable_wildcard: bool = opt(
+        False, "dataset", "Caption wildcards",
+        "'{red|blue} hair' trains on one of the choices each step; write {{ and }} for literal braces.")
+    caption_tag_dropout_rate: float = opt(
+        0.0, "dataset", "Tag dropout",
+        "Chance that each tag (after the kept ones) is left out of a step's caption.", ge=0, le=1)
+    caption_dropout_every_n_epochs: int = opt(
+        0, "dataset", "Empty captions every N epochs",
+        "Every N-th epoch trains all images with an empty caption; 0 never.", ge=0)
+    token_warmup_min: int = opt(
+        1, "dataset", "Tags at the start",
+        "With token_warmup_step: how many tags (after the kept ones) the first step's captions keep.", ge=0)
+    token_warmup_step: float = opt(
+        0.0, "dataset", "Tag warm-up steps",
+        "Captions grow from token_warmup_min tags to all of them by this step (below 1: that share of the run); "
+        "0 off.", ge=0)
     cache_latents: bool = opt(
         True, "dataset", "Cache latents", "Encode images with the VAE once instead of every step: faster, less memory.")
     cache_latents_to_disk: bool = opt(
@@ -156,8 +229,8 @@ class TrainConfig(BaseModel):
         "Also keep cached latents on disk (.latent_cache beside the run folder) for later runs.")
     cache_text_encoder_outputs: bool = opt(
         True, "dataset", "Cache text-encoder outputs",
-        "Encode each caption once when the text encoders are frozen and captions are not shuffled; "
-        "the encoders then leave the GPU (saves ~1.6 GB on SDXL).")
+        "Encode each caption once when the text encoders are frozen and captions do not change between steps (no "
+        "shuffle, tag dropout, token warm-up or wildcards); the encoders then leave the GPU (saves ~1.6 GB on SDXL).")
     validation_split: float = opt(
         0.0, "dataset", "Validation share",
         "Share of images held out for the validation loss; 0 uses a fixed training subset.",
@@ -508,6 +581,20 @@ class TrainConfig(BaseModel):
             raise ValueError("must be an extension starting with '.', such as .txt or .caption")
         return value
 
+    @field_validator("face_crop_aug_range", mode="before")
+    @classmethod
+    def _face_crop_text(cls, value: Any) -> Any:
+        """kohya's command line gives '2.0,4.0', its dataset config a list [2.0, 4.0]; both become the text."""
+        if isinstance(value, list | tuple):
+            return ",".join(str(v) for v in value)
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("face_crop_aug_range")
+    @classmethod
+    def _face_crop_valid(cls, value: str | None) -> str | None:
+        parse_face_crop_range(value)
+        return value
+
     @field_validator("output_name")
     @classmethod
     def _output_name(cls, value: str) -> str:
@@ -534,6 +621,7 @@ class TrainConfig(BaseModel):
                              "images) or alpha_mask = true")
         return self
 
+    @model_validator(mode="after")
     def _max_norm_needs_lora(self) -> TrainConfig:
         kind = self.network.kind
         if self.scale_weight_norms is not None and kind not in ("LoRA", "LoCon"):
@@ -550,6 +638,12 @@ class TrainConfig(BaseModel):
     def lr_scheduler_kwargs(self) -> dict[str, Any]:
         """lr_scheduler_args as {key: value}."""
         return literal_pairs(self.lr_scheduler_args)
+
+    @model_validator(mode="after")
+    def _augmentations_need_pixels(self) -> TrainConfig:
+        if self.cache_latents and (changing := pixel_augmentations(self, self.enable_bucket)):
+            raise ValueError(uncacheable_message(changing))
+        return self
 
     @model_validator(mode="after")
     def _network_valid(self) -> TrainConfig:

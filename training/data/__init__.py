@@ -3,8 +3,11 @@
 Modules (import them directly; this package imports nothing heavy on purpose):
 
 - ``folder``: ``scan_dataset`` reads ``<repeats>_<concept>`` folders into ``DatasetScan``.
-- ``images``: ``load_image`` (EXIF, alpha onto white), ``fit_to_bucket``, ``to_tensor``.
-- ``captions``: ``process_caption`` (kohya's shuffle / keep_tokens / caption dropout).
+- ``images``: ``load_image`` (EXIF, alpha onto white), ``fit_to_bucket`` (centered or random crop), kohya's face
+  crop and colour augmentation, ``to_tensor``.
+- ``subset``: ``SubsetOptions``, the caption and augmentation options of one subset (or of the whole run).
+- ``captions``: ``process_caption`` (kohya's caption options: shuffle, keep_tokens, separators, prefix/suffix,
+  wildcards, caption and tag dropout, token warm-up).
 - ``buckets``: ``make_buckets``, ``assign_bucket``, ``bucket_table``, ``batches_per_epoch`` (torch-free).
 - ``sampler``: ``BucketBatchSampler`` (deterministic per seed and epoch; resumes mid-epoch).
 - ``dataset``: ``TrainDataset`` and ``collate``.

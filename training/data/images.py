@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,19 +55,132 @@ def crop_geometry(size: tuple[int, int], bucket: tuple[int, int]) -> tuple[tuple
     return (rw, rh), ((rh - bh) // 2, (rw - bw) // 2)
 
 
-def fit_to_bucket(img: Image.Image, bucket: tuple[int, int]) -> tuple[Image.Image, tuple[int, int]]:
-    """Resize keeping the aspect ratio so that ``img`` covers ``bucket`` (w, h), then center-crop to it.
+def fit_to_bucket(img: Image.Image, bucket: tuple[int, int],
+                  rng: random.Random | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Resize keeping the aspect ratio so that ``img`` covers ``bucket`` (w, h), then crop to it: at the center, or
+    with ``rng`` (kohya's ``random_crop``) at an offset drawn uniformly along the axis that is too long.
 
     Returns the cropped image and ``(crop_top, crop_left)`` in resized coordinates (SDXL conditions on them).
     """
     (rw, rh), (top, left) = crop_geometry(img.size, bucket)
-    if (rw, rh) != img.size:
-        # LANCZOS: sharp when shrinking (the usual case) and acceptable for the rare upscale without bucketing.
-        img = img.resize((rw, rh), Image.Resampling.LANCZOS)
     bw, bh = bucket
-    if (rw, rh) != (bw, bh):
-        img = img.crop((left, top, left + bw, top + bh))
-    return img, (top, left)
+    if rng is not None:
+        top, left = rng.randint(0, rh - bh), rng.randint(0, rw - bw)
+    return _resized(img, (rw, rh)).crop((left, top, left + bw, top + bh)), (top, left)
+
+
+def _resized(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    # LANCZOS: sharp when shrinking (the usual case) and acceptable for the rare upscale without bucketing.
+    return img if size == img.size else img.resize(size, Image.Resampling.LANCZOS)
+
+
+# --- kohya's face crop: the face's box comes from the file name, "name_<cx>_<cy>_<w>_<h>.png" ----------------------
+
+Face = tuple[int, int, int, int]  # center x, center y, width, height in the image's pixels
+
+
+def face_from_name(path: Path | str) -> Face | None:
+    """The face box a file name ends with (kohya's convention, written by its face-detection tool), else None."""
+    tokens = Path(path).stem.split("_")
+    if len(tokens) < 5:
+        return None
+    try:
+        cx, cy, w, h = (int(t) for t in tokens[-4:])
+    except ValueError:
+        return None
+    return (cx, cy, w, h) if cx > 0 and max(w, h) > 0 else None
+
+
+def face_crop_scale(size: tuple[int, int], face: Face, target: tuple[int, int], face_range: tuple[float, float],
+                    rng: random.Random) -> float:
+    """The resize factor that makes the crop's short side ``face_range`` (min, max) face sizes, drawn uniformly in
+    that range, never upscaling for it, and never below what covers ``target`` (kohya's rule; kohya stops on an
+    image smaller than the target, here that image is upscaled just enough)."""
+    face_size = max(face[2], face[3])
+    short = min(target)
+    cover = max(target[0] / size[0], target[1] / size[1])
+    low = max(cover, min(1.0, short / (face_size * face_range[1])))
+    high = max(low, min(1.0, short / (face_size * face_range[0])))
+    return low if low >= high else rng.uniform(low, high)
+
+
+def face_crop_start(face_at: int, face_size: int, length: int, target: int, jitter: bool, random_crop: bool,
+                    rng: random.Random) -> int:
+    """Where the crop starts along one axis: centered on the face; with ``random_crop`` moved by up to the longer
+    side of the face, more often a little than a lot (the sum of two uniform draws), so the background is learnt too;
+    else, when the range is a range and the face is not tiny, moved by at most a twentieth of the face."""
+    start = face_at - target // 2
+    if random_crop:
+        reach = max(length - face_at, face_at)
+        start += rng.randint(0, reach) + rng.randint(0, reach) - reach
+    elif jitter:
+        start += rng.randint(-(face_size // 20), face_size // 20)
+    return max(0, min(start, length - target))
+
+
+def crop_around_face(img: Image.Image, face: Face, target: tuple[int, int], face_range: tuple[float, float],
+                     random_crop: bool,
+                     rng: random.Random) -> tuple[Image.Image, tuple[int, int], tuple[int, int]]:
+    """kohya's ``face_crop_aug_range``: resize by ``face_crop_scale`` and crop ``target`` (w, h) around the face.
+    Returns the crop, ``(crop_top, crop_left)`` in resized coordinates and the resized size."""
+    scale = face_crop_scale(img.size, face, target, face_range, rng)
+    resized = (max(target[0], int(img.width * scale + 0.5)), max(target[1], int(img.height * scale + 0.5)))
+    face_size = max(face[2], face[3])
+    jitter = face_range[0] != face_range[1] and face_size > min(target) // 10 and face_size >= 40
+    top = face_crop_start(int(face[1] * scale + 0.5), face_size, resized[1], target[1], jitter, random_crop, rng)
+    left = face_crop_start(int(face[0] * scale + 0.5), face_size, resized[0], target[0], jitter, random_crop, rng)
+    return _resized(img, resized).crop((left, top, left + target[0], top + target[1])), (top, left), resized
+
+
+# --- kohya's colour augmentation ----------------------------------------------------------------------------------
+
+HUE_SHIFT_LIMIT = 8.0  # in OpenCV's hue units (half degrees), as kohya gives it: up to 16 degrees either way
+GAMMA_RANGE = (0.95, 1.05)
+COLOR_AUG_SHARE = 0.33  # of the samples that get a colour change at all
+
+
+@dataclass(frozen=True)
+class ColorChange:
+    kind: str  # "hue": rotate the hue by ``amount`` half degrees; "gamma": pixel value v -> v ** amount (0..255)
+    amount: float
+
+
+def draw_color_change(rng: random.Random) -> ColorChange | None:
+    """kohya's draws: a third of the samples change, half of those by a hue shift, the other half by a gamma."""
+    if rng.random() > COLOR_AUG_SHARE:
+        return None
+    if rng.random() > 0.5:
+        return ColorChange("hue", rng.uniform(-HUE_SHIFT_LIMIT, HUE_SHIFT_LIMIT))
+    return ColorChange("gamma", rng.uniform(*GAMMA_RANGE))
+
+
+def apply_color_change(img: Image.Image, change: ColorChange) -> Image.Image:
+    rgb = np.asarray(img.convert("RGB"), dtype=np.float64)
+    if change.kind == "hue":
+        out = np.rint(shift_hue(rgb, change.amount * 2.0))
+    else:
+        # On the 0..255 values, not on 0..1 as a display gamma would be: kohya's formula, which also brightens or
+        # darkens the image a little (and clips the brightest values at 1.05).
+        out = np.floor(np.clip(rgb ** change.amount, 0, 255))
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
+
+
+def shift_hue(rgb: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotate the hue of ``rgb`` (H, W, 3 floats) by ``degrees`` in HSV: each pixel keeps its largest and its
+    smallest channel (HSV's value and saturation), so only the colour moves, not the brightness."""
+    high, low = rgb.max(axis=2), rgb.min(axis=2)
+    chroma = high - low
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    safe = np.where(chroma > 0, chroma, 1.0)
+    hue = np.select([chroma == 0, high == r, high == g],
+                    [0.0, ((g - b) / safe) % 6, (b - r) / safe + 2], (r - g) / safe + 4)  # sextants 0..6
+    hue = (hue + degrees / 60.0) % 6
+    # Back from (hue, high, low): the channel in the middle is interpolated along the sextant's edge.
+    middle = low + chroma * (1 - np.abs(hue % 2 - 1))
+    sextant = np.floor(hue).astype(int)
+    order = np.array([(0, 1, 2), (1, 0, 2), (2, 0, 1), (2, 1, 0), (1, 2, 0), (0, 2, 1)])[sextant]  # rank per channel
+    levels = np.stack([high, middle, low], axis=-1)
+    return np.take_along_axis(levels, order, axis=-1)
 
 
 def to_tensor(img: Image.Image, flip: bool) -> torch.Tensor:

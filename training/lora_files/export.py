@@ -114,6 +114,7 @@ _DIRECT = (
     "output_name", "max_train_steps", "training_comment", "prior_loss_weight", "scale_weight_norms",
     "adaptive_noise_scale", "noise_offset_random_strength", "ip_noise_gamma", "ip_noise_gamma_random_strength",
     "huber_schedule", "huber_scale", "huber_c",
+    "face_crop_aug_range",
 )
 # training facts stored as JSON whatever their value (kohya's readers JSON-parse them).
 _JSON_FACTS = {"tag_frequency", "dataset_dirs", "reg_dataset_dirs", "bucket_info", "datasets"}

@@ -122,5 +122,8 @@ def advice(cfg: TrainConfig) -> list[tuple[str, str]]:
     if cfg.network_train_unet_only and cfg.text_encoder_lr:
         notes.append(("text_encoder_lr_unused", "text_encoder_lr is set but network_train_unet_only is on: "
                                                 "the text encoder is not trained"))
+    if cfg.face_crop_aug_range and cfg.enable_bucket:
+        notes.append(("face_crop_unused", "face_crop_aug_range acts only with enable_bucket = false (as in kohya): "
+                                          "with buckets it is ignored"))
     notes += [("network_args", note) for note in cfg.network.notes]
     return notes

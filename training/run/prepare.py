@@ -21,7 +21,7 @@ from training.contract.errors import UserError
 from training.contract.events import EventWriter
 from training.contract.layout import LATENT_CACHE_DIR, RunLayout
 from training.data.buckets import bucket_table, buckets_for
-from training.data.dataset import TrainDataset, collate
+from training.data.dataset import StepClock, TrainDataset, collate
 from training.data.folder import DatasetScan, ImageItem, scan_dataset
 from training.data.latents import LatentCache
 from training.data.masks import mask_source
@@ -148,9 +148,11 @@ def continue_from(cfg: TrainConfig, base: BaseModel, trained: list[int]) -> None
         raise UserError(f"network_weights {path.name}: {err} (network_dim is {cfg.network_dim}){hint}") from None
 
 
-def cache_text(cfg: TrainConfig, base: BaseModel, captions: set[str], device) -> dict[str, TextEmbeds] | None:
-    """Text embeddings computed once, when the text encoders are frozen and the captions never change."""
-    if not cfg.cache_text_encoder_outputs or cfg.trains_text_encoder or cfg.shuffle_caption:
+def cache_text(cfg: TrainConfig, base: BaseModel, captions: set[str] | None,
+               device) -> dict[str, TextEmbeds] | None:
+    """Text embeddings computed once, when the text encoders are frozen and the captions never change: ``captions``
+    is None when some do (shuffled, tag dropout, token warm-up, wildcards: ``TrainDataset.fixed_captions``)."""
+    if not cfg.cache_text_encoder_outputs or cfg.trains_text_encoder or captions is None:
         return None
     for encoder in base.text_encoders:
         encoder.to(device)
@@ -261,10 +263,13 @@ def build_caches(cfg: TrainConfig, base: BaseModel, data: LoadedData, run_dir: P
         val_jobs = [(it.path, b, False) for it, b in zip(data.val_items, val_buckets, strict=True)]
         latent_cache.encode_all(data.dataset.latent_jobs() + val_jobs, batch_size=4)
         data.dataset.attach_latents(latent_cache, device)
-    text_cache = cache_text(cfg, base, {it.caption for it in data.train_items + data.val_items}, device)
+    val_items = data.dataset.with_fixed_captions(data.val_items)  # prefix, suffix, separators as in training
+    fixed = data.dataset.fixed_captions()
+    captions = None if fixed is None else fixed | {it.caption for it in val_items}
+    text_cache = cache_text(cfg, base, captions, device)
     validation = None
-    if data.val_items:
-        validation = build_validation_set(cfg, base, data.val_items, data.val_kind, latent_cache, device)
+    if val_items:
+        validation = build_validation_set(cfg, base, val_items, data.val_kind, latent_cache, device)
     if latent_cache is not None:
         base.vae.to("cpu")
     return latent_cache, text_cache, validation
@@ -315,6 +320,9 @@ def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter, scan: DatasetS
     place_models(base, device, text_cache is not None)
 
     schedule = Schedule.build(cfg, len(loaded.sampler), accelerator.num_processes)
+    loaded.dataset.set_clock(StepClock(loaded.sampler.batches, schedule.steps_per_epoch,
+                                       cfg.gradient_accumulation_steps * accelerator.num_processes,
+                                       schedule.total_steps))  # token warm-up counts steps
     parts = build_step_parts(cfg, accelerator, base.unet, base.text_encoders, groups, schedule.total_steps,
                              noise_scheduler=base.noise_scheduler, tokenizers=base.tokenizers, vae=base.vae,
                              text_cache=text_cache, weight_dtype=weight_dtype)
