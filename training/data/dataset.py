@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from training.data.buckets import Bucket, assign_buckets
 from training.data.captions import process_caption
-from training.data.folder import DatasetScan, ImageItem
+from training.data.folder import DatasetScan, ImageItem, balance_reg
 from training.data.images import crop_geometry, fit_to_bucket, load_image, to_tensor
 from training.data.latents import Job, LatentCache
 from training.data.subset import SubsetOptions
@@ -39,8 +39,11 @@ class TrainDataset(Dataset):
         step: int = 64,
         options: SubsetOptions = DEFAULT_OPTIONS,
         seed: int = 0,
+        prior_loss_weight: float = 1.0,
     ) -> None:
-        self.items = list(scan.items)
+        # The regularisation images an epoch holds come after the training images, their repeats balanced against
+        # the training images (kohya's DreamBooth rule); both kinds share the buckets, so batches mix them.
+        self.items = list(scan.items) + balance_reg(scan.items, scan.reg_items)
         self.item_buckets = assign_buckets(
             [it.size for it in self.items],
             resolution=resolution,
@@ -54,6 +57,7 @@ class TrainDataset(Dataset):
         self.buckets: list[Bucket] = [self.item_buckets[i] for i in self.index]
         self.options = options
         self.seed = seed
+        self.prior_loss_weight = prior_loss_weight
         self.epoch = 0
         self._latents: dict[tuple[int, bool], torch.Tensor] | None = None
 
@@ -128,7 +132,18 @@ class TrainDataset(Dataset):
             "original_size": (item.size[1], item.size[0]),
             "crop_top_left": (top, left),
             "target_size": (bucket[1], bucket[0]),
+            "is_reg": item.is_reg,
+            # Multiplies the sample's loss in the step: prior_loss_weight for a regularisation image.
+            "loss_weight": torch.tensor(self.loss_weight(item), dtype=torch.float32),
         }
+
+    def loss_weight(self, item: ImageItem) -> float:
+        return self.prior_loss_weight if item.is_reg else 1.0
+
+    @property
+    def num_reg_samples(self) -> int:
+        """Regularisation samples per epoch after balancing."""
+        return sum(it.repeats for it in self.items if it.is_reg)
 
 
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -58,6 +58,14 @@ def batch_latents(parts: StepParts, batch: dict) -> torch.Tensor:
         return vae.encode(pixels).latent_dist.sample().float() * vae.config.scaling_factor
 
 
+def weighted_mean(losses: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The batch's loss: each sample's loss times its weight (prior_loss_weight for a regularisation image, else 1),
+    averaged over the batch as kohya does (the weights are not normalised)."""
+    if weights is None:
+        return losses.mean()
+    return (losses * weights.to(losses.device, losses.dtype)).mean()
+
+
 def train_step(parts: StepParts, batch: dict) -> torch.Tensor:
     """One forward/backward (and an optimizer step when accumulation completes). Returns the loss on the device."""
     acc, settings = parts.accelerator, parts.settings
@@ -68,8 +76,9 @@ def train_step(parts: StepParts, batch: dict) -> torch.Tensor:
         with acc.autocast():
             cond = conditioning(parts, batch["caption"])
             time_ids = batch_time_ids(batch) if cond.pooled is not None else None  # SDXL only
-            loss = per_sample_loss(parts.unet, parts.noise_scheduler, latents, cond, noise, timesteps,
-                                   settings.min_snr_gamma, time_ids).mean()
+            losses = per_sample_loss(parts.unet, parts.noise_scheduler, latents, cond, noise, timesteps,
+                                     settings.min_snr_gamma, time_ids)
+            loss = weighted_mean(losses, batch.get("loss_weight"))
         acc.backward(loss)
         if acc.sync_gradients and settings.max_grad_norm > 0:
             acc.clip_grad_norm_(parts.params, settings.max_grad_norm)

@@ -22,7 +22,8 @@ from training.contract.events import EventWriter
 from training.contract.layout import LATENT_CACHE_DIR, RunLayout
 from training.data.buckets import bucket_table, buckets_for
 from training.data.dataset import TrainDataset, collate
-from training.data.folder import DatasetScan, ImageItem, scan_dataset
+from training.data.dataset_config import dataset_settings, scan_run_dataset
+from training.data.folder import DatasetScan, ImageItem
 from training.data.latents import LatentCache
 from training.data.sampler import BucketBatchSampler
 from training.data.subset import SubsetOptions
@@ -72,7 +73,8 @@ def dtype_for(precision: str) -> torch.dtype:
 def make_dataset(cfg: TrainConfig, scan: DatasetScan) -> TrainDataset:
     return TrainDataset(scan, resolution=cfg.resolution_wh, enable_bucket=cfg.enable_bucket,
                         min_reso=cfg.min_bucket_reso, max_reso=cfg.max_bucket_reso, step=cfg.bucket_reso_steps,
-                        options=SubsetOptions.from_config(cfg), seed=cfg.seed)
+                        options=SubsetOptions.from_config(cfg), seed=cfg.seed,
+                        prior_loss_weight=cfg.prior_loss_weight)
 
 
 def add_networks(cfg: TrainConfig, base: BaseModel) -> list[dict[str, Any]]:
@@ -151,7 +153,7 @@ class LoadedData:
 
 def load_data(cfg: TrainConfig, events: EventWriter, scan: DatasetScan | None) -> LoadedData:
     events.emit("status", phase="loading", msg="scanning the dataset")
-    scan = scan or scan_dataset(Path(cfg.train_data_dir), cfg.caption_extension)
+    scan = scan or scan_run_dataset(cfg)
     for path, reason in scan.skipped:
         events.emit("warning", code="image_skipped", msg=f"skipped {path}: {reason}")
     for msg in scan.warnings:
@@ -160,8 +162,16 @@ def load_data(cfg: TrainConfig, events: EventWriter, scan: DatasetScan | None) -
     dataset = make_dataset(cfg, dataclasses.replace(scan, items=train_items))
     sampler = BucketBatchSampler(dataset.buckets, cfg.train_batch_size, cfg.seed)
     counts = dataset.bucket_counts()
+    if scan.reg_items:
+        events.emit("status", phase="loading", msg=reg_summary(dataset))
     events.emit("status", phase="loading", msg="buckets:\n" + bucket_table(counts))
     return LoadedData(scan, train_items, val_items, val_kind, dataset, sampler, counts)
+
+
+def reg_summary(dataset: TrainDataset) -> str:
+    train = sum(it.repeats for it in dataset.items if not it.is_reg)
+    return (f"regularisation: {dataset.num_reg_samples} regularisation samples per epoch beside {train} training "
+            f"samples, loss weight {dataset.prior_loss_weight:g}")
 
 
 def load_model(cfg: TrainConfig, events: EventWriter, weight_dtype) -> tuple[BaseModel, list[dict]]:
@@ -228,7 +238,10 @@ def build_caches(cfg: TrainConfig, base: BaseModel, data: LoadedData, run_dir: P
         val_jobs = [(it.path, b, False) for it, b in zip(data.val_items, val_buckets, strict=True)]
         latent_cache.encode_all(data.dataset.latent_jobs() + val_jobs, batch_size=4)
         data.dataset.attach_latents(latent_cache, device)
-    text_cache = cache_text(cfg, base, {it.caption for it in data.train_items + data.val_items}, device)
+    # A dataset config subset that shuffles its tags makes captions that no cache holds.
+    shuffled = any(data.dataset.options_of(it).shuffle_caption for it in data.dataset.items)
+    captions = {it.caption for it in data.dataset.items + data.val_items}
+    text_cache = None if shuffled else cache_text(cfg, base, captions, device)
     validation = None
     if data.val_items:
         validation = build_validation_set(cfg, base, data.val_items, data.val_kind, latent_cache, device)
@@ -270,6 +283,7 @@ def build_step_parts(cfg: TrainConfig, accelerator: Accelerator, unet: torch.nn.
 
 
 def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter, scan: DatasetScan | None = None) -> Trainer:
+    cfg = dataset_settings(cfg)  # a dataset config's resolution, batch size and buckets are the run's
     accelerator = make_accelerator(cfg, run_dir, events)
     set_seed(cfg.seed)  # LoRA initialisation, dropout: the same seed gives the same run
     device, weight_dtype = accelerator.device, dtype_for(accelerator.mixed_precision)
