@@ -55,6 +55,7 @@ class TrainDataset(Dataset):
         # Repeats are expanded into the index list (kohya does the same), so an epoch visits each image `repeats` times.
         self.index = [i for i, it in enumerate(self.items) for _ in range(it.repeats)]
         self.buckets: list[Bucket] = [self.item_buckets[i] for i in self.index]
+        self.datasets: list[int] = [self.items[i].dataset for i in self.index]  # for the sampler: one per batch
         self.options = options
         self.seed = seed
         self.prior_loss_weight = prior_loss_weight

@@ -257,9 +257,9 @@ def plan_steps(cfg: TrainConfig, items: list[ImageItem], buckets: list[Bucket], 
     sampler batches each bucket on its own (a partial last batch still costs a batch), accumulation divides, and
     max_train_epochs beats max_train_steps."""
     reg = balance_reg(items, reg_items or [])
-    per_bucket: Counter[Bucket] = Counter()
+    per_bucket: Counter[tuple[int, Bucket]] = Counter()  # per dataset config [[datasets]] too, as the sampler
     for item, bucket in zip(items + reg, buckets + _buckets(cfg, reg), strict=True):
-        per_bucket[bucket] += item.repeats
+        per_bucket[(item.dataset, bucket)] += item.repeats
     batches = batches_per_epoch(per_bucket.values(), cfg.train_batch_size)
     schedule = Schedule.build(cfg, batches, num_processes=1)
     terms: Counter[tuple[str, int]] = Counter((it.path.parent.name, it.repeats) for it in items)

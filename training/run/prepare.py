@@ -160,7 +160,7 @@ def load_data(cfg: TrainConfig, events: EventWriter, scan: DatasetScan | None) -
         events.emit("warning", code="dataset", msg=msg)
     train_items, val_items, val_kind = split_validation(cfg, scan.items)
     dataset = make_dataset(cfg, dataclasses.replace(scan, items=train_items))
-    sampler = BucketBatchSampler(dataset.buckets, cfg.train_batch_size, cfg.seed)
+    sampler = BucketBatchSampler(dataset.buckets, cfg.train_batch_size, cfg.seed, datasets=dataset.datasets)
     counts = dataset.bucket_counts()
     if scan.reg_items:
         events.emit("status", phase="loading", msg=reg_summary(dataset))
