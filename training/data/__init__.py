@@ -2,7 +2,9 @@
 
 Modules (import them directly; this package imports nothing heavy on purpose):
 
-- ``folder``: ``scan_dataset`` reads ``<repeats>_<concept>`` folders into ``DatasetScan``.
+- ``folder``: ``scan_dataset`` reads ``<repeats>_<concept>`` folders (and ``reg_data_dir``'s) into ``DatasetScan``;
+  ``balance_reg`` is kohya's balance of regularisation images against training images.
+- ``dataset_config``: kohya's dataset TOML (``[general]``, ``[[datasets]]``, ``[[datasets.subsets]]``) into a scan.
 - ``images``: ``load_image`` (EXIF, alpha onto white), ``fit_to_bucket``, ``to_tensor``.
 - ``captions``: ``process_caption`` (kohya's shuffle / keep_tokens / caption dropout).
 - ``buckets``: ``make_buckets``, ``assign_bucket``, ``bucket_table``, ``batches_per_epoch`` (torch-free).
