@@ -142,8 +142,13 @@ def _layout(ctx: AppContext, datasets_dir: Path) -> Ui:
             folder = ctx.components["train_data_dir"].render()
         load = gr.Button("Load", variant="primary", scale=0, elem_id="dataset-load")
     message = gr.Markdown(elem_id="dataset-message")
-    reg_folder = ctx.components["reg_data_dir"].render()
+    with gr.Row():
+        with gr.Column(scale=3):
+            reg_folder = ctx.components["reg_data_dir"].render()
+        with gr.Column(scale=1):
+            ctx.components["prior_loss_weight"].render()
     reg_message = gr.Markdown(elem_id="dataset-reg-message")
+    ctx.components["dataset_config"].render()
     with gr.Accordion("Pick an uploaded dataset", open=False, elem_id="dataset-explorer-section"):
         explorer = gr.FileExplorer(root_dir=datasets_dir, file_count="single", ignore_glob=EXPLORER_IGNORE[0],
                                    label=f"Datasets in {datasets_dir}: open one with ▶, tick its '.' (or an image)",
