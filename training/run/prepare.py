@@ -231,7 +231,7 @@ def build_caches(cfg: TrainConfig, base: BaseModel, data: LoadedData, run_dir: P
     latent_cache = None
     base.vae.to(device)
     if cfg.cache_latents:
-        events.emit("status", phase="caching_latents", msg=f"encoding {len(data.train_items)} images with the VAE")
+        events.emit("status", phase="caching_latents", msg=f"encoding {len(data.dataset.items)} images with the VAE")
         cache_dir = run_dir.parent / LATENT_CACHE_DIR if cfg.cache_latents_to_disk else None
         latent_cache = LatentCache(base.vae, cache_dir, device, base.vae.dtype)
         val_buckets = buckets_for(cfg, data.val_items)
