@@ -95,6 +95,10 @@ def test_dataset_level_values_become_the_runs(two_subsets):
     cfg = dataset_settings(two_subsets)
     assert (cfg.resolution, cfg.train_batch_size) == ("64", 2)
     report = check_dataset(two_subsets, similar=False)  # train_data_dir empty: the config names the folders
+    assert not any("ignored" in w for w in report.scan_warnings)
+    given = two_subsets.model_copy(update={"train_data_dir": "/elsewhere"})
+    assert scan_dataset_config(given).warnings == [
+        f"train_data_dir ignored: dataset_config {two_subsets.dataset_config} names the image folders"]
     assert report.plan.per_epoch == 8 and report.plan.batch_size == 2 and report.plan.batches_per_epoch == 4
 
 

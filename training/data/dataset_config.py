@@ -165,6 +165,9 @@ def scan_dataset_config(cfg: TrainConfig) -> DatasetScan:
     cfg = dataset_settings(cfg)
     data = read_file(path)
     scan = DatasetScan(items=[], concepts=[], config_file=path)
+    ignored = [key for key in ("train_data_dir", "reg_data_dir") if getattr(cfg, key).strip()]
+    if ignored:  # sd-scripts ignores them too, and says so
+        scan.warnings.append(f"{' and '.join(ignored)} ignored: dataset_config {path} names the image folders")
     general = data.get("general", {})
     _check_keys(general, Where(path, "[general]"), _allowed("general"), scan.warnings)
     for d, dataset in enumerate(data["datasets"]):
@@ -256,9 +259,15 @@ def datasets_metadata(cfg: TrainConfig, scan: DatasetScan, bucket_info: Any = No
             "num_reg_images": sum(c.image_count * c.repeats for c in mine if c.is_reg),
             "resolution": list(cfg.resolution_wh), "enable_bucket": cfg.enable_bucket,
             "min_bucket_reso": cfg.min_bucket_reso, "max_bucket_reso": cfg.max_bucket_reso,
-            "tag_frequency": scan.tag_frequency(), "bucket_info": bucket_info,
+            "tag_frequency": _tags_of(scan, d), "bucket_info": bucket_info,
             "subsets": [_subset_metadata(c, _options_of(scan, c)) for c in mine]})
     return out
+
+
+def _tags_of(scan: DatasetScan, dataset: int) -> dict[str, dict[str, int]]:
+    """One [[datasets]]' tag frequency (its training and regularisation folders)."""
+    mine = [it for it in scan.items + scan.reg_items if it.dataset == dataset]
+    return DatasetScan(items=mine, concepts=[]).tag_frequency()
 
 
 def _options_of(scan: DatasetScan, concept: Concept) -> SubsetOptions | None:
