@@ -32,9 +32,9 @@ from training.contract.services import FAMILY_LABELS, lora_size, total_steps, tr
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 # What the user brings, not what a preset chooses: picking a preset never overwrites these. (v_parameterization is
 # not here: a 768-v preset sets it, because the weights do not reveal it.)
-USER_FIELDS = frozenset({"pretrained_model_name_or_path", "v2", "vae", "train_data_dir",
-                         "caption_extension", "network_weights", "sample_prompts", "output_dir", "output_name",
-                         "resume", "logging_dir"})
+USER_FIELDS = frozenset({"pretrained_model_name_or_path", "v2", "vae", "train_data_dir", "reg_data_dir",
+                         "dataset_config", "caption_extension", "network_weights", "sample_prompts", "output_dir",
+                         "output_name", "resume", "logging_dir"})
 AUTO = "auto"  # tri-state booleans (v2, v_parameterization): unset means "detect from the checkpoint"
 TRISTATE = {AUTO: None, "true": True, "false": False}
 UNSET = "unset (auto)"  # the placeholder of an optional number: an empty box means the config's own choice

@@ -38,9 +38,10 @@ from training.contract.errors import UserError
 from training.contract.services import CONCEPT_DIR, NoTrainingImages, check_dataset, md_escape
 
 # The settings the dataset check reads from the form: the same ones decide buckets and steps in the run.
-CHECK_FIELDS = ("train_data_dir", "caption_extension", "resolution", "enable_bucket", "min_bucket_reso",
-                "max_bucket_reso", "bucket_reso_steps", "train_batch_size", "gradient_accumulation_steps",
-                "max_train_steps", "max_train_epochs", "validation_split", "validation_every_n_steps", "seed")
+CHECK_FIELDS = ("train_data_dir", "reg_data_dir", "dataset_config", "caption_extension", "resolution",
+                "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "train_batch_size",
+                "gradient_accumulation_steps", "max_train_steps", "max_train_epochs", "validation_split",
+                "validation_every_n_steps", "seed")
 REPORT_HINT = ("*Check dataset* counts images and steps with the form's settings and looks for problems: small, "
                "duplicate or unreadable images, missing or too long captions.")
 EXPLORER_IGNORE = ("*.txt", "*[.]txt")  # the same pattern twice: switching between them makes the browser re-list
@@ -84,6 +85,8 @@ if (!window.loraforgeDatasetKeys) {
 @dataclass
 class Ui:
     folder: Any  # the form's train_data_dir
+    reg_folder: Any  # the form's reg_data_dir
+    reg_message: Any  # what the regularisation folder holds, in one line
     load: Any
     message: Any
     explorer: Any
@@ -156,6 +159,13 @@ def _layout(ctx: AppContext, datasets_dir: Path) -> Ui:
             folder = ctx.components["train_data_dir"].render()
         load = gr.Button("Load", variant="primary", scale=0, elem_id="dataset-load")
     message = gr.Markdown(elem_id="dataset-message")
+    with gr.Row():
+        with gr.Column(scale=3):
+            reg_folder = ctx.components["reg_data_dir"].render()
+        with gr.Column(scale=1):
+            ctx.components["prior_loss_weight"].render()
+    reg_message = gr.Markdown(elem_id="dataset-reg-message")
+    ctx.components["dataset_config"].render()
     with gr.Accordion("Pick an uploaded dataset", open=False, elem_id="dataset-explorer-section"):
         explorer = gr.FileExplorer(root_dir=datasets_dir, file_count="single", ignore_glob=EXPLORER_IGNORE[0],
                                    label=f"Datasets in {datasets_dir}: open one with ▶, tick its '.' (or an image)",
@@ -213,7 +223,8 @@ def _layout(ctx: AppContext, datasets_dir: Path) -> Ui:
                             label="Tag frequency", max_height=300, elem_id="tag-table")
     check = gr.Button("Check dataset", variant="primary", elem_id="dataset-check-btn")
     report = gr.Markdown(REPORT_HINT, elem_id="dataset-report")
-    return Ui(folder, load, message, explorer, upload, upload_name, upload_repeats, upload_concept, upload_btn,
+    return Ui(folder, reg_folder, reg_message, load, message, explorer, upload, upload_name, upload_repeats,
+              upload_concept, upload_btn,
               gallery, page_prev, page, page_next, preview, prev, position, nxt, caption_file, caption_text,
               caption_save, caption_message, chips, filter_box, filter_clear, filter_message, trigger, trigger_add,
               trigger_remove, find, replace, replace_btn, bulk_message, tags, check, report, gr.State(None))
@@ -328,9 +339,27 @@ def _wire_loading(ctx: AppContext, ui: Ui, datasets_dir: Path) -> None:
                      api_visibility="private")
     ui.explorer.change(pick, inputs=[ui.explorer, ext, *leaving], outputs=ui.view, api_visibility="private"
                        ).then(None, js=OPEN_FIRST_JS)
+    ui.reg_folder.change(reg_summary, inputs=ui.reg_folder, outputs=ui.reg_message, trigger_mode="always_last",
+                         api_visibility="private")
     ui.upload_btn.click(dataset_upload, inputs=[ui.upload, ui.upload_name, ui.upload_repeats, ui.upload_concept, ext,
                                                 explorer_gen, *leaving], outputs=upload_out, api_name="dataset_upload"
                         ).then(None, js=OPEN_FIRST_JS)
+
+
+def reg_summary(reg_data_dir: str | None) -> str:
+    """One line on the regularisation folder: its class folders and images, and how an epoch uses them."""
+    text = (reg_data_dir or "").strip()
+    if not text:
+        return ""
+    folder = Path(text).expanduser()
+    if not folder.is_dir():
+        return f"**Regularisation folder not found:** `{md_escape(str(folder))}`"
+    try:
+        listing = list_images(folder)
+    except (UserError, OSError) as err:
+        return f"**No regularisation images:** {reason(err)}"
+    return (f"Regularisation: {md_escape(listing.summary())}; each epoch mixes in as many of them as training "
+            "images × repeats (kohya's balance), their loss times `prior_loss_weight`.")
 
 
 # --- the check

@@ -253,7 +253,8 @@ BASIC_FIELDS = {
     "save": ("save_every_n_epochs", "save_precision", "save_state"),
 }
 MOVED = {"output_name": "model", "logging_dir": "save"}  # shown in another section than its TOML one
-OTHER_TABS = ("train_data_dir",)  # the Dataset tab shows it, beside the folder it loads
+# The Dataset tab shows these, beside the folder it loads: where the images come from and how they weigh.
+OTHER_TABS = ("train_data_dir", "reg_data_dir", "prior_loss_weight", "dataset_config")
 WIDE = ("pretrained_model_name_or_path", "sample_prompts")  # long paths and prompt text: a row of their own
 PER_ROW = 3
 

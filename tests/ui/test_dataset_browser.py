@@ -1,5 +1,6 @@
 """The Dataset tab in a real browser: the one dataset folder box (the form's train_data_dir), load, check, click an
-image to preview it large and edit its caption, step through the images. Skipped without Debian's Chromium."""
+image to preview it large and edit its caption, step through the images, the regularisation folder beside it.
+Skipped without Debian's Chromium."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from tiny_models import make_image_dataset
 from ui_helpers import ARTIFACTS, NOISE_FILTERS, open_app
 
 pytestmark = [pytest.mark.e2e, *(pytest.mark.filterwarnings(f) for f in NOISE_FILTERS)]
 BOX = "#cfg-train_data_dir input, #cfg-train_data_dir textarea"  # the dataset folder: the form's train_data_dir
+REG_BOX = "#cfg-reg_data_dir input, #cfg-reg_data_dir textarea"  # the regularisation folder: reg_data_dir
 
 
 def make_dataset(root: Path) -> Path:
@@ -211,3 +214,26 @@ def test_uploads_stay_in_the_data_folder_and_go_after_the_import(page, dry_app, 
     assert (root / "10_sky" / name).is_file()
     assert not list(gradio_dir.rglob(name))
     assert not copies[0].parent.exists()  # nor the folder Gradio made for it
+
+
+def test_the_reg_folder_is_summarised_and_counted_by_the_check(page, dry_app, tmp_path):
+    from playwright.sync_api import expect
+
+    train = make_image_dataset(tmp_path / "train", {"5_cat": 3})
+    reg = make_image_dataset(tmp_path / "reg", {"1_person": 4}, captions=False)
+    open_app(page, dry_app.url)
+    page.locator(BOX).first.fill(str(train))
+    page.locator("#dataset-load").click()
+    expect(page.locator("#dataset-message")).to_contain_text("3 image(s) in 1 concept folder(s)")
+
+    page.locator(REG_BOX).first.fill(str(reg))
+    expect(page.locator("#dataset-reg-message")).to_contain_text(
+        "Regularisation: 4 image(s) in 1 concept folder(s) (1_person ×1: 4)")
+    page.locator("#dataset-check-btn").click()
+    report = page.locator("#dataset-report")
+    # 3 images x 5 repeats = 15, and kohya's balance brings the 4 regularisation images up to 15 as well.
+    expect(report).to_contain_text("15 training images + 15 regularisation images (of 4")
+    expect(report).to_contain_text("1_person (regularisation)")
+
+    page.locator(REG_BOX).first.fill(str(tmp_path / "missing"))
+    expect(page.locator("#dataset-reg-message")).to_contain_text("Regularisation folder not found")

@@ -154,6 +154,17 @@ class TrainConfig(BaseModel):
     train_data_dir: str = opt(
         "", "dataset", "Dataset folder",
         "Folder of images with .txt captions; subfolders named '10_name' repeat their images 10x.")
+    reg_data_dir: str = opt(
+        "", "dataset", "Regularisation folder",
+        "Folder of regularisation images in '<repeats>_<class>' subfolders (DreamBooth prior preservation): "
+        "each epoch mixes in as many of them as training images; empty: none.")
+    prior_loss_weight: float = opt(
+        1.0, "dataset", "Regularisation loss weight",
+        "Multiplies the loss of each regularisation image (1 weighs them like training images).", ge=0, le=100)
+    dataset_config: str | None = opt(
+        None, "dataset", "Dataset config file",
+        "A kohya dataset TOML ([general], [[datasets]], [[datasets.subsets]]): folders with their own repeats, "
+        "captions and augmentation; replaces train_data_dir and reg_data_dir.")
     caption_extension: str = opt(".txt", "dataset", "Caption file extension",
         "Extension of the caption file next to each image.")
     resolution: str = opt(

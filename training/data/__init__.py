@@ -2,7 +2,9 @@
 
 Modules (import them directly; this package imports nothing heavy on purpose):
 
-- ``folder``: ``scan_dataset`` reads ``<repeats>_<concept>`` folders into ``DatasetScan``.
+- ``folder``: ``scan_dataset`` reads ``<repeats>_<concept>`` folders (and ``reg_data_dir``'s) into ``DatasetScan``;
+  ``balance_reg`` is kohya's balance of regularisation images against training images.
+- ``dataset_config``: kohya's dataset TOML (``[general]``, ``[[datasets]]``, ``[[datasets.subsets]]``) into a scan.
 - ``images``: ``load_image`` (EXIF, alpha onto white), ``fit_to_bucket`` (centered or random crop), kohya's face
   crop and colour augmentation, ``to_tensor``.
 - ``subset``: ``SubsetOptions``, the caption and augmentation options of one subset (or of the whole run).

@@ -24,7 +24,7 @@ from training.contract.config import pixel_augmentations, uncacheable_message
 from training.contract.errors import UserError
 from training.data.buckets import Bucket, assign_buckets
 from training.data.captions import CaptionTime, fixed_caption, process_caption
-from training.data.folder import DatasetScan, ImageItem
+from training.data.folder import DatasetScan, ImageItem, balance_reg
 from training.data.images import (
     apply_color_change,
     crop_around_face,
@@ -76,8 +76,11 @@ class TrainDataset(Dataset):
         step: int = 64,
         options: SubsetOptions = DEFAULT_OPTIONS,
         seed: int = 0,
+        prior_loss_weight: float = 1.0,
     ) -> None:
-        self.items = list(scan.items)
+        # The regularisation images an epoch holds come after the training images, their repeats balanced against
+        # the training images (kohya's DreamBooth rule); both kinds share the buckets, so batches mix them.
+        self.items = list(scan.items) + balance_reg(scan.items, scan.reg_items)
         self.item_buckets = assign_buckets(
             [it.size for it in self.items],
             resolution=resolution,
@@ -89,9 +92,11 @@ class TrainDataset(Dataset):
         # Repeats are expanded into the index list (kohya does the same), so an epoch visits each image `repeats` times.
         self.index = [i for i, it in enumerate(self.items) for _ in range(it.repeats)]
         self.buckets: list[Bucket] = [self.item_buckets[i] for i in self.index]
+        self.datasets: list[int] = [self.items[i].dataset for i in self.index]  # for the sampler: one per batch
         self.options = options
         self.enable_bucket = enable_bucket  # kohya's face crop acts only without buckets
         self.seed = seed
+        self.prior_loss_weight = prior_loss_weight
         self.epoch = 0
         self.clock: StepClock | None = None
         self._latents: dict[tuple[int, bool], torch.Tensor] | None = None
@@ -196,7 +201,18 @@ class TrainDataset(Dataset):
             "crop_top_left": (top, left),
             "target_size": (bucket[1], bucket[0]),
             "mask": mask,
+            "is_reg": item.is_reg,
+            # Multiplies the sample's loss in the step: prior_loss_weight for a regularisation image.
+            "loss_weight": torch.tensor(self.loss_weight(item), dtype=torch.float32),
         }
+
+    def loss_weight(self, item: ImageItem) -> float:
+        return self.prior_loss_weight if item.is_reg else 1.0
+
+    @property
+    def num_reg_samples(self) -> int:
+        """Regularisation samples per epoch after balancing."""
+        return sum(it.repeats for it in self.items if it.is_reg)
 
     def pixels(self, item: ImageItem, bucket: Bucket, options: SubsetOptions,
                rng: random.Random) -> tuple[Image.Image, tuple[int, int], int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -36,6 +36,8 @@ class ImageItem:
     repeats: int
     size: tuple[int, int]  # (width, height) after EXIF orientation, as PIL reports it
     options: SubsetOptions | None = None  # its subset's caption/augmentation options; None: the run's
+    is_reg: bool = False  # a regularisation image: balanced against the training images, its loss weighted
+    dataset: int = 0  # which [[datasets]] of a dataset config it belongs to (reg images balance per dataset)
 
 
 @dataclass(frozen=True)
@@ -44,24 +46,34 @@ class Concept:
     path: Path
     repeats: int
     image_count: int
+    is_reg: bool = False
+    dataset: int = 0  # its [[datasets]] in a dataset config
 
 
 @dataclass
 class DatasetScan:
-    items: list[ImageItem]
+    items: list[ImageItem]  # the training images (never a regularisation image)
     concepts: list[Concept]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    reg_items: list[ImageItem] = field(default_factory=list)  # regularisation images, at their folders' repeats
+    reg_concepts: list[Concept] = field(default_factory=list)
+    config_file: Path | None = None  # the kohya dataset config the scan was read from, if any
 
     @property
     def num_train_images(self) -> int:
         """Images per epoch with repeats, as kohya counts them (``sum(images * repeats)``)."""
         return sum(c.image_count * c.repeats for c in self.concepts)
 
+    @property
+    def num_reg_images(self) -> int:
+        """Regularisation images with their folders' repeats, before balancing (kohya's ``ss_num_reg_images``)."""
+        return sum(c.image_count * c.repeats for c in self.reg_concepts)
+
     def tag_frequency(self) -> dict[str, dict[str, int]]:
         """kohya's ``ss_tag_frequency``: per concept folder name, how many images carry each comma-separated tag."""
         freq: dict[str, dict[str, int]] = defaultdict(dict)
-        for item in self.items:
+        for item in self.items + self.reg_items:
             counts = freq[item.path.parent.name]
             for tag in item.caption.split(","):
                 tag = tag.strip().lower()
@@ -71,11 +83,56 @@ class DatasetScan:
 
     def dataset_dirs(self) -> dict[str, dict[str, int]]:
         """kohya's ``ss_dataset_dirs``: ``{folder name: {"n_repeats": n, "img_count": m}}``."""
-        return {c.path.name: {"n_repeats": c.repeats, "img_count": c.image_count} for c in self.concepts}
+        return _dirs(self.concepts)
+
+    def reg_dataset_dirs(self) -> dict[str, dict[str, int]]:
+        """kohya's ``ss_reg_dataset_dirs``: the same for the regularisation folders."""
+        return _dirs(self.reg_concepts)
 
 
-def scan_dataset(train_data_dir: Path, caption_extension: str = ".txt") -> DatasetScan:
-    """Find concepts, images and captions under ``train_data_dir``; raise ``UserError`` if nothing is trainable."""
+def _dirs(concepts: list[Concept]) -> dict[str, dict[str, int]]:
+    """Folder name -> repeats and images; a name used twice gets kohya's ' (2)' suffix instead of hiding the first."""
+    dirs: dict[str, dict[str, int]] = {}
+    for c in concepts:
+        name, n = c.path.name, 2
+        while name in dirs:
+            name, n = f"{c.path.name} ({n})", n + 1
+        dirs[name] = {"n_repeats": c.repeats, "img_count": c.image_count}
+    return dirs
+
+
+def balance_reg(train: list[ImageItem], reg: list[ImageItem]) -> list[ImageItem]:
+    """The regularisation images an epoch holds, each with its repeats rewritten, as kohya balances them per
+    dataset: whole images at their folders' repeats are taken in order until they reach the number of training
+    images x repeats (the rest are left out), and when all of them fall short, one more repeat is added to each in
+    turn until the two are equal. So an epoch holds about as many regularisation samples as training samples."""
+    out: list[ImageItem] = []
+    for dataset in sorted({it.dataset for it in reg}):
+        wanted = sum(it.repeats for it in train if it.dataset == dataset)
+        out += _balance_one([it for it in reg if it.dataset == dataset], wanted)
+    return out
+
+
+def _balance_one(reg: list[ImageItem], wanted: int) -> list[ImageItem]:
+    repeats: list[int] = []
+    total = 0
+    for item in reg:  # the first pass: whole images at their own repeats
+        if total >= wanted:
+            break
+        repeats.append(item.repeats)
+        total += item.repeats
+    i = 0
+    while total < wanted:  # later passes: one more repeat each, in order, until the counts are equal
+        repeats[i % len(repeats)] += 1
+        total += 1
+        i += 1
+    return [replace(item, repeats=n) for item, n in zip(reg, repeats, strict=False)]
+
+
+def scan_dataset(train_data_dir: Path, caption_extension: str = ".txt",
+                 reg_data_dir: Path | None = None) -> DatasetScan:
+    """Find concepts, images and captions under ``train_data_dir`` (and the regularisation images under
+    ``reg_data_dir``); raise ``UserError`` if nothing is trainable."""
     root = Path(train_data_dir).expanduser()
     if not root.exists():
         raise UserError(f"training data folder not found: {root}")
@@ -86,6 +143,8 @@ def scan_dataset(train_data_dir: Path, caption_extension: str = ".txt") -> Datas
     scan = DatasetScan(items=[], concepts=[])
     for path, name, repeats in concept_folders(root, scan.warnings):
         _scan_concept(scan, path, name, repeats, caption_extension)
+    if reg_data_dir is not None:
+        scan_reg_dir(scan, Path(reg_data_dir).expanduser(), caption_extension)
     if scan.skipped:
         listed = _names([f"{p.name} ({reason})" for p, reason in scan.skipped])
         scan.warnings.append(f"skipped {len(scan.skipped)} unreadable image(s): {listed}")
@@ -95,6 +154,19 @@ def scan_dataset(train_data_dir: Path, caption_extension: str = ".txt") -> Datas
             "(10 = repeats) or directly in the folder"
         )
     return scan
+
+
+def scan_reg_dir(scan: DatasetScan, root: Path, caption_extension: str) -> None:
+    """Add the regularisation images under ``root`` to ``scan``: kohya's '<repeats>_<class>' folders, a caption
+    file where there is one, else the class name (the folder name after the repeats)."""
+    if not root.is_dir():
+        raise UserError(f"reg_data_dir: folder {root} does not exist; give the folder holding your regularisation "
+                        "images in subfolders like '1_person', or leave it empty")
+    for path, name, repeats in concept_folders(root, scan.warnings):
+        _scan_concept(scan, path, name, repeats, caption_extension, is_reg=True)
+    if not scan.reg_items:
+        raise UserError(f"reg_data_dir: no images found in {root}: put them in subfolders named like '1_person' "
+                        "(1 = repeats, person = the class token), or leave reg_data_dir empty")
 
 
 def concept_folders(root: Path, warnings: list[str]) -> list[tuple[Path, str, int]]:
@@ -140,7 +212,9 @@ def _flat_concept(root: Path, warnings: list[str]) -> tuple[Path, str, int]:
     return root, m.group(2), repeats
 
 
-def _scan_concept(scan: DatasetScan, folder: Path, name: str, repeats: int, caption_ext: str) -> None:
+def _scan_concept(scan: DatasetScan, folder: Path, name: str, repeats: int, caption_ext: str, *, is_reg: bool = False,
+                  dataset: int = 0, options: SubsetOptions | None = None) -> None:
+    """Add one folder's readable images; ``name`` is the caption of an image without one (kohya's class token)."""
     files = image_files(folder)
     unsupported = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS)
     if unsupported:
@@ -159,14 +233,17 @@ def _scan_concept(scan: DatasetScan, folder: Path, name: str, repeats: int, capt
         if not caption:
             uncaptioned.append(path.name)
             caption = name
-        scan.items.append(ImageItem(path=path, caption=caption, concept=name, repeats=repeats, size=size))
+        item = ImageItem(path=path, caption=caption, concept=name, repeats=repeats, size=size, options=options,
+                         is_reg=is_reg, dataset=dataset)
+        (scan.reg_items if is_reg else scan.items).append(item)
         count += 1
     if uncaptioned:
         scan.warnings.append(_caption_warning(folder, name, caption_ext, uncaptioned))
     if count == 0 and not files:
         scan.warnings.append(f"folder '{folder.name}' has no images (supported: jpg, jpeg, png, webp, bmp)")
     if count:
-        scan.concepts.append(Concept(name=name, path=folder, repeats=repeats, image_count=count))
+        concept = Concept(name=name, path=folder, repeats=repeats, image_count=count, is_reg=is_reg, dataset=dataset)
+        (scan.reg_concepts if is_reg else scan.concepts).append(concept)
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -203,10 +280,9 @@ def _read_caption(path: Path) -> str:
 
 
 def _caption_warning(folder: Path, name: str, caption_ext: str, files: list[str]) -> str:
-    msg = (
-        f"{len(files)} image(s) in '{folder.name}' have no (or an empty) {caption_ext} caption; "
-        f"using the concept name '{name}' as their caption: " + _names(files)
-    )
+    instead = f"using the concept name '{name}' as their caption" if name else "training them with an empty caption"
+    msg = f"{len(files)} image(s) in '{folder.name}' have no (or an empty) {caption_ext} caption; {instead}: " + \
+        _names(files)
     others = [e for e in OTHER_CAPTION_EXTENSIONS if e != caption_ext and any(folder.glob(f"*{e}"))]
     if others:
         msg += f" (found {', '.join(others)} files: set caption_extension to use them)"

@@ -24,14 +24,19 @@ class BucketBatchSampler(Sampler[list[int]]):
     ``torch.Generator().manual_seed(seed + epoch)``: the same seed and epoch always give the same batches, which is
     what exact resume relies on. A bucket's last partial batch is kept, so ``len()`` is
     ``sum(ceil(n_bucket / batch_size))``, the same every epoch.
+
+    ``datasets[i]`` is the ``[[datasets]]`` of a dataset config that index ``i`` belongs to: a batch never mixes two
+    of them (sd-scripts draws each batch from one dataset), so a bucket is batched once per dataset.
     """
 
-    def __init__(self, buckets: Sequence[Bucket], batch_size: int, seed: int, shuffle: bool = True) -> None:
+    def __init__(self, buckets: Sequence[Bucket], batch_size: int, seed: int, shuffle: bool = True,
+                 datasets: Sequence[int] | None = None) -> None:
         if batch_size < 1:
             raise UserError(f"train_batch_size must be at least 1, got {batch_size}")
-        groups: dict[Bucket, list[int]] = defaultdict(list)
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for index, bucket in enumerate(buckets):
-            groups[tuple(bucket)].append(index)
+            dataset = datasets[index] if datasets is not None else 0
+            groups[(dataset, *bucket)].append(index)
         self.groups = dict(sorted(groups.items()))  # fixed order, independent of dataset order quirks
         self.batch_size = batch_size
         self.seed = seed

@@ -20,7 +20,8 @@ from PIL import Image, ImageOps
 from training.contract.config import TrainConfig
 from training.contract.errors import UserError
 from training.data.buckets import Bucket, assign_buckets, batches_per_epoch, bucket_table
-from training.data.folder import DatasetScan, ImageItem, concept_folders, image_files, scan_dataset
+from training.data.dataset_config import dataset_settings, scan_run_dataset
+from training.data.folder import DatasetScan, ImageItem, balance_reg, concept_folders, image_files
 from training.plan.schedule import Schedule, split_validation
 
 TOKEN_WINDOW = 75  # CLIP's 77 positions minus the begin and end tokens; later tokens are cut off
@@ -66,6 +67,11 @@ class ConceptRow:
     folder: str
     repeats: int
     images: int
+    is_reg: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.folder} (regularisation)" if self.is_reg else self.folder
 
     @property
     def per_epoch(self) -> int:
@@ -79,7 +85,7 @@ class StepPlan:
     images: int  # readable images that train (held-out validation images excluded)
     terms: list[tuple[str, int, int]]  # (concept folder, images, repeats)
     held_out: int
-    per_epoch: int  # images x repeats
+    per_epoch: int  # images x repeats, regularisation samples included
     batch_size: int
     buckets: int
     batches_per_epoch: int  # each bucket's last partial batch counts as a batch
@@ -89,6 +95,8 @@ class StepPlan:
     total_epochs: int
     max_train_epochs: int | None
     max_train_steps: int
+    reg_images: int = 0  # regularisation images found
+    reg_per_epoch: int = 0  # regularisation samples per epoch after kohya's balancing
 
     def lines(self, markdown: bool = False) -> list[str]:
         """The formula with this run's numbers, one step a line (the result in bold when ``markdown``)."""
@@ -97,7 +105,13 @@ class StepPlan:
                            for name, n, r in self.terms)
         held = f"; {self.held_out} image(s) held out for validation" if self.held_out else ""
         bold = "**" if markdown else ""
-        out = [f"images × repeats: {terms} = {self.per_epoch} per epoch{held}"]
+        if self.reg_images:
+            train = self.per_epoch - self.reg_per_epoch
+            out = [f"images × repeats: {terms} = {train} training images + {self.reg_per_epoch} regularisation "
+                   f"images (of {self.reg_images}, balanced to the training count) = {self.per_epoch} per "
+                   f"epoch{held}"]
+        else:
+            out = [f"images × repeats: {terms} = {self.per_epoch} per epoch{held}"]
         rounding = ""
         if self.batches_per_epoch != math.ceil(self.per_epoch / self.batch_size):
             rounding = f" (each of the {self.buckets} buckets rounds up to whole batches)"
@@ -155,14 +169,16 @@ class DatasetReport:
 
     def summary(self) -> str:
         verdict = "ready to train" if not self.problems else f"{self.problems} thing(s) to look at"
-        images = sum(c.images for c in self.concepts)
-        return (f"{self.folder}: {images} image(s) in {len(self.concepts)} concept folder(s), "
+        train = [c for c in self.concepts if not c.is_reg]
+        reg = [c for c in self.concepts if c.is_reg]
+        regs = f" + {sum(c.images for c in reg)} regularisation image(s)" if reg else ""
+        return (f"{self.folder}: {sum(c.images for c in train)} image(s) in {len(train)} concept folder(s){regs}, "
                 f"{self.plan.total_steps} steps: {verdict}")
 
     def to_text(self) -> str:
         """Plain text, for the CLI and logs."""
         parts = [self.summary(), "", "Concepts:"]
-        parts += [f"  {c.folder}: {c.images} image(s) × {c.repeats} repeats = {c.per_epoch}" for c in self.concepts]
+        parts += [f"  {c.label}: {c.images} image(s) × {c.repeats} repeats = {c.per_epoch}" for c in self.concepts]
         if self.problem_lines():
             parts += ["", "To look at:", *(f"  - {line}" for line in self.problem_lines())]
         parts += ["", "Buckets:", *("  " + row for row in bucket_table(self.buckets).splitlines())]
@@ -174,7 +190,7 @@ class DatasetReport:
         head = "✅" if not self.problems else "⚠️"
         parts = [f"{head} **{md_escape(self.summary())}**", "", "| concept folder | images | repeats | per epoch |",
                  "|---|---:|---:|---:|"]
-        parts += [f"| {md_escape(c.folder)} | {c.images} | {c.repeats} | {c.per_epoch} |" for c in self.concepts]
+        parts += [f"| {md_escape(c.label)} | {c.images} | {c.repeats} | {c.per_epoch} |" for c in self.concepts]
         if self.problem_lines():
             parts += ["", "**To look at**", *(f"- {md_escape(line)}" for line in self.problem_lines())]
         parts += ["", "**Buckets** (images per bucket)", "```", bucket_table(self.buckets), "```"]
@@ -185,13 +201,16 @@ class DatasetReport:
 
 
 def check_dataset(cfg: TrainConfig, scan: DatasetScan | None = None, similar: bool = True) -> DatasetReport:
-    """Check ``cfg.train_data_dir`` with the run's settings. Raises ``UserError`` (one line) for a missing folder,
-    a folder without images or impossible bucket settings."""
-    if not cfg.train_data_dir.strip():
+    """Check ``cfg.train_data_dir`` (and ``reg_data_dir``, or the ``dataset_config``'s folders) with the run's
+    settings. Raises ``UserError`` (one line) for a missing folder, a folder without images or impossible bucket
+    settings."""
+    if not cfg.train_data_dir.strip() and not cfg.dataset_config:
         raise UserError("train_data_dir is empty: give the folder holding your images (or '10_name' subfolders)")
+    cfg = dataset_settings(cfg)  # a dataset config's resolution, batch size and buckets, as the run takes them
     if scan is None:
-        require_images(Path(cfg.train_data_dir).expanduser())
-        scan = scan_dataset(Path(cfg.train_data_dir), cfg.caption_extension)
+        if not cfg.dataset_config:
+            require_images(Path(cfg.train_data_dir).expanduser())
+        scan = scan_run_dataset(cfg)
     train_items, val_items, val_kind = split_validation(cfg, scan.items)
     held_out = len(val_items) if val_kind == "held-out" else 0  # a train-subset still trains
     item_buckets = _buckets(cfg, scan.items)
@@ -199,9 +218,10 @@ def check_dataset(cfg: TrainConfig, scan: DatasetScan | None = None, similar: bo
     tiny, tiny_rule = find_tiny(cfg, scan.items, item_buckets)
     exact, look_alike = find_duplicates(scan.items, similar)
     return DatasetReport(
-        folder=Path(cfg.train_data_dir).expanduser(),
+        folder=scan.config_file or Path(cfg.train_data_dir).expanduser(),
         resolution=cfg.resolution_wh,
-        concepts=[ConceptRow(c.path.name, c.repeats, c.image_count) for c in scan.concepts],
+        concepts=[ConceptRow(c.path.name, c.repeats, c.image_count, c.is_reg)
+                  for c in scan.concepts + scan.reg_concepts],
         scan_warnings=list(scan.warnings),
         unreadable=[Finding(p, reason) for p, reason in scan.skipped],
         missing_captions=[it.path for it in scan.items if not _has_caption(it.path, cfg.caption_extension)],
@@ -211,7 +231,7 @@ def check_dataset(cfg: TrainConfig, scan: DatasetScan | None = None, similar: bo
         similar_images=look_alike,
         long_captions=find_long_captions(scan.items, cfg.caption_extension),
         buckets=dict(Counter(item_buckets)),
-        plan=plan_steps(cfg, train_items, train_buckets, held_out),
+        plan=plan_steps(cfg, train_items, train_buckets, held_out, scan.reg_items),
     )
 
 
@@ -230,12 +250,16 @@ def _buckets(cfg: TrainConfig, items: list[ImageItem]) -> list[Bucket]:
                           min_reso=cfg.min_bucket_reso, max_reso=cfg.max_bucket_reso, step=cfg.bucket_reso_steps)
 
 
-def plan_steps(cfg: TrainConfig, items: list[ImageItem], buckets: list[Bucket], held_out: int = 0) -> StepPlan:
-    """Steps as the trainer counts them: repeats expand each image, the sampler batches each bucket on its own
-    (a partial last batch still costs a batch), accumulation divides, and max_train_epochs beats max_train_steps."""
-    per_bucket: Counter[Bucket] = Counter()
-    for item, bucket in zip(items, buckets, strict=True):
-        per_bucket[bucket] += item.repeats
+def plan_steps(cfg: TrainConfig, items: list[ImageItem], buckets: list[Bucket], held_out: int = 0,
+               reg_items: list[ImageItem] | None = None) -> StepPlan:
+    """Steps as the trainer counts them: repeats expand each image, regularisation images join the epoch balanced
+    against the training images (so an epoch with them is about twice as long, as sd-scripts counts it), the
+    sampler batches each bucket on its own (a partial last batch still costs a batch), accumulation divides, and
+    max_train_epochs beats max_train_steps."""
+    reg = balance_reg(items, reg_items or [])
+    per_bucket: Counter[tuple[int, Bucket]] = Counter()  # per dataset config [[datasets]] too, as the sampler
+    for item, bucket in zip(items + reg, buckets + _buckets(cfg, reg), strict=True):
+        per_bucket[(item.dataset, bucket)] += item.repeats
     batches = batches_per_epoch(per_bucket.values(), cfg.train_batch_size)
     schedule = Schedule.build(cfg, batches, num_processes=1)
     terms: Counter[tuple[str, int]] = Counter((it.path.parent.name, it.repeats) for it in items)
@@ -244,7 +268,8 @@ def plan_steps(cfg: TrainConfig, items: list[ImageItem], buckets: list[Bucket], 
                     batches_per_epoch=batches, grad_accum=cfg.gradient_accumulation_steps,
                     steps_per_epoch=schedule.steps_per_epoch, total_steps=schedule.total_steps,
                     total_epochs=schedule.total_epochs, max_train_epochs=cfg.max_train_epochs,
-                    max_train_steps=cfg.max_train_steps)
+                    max_train_steps=cfg.max_train_steps, reg_images=len(reg_items or []),
+                    reg_per_epoch=sum(it.repeats for it in reg))
 
 
 def find_tiny(cfg: TrainConfig, items: list[ImageItem], buckets: list[Bucket]) -> tuple[list[Finding], str]:

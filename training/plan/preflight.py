@@ -8,7 +8,8 @@ from training.contract.config import TrainConfig
 from training.contract.errors import UserError
 from training.contract.layout import RunLayout, is_state_dir
 from training.contract.run_folder import folder_problem
-from training.data.folder import DatasetScan, scan_dataset
+from training.data.dataset_config import scan_run_dataset
+from training.data.folder import DatasetScan
 from training.networks.support import refusals
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
@@ -29,10 +30,10 @@ def preflight(cfg: TrainConfig) -> DatasetScan:
     model = Path(cfg.pretrained_model_name_or_path).expanduser()
     if looks_like_path(cfg.pretrained_model_name_or_path) and not model.exists():
         raise UserError(f"pretrained_model_name_or_path: {model} does not exist")
-    if not cfg.train_data_dir:
+    if not cfg.train_data_dir and not cfg.dataset_config:
         raise UserError("train_data_dir is not set: give the folder that holds your training images")
     data = Path(cfg.train_data_dir).expanduser()
-    if not data.is_dir():
+    if not cfg.dataset_config and not data.is_dir():  # a dataset config names its own folders
         raise UserError(f"train_data_dir: folder {data} does not exist")
     if cfg.network_weights and not Path(cfg.network_weights).expanduser().exists():
         raise UserError(f"network_weights: {cfg.network_weights} does not exist")
@@ -45,7 +46,7 @@ def preflight(cfg: TrainConfig) -> DatasetScan:
     if problems:
         raise UserError(problems[0])
     check_outputs(cfg)
-    return scan_dataset(data, cfg.caption_extension)
+    return scan_run_dataset(cfg)
 
 
 def check_outputs(cfg: TrainConfig) -> None:

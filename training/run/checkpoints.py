@@ -21,6 +21,7 @@ from training.contract.disk_space import ensure_space, folder_size, no_space, ra
 from training.contract.errors import UserError
 from training.contract.layout import LORA_SUFFIX, NOISE_STATE_FILE, STATE_FILE, STATE_SUFFIX, RunLayout, lora_name
 from training.contract.lora_check import SelfCheck
+from training.data.dataset_config import dataset_facts
 from training.lora_files.export import build_metadata, kohya_state_dict, save_lora
 from training.lora_files.self_check import verify_lora
 
@@ -47,17 +48,16 @@ class TrainState:
 def training_facts(tr: Trainer, state: TrainState) -> dict[str, Any]:
     """What the metadata needs besides the config: dataset, progress and times."""
     facts, acc = tr.facts, tr.parts.accelerator
+    bucket_info = {"buckets": {str(i): {"resolution": list(b), "count": n}
+                               for i, (b, n) in enumerate(sorted(facts.bucket_counts.items()))}}
     return {
-        "num_train_images": facts.scan.num_train_images,
+        **dataset_facts(tr.cfg, facts.scan, bucket_info),  # images, reg images, tags, folders (ss_datasets)
         "num_batches_per_epoch": facts.schedule.batches_per_epoch,
         "num_epochs": facts.schedule.total_epochs,
         "epoch": tr.facts.schedule.epochs_done(state.global_step),
         "steps": state.global_step,
         "max_train_steps": facts.schedule.total_steps,
-        "tag_frequency": facts.scan.tag_frequency(),
-        "dataset_dirs": facts.scan.dataset_dirs(),
-        "bucket_info": {"buckets": {str(i): {"resolution": list(b), "count": n}
-                                    for i, (b, n) in enumerate(sorted(facts.bucket_counts.items()))}},
+        "bucket_info": bucket_info,
         "training_started_at": state.started_at,
         "training_finished_at": time.time(),
         "mixed_precision": acc.mixed_precision,

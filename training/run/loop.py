@@ -86,6 +86,12 @@ def batch_mask(parts: StepParts, batch: dict) -> torch.Tensor | None:
     """The batch's loss masks at latent size ([B, h, w], see training/data/masks.py), when the run uses them."""
     mask = batch.get("mask")
     return None if mask is None else mask.to(parts.accelerator.device, non_blocking=True)
+def weighted_mean(losses: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The batch's loss: each sample's loss times its weight (prior_loss_weight for a regularisation image, else 1),
+    averaged over the batch as kohya does (the weights are not normalised)."""
+    if weights is None:
+        return losses.mean()
+    return (losses * weights.to(losses.device, losses.dtype)).mean()
 
 
 def train_step(parts: StepParts, batch: dict) -> torch.Tensor:
@@ -101,10 +107,10 @@ def train_step(parts: StepParts, batch: dict) -> torch.Tensor:
         with acc.autocast():
             cond = conditioning(parts, batch["caption"])
             time_ids = batch_time_ids(batch) if cond.pooled is not None else None  # SDXL only
-            loss = per_sample_loss(parts.unet, parts.noise_scheduler, latents, cond, noise, timesteps,
-                                   settings.min_snr_gamma, time_ids, options=settings.loss,
-                                   noisy_with=noisy_with,
-                                   mask=batch_mask(parts, batch)).mean()
+            losses = per_sample_loss(parts.unet, parts.noise_scheduler, latents, cond, noise, timesteps,
+                                     settings.min_snr_gamma, time_ids, options=settings.loss,
+                                     noisy_with=noisy_with, mask=batch_mask(parts, batch))
+            loss = weighted_mean(losses, batch.get("loss_weight"))
         acc.backward(loss)
         if acc.sync_gradients and settings.max_grad_norm > 0:
             acc.clip_grad_norm_(parts.params, settings.max_grad_norm)

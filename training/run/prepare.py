@@ -22,7 +22,8 @@ from training.contract.events import EventWriter
 from training.contract.layout import LATENT_CACHE_DIR, RunLayout
 from training.data.buckets import bucket_table, buckets_for
 from training.data.dataset import StepClock, TrainDataset, collate
-from training.data.folder import DatasetScan, ImageItem, scan_dataset
+from training.data.dataset_config import dataset_settings, scan_run_dataset
+from training.data.folder import DatasetScan, ImageItem
 from training.data.latents import LatentCache
 from training.data.masks import mask_source
 from training.data.sampler import BucketBatchSampler
@@ -75,7 +76,8 @@ def dtype_for(precision: str) -> torch.dtype:
 def make_dataset(cfg: TrainConfig, scan: DatasetScan) -> TrainDataset:
     dataset = TrainDataset(scan, resolution=cfg.resolution_wh, enable_bucket=cfg.enable_bucket,
                            min_reso=cfg.min_bucket_reso, max_reso=cfg.max_bucket_reso, step=cfg.bucket_reso_steps,
-                           options=SubsetOptions.from_config(cfg), seed=cfg.seed)
+                           options=SubsetOptions.from_config(cfg), seed=cfg.seed,
+                           prior_loss_weight=cfg.prior_loss_weight)
     dataset.masks = mask_source(cfg, scan.items)
     return dataset
 
@@ -183,17 +185,25 @@ class LoadedData:
 
 def load_data(cfg: TrainConfig, events: EventWriter, scan: DatasetScan | None) -> LoadedData:
     events.emit("status", phase="loading", msg="scanning the dataset")
-    scan = scan or scan_dataset(Path(cfg.train_data_dir), cfg.caption_extension)
+    scan = scan or scan_run_dataset(cfg)
     for path, reason in scan.skipped:
         events.emit("warning", code="image_skipped", msg=f"skipped {path}: {reason}")
     for msg in scan.warnings:
         events.emit("warning", code="dataset", msg=msg)
     train_items, val_items, val_kind = split_validation(cfg, scan.items)
     dataset = make_dataset(cfg, dataclasses.replace(scan, items=train_items))
-    sampler = BucketBatchSampler(dataset.buckets, cfg.train_batch_size, cfg.seed)
+    sampler = BucketBatchSampler(dataset.buckets, cfg.train_batch_size, cfg.seed, datasets=dataset.datasets)
     counts = dataset.bucket_counts()
+    if scan.reg_items:
+        events.emit("status", phase="loading", msg=reg_summary(dataset))
     events.emit("status", phase="loading", msg="buckets:\n" + bucket_table(counts))
     return LoadedData(scan, train_items, val_items, val_kind, dataset, sampler, counts)
+
+
+def reg_summary(dataset: TrainDataset) -> str:
+    train = sum(it.repeats for it in dataset.items if not it.is_reg)
+    return (f"regularisation: {dataset.num_reg_samples} regularisation samples per epoch beside {train} training "
+            f"samples, loss weight {dataset.prior_loss_weight:g}")
 
 
 def load_model(cfg: TrainConfig, events: EventWriter, weight_dtype) -> tuple[BaseModel, list[dict]]:
@@ -256,7 +266,7 @@ def build_caches(cfg: TrainConfig, base: BaseModel, data: LoadedData, run_dir: P
     latent_cache = None
     base.vae.to(device)
     if cfg.cache_latents:
-        events.emit("status", phase="caching_latents", msg=f"encoding {len(data.train_items)} images with the VAE")
+        events.emit("status", phase="caching_latents", msg=f"encoding {len(data.dataset.items)} images with the VAE")
         cache_dir = run_dir.parent / LATENT_CACHE_DIR if cfg.cache_latents_to_disk else None
         latent_cache = LatentCache(base.vae, cache_dir, device, base.vae.dtype)
         val_buckets = buckets_for(cfg, data.val_items)
@@ -309,6 +319,7 @@ def build_step_parts(cfg: TrainConfig, accelerator: Accelerator, unet: torch.nn.
 
 def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter, scan: DatasetScan | None = None) -> Trainer:
     check_optimizer_settings(cfg)  # optimizer_args and lr_scheduler_type refused before any model loads
+    cfg = dataset_settings(cfg)  # a dataset config's resolution, batch size and buckets are the run's
     accelerator = make_accelerator(cfg, run_dir, events)
     set_seed(cfg.seed)  # LoRA initialisation, dropout: the same seed gives the same run
     device, weight_dtype = accelerator.device, dtype_for(accelerator.mixed_precision)
