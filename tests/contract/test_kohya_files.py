@@ -18,15 +18,10 @@ from training.contract.kohya_keys import BY_NAME, means_default
 DATA = Path(__file__).parent / "data" / "kohya"
 ROOT = Path(__file__).resolve().parents[2]
 
-# The keys of each fixture still refused in this branch: the option groups other work adds. Empty sets once the
-# groups are in.
-STILL_REFUSED = {
-    "sd15_output_config.toml": set(),
-    "sdxl_output_config.toml": {"optimizer_args"},
-    "locon_community.toml": set(),
-    "reg_images_community.toml": {"reg_data_dir"},
-    "dataset_config_community.toml": {"dataset_config", "optimizer_args"},
-}
+# The kohya files: two that sd-scripts' --output_config wrote and three shaped like community configs. Each loads
+# whole: every option group they use (optimizer_args, reg images, dataset_config, LoCon) is supported.
+KOHYA_FILES = ("sd15_output_config.toml", "sdxl_output_config.toml", "locon_community.toml",
+               "reg_images_community.toml", "dataset_config_community.toml")
 
 
 def write(tmp_path: Path, text: str, name: str = "run.toml") -> Path:
@@ -54,21 +49,22 @@ def refused_keys(path: Path) -> set[str]:
 
 
 def test_every_key_to_fix_is_named_in_one_message(tmp_path):
-    path = write(tmp_path, 'network_dims = 8\ncolor_aug = true\ndeepspeed = true\nlearning_rate = 1e-4\n'
+    path = write(tmp_path, 'network_dims = 8\nweighted_captions = true\ndeepspeed = true\nlearning_rate = 1e-4\n'
                            'xformers = true\nsave_model_as = "ckpt"\n')
     assert refusal(path) == (
         "4 keys to fix: run.toml: unknown key 'network_dims' (did you mean 'network_dim'?); "
-        "run.toml: 'color_aug' is a kohya option this trainer does not support yet; remove it; "
+        "run.toml: 'weighted_captions' is a kohya option this trainer does not support: caption weights like "
+        "(word:1.2) are not offered; captions are plain text; remove it; "
         "run.toml: 'deepspeed' is a kohya option this trainer does not support: DeepSpeed is not offered; multi-GPU "
         "runs use accelerate's data parallelism; remove it; "
         "run.toml: save_model_as = 'ckpt': LoRAs are saved as .safetensors only; remove it or set it to 'safetensors'")
 
 
 def test_a_refused_key_at_sd_scripts_default_asks_for_nothing(tmp_path):
-    cfg, notes = load_config(write(tmp_path, 'color_aug = false\nloss_type = "l2"\nfull_bf16 = false\n'
-                                             'multires_noise_discount = 0.3\nmetadata_title = ""\n'), kohya=False)
+    cfg, notes = load_config(write(tmp_path, 'weighted_captions = false\nfull_bf16 = false\ndeepspeed = false\n'
+                                             'metadata_thumbnail = ""\n'), kohya=False)
     assert cfg == TrainConfig()
-    assert any("color_aug, loss_type, full_bf16, multires_noise_discount, metadata_title" in n for n in notes)
+    assert any("weighted_captions, full_bf16, deepspeed, metadata_thumbnail" in n for n in notes)
 
 
 @pytest.mark.parametrize(("text", "key", "expected"), [
@@ -127,17 +123,12 @@ def test_our_own_files_are_never_read_as_kohya_files(tmp_path):
     assert forced.enable_bucket is False and any("defaults taken" in n for n in notes)
 
 
-@pytest.mark.parametrize("name", sorted(STILL_REFUSED))
-def test_each_kohya_file_loads_or_names_exactly_the_keys_still_refused(name):
+@pytest.mark.parametrize("name", KOHYA_FILES)
+def test_each_kohya_file_loads_with_nothing_refused(name):
     path = DATA / name
-    assert refused_keys(path) == STILL_REFUSED[name]
-    if not STILL_REFUSED[name]:
-        cfg, _ = load_config(path)
-        assert cfg.pretrained_model_name_or_path
-        return
-    message = refusal(path)
-    named = {key for key in BY_NAME if f"'{key}' is a kohya option" in message}
-    assert named == STILL_REFUSED[name]
+    assert refused_keys(path) == set()
+    cfg, _ = load_config(path)
+    assert cfg.pretrained_model_name_or_path
 
 
 def test_the_files_hold_what_sd_scripts_wrote(tmp_path):
@@ -192,8 +183,7 @@ def tiny_run_config(path: Path, model: Path, data: Path, out: Path) -> TrainConf
 @pytest.mark.slow
 @pytest.mark.parametrize("name, model", [
     ("sd15_output_config.toml", "tiny_sd1"),
-    # Until the option groups merge: the SDXL file's optimizer_args is still refused in this branch.
-    pytest.param("sdxl_output_config.toml", "tiny_sdxl", marks=pytest.mark.xfail(strict=False)),
+    ("sdxl_output_config.toml", "tiny_sdxl"),
 ])
 def test_a_file_sd_scripts_wrote_trains_two_steps(tmp_path, dataset_dir, request, name, model):
     from training.contract.events import Done, read_events

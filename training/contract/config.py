@@ -400,7 +400,7 @@ class TrainConfig(BaseModel):
     multires_noise_iterations: int | None = opt(
         None, "training", "Multires noise iterations",
         "Adds noise at coarser resolutions too (6-10 is usual): helps learn overall brightness and colour. "
-        "Unset: off.", ge=1, le=64)
+        "Unset or 0: off (kohya_ss writes 0).", ge=0, le=64)
     multires_noise_discount: float = opt(
         0.3, "training", "Multires noise discount",
         "How much each coarser level of multires noise counts (0.1-0.3 usual).", ge=0, le=1)
