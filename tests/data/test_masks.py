@@ -14,6 +14,7 @@ from training.data.dataset import TrainDataset, collate
 from training.data.folder import scan_dataset
 from training.data.latents import LatentCache
 from training.data.masks import MaskSource, mask_files, mask_source
+from training.data.subset import SubsetOptions
 from training.demo import _tiny_vae
 
 
@@ -42,7 +43,8 @@ def wide_dataset(tmp_path):
 
 
 def dataset(root, **kw) -> TrainDataset:
-    ds = TrainDataset(scan_dataset(root), resolution=64, min_reso=64, max_reso=64, flip_aug=True, seed=1, **kw)
+    ds = TrainDataset(scan_dataset(root), resolution=64, min_reso=64, max_reso=64,
+                      options=SubsetOptions(flip_aug=True), seed=1, **kw)
     ds.masks = MaskSource(None)
     return ds
 
