@@ -39,7 +39,7 @@ IGNORED_KOHYA_KEYS = {
 # kohya options for features this trainer does not have (yet): refused, so nobody trains without what they asked.
 UNSUPPORTED_KOHYA_KEYS = (
     "reg_data_dir", "color_aug", "random_crop", "face_crop_aug_range",
-    "full_fp16", "full_bf16", "fp8_base", "multires_noise_iterations", "multires_noise_discount",
+    "full_fp16", "multires_noise_iterations", "multires_noise_discount",
     "adaptive_noise_scale", "zero_terminal_snr", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss",
     "dataset_config", "in_json", "optimizer_args", "lr_scheduler_power", "prior_loss_weight", "huber_c",
     "loss_type", "ip_noise_gamma", "debiased_estimation_loss", "masked_loss",

@@ -10,6 +10,8 @@ from diffusers.optimization import get_scheduler
 
 from training.contract.config import TrainConfig
 from training.contract.errors import UserError
+from training.models.low_precision import StochasticAdamW
+from training.run.compiled import fused_optimizer_options
 
 # optimizer_type -> (module, class name, pip extra that provides it)
 OPTIONAL = {
@@ -33,8 +35,12 @@ def _import_optional(name: str) -> type:
 def make_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     """groups: [{"params": [...], "lr": ...}, ...] -- one per trained part so each keeps its own learning rate."""
     name = cfg.optimizer_type
+    if name == "AdamW" and cfg.full_bf16:
+        return StochasticAdamW(groups, weight_decay=1e-2)  # bf16 LoRA weights: stochastic rounding (issue 16)
     if name == "AdamW":
-        return torch.optim.AdamW(groups, weight_decay=1e-2)
+        params = [p for g in groups for p in g["params"]]
+        fused = fused_optimizer_options(torch.optim.AdamW, params, cfg.torch_compile)  # issue 16's fast path
+        return torch.optim.AdamW(groups, weight_decay=1e-2, **fused)
     if name == "Adafactor":
         # torch's own Adafactor (torch >= 2.5): fixed learning rates, as kohya uses it with relative_step=False
         return torch.optim.Adafactor(groups, weight_decay=0.0)
