@@ -110,7 +110,8 @@ def bench_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(network_dim=args.rank, network_alpha=args.rank / 2, train_batch_size=args.batch,
                        mixed_precision=args.precision, gradient_checkpointing=args.gradient_checkpointing,
                        network_train_unet_only=True, max_train_steps=args.steps + args.warmup,
-                       optimizer_type=args.optimizer, torch_compile=args.compile, seed=0, **network)
+                       optimizer_type=args.optimizer, torch_compile=args.compile, seed=0,
+                       fp8_base=args.fp8_base, **network)
 
 
 def cached_caption(unet_config, device: torch.device, dtype: torch.dtype) -> dict:
@@ -136,6 +137,10 @@ def make_step_parts(cfg: TrainConfig, family: Family, unet, accelerator) -> Step
                          cfg.network_dropout)
     for p in params:
         p.data = p.data.float()  # trainable adapter weights in float32, as training.run.prepare keeps them
+    if cfg.fp8_base:
+        from training.models.low_precision import store_in_fp8
+
+        store_in_fp8(unet, dtype_for(accelerator.mixed_precision))
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     groups = [{"params": params, "lr": cfg.effective_unet_lr, "name": "unet"}]
@@ -211,7 +216,8 @@ def measure(args: argparse.Namespace) -> dict:
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "model": MODEL_NAMES[args.family], "family": args.family, "resolution": args.resolution,
         "batch": args.batch, "precision": accelerator.mixed_precision, "rank": args.rank,
-        "optimizer": args.optimizer, "compile": args.compile, "gradient_checkpointing": args.gradient_checkpointing,
+        "optimizer": args.optimizer, "compile": args.compile, "fp8_base": args.fp8_base,
+        "gradient_checkpointing": args.gradient_checkpointing,
         "steps": args.steps, "warmup": args.warmup,
         "images_per_s": round(args.steps * args.batch / seconds, 2), "s_per_step": round(seconds / args.steps, 4),
         "loss": round(float(torch.stack(losses).float().mean()), 4), "network": args.network,
@@ -387,6 +393,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="(default %(default)s)")
     parser.add_argument("--compile", action="store_true", help="compile the UNet with torch.compile")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
+    parser.add_argument("--fp8-base", action="store_true",
+                        help="frozen UNet Linear/Conv weights stored in float8, upcast per layer (fp8_base)")
     parser.add_argument("--network", choices=sorted(NETWORKS), default="lora",
                         help="network type: kohya's LoRA set (default), attn-lora (attention only, the baseline), "
                              "locon (+ 3x3 convs at --rank), loha, lokr (factor 8), dora (LyCORIS full preset)")

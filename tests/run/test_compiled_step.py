@@ -99,4 +99,6 @@ def test_compiled_lora_matches_eager_and_caches_kernels_beside_the_runs(compiled
     for key in eager:
         torch.testing.assert_close(compiled[key].float(), eager[key].float(), rtol=0.05, atol=2e-3, msg=key)
     cache = root / "runs" / COMPILE_CACHE_DIR
-    assert any(p.is_file() for p in cache.rglob("*")), "no compiled kernels kept for the next run"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache.resolve())
+    if BACKEND == "inductor":  # aot_eager generates no kernels to keep
+        assert any(p.is_file() for p in cache.rglob("*")), "no compiled kernels kept for the next run"
