@@ -334,36 +334,73 @@ def time_steps(step, args: argparse.Namespace) -> float:
 
 
 def count_step(step, optimizer, steps: int = 3) -> tuple[float, float]:
-    """(ATen ops dispatched, host syncs) per step, over a few steps after warm-up."""
-    from training.run.overhead import StepCounter, optimizer_step_counters
+    """(ATen ops dispatched, host syncs) per step, over a few steps after warm-up (see training.run.overhead)."""
+    from training.run.overhead import StepCounter, dispatched_ops, optimizer_step_counters
 
+    ops = dispatched_ops(step, steps)  # first: after a dispatch mode, dynamo runs the compiled frame eagerly
     counter = StepCounter(ignored=optimizer_step_counters(optimizer))
     with counter:
         for _ in range(steps):
             step()
-    return counter.ops / steps, counter.syncs / steps
+    return ops, counter.syncs / steps
 
 
-def measure_overhead(args: argparse.Namespace) -> list[dict]:
+def proxy_targets(args: argparse.Namespace) -> list[str]:
+    """The modules our network adapts on the proxy: the minimal loop adapts the same ones."""
+    from training.networks.build import Ranks, add_network
+
+    unet = build_proxy_unet(torch.device("cpu"))
+    cfg = TrainConfig(network_dim=args.rank, network_alpha=args.rank / 2, network_train_unet_only=True)
+    add_network(unet, cfg.network, Ranks.of(cfg.network, cfg.network_dim, cfg.network_alpha), "unet", 0.0)
+    return adapted_module_names(unet)
+
+
+def measure_variant(args: argparse.Namespace, variant: str) -> dict:
     torch.set_num_threads(1)
-    results, targets = [], None
+    who, mode = variant.split("-")
+    if who == "ours":
+        step, optimizer, _ = our_step(args, mode == "compiled")
+    else:
+        unet = build_proxy_unet(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        step, optimizer = minimal_step(unet, proxy_targets(args), args, mode == "compiled")
+    for _ in range(args.warmup):
+        step()
+    ms = time_steps(step, args)
+    ops, syncs = count_step(step, optimizer)
+    return {"variant": variant, "ms_per_step": round(ms, 1), "ops_per_step": round(ops),
+            "host_syncs_per_step": round(syncs, 2), "batch": args.batch, "threads": 1,
+            "device": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+def measure_overhead(args: argparse.Namespace, argv: list[str]) -> list[dict]:
+    """Each variant in a child process of its own: compiled code, dynamo's caches and the allocator of one never
+    touch another's numbers."""
+    if len(args.variants) == 1:
+        result = measure_variant(args, args.variants[0])
+        print(json.dumps(result), flush=True)
+        return [result]
+    results = []
     for variant in args.variants:
-        who, mode = variant.split("-")
-        if who == "ours":
-            step, optimizer, targets = our_step(args, mode == "compiled")
-        else:
-            unet = build_proxy_unet(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-            step, optimizer = minimal_step(unet, targets or ["to_q", "to_k", "to_v", "to_out.0"], args,
-                                           mode == "compiled")
-        for _ in range(args.warmup):
-            step()
-        ms = time_steps(step, args)
-        ops, syncs = count_step(step, optimizer)
-        results.append({"variant": variant, "ms_per_step": round(ms, 1), "ops_per_step": round(ops),
-                        "host_syncs_per_step": round(syncs, 2), "batch": args.batch, "threads": 1,
-                        "device": "cuda" if torch.cuda.is_available() else "cpu"})
+        child = subprocess.run([sys.executable, "-m", "training.bench", *overhead_child_args(argv), "--variants",
+                                variant], capture_output=True, text=True)
+        if child.returncode != 0:
+            line = (child.stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
+            sys.exit(f"training.bench: {variant}: {line}")
+        results.append(json.loads([ln for ln in child.stdout.splitlines() if ln.startswith("{")][-1]))
         print(json.dumps(results[-1]), flush=True)
     return results
+
+
+def overhead_child_args(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--variants":
+            skip = True
+        elif not arg.startswith("--variants="):
+            out.append(arg)
+    return out
 
 
 def overhead_table(results: list[dict]) -> str:
@@ -439,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
         compare_networks(args, sys.argv[1:] if argv is None else argv)
         return
     if args.overhead:
-        print(overhead_table(measure_overhead(args)))
+        print(overhead_table(measure_overhead(args, sys.argv[1:] if argv is None else argv)))
         return
     try:
         result = measure(args)

@@ -2,7 +2,10 @@
 
 At batch 1 on a fast GPU the step is bound by the CPU dispatching thousands of small ops, and by any host
 synchronisation (``.item()``, ``bool(tensor)``, a blocking copy to the CPU), which drains the GPU's queue. Both are
-counted here with a dispatch mode, the same way on any machine, so a CPU can check what a GPU would suffer.
+counted the same way on any machine, so a CPU can check what a GPU would suffer: ops with the profiler (the ATen
+calls a step enters from Python or from compiled code: a compiled graph's fused kernels are not among them), syncs
+with a dispatch mode. Under a dispatch mode dynamo runs compiled frames eagerly, so the sync count is the Python
+step's; a compiled graph cannot hold a sync anyway without a graph break, and the compiled step has none.
 """
 
 from __future__ import annotations
@@ -65,3 +68,15 @@ class StepCounter(TorchDispatchMode):
             blocking = not (len(args) > 2 and args[2])
             return blocking and _on_accelerator(args[1]) and args[0].device.type == "cpu"
         return False
+
+
+def dispatched_ops(step, steps: int = 3) -> float:
+    """ATen ops entered per step from outside ATen (an op's own inner ATen calls are not counted again)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    outer = [e for e in prof.events() if e.name.startswith("aten::")
+             and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]
+    return len(outer) / steps
