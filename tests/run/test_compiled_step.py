@@ -55,6 +55,12 @@ def train_shapes(events: list) -> set[str]:
             if (m := re.match(r"compiling for (bucket \S+ \(batch \d\)): \d+ s", e["msg"]))}
 
 
+def delta(tensors: dict[str, torch.Tensor], module: str) -> torch.Tensor:
+    """A module's weight change from its file tensors (the alpha scale is the same on both sides)."""
+    up, down = tensors[f"{module}.lora_up.weight"], tensors[f"{module}.lora_down.weight"]
+    return up.float().flatten(1) @ down.float().flatten(1)
+
+
 @pytest.fixture(scope="module")
 def compiled_run(tmp_path_factory, tiny_sd1):
     """One compiled run shared by the assertions (compiling on a CPU is slow), with dynamo's counters."""
@@ -96,8 +102,14 @@ def test_compiled_lora_matches_eager_and_caches_kernels_beside_the_runs(compiled
     assert compiled.keys() == eager.keys()  # the kohya names, without torch.compile's "_orig_mod."
     ups = [k for k in eager if k.endswith("lora_up.weight")]
     assert any(eager[k].abs().max() > 1e-3 for k in ups)  # trained away from LoRA's zero start
-    for key in eager:
-        torch.testing.assert_close(compiled[key].float(), eager[key].float(), rtol=0.05, atol=2e-3, msg=key)
+    # Compared as each module's weight change (up @ down), in norm: AdamW moves every weight by about lr per step
+    # whatever its gradient's size, so a last-bit difference in a near-zero gradient flips single elements' steps
+    # (inductor reorders sums: about 6% here; aot_eager runs eager's kernels: about 0).
+    modules = [k.removesuffix(".lora_up.weight") for k in ups]
+    change = torch.stack([torch.linalg.norm(delta(eager, m)) for m in modules]).norm()
+    difference = torch.stack([torch.linalg.norm(delta(compiled, m) - delta(eager, m)) for m in modules]).norm()
+    assert difference < 0.1 * change, (difference, change)
+    assert all(torch.equal(compiled[k], eager[k]) for k in eager if k.endswith(".alpha"))
     cache = root / "runs" / COMPILE_CACHE_DIR
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache.resolve())
     if BACKEND == "inductor":  # aot_eager generates no kernels to keep
