@@ -111,11 +111,14 @@ def test_fp8_base_and_full_bf16_train_and_export_a_normal_lora(tmp_path, tiny_sd
                       output_dir=str(out), resolution="64", min_bucket_reso=64, max_bucket_reso=128,
                       network_dim=4, network_alpha=4.0, learning_rate=2e-3, lr_scheduler="constant",
                       max_train_steps=6, mixed_precision="no", seed=2, network_train_unet_only=False,
-                      validation_every_n_steps=0, fp8_base=True, full_bf16=True, max_data_loader_n_workers=0)
+                      validation_every_n_steps=3, fp8_base=True, full_bf16=True, max_data_loader_n_workers=0,
+                      sample_prompts="a red circle --w 64 --h 64 --s 2", sample_every_n_steps=6)
     assert run(cfg) == "done"
     events = read_events(out)
     losses = [e["loss"] for e in events if e["event"] == "step"]
     assert len(losses) == 6 and all(isinstance(x, float) for x in losses)  # finite: NaN is written as a string
+    assert all(isinstance(e["loss"], float) for e in events if e["event"] == "val")  # validation on the fp8 base
+    assert any(e["event"] == "sample" and e["paths"] for e in events)  # sampling with the fp8 base too
     check = SelfCheck.from_event(next(e for e in events if e["event"] == "checkpoint"))
     assert check is not None and check.ok and check.missing == 0 and set(check.parts) == {"unet", "te"}
     tensors = load_file(str(Path(out) / "lora.safetensors"))
