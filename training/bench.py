@@ -5,6 +5,7 @@
     python -m training.bench --family sdxl --batch 1 --steps 20 --gradient-checkpointing --optimizer AdamW8bit
     python -m training.bench --network loha --steps 20                    # one network type
     python -m training.bench --networks all --steps 20                    # every type, one child process each
+    python -m training.bench --overhead                                   # host overhead on the CPU proxy
 
 Runs the same ``train_step`` as real training, on step parts from training's own builder (``build_step_parts``),
 on batches shaped like cached latents and cached text-encoder outputs (random tensors of the real shapes: the
@@ -16,6 +17,11 @@ a child process of its own (so each RSS peak is its own) and adds a table with e
 attention-only LoRA. Numbers go to docs/benchmarks.md with the command that made them. The run
 fails (exit 1, one line on stderr) on a non-finite loss, on adapters that received no gradient, and on running
 out of GPU memory (``--memory-cap-gib`` emulates a smaller card).
+
+``--overhead`` measures what a step costs the host instead: on the CPU proxy (SD1.5's exact UNet block topology at
+tiny widths, one thread, so the step is almost all dispatch overhead; on a GPU the same proxy on the device) it prints
+ms/step, ATen ops dispatched per step and host synchronisations per step for our step eager and compiled, beside a
+minimal eager peft loop (and its compiled form) built in the same process on the same proxy, as the reference.
 """
 
 from __future__ import annotations
@@ -104,7 +110,8 @@ def bench_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(network_dim=args.rank, network_alpha=args.rank / 2, train_batch_size=args.batch,
                        mixed_precision=args.precision, gradient_checkpointing=args.gradient_checkpointing,
                        network_train_unet_only=True, max_train_steps=args.steps + args.warmup,
-                       optimizer_type=args.optimizer, torch_compile=args.compile, seed=0, **network)
+                       optimizer_type=args.optimizer, torch_compile=args.compile, seed=0,
+                       fp8_base=args.fp8_base, **network)
 
 
 def cached_caption(unet_config, device: torch.device, dtype: torch.dtype) -> dict:
@@ -130,6 +137,10 @@ def make_step_parts(cfg: TrainConfig, family: Family, unet, accelerator) -> Step
                          cfg.network_dropout)
     for p in params:
         p.data = p.data.float()  # trainable adapter weights in float32, as training.run.prepare keeps them
+    if cfg.fp8_base:
+        from training.models.low_precision import store_in_fp8
+
+        store_in_fp8(unet, dtype_for(accelerator.mixed_precision))
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     groups = [{"params": params, "lr": cfg.effective_unet_lr, "name": "unet"}]
@@ -205,7 +216,8 @@ def measure(args: argparse.Namespace) -> dict:
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "model": MODEL_NAMES[args.family], "family": args.family, "resolution": args.resolution,
         "batch": args.batch, "precision": accelerator.mixed_precision, "rank": args.rank,
-        "optimizer": args.optimizer, "compile": args.compile, "gradient_checkpointing": args.gradient_checkpointing,
+        "optimizer": args.optimizer, "compile": args.compile, "fp8_base": args.fp8_base,
+        "gradient_checkpointing": args.gradient_checkpointing,
         "steps": args.steps, "warmup": args.warmup,
         "images_per_s": round(args.steps * args.batch / seconds, 2), "s_per_step": round(seconds / args.steps, 4),
         "loss": round(float(torch.stack(losses).float().mean()), 4), "network": args.network,
@@ -235,6 +247,169 @@ def file_megabytes(cfg: TrainConfig, args: argparse.Namespace) -> float:
     return lora_size(cfg, args.family).megabytes
 
 
+# --- --overhead: host cost per step on the CPU proxy
+OVERHEAD_VARIANTS = ("ours-eager", "ours-compiled", "minimal-eager", "minimal-compiled")
+PROXY_WIDTHS = [32, 32, 64, 64]  # SD1.5's four levels (320, 640, 1280, 1280) at a tenth of the width, or less
+PROXY_TEXT_DIM = 32
+
+
+def build_proxy_unet(device: torch.device):
+    """SD1.5's UNet block for block (levels, layers per block, attention placement, heads) at tiny widths: on a CPU
+    its step costs what SD1.5's costs the host on a GPU, dispatching the same ops, with almost no arithmetic."""
+    from diffusers import UNet2DConditionModel
+
+    config = dict(UNet2DConditionModel.load_config(str(SD1.config_dir / "unet")))
+    config.update(block_out_channels=PROXY_WIDTHS, norm_num_groups=8, cross_attention_dim=PROXY_TEXT_DIM,
+                  sample_size=8)
+    torch.manual_seed(0)
+    return UNet2DConditionModel.from_config(config).to(device)
+
+
+def adapted_module_names(unet: torch.nn.Module) -> list[str]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [name for name, m in unet.named_modules() if isinstance(m, BaseTunerLayer)]
+
+
+def minimal_step(unet: torch.nn.Module, targets: list[str], args: argparse.Namespace, compiled: bool):
+    """The reference: the shortest correct eager LoRA loop (peft adapters on the same modules as ours, AdamW,
+    epsilon MSE), written the way a tutorial writes it."""
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig, inject_adapter_in_model
+
+    unet.requires_grad_(False)
+    inject_adapter_in_model(LoraConfig(r=args.rank, lora_alpha=args.rank / 2, target_modules=targets), unet)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    scheduler = DDPMScheduler.from_pretrained(str(SD1.config_dir / "scheduler"))
+    model = torch.compile(unet) if compiled else unet
+    device = next(unet.parameters()).device
+    latents = torch.randn(args.batch, 4, 8, 8, device=device)
+    hidden = torch.randn(args.batch, 77, PROXY_TEXT_DIM, device=device)
+
+    def step() -> torch.Tensor:
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), device=device)
+        prediction = model(scheduler.add_noise(latents, noise, timesteps), timesteps,
+                           encoder_hidden_states=hidden).sample
+        loss = torch.nn.functional.mse_loss(prediction.float(), noise.float())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step, optimizer
+
+
+def our_step(args: argparse.Namespace, compiled: bool):
+    """Our ``train_step`` on step parts from training's own builder, on the proxy with cached latents."""
+    from accelerate import Accelerator
+
+    from training.run.loop import train_step
+
+    accelerator = Accelerator(mixed_precision="no")
+    unet = build_proxy_unet(accelerator.device)
+    cfg = TrainConfig(network_dim=args.rank, network_alpha=args.rank / 2, train_batch_size=args.batch,
+                      mixed_precision="no", network_train_unet_only=True, max_train_steps=10**6,
+                      torch_compile=compiled, seed=0)
+    parts = make_step_parts(cfg, SD1, unet, accelerator)
+    batch = {"latents": torch.randn(args.batch, 4, 8, 8, device=accelerator.device), "caption": [""] * args.batch,
+             "path": [""] * args.batch}
+    return (lambda: train_step(parts, batch)), parts.optimizer, adapted_module_names(unet)
+
+
+def time_steps(step, args: argparse.Namespace) -> float:
+    """Milliseconds per step: the median over ``args.rounds`` rounds of ``args.steps`` steps (a shared machine is
+    noisy), the device drained once per round."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    rounds = []
+    for _ in range(args.rounds):
+        sync()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        sync()
+        rounds.append((time.perf_counter() - start) * 1000 / args.steps)
+    return sorted(rounds)[len(rounds) // 2]
+
+
+def count_step(step, optimizer, steps: int = 3) -> tuple[float, float]:
+    """(ATen ops dispatched, host syncs) per step, over a few steps after warm-up (see training.run.overhead)."""
+    from training.run.overhead import StepCounter, dispatched_ops, optimizer_step_counters
+
+    ops = dispatched_ops(step, steps)  # first: after a dispatch mode, dynamo runs the compiled frame eagerly
+    counter = StepCounter(ignored=optimizer_step_counters(optimizer))
+    with counter:
+        for _ in range(steps):
+            step()
+    return ops, counter.syncs / steps
+
+
+def proxy_targets(args: argparse.Namespace) -> list[str]:
+    """The modules our network adapts on the proxy: the minimal loop adapts the same ones."""
+    from training.networks.build import Ranks, add_network
+
+    unet = build_proxy_unet(torch.device("cpu"))
+    cfg = TrainConfig(network_dim=args.rank, network_alpha=args.rank / 2, network_train_unet_only=True)
+    add_network(unet, cfg.network, Ranks.of(cfg.network, cfg.network_dim, cfg.network_alpha), "unet", 0.0)
+    return adapted_module_names(unet)
+
+
+def measure_variant(args: argparse.Namespace, variant: str) -> dict:
+    torch.set_num_threads(1)
+    who, mode = variant.split("-")
+    if who == "ours":
+        step, optimizer, _ = our_step(args, mode == "compiled")
+    else:
+        unet = build_proxy_unet(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        step, optimizer = minimal_step(unet, proxy_targets(args), args, mode == "compiled")
+    for _ in range(args.warmup):
+        step()
+    ms = time_steps(step, args)
+    ops, syncs = count_step(step, optimizer)
+    return {"variant": variant, "ms_per_step": round(ms, 1), "ops_per_step": round(ops),
+            "host_syncs_per_step": round(syncs, 2), "batch": args.batch, "threads": 1,
+            "device": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+def measure_overhead(args: argparse.Namespace, argv: list[str]) -> list[dict]:
+    """Each variant in a child process of its own: compiled code, dynamo's caches and the allocator of one never
+    touch another's numbers."""
+    if len(args.variants) == 1:
+        result = measure_variant(args, args.variants[0])
+        print(json.dumps(result), flush=True)
+        return [result]
+    results = []
+    for variant in args.variants:
+        child = subprocess.run([sys.executable, "-m", "training.bench", *overhead_child_args(argv), "--variants",
+                                variant], capture_output=True, text=True)
+        if child.returncode != 0:
+            line = (child.stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
+            sys.exit(f"training.bench: {variant}: {line}")
+        results.append(json.loads([ln for ln in child.stdout.splitlines() if ln.startswith("{")][-1]))
+        print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def overhead_child_args(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--variants":
+            skip = True
+        elif not arg.startswith("--variants="):
+            out.append(arg)
+    return out
+
+
+def overhead_table(results: list[dict]) -> str:
+    lines = ["| step | ms/step | ATen ops/step | host syncs/step |", "|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['ms_per_step']:.1f} | {r['ops_per_step']:,} | {r['host_syncs_per_step']:g} |"
+              for r in results]
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m training.bench", description=__doc__.split("\n")[0],
@@ -255,6 +430,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="(default %(default)s)")
     parser.add_argument("--compile", action="store_true", help="compile the UNet with torch.compile")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
+    parser.add_argument("--fp8-base", action="store_true",
+                        help="frozen UNet Linear/Conv weights stored in float8, upcast per layer (fp8_base)")
     parser.add_argument("--network", choices=sorted(NETWORKS), default="lora",
                         help="network type: kohya's LoRA set (default), attn-lora (attention only, the baseline), "
                              "locon (+ 3x3 convs at --rank), loha, lokr (factor 8), dora (LyCORIS full preset)")
@@ -263,7 +440,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "a table relative to attn-lora")
     parser.add_argument("--memory-cap-gib", type=float, default=None,
                         help="let the CUDA allocator use at most this many GiB, as on a smaller card (CUDA only)")
+    parser.add_argument("--overhead", action="store_true",
+                        help="host overhead on the CPU proxy (SD1.5 topology, tiny widths, one thread): ms/step, ops "
+                             "and host syncs per step, ours and a minimal peft loop, eager and compiled")
+    parser.add_argument("--variants", default=",".join(OVERHEAD_VARIANTS),
+                        help="with --overhead: which steps, comma-separated (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=2, help="with --overhead: timed rounds, median taken")
     args = parser.parse_args(argv)
+    if args.overhead:
+        args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        if not args.variants or any(v not in OVERHEAD_VARIANTS for v in args.variants):
+            parser.error(f"--variants: choose from {', '.join(OVERHEAD_VARIANTS)}")
     args.resolution = args.resolution or BENCH_FAMILIES[args.family].default_resolution
     if args.resolution % 64 or args.resolution < 64:
         parser.error(f"--resolution {args.resolution}: use a multiple of 64 (latents are 1/8 of it, and the UNet "
@@ -287,6 +474,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.networks:
         compare_networks(args, sys.argv[1:] if argv is None else argv)
+        return
+    if args.overhead:
+        print(overhead_table(measure_overhead(args, sys.argv[1:] if argv is None else argv)))
         return
     try:
         result = measure(args)

@@ -433,7 +433,17 @@ class TrainConfig(BaseModel):
         "Background processes that load images when latents are not cached.", ge=0, le=64)
     torch_compile: bool = opt(
         False, "training", "torch.compile",
-        "Compile the UNet with torch.compile: faster steps after a slow first one (CUDA).")
+        "Compile the UNet with torch.compile: faster steps after a slow first one per bucket shape (CUDA).")
+    dynamo_backend: Literal["inductor", "eager", "aot_eager", "cudagraphs"] = opt(
+        "inductor", "training", "Compile backend",
+        "torch.compile backend when torch_compile is on: inductor (fast kernels); the others are for debugging.")
+    fp8_base: bool = opt(
+        False, "training", "fp8 base model",
+        "Store the frozen UNet and text-encoder Linear/Conv weights in float8 (half of bf16's memory), upcast "
+        "per layer.")
+    full_bf16: bool = opt(
+        False, "training", "Full bf16",
+        "LoRA weights and gradients in bf16 too (AdamW rounds its updates stochastically): less memory.")
 
     # --- sample
     sample_prompts: str | None = opt(
@@ -664,6 +674,13 @@ class TrainConfig(BaseModel):
                              "a LoRA file, or turn dim_from_weights off")
         if self.dim_from_weights and self.network_module != KOHYA_LORA:
             raise ValueError(f"dim_from_weights works with network_module = \"{KOHYA_LORA}\" here")
+        return self
+
+    @model_validator(mode="after")
+    def _fp8_base_without_dora(self) -> TrainConfig:
+        if self.fp8_base and self.network.dora_wd:
+            raise ValueError("fp8_base = true with DoRA (dora_wd=True): DoRA reads the full-precision base weights "
+                             "every step; turn one of them off")
         return self
 
     # --- derived values: one place computes them so the loop, metadata and UI agree

@@ -74,7 +74,8 @@ class Start(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class Status(Event):
-    """The phase changed (loading, caching_latents, training, sampling, saving), with a line for people."""
+    """The phase changed (loading, caching_latents, compiling, training, sampling, saving), with a line for
+    people. ``compiling``: the first step of a new input shape under torch_compile; its last line gives the time."""
 
     EVENT: ClassVar[str] = "status"
     phase: str = ""

@@ -77,7 +77,7 @@ def text_encoder_lrs(tr: Trainer) -> float | list[float]:
 def save_lora_file(tr: Trainer, state: TrainState, name: str) -> tuple[Path, SelfCheck]:
     """Export the current LoRA in kohya format, then check it module by module against the base model."""
     path, acc, family = RunLayout(tr.run_dir).lora(name), tr.parts.accelerator, tr.facts.family
-    unet = acc.unwrap_model(tr.parts.unet)
+    unet = acc.unwrap_model(tr.parts.unet, keep_torch_compile=False)  # compiled: the names without "_orig_mod."
     # Every encoder, trained or not: the kohya prefix (lora_te1/lora_te2) follows the encoder's position.
     encoders = [acc.unwrap_model(e) for e in tr.parts.text_encoders]
     tensors = kohya_state_dict(unet, encoders, family, SAVE_DTYPES[tr.cfg.save_precision])
@@ -97,14 +97,14 @@ def register_lora_only_state(accelerator) -> None:
 
     def save_hook(models, weights, output_dir):
         for i, model in enumerate(models):
-            tensors = adapter_state(accelerator.unwrap_model(model))
+            tensors = adapter_state(accelerator.unwrap_model(model, keep_torch_compile=False))
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(Path(output_dir) / f"lora_{i}.safetensors"))
         weights.clear()
 
     def load_hook(models, input_dir):
         for i, model in enumerate(list(models)):
             saved = load_file(str(Path(input_dir) / f"lora_{i}.safetensors"))
-            load_adapter_state(accelerator.unwrap_model(model), saved, input_dir)
+            load_adapter_state(accelerator.unwrap_model(model, keep_torch_compile=False), saved, input_dir)
         models.clear()
 
     accelerator.register_save_state_pre_hook(save_hook)

@@ -23,6 +23,7 @@ from training.models.conditioning import TextEmbeds, add_time_ids
 from training.models.text import encode_text
 from training.plan.schedule import perform
 from training.run.checkpoints import TrainState, old_saves, remove_saves, save_lora_file, save_state
+from training.run.compiled import CompilePhase, bucket_label
 from training.run.loss import input_noise, per_sample_loss, random_timesteps, sample_noise
 from training.run.max_norm import MaxNorm, NormStats
 from training.run.metrics import LossEMA, Throughput
@@ -144,6 +145,7 @@ class Loop:
         self.prompts = load_prompts(tr.cfg.sample_prompts, tr.cfg.resolution_wh)
         self.stop_requested = False
         self.bar = None
+        self.compile_phase = CompilePhase(events, tr.cfg.torch_compile)
 
     # --- host read-back: the only place losses leave the GPU
     def readback(self) -> None:
@@ -223,8 +225,9 @@ class Loop:
         self.readback()
         if validation is None:
             return
-        loss = validation_loss(validation, parts.unet, parts.text_encoders, self.tr.base, self.tr.cfg.clip_skip,
-                               parts.text_cache, parts.weight_dtype)
+        with self.compile_phase.first("validation"):
+            loss = validation_loss(validation, parts.unet, parts.text_encoders, self.tr.base, self.tr.cfg.clip_skip,
+                                   parts.text_cache, parts.weight_dtype)
         self.state.val_history.append([self.state.global_step, loss])
         self.events.emit("val", step=self.state.global_step, loss=round(loss, 6), kind=validation.kind)
         parts.accelerator.log({"loss/validation": loss}, step=self.state.global_step)
@@ -240,7 +243,8 @@ class Loop:
         tr.base.vae.to(device)
         for encoder in encoders:
             encoder.to(device)
-        paths = generate_samples(tr.base, acc.unwrap_model(parts.unet), encoders, self.prompts,
+        unet = acc.unwrap_model(parts.unet, keep_torch_compile=False)  # sample sizes are shapes training never sees
+        paths = generate_samples(tr.base, unet, encoders, self.prompts,
                                  tr.cfg.sample_sampler, tr.cfg.clip_skip, RunLayout(tr.run_dir).samples,
                                  tr.cfg.output_name, self.state.global_step, epoch, device, parts.weight_dtype)
         if self.data.latent_cache is not None:
@@ -296,7 +300,8 @@ class Loop:
             # Global RNG (LoRA dropout) seeded from the position in the run, so a resumed run draws the same masks
             # whatever else touched the RNG in between.
             torch.manual_seed(batch_seed(self.tr.cfg.seed, epoch, state.batch_in_epoch, acc.process_index))
-            loss = train_step(self.parts, batch)
+            with self.compile_phase.first(bucket_label(batch)):
+                loss = train_step(self.parts, batch)
             state.batch_in_epoch += 1
             self.images += len(batch["caption"]) * acc.num_processes
             if not acc.sync_gradients:

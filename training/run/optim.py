@@ -17,6 +17,8 @@ import torch
 
 from training.contract.config import ADAFACTOR_TRANSFORMERS_ARGS, TrainConfig
 from training.contract.errors import UserError
+from training.models.low_precision import StochasticAdamW
+from training.run.compiled import fused_optimizer_options
 
 # optimizer_type -> (module, class name, pip extra that provides it)
 OPTIONAL = {
@@ -57,6 +59,8 @@ def uses_transformers_adafactor(cfg: TrainConfig) -> bool:
 
 def optimizer_class(cfg: TrainConfig) -> type:
     name = cfg.optimizer_type
+    if name == "AdamW" and cfg.full_bf16:
+        return StochasticAdamW  # bf16 LoRA weights: the update rounded stochastically
     if name == "AdamW":
         return torch.optim.AdamW
     if name == "Adafactor":
@@ -123,6 +127,9 @@ def make_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.opti
         # learning_rate becomes the schedule's reported start, see make_scheduler).
         groups = [{k: v for k, v in g.items() if k != "lr"} for g in groups]
         kwargs["lr"] = None
+    if cls is torch.optim.AdamW:  # the fused kernel where it exists (CUDA, or a compiled CPU run)
+        params = [p for g in groups for p in g["params"]]
+        kwargs = fused_optimizer_options(cls, params, cfg.torch_compile) | kwargs
     try:
         return cls(groups, **kwargs)
     except (ValueError, TypeError) as err:

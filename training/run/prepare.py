@@ -30,11 +30,13 @@ from training.data.sampler import BucketBatchSampler
 from training.data.subset import SubsetOptions
 from training.models.conditioning import TextEmbeds
 from training.models.loading import BaseModel, load_base_model, load_vae, with_zero_terminal_snr
+from training.models.low_precision import store_in_fp8
 from training.models.text import encode_text
 from training.networks.build import Ranks, add_network
 from training.plan.preflight import advice
 from training.plan.schedule import Schedule, split_validation
 from training.run.checkpoints import register_lora_only_state
+from training.run.compiled import compile_cache_folder, compile_unet, use_compile_cache
 from training.run.loss import prediction_advice
 from training.run.optim import check_optimizer_settings, make_optimizer, make_scheduler
 from training.run.param_groups import network_param_groups
@@ -224,9 +226,13 @@ def load_model(cfg: TrainConfig, events: EventWriter, weight_dtype) -> tuple[Bas
     for encoder in base.text_encoders:
         encoder.to(dtype=weight_dtype)
     groups = add_networks(cfg, base)
+    lora_dtype = torch.bfloat16 if cfg.full_bf16 else torch.float32  # full_bf16: see training.models.low_precision
     for group in groups:
         for p in group["params"]:
-            p.data = p.data.float()
+            p.data = p.data.to(lora_dtype)
+    if cfg.fp8_base:  # after the last cast to weight_dtype, which would undo it
+        for model in (base.unet, *base.text_encoders):
+            store_in_fp8(model, weight_dtype)
     if cfg.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
         for i in cfg.trained_text_encoders(len(base.text_encoders)):
@@ -305,7 +311,7 @@ def build_step_parts(cfg: TrainConfig, accelerator: Accelerator, unet: torch.nn.
     lr_scheduler = make_scheduler(cfg, optimizer, total_steps)
     register_lora_only_state(accelerator)
     trained = cfg.trained_text_encoders(len(text_encoders))
-    compiled = torch.compile(unet) if cfg.torch_compile else unet
+    compiled = compile_unet(unet, cfg.dynamo_backend) if cfg.torch_compile else unet
     prepared = accelerator.prepare(compiled, *[text_encoders[i] for i in trained], optimizer, lr_scheduler)
     unet, optimizer, lr_scheduler = prepared[0], prepared[-2], prepared[-1]
     encoders = list(text_encoders)
@@ -334,6 +340,8 @@ def prepare(cfg: TrainConfig, run_dir: Path, events: EventWriter, scan: DatasetS
     loaded.dataset.set_clock(StepClock(loaded.sampler.batches, schedule.steps_per_epoch,
                                        cfg.gradient_accumulation_steps * accelerator.num_processes,
                                        schedule.total_steps))  # token warm-up counts steps
+    if cfg.torch_compile:
+        use_compile_cache(compile_cache_folder(run_dir))
     parts = build_step_parts(cfg, accelerator, base.unet, base.text_encoders, groups, schedule.total_steps,
                              noise_scheduler=base.noise_scheduler, tokenizers=base.tokenizers, vae=base.vae,
                              text_cache=text_cache, weight_dtype=weight_dtype)
