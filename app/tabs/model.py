@@ -75,7 +75,11 @@ def build_model_tab(ctx: AppContext) -> FormRestore:
                 here.size.render()
             if advanced:
                 with gr.Accordion("Advanced", open=False, elem_id=f"advanced-{section}") as folded:
-                    render_fields(ctx, advanced, errors, family_info)
+                    plain, topics = by_topic(advanced)
+                    render_fields(ctx, plain, errors, family_info)
+                    for topic, names in topics.items():
+                        with gr.Accordion(topic, open=False, elem_id=f"topic-{slug(topic)}"):
+                            render_fields(ctx, names, errors, family_info)
                 if here:
                     wire_network_choice(ctx, here, folded)
                     network = here
@@ -252,6 +256,35 @@ BASIC_FIELDS = {
     "sample": ("sample_prompts", "sample_every_n_epochs", "sample_every_n_steps"),
     "save": ("save_every_n_epochs", "save_precision", "save_state"),
 }
+# The finer options, folded once more inside their section's Advanced by topic: each group is one thing a user looks
+# for (the buckets, the loss, the captions, the old saves), and the Advanced part stays a page long.
+TOPICS = {
+    "Buckets": ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps"),
+    "Caching": ("cache_latents", "cache_latents_to_disk", "cache_text_encoder_outputs"),
+    "Validation": ("validation_split", "validation_every_n_steps"),
+    "Continue from a LoRA file": ("network_weights", "dim_from_weights"),
+    "Caption options": ("caption_separator", "keep_tokens_separator", "secondary_separator", "caption_prefix",
+                        "caption_suffix", "enable_wildcard", "caption_tag_dropout_rate",
+                        "caption_dropout_every_n_epochs", "token_warmup_min", "token_warmup_step"),
+    "Image augmentation": ("color_aug", "random_crop", "face_crop_aug_range"),
+    "Optimizer and schedule arguments": ("optimizer_args", "lr_scheduler_args", "lr_scheduler_type",
+                                         "lr_scheduler_power", "lr_scheduler_min_lr_ratio", "lr_decay_steps",
+                                         "lr_scheduler_timescale", "scale_weight_norms"),
+    "Loss and noise": ("noise_offset", "loss_type", "huber_c", "huber_schedule", "huber_scale",
+                       "debiased_estimation_loss",
+                       "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss", "zero_terminal_snr",
+                       "noise_offset_random_strength", "adaptive_noise_scale", "multires_noise_iterations",
+                       "multires_noise_discount", "ip_noise_gamma", "ip_noise_gamma_random_strength", "min_timestep",
+                       "max_timestep"),
+    "Loss masks": ("masked_loss", "alpha_mask", "conditioning_data_dir"),
+    "Speed and memory": ("torch_compile", "dynamo_backend", "fp8_base", "full_bf16",
+                         "max_data_loader_n_workers"),
+    "Keeping old saves": ("save_last_n_epochs", "save_last_n_epochs_state", "save_last_n_steps",
+                          "save_last_n_steps_state", "save_state_on_train_end", "save_model_as"),
+    "File metadata": ("training_comment", "metadata_title", "metadata_author", "metadata_description",
+                      "metadata_license", "metadata_tags", "no_metadata"),
+}
+TOPIC_OF = {name: topic for topic, names in TOPICS.items() for name in names}
 MOVED = {"output_name": "model", "logging_dir": "save"}  # shown in another section than its TOML one
 # The Dataset tab shows these, beside the folder it loads: where the images come from and how they weigh.
 OTHER_TABS = ("train_data_dir", "reg_data_dir", "prior_loss_weight", "dataset_config")
@@ -274,6 +307,19 @@ def layout(ctx: AppContext) -> dict[str, tuple[list[str], list[str]]]:
     for section, (basic, _) in sections.items():
         basic.sort(key=BASIC_FIELDS.get(section, ()).index)
     return sections
+
+
+def by_topic(names: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """A section's advanced fields: those without a topic, and the rest grouped by TOPICS (in its order)."""
+    topics: dict[str, list[str]] = {topic: [] for topic in TOPICS}
+    plain = []
+    for name in names:
+        (topics[TOPIC_OF[name]] if name in TOPIC_OF else plain).append(name)
+    return plain, {topic: grouped for topic, grouped in topics.items() if grouped}
+
+
+def slug(text: str) -> str:
+    return "-".join(text.lower().split())
 
 
 def render_fields(ctx: AppContext, names: list[str], errors: dict[str, Any], family_info: Any) -> None:

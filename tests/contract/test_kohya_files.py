@@ -61,10 +61,10 @@ def test_every_key_to_fix_is_named_in_one_message(tmp_path):
 
 
 def test_a_refused_key_at_sd_scripts_default_asks_for_nothing(tmp_path):
-    cfg, notes = load_config(write(tmp_path, 'weighted_captions = false\nfull_bf16 = false\ndeepspeed = false\n'
+    cfg, notes = load_config(write(tmp_path, 'weighted_captions = false\nfull_fp16 = false\ndeepspeed = false\n'
                                              'metadata_thumbnail = ""\n'), kohya=False)
     assert cfg == TrainConfig()
-    assert any("weighted_captions, full_bf16, deepspeed, metadata_thumbnail" in n for n in notes)
+    assert any("weighted_captions, full_fp16, deepspeed, metadata_thumbnail" in n for n in notes)
 
 
 @pytest.mark.parametrize(("text", "key", "expected"), [
@@ -91,7 +91,7 @@ def test_values_are_read_as_sd_scripts_reads_them(tmp_path, text, key, expected)
 @pytest.mark.parametrize(("text", "fragment"), [
     ('use_8bit_adam = true\noptimizer_type = "Prodigy"', "'use_8bit_adam' picks optimizer_type = 'AdamW8bit'"),
     ("network_train_text_encoder_only = true", "training only the text encoders is not offered"),
-    ("fp8_base = true", "the performance issue"),
+    ("full_fp16 = true", "the performance issue"),
 ])
 def test_what_sd_scripts_would_refuse_or_we_cannot_do_is_refused(tmp_path, text, fragment):
     assert fragment in refusal(write(tmp_path, text))

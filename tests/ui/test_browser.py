@@ -148,6 +148,7 @@ def test_new_user_journey(page, trained_demo, tmp_path):
     open_section(page, "dataset")
     fill(page, "#cfg-resolution input", "128")
     page.locator("#advanced-dataset > button").click()
+    page.locator("#topic-buckets > button").click()
     fill(page, "#cfg-min_bucket_reso input", "64")
     page.locator("#section-training").get_by_text("Training", exact=True).first.click()
     fill(page, "#cfg-max_train_epochs input", "")

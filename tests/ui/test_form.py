@@ -187,3 +187,14 @@ def test_preset_files_write_no_figure_of_their_own():
         comments = [line.partition("#")[2] for line in path.read_text(encoding="utf-8").splitlines()]
         figures = [c for c in comments if re.search(r"\d\s*MB\b|\d\s*k?\s*steps\b", c)]
         assert figures == [], f"{path.name}: {figures}"
+
+
+def test_every_topic_names_fields_of_one_section_folded_under_its_advanced():
+    """kohya's finer options fold by topic inside their section's Advanced: each name is a field, shown there once."""
+    from app.tabs.model import BASIC_FIELDS, TOPICS
+    from training.contract.config import field_section
+
+    for topic, names in TOPICS.items():
+        assert all(name in TrainConfig.model_fields for name in names), topic
+        assert len({field_section(name) for name in names}) == 1, topic
+        assert not any(name in basic for basic in BASIC_FIELDS.values() for name in names), topic

@@ -184,6 +184,10 @@ def test_the_form_is_short_labelled_for_people_and_its_help_is_readable(page, ap
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "model-tab-open.png"), full_page=True)
     assert folded < 2000 and opened < 5000, (folded, opened)
+    # kohya's finer options fold once more by topic, each field with its reason.
+    page.locator("#topic-loss-and-noise > button").click()
+    expect(page.locator("#cfg-loss_type")).to_contain_text("weigh outliers less")
+    expect(page.locator("#cfg-huber_c [data-testid='block-info']").first).to_be_visible()
 
     rate = page.locator("#cfg-learning_rate")
     expect(rate.locator('[data-testid="block-info"]')).to_have_text("Learning rate")
