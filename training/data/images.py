@@ -21,13 +21,18 @@ def load_image(path: Path | str) -> Image.Image:
     White, not black, because that is what the artist sees in an image viewer; PIL's plain ``convert("RGB")`` drops
     alpha and exposes whatever colour the transparent pixels happen to hold (often black).
     """
+    return _to_rgb(open_upright(path))
+
+
+def open_upright(path: Path | str, what: str = "image") -> Image.Image:
+    """The file as the user sees it (EXIF orientation applied), in its own mode; unreadable is a one-line error."""
     try:
         with Image.open(path) as raw:
             img = ImageOps.exif_transpose(raw)
             img.load()
     except (OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"cannot read image {path}: {e}") from e
-    return _to_rgb(img)
+        raise UserError(f"cannot read {what} {path}: {e}") from e
+    return img
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

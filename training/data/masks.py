@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from training.contract.errors import UserError
 from training.data.folder import IMAGE_EXTENSIONS
+from training.data.images import open_upright
 
 if TYPE_CHECKING:
     from training.contract.config import TrainConfig
@@ -61,8 +62,8 @@ class MaskSource:
         """The mask as one 8-bit channel at its own size, or None when the image is to be learned everywhere."""
         if self.masks is not None:
             mask_file = self.masks.get(path)
-            return None if mask_file is None else _open(mask_file).convert("RGB").getchannel("R")
-        image = _open(path)
+            return None if mask_file is None else open_upright(mask_file, "mask image").convert("RGB").getchannel("R")
+        image = open_upright(path)
         has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
         return image.convert("RGBA").getchannel("A") if has_alpha else None
 
@@ -70,16 +71,6 @@ class MaskSource:
 def to_latent_size(pixels: torch.Tensor) -> torch.Tensor:
     """[H, W] -> [H/8, W/8]: each latent pixel gets the mean of its 8x8 block (area interpolation)."""
     return torch.nn.functional.avg_pool2d(pixels[None, None], LATENT_FACTOR)[0, 0]
-
-
-def _open(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as raw:
-            image = ImageOps.exif_transpose(raw)
-            image.load()
-    except (OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"cannot read mask image {path}: {e}") from e
-    return image
 
 
 def mask_files(folder: Path, items: Sequence[ImageItem], train_data_dir: Path) -> dict[Path, Path]:
