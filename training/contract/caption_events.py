@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.contract.jsonl_tail import JsonlTail, json_object
+from training.contract.jsonl_tail import EventTail, json_object
 
 START, PROGRESS, DONE, ERROR = "start", "progress", "done", "error"
 PREVIEW, WRITTEN, SKIPPED, FAILED = "preview", "written", "skipped", "failed"  # a progress event's status
@@ -81,12 +81,8 @@ def _record(data: dict[str, Any]) -> CaptionEvent | None:
     return None
 
 
-class CaptionEventReader:
+class CaptionEventReader(EventTail[CaptionEvent]):
     """Reads an events file from where the last call stopped; only complete lines (ending in a newline)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._tail = JsonlTail(self.path)
-
-    def read_new(self) -> list[CaptionEvent]:
-        return [event for event in map(caption_event, self._tail.new_records()) if event is not None]
+        super().__init__(path, caption_event)

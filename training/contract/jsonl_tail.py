@@ -8,10 +8,14 @@ writer mid-line: it is left in the file and read again, whole, by a later call.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 NOT_JSON = None  # what ``new_records`` gives for a line that is not a JSON object
+
+
+E = TypeVar("E")
 
 
 class JsonlTail:
@@ -47,3 +51,16 @@ def json_object(line: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return data if isinstance(data, dict) else None
+
+
+class EventTail(Generic[E]):
+    """The typed events appended to a JSON-lines file since the last call: each complete record through ``parse``,
+    records it does not know (None) left out. The caption and tool jobs' readers are this with their own parser."""
+
+    def __init__(self, path: Path, parse: Callable[[dict[str, Any] | None], E | None]) -> None:
+        self.path = Path(path)
+        self._tail = JsonlTail(self.path)
+        self._parse = parse
+
+    def read_new(self) -> list[E]:
+        return [event for event in map(self._parse, self._tail.new_records()) if event is not None]

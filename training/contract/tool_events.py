@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.contract.jsonl_tail import JsonlTail
+from training.contract.jsonl_tail import EventTail
 
 START, PROGRESS, LINE, DONE, ERROR = "start", "progress", "line", "done", "error"
 
@@ -115,12 +115,8 @@ def _record(data: dict[str, Any]) -> ToolEvent | None:
     return None
 
 
-class ToolEventReader:
-    """Reads an events file from where the last call stopped; only complete lines."""
+class ToolEventReader(EventTail[ToolEvent]):
+    """Reads an events file from where the last call stopped; only complete lines (ending in a newline)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._tail = JsonlTail(self.path)
-
-    def read_new(self) -> list[ToolEvent]:
-        return [event for event in map(tool_event, self._tail.new_records()) if event is not None]
+        super().__init__(path, tool_event)
